@@ -1,0 +1,55 @@
+"""pmock-batch: JSONL prompts in, verified images and a manifest out.
+
+The data flows one way: :mod:`~pmock_batch.jobs` (JSONL -> validated jobs),
+:mod:`~pmock_batch.engine` (a bounded worker pool over
+:mod:`~pmock_batch.client`, retried by :mod:`~pmock_batch.retry`), and
+:mod:`~pmock_batch.output` plus :mod:`~pmock_batch.manifest` (images and
+records on disk). :mod:`~pmock_batch.cli` is the only module that prints.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .config import RunConfig
+from .engine import Engine, RunObserver, Summary, run_batch
+from .errors import (
+    APIConnectionError,
+    APIError,
+    APIStatusError,
+    APITimeoutError,
+    InvalidResponseError,
+    JobFileError,
+    OutputPathError,
+    PmockBatchError,
+    UsageError,
+)
+from .jobs import Defaults, InvalidLine, Job, ScanResult, iter_jobs, scan
+from .models import ImageRequest, ImagesResponse, JobRecord
+
+__all__ = [
+    "APIConnectionError",
+    "APIError",
+    "APIStatusError",
+    "APITimeoutError",
+    "Defaults",
+    "Engine",
+    "ImageRequest",
+    "ImagesResponse",
+    "InvalidLine",
+    "InvalidResponseError",
+    "Job",
+    "JobFileError",
+    "JobRecord",
+    "OutputPathError",
+    "PmockBatchError",
+    "RunConfig",
+    "RunObserver",
+    "ScanResult",
+    "Summary",
+    "UsageError",
+    "__version__",
+    "iter_jobs",
+    "run_batch",
+    "scan",
+]

@@ -1,0 +1,474 @@
+"""The command line: argument parsing, progress, summaries and exit codes.
+
+This is the only module that prints. Everything else logs through the
+``pmock_batch`` logger or returns values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import TextIO
+from urllib.parse import urlsplit
+
+from . import __version__
+from .config import (
+    API_KEY_ENV,
+    BASE_URL_ENV,
+    DEFAULT_BASE_URL,
+    DEFAULT_CONCURRENCY,
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_GRACE,
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_MODEL,
+    DEFAULT_TIMEOUT,
+    RunConfig,
+)
+from .engine import Engine, RunObserver, Summary, run_batch
+from .errors import UsageError
+from .jobs import Defaults, Job, ScanResult, iter_jobs, scan
+from .mock import MockOptions, MockServer, serve
+from .models import BACKGROUNDS, FORMATS, MODERATIONS, QUALITIES, SIZES, JobRecord
+from .output import EXTENSIONS
+from .retry import DEFAULT_MAX_RETRY_WAIT, RetryPolicy
+
+__all__ = ["EXIT_ABORTED", "EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "main"]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_ABORTED = 3
+EXIT_INTERRUPTED = 130
+
+SUBCOMMANDS = ("mock-server", "validate")
+MAX_PLAN_FILES = 50
+
+log = logging.getLogger("pmock_batch")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    return value
+
+
+def _compression(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 100, got {value}")
+    return value
+
+
+def _add_request_defaults(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "request defaults", "used for fields a job line leaves out; a value on the line wins"
+    )
+    group.add_argument("--model", help=f"model name (default: {DEFAULT_MODEL})")
+    group.add_argument("--size", choices=SIZES, help="image size (default: the server's)")
+    group.add_argument("--quality", choices=QUALITIES, help="quality (default: the server's)")
+    group.add_argument(
+        "--output-format", choices=FORMATS, help="image format (default: the server's, png)"
+    )
+    group.add_argument("--background", choices=BACKGROUNDS, help="background (default: server's)")
+    group.add_argument("--moderation", choices=MODERATIONS, help="moderation (default: server's)")
+    group.add_argument(
+        "--output-compression",
+        type=_compression,
+        metavar="0-100",
+        help="jpeg/webp compression, applied only to jpeg and webp jobs (default: server's)",
+    )
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pmock-batch",
+        description="Turn a JSONL file of prompts into images on disk, with a manifest.",
+        epilog=(
+            "other commands: 'pmock-batch validate JOBS' checks a job file; "
+            "'pmock-batch mock-server' runs the built-in mock server. "
+            "Exit codes: 0 all ok, 1 some jobs not ok, 2 usage error or invalid job file, "
+            "3 run aborted (bad key, wrong URL, no quota), 130 interrupted."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"pmock-batch {__version__}")
+    inp = parser.add_argument_group("input")
+    inp.add_argument("jobs", type=Path, metavar="JOBS", help="the JSONL job file")
+    inp.add_argument(
+        "--skip-invalid",
+        action="store_true",
+        help="run the valid lines, record invalid ones in the manifest, exit 1 (default: off)",
+    )
+    inp.add_argument(
+        "--dry-run", action="store_true", help="validate and print the plan; send nothing"
+    )
+    _add_request_defaults(parser)
+    end = parser.add_argument_group("endpoint")
+    end.add_argument(
+        "--base-url",
+        default=None,
+        help=f"OpenAI-compatible base URL (default: ${BASE_URL_ENV} or {DEFAULT_BASE_URL})",
+    )
+    end.add_argument(
+        "--mock",
+        action="store_true",
+        help="run against a built-in mock server on loopback: offline, no key needed",
+    )
+    end.add_argument(
+        "--field-case",
+        choices=("snake", "camel"),
+        default="snake",
+        help="spelling of the JSON body's field names on the wire (default: snake)",
+    )
+    end.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"per-request timeout (default: {DEFAULT_TIMEOUT:g})",
+    )
+    end.add_argument(
+        "--connect-timeout",
+        type=_positive_float,
+        default=DEFAULT_CONNECT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"timeout to open a connection (default: {DEFAULT_CONNECT_TIMEOUT:g})",
+    )
+    pool = parser.add_argument_group("concurrency and retries")
+    pool.add_argument(
+        "--concurrency",
+        type=_positive_int,
+        default=DEFAULT_CONCURRENCY,
+        metavar="N",
+        help=f"requests in flight at most (default: {DEFAULT_CONCURRENCY})",
+    )
+    pool.add_argument(
+        "--max-attempts",
+        type=_positive_int,
+        default=DEFAULT_MAX_ATTEMPTS,
+        metavar="N",
+        help=f"attempts per image, first try included (default: {DEFAULT_MAX_ATTEMPTS})",
+    )
+    pool.add_argument(
+        "--max-retry-wait",
+        type=_positive_float,
+        default=DEFAULT_MAX_RETRY_WAIT,
+        metavar="SECONDS",
+        help="fail a job rather than wait longer than this for a Retry-After "
+        f"(default: {DEFAULT_MAX_RETRY_WAIT:g})",
+    )
+    pool.add_argument(
+        "--grace",
+        type=float,
+        default=DEFAULT_GRACE,
+        metavar="SECONDS",
+        help=f"time jobs in flight get to finish after Ctrl-C (default: {DEFAULT_GRACE:g})",
+    )
+    out = parser.add_argument_group("output")
+    out.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="output directory (default: out/<JOBS file name without extension>)",
+    )
+    logs = parser.add_argument_group("logging")
+    logs.add_argument(
+        "-q", "--quiet", action="store_true", help="errors and the final summary only"
+    )
+    logs.add_argument("-v", "--verbose", action="store_true", help="log every attempt")
+    _add_mock_options(parser, prefix="mock-", title="mock server (with --mock)")
+    return parser
+
+
+def _add_mock_options(parser: argparse.ArgumentParser, *, prefix: str, title: str) -> None:
+    group = parser.add_argument_group(title)
+    group.add_argument(
+        f"--{prefix}latency",
+        dest="mock_latency",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="delay added to every mock response (default: 0)",
+    )
+
+
+def _mock_options(args: argparse.Namespace) -> MockOptions:
+    return MockOptions(latency=args.mock_latency)
+
+
+# -- output helpers ------------------------------------------------------------
+
+
+def _err(text: str, stream: TextIO | None = None) -> None:
+    print(text, file=stream or sys.stderr)
+
+
+class _ConsoleObserver(RunObserver):
+    """Prints one line per failed job; the summary comes at the end."""
+
+    def __init__(self, *, quiet: bool) -> None:
+        self.quiet = quiet
+
+    def job_done(self, record: JobRecord) -> None:
+        if record.status in ("failed", "invalid") and record.error is not None:
+            name = record.id or f"line {record.line}"
+            _err(f"{record.status.upper()} {name}: {record.error.message}")
+
+
+def _summary_text(summary: Summary, config: RunConfig) -> str:
+    parts = [f"{summary.ok} ok", f"{summary.failed} failed"]
+    if summary.invalid:
+        parts.append(f"{summary.invalid} invalid")
+    if summary.not_run:
+        parts.append(f"{summary.not_run} not run")
+    text = (
+        f"Done: {', '.join(parts)} of {summary.jobs} jobs; {summary.images} images, "
+        f"{summary.attempts} attempts, {summary.retries} retries"
+    )
+    if summary.ambiguous_retries:
+        text += f" ({summary.ambiguous_retries} after timeouts, possibly billed twice)"
+    if summary.rate_limited:
+        text += f", {summary.rate_limited} rate-limited (429)"
+    text += f"; {summary.elapsed_s:.1f}s, {summary.images_per_minute:.1f} images/min."
+    if summary.usage:
+        usage = ", ".join(f"{k} {v:,}" for k, v in sorted(summary.usage.items()))
+        text += f" Usage: {usage}."
+    if summary.failed_by_kind:
+        kinds = ", ".join(f"{k} {v}" for k, v in summary.failed_by_kind.most_common())
+        text += f" Failures by kind: {kinds}."
+    text += f" Images in {config.out_dir}/, manifest {config.manifest_path}."
+    return text
+
+
+def _print_problems(result: ScanResult) -> None:
+    for problem in result.problems:
+        _err(str(problem))
+    shown = len(result.problems)
+    total = sum(m.message.count("; ") + 1 for m in result.invalid.values())
+    if total > shown:
+        _err(f"... and {total - shown} more problem(s)")
+    _err(f"{result.file}: {len(result.invalid)} invalid line(s); nothing was sent.")
+
+
+def _print_plan(result: ScanResult, path: Path, defaults: Defaults, out_dir: Path) -> None:
+    print(f"Plan for {path}: {result.jobs} job(s), {result.images} image(s), into {out_dir}/")
+    if result.invalid:
+        print(f"{len(result.invalid)} invalid line(s) would be skipped (--skip-invalid)")
+    shown = 0
+    for item in iter_jobs(path, result, defaults=defaults):
+        if not isinstance(item, Job):
+            continue
+        for stem in item.stems:
+            if shown < MAX_PLAN_FILES:
+                ext = EXTENSIONS[item.request.format]
+                print(f"  {out_dir / f'{stem}.{ext}'}  (line {item.line})")
+            shown += 1
+    if shown > MAX_PLAN_FILES:
+        print(f"  ... and {shown - MAX_PLAN_FILES} more")
+    print("Nothing was sent (--dry-run).")
+
+
+# -- commands --------------------------------------------------------------------
+
+
+def _configure_logging(*, quiet: bool, verbose: bool) -> None:
+    level = logging.ERROR if quiet else logging.DEBUG if verbose else logging.WARNING
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    root = logging.getLogger("pmock_batch")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def _defaults(args: argparse.Namespace) -> Defaults:
+    return Defaults(
+        model=args.model,
+        size=args.size,
+        quality=args.quality,
+        output_format=args.output_format,
+        background=args.background,
+        moderation=args.moderation,
+        output_compression=args.output_compression,
+    )
+
+
+def _resolve_endpoint(args: argparse.Namespace) -> tuple[str, str | None]:
+    """The base URL and key, from flags and environment. Raises UsageError."""
+    base_url = args.base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
+    parts = urlsplit(base_url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise UsageError(f"--base-url must be an http(s) URL, got {base_url!r}")
+    key = os.environ.get(API_KEY_ENV) or None
+    if key is None and not args.mock:
+        raise UsageError(
+            f"no API key: set {API_KEY_ENV} (or use --mock to run offline against the mock "
+            "server). Nothing was sent."
+        )
+    return base_url, key
+
+
+@contextlib.asynccontextmanager
+async def _endpoint(args: argparse.Namespace, base_url: str) -> AsyncIterator[str]:
+    """Yield the base URL to use: a fresh in-process mock's with --mock, else ``base_url``."""
+    if not args.mock:
+        yield base_url
+        return
+    async with MockServer(_mock_options(args)) as server:
+        yield server.base_url
+
+
+async def _run(args: argparse.Namespace, config: RunConfig, result: ScanResult) -> Summary:
+    loop = asyncio.get_running_loop()
+    engines: list[Engine] = []
+
+    def on_signal() -> None:
+        if not engines or engines[0].stopping:
+            _err("Interrupted again: exiting now.")
+            os._exit(EXIT_INTERRUPTED)
+        engines[0].stop()
+        _err(
+            f"Stopping: no new jobs; jobs in flight get {config.grace:g}s to finish "
+            "(press Ctrl-C again to exit at once)."
+        )
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, on_signal)
+    try:
+        async with _endpoint(args, config.base_url) as base_url:
+            config = replace(config, base_url=base_url)
+            jobs = iter_jobs(args.jobs, result, defaults=_defaults(args))
+            policy = RetryPolicy(
+                max_attempts=config.max_attempts, max_retry_wait=args.max_retry_wait
+            )
+            return await run_batch(
+                config,
+                jobs,
+                policy=policy,
+                observer=_ConsoleObserver(quiet=args.quiet),
+                on_engine=engines.append,
+            )
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)
+
+
+def _exit_code(summary: Summary) -> int:
+    if summary.aborted:
+        return EXIT_ABORTED
+    if summary.interrupted:
+        return EXIT_INTERRUPTED
+    if summary.failed or summary.invalid or summary.not_run:
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _main_command(argv: Sequence[str]) -> int:
+    args = _build_parser().parse_args(argv)
+    _configure_logging(quiet=args.quiet, verbose=args.verbose)
+    try:
+        base_url, key = _resolve_endpoint(args)
+    except UsageError as exc:
+        _err(f"pmock-batch: error: {exc}")
+        return EXIT_USAGE
+    if not args.jobs.is_file():
+        _err(f"pmock-batch: error: {args.jobs}: no such file")
+        return EXIT_USAGE
+    defaults = _defaults(args)
+    result = scan(args.jobs, defaults=defaults)
+    for warning in result.warnings:
+        log.warning("%s", warning)
+    out_dir = args.out or Path("out") / args.jobs.stem
+    if result.invalid and not args.skip_invalid:
+        _print_problems(result)
+        return EXIT_USAGE
+    if args.dry_run:
+        _print_plan(result, args.jobs, defaults, out_dir)
+        return EXIT_OK
+    config = RunConfig(
+        out_dir=out_dir,
+        base_url=base_url,
+        api_key=None if args.mock else key,
+        concurrency=args.concurrency,
+        timeout=args.timeout,
+        connect_timeout=args.connect_timeout,
+        max_attempts=args.max_attempts,
+        grace=args.grace,
+        field_case=args.field_case,
+    )
+    summary = asyncio.run(_run(args, config, result))
+    if summary.aborted:
+        _err(
+            f"pmock-batch: run aborted: {summary.aborted}. Check {API_KEY_ENV}, --base-url and "
+            "your account's quota. Jobs not run are recorded as not_run."
+        )
+    _err(_summary_text(summary, config))
+    return _exit_code(summary)
+
+
+def _validate_command(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="pmock-batch validate",
+        description="Check a job file without sending anything. Exit 0 if valid, 2 if not.",
+    )
+    parser.add_argument("jobs", type=Path, metavar="JOBS", help="the JSONL job file")
+    _add_request_defaults(parser)
+    args = parser.parse_args(argv)
+    if not args.jobs.is_file():
+        _err(f"pmock-batch: error: {args.jobs}: no such file")
+        return EXIT_USAGE
+    result = scan(args.jobs, defaults=_defaults(args))
+    if result.invalid:
+        _print_problems(result)
+        return EXIT_USAGE
+    _err(f"{args.jobs}: {result.jobs} job(s), {result.images} image(s): all valid.")
+    return EXIT_OK
+
+
+def _mock_server_command(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="pmock-batch mock-server",
+        description="Run the built-in OpenAI-compatible image mock server.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8080, help="port (default: 8080)")
+    _add_mock_options(parser, prefix="", title="behaviour")
+    args = parser.parse_args(argv)
+
+    def ready(url: str) -> None:
+        _err(f"pmock-batch mock server listening on {url} (base URL {url}/v1); Ctrl-C stops it")
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(_mock_options(args), host=args.host, port=args.port, on_ready=ready))
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``pmock-batch`` console script. Returns the exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if args and args[0] == "mock-server":
+            return _mock_server_command(args[1:])
+        if args and args[0] == "validate":
+            return _validate_command(args[1:])
+        return _main_command(args)
+    except SystemExit as exc:  # argparse: --help exits 0, a bad flag exits 2
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE

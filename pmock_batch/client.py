@@ -1,0 +1,182 @@
+"""The HTTP client: one aiohttp session for the run.
+
+This is the only module that imports aiohttp on the client side, and the only
+place its exceptions (and asyncio timeouts) are translated into
+:mod:`pmock_batch.errors`, by :func:`_mapped`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+from pydantic import ValidationError
+
+from . import __version__
+from .config import RunConfig
+from .errors import (
+    APIConnectionError,
+    APIStatusError,
+    APITimeoutError,
+    InvalidResponseError,
+)
+from .models import ImagesResponse
+
+__all__ = ["ImagesClient", "Reply", "redact"]
+
+# Bodies larger than this are parsed in a worker thread, so that a 20 MB
+# base64 string never stalls the event loop.
+_THREAD_PARSE_BYTES = 256 * 1024
+_MAX_ERROR_CHARS = 2000
+
+
+def redact(text: str, secret: str | None) -> str:
+    """Remove a secret (and its common echoes) from text before it is shown or stored."""
+    if not secret:
+        return text
+    text = text.replace(secret, "[redacted]")
+    if len(secret) > 12:  # servers often echo a prefix and suffix: "sk-abc...wxyz"
+        text = text.replace(secret[:8], "[redacted]").replace(secret[-4:], "[redacted]")
+    return text
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A successful answer: the parsed body, its status and headers."""
+
+    body: ImagesResponse
+    status: int
+    headers: Mapping[str, str]
+
+
+def _parse_images(raw: bytes) -> ImagesResponse:
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidResponseError(f"the server's 200 answer is not JSON: {exc}") from exc
+    if not isinstance(data, dict) or not data.get("data"):
+        raise InvalidResponseError("the server's 200 answer has no image in 'data'")
+    try:
+        return ImagesResponse.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidResponseError(
+            f"the server's 200 answer has an unexpected shape: {exc}"
+        ) from exc
+
+
+def _status_error(
+    status: int, raw: bytes, headers: Mapping[str, str], key: str | None
+) -> APIStatusError:
+    """Build an APIStatusError from OpenAI's error shape, or from whatever text came back."""
+    message, code, type_, param = "", None, None, None
+    try:
+        data: Any = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        data = None
+    err = data.get("error") if isinstance(data, dict) else None
+    if isinstance(err, dict):
+        message = str(err.get("message") or "")
+        code = str(err["code"]) if err.get("code") is not None else None
+        type_ = str(err["type"]) if err.get("type") is not None else None
+        param = str(err["param"]) if err.get("param") is not None else None
+    elif isinstance(err, str):
+        message = err
+    if not message:
+        message = raw[:_MAX_ERROR_CHARS].decode("utf-8", "replace").strip() or f"HTTP {status}"
+    return APIStatusError(
+        redact(message[:_MAX_ERROR_CHARS], key),
+        status=status,
+        code=code,
+        type=type_,
+        param=param,
+        headers=headers,
+    )
+
+
+@contextmanager
+def _mapped(what: str, timeout: float) -> Iterator[None]:
+    """Translate aiohttp and asyncio failures into the project's exception tree."""
+    try:
+        yield
+    except aiohttp.ConnectionTimeoutError as exc:  # never reached the server: not billed
+        raise APIConnectionError(f"{what}: could not connect in time") from exc
+    except TimeoutError as exc:  # includes aiohttp's read timeouts; the work may be billed
+        raise APITimeoutError(f"{what}: no complete answer within {timeout:g}s") from exc
+    except aiohttp.ClientPayloadError as exc:
+        raise APIConnectionError(f"{what}: the answer was cut off mid-transfer") from exc
+    except aiohttp.ServerDisconnectedError as exc:
+        raise APIConnectionError(f"{what}: the server closed the connection") from exc
+    except aiohttp.ClientConnectorError as exc:
+        raise APIConnectionError(f"{what}: cannot connect to {exc.host}:{exc.port}") from exc
+    except aiohttp.ClientError as exc:
+        raise APIConnectionError(f"{what}: {type(exc).__name__}: {exc}") from exc
+    except ConnectionError as exc:
+        raise APIConnectionError(f"{what}: {exc}") from exc
+
+
+class ImagesClient:
+    """Posts generation requests and downloads images, over one keep-alive session."""
+
+    def __init__(self, config: RunConfig) -> None:
+        self._config = config
+        self._session: aiohttp.ClientSession | None = None
+        # Sent with API calls only, never with image downloads, and never logged.
+        self._auth = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
+
+    async def __aenter__(self) -> ImagesClient:
+        cfg = self._config
+        headers = {"User-Agent": f"pmock-batch/{__version__}", "Accept": "application/json"}
+        connector = aiohttp.TCPConnector(limit=cfg.concurrency, limit_per_host=cfg.concurrency)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=cfg.timeout, sock_connect=cfg.connect_timeout),
+            raise_for_status=False,
+        )
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("ImagesClient is not open; use 'async with'")
+        return self._session
+
+    async def generate(self, body: Mapping[str, Any]) -> Reply:
+        """POST one request body; return the parsed 200, or raise a mapped error."""
+        cfg = self._config
+        with _mapped("POST /images/generations", cfg.timeout):
+            async with self.session.post(cfg.endpoint, json=body, headers=self._auth) as resp:
+                raw = await resp.read()
+                status, headers = resp.status, dict(resp.headers)
+        if status >= 300:
+            raise _status_error(status, raw, headers, cfg.api_key)
+        if len(raw) > _THREAD_PARSE_BYTES:
+            parsed = await asyncio.to_thread(_parse_images, raw)
+        else:
+            parsed = _parse_images(raw)
+        return Reply(body=parsed, status=status, headers=headers)
+
+    async def download(self, url: str) -> bytes:
+        """Fetch an image the server returned as a URL (http or https only)."""
+        scheme = urlsplit(url).scheme.lower()
+        if scheme not in ("http", "https"):
+            raise InvalidResponseError(f"refusing to download an image URL with scheme {scheme!r}")
+        with _mapped("GET image URL", self._config.timeout):
+            # The key is for the API, not for wherever the image is hosted: not sent here.
+            async with self.session.get(url) as resp:
+                raw = await resp.read()
+                status = resp.status
+        if status >= 300:
+            raise InvalidResponseError(f"downloading the image URL answered HTTP {status}")
+        return raw

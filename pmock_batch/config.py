@@ -1,0 +1,59 @@
+"""Defaults as named constants, and the frozen configuration of one run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = [
+    "API_KEY_ENV",
+    "BASE_URL_ENV",
+    "DEFAULT_BASE_URL",
+    "DEFAULT_CONCURRENCY",
+    "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_GRACE",
+    "DEFAULT_MAX_ATTEMPTS",
+    "DEFAULT_MODEL",
+    "DEFAULT_TIMEOUT",
+    "INITIAL_RETRY_DELAY",
+    "MAX_RETRY_DELAY",
+    "RunConfig",
+]
+
+DEFAULT_BASE_URL = "https://ai.pmock.com/api/ai/openai/v1"
+DEFAULT_MODEL = "gpt-image-2"
+DEFAULT_CONCURRENCY = 4
+DEFAULT_TIMEOUT = 600.0  # seconds per request: high-quality 4K generations take minutes
+DEFAULT_CONNECT_TIMEOUT = 10.0  # seconds to open a connection
+DEFAULT_MAX_ATTEMPTS = 6
+INITIAL_RETRY_DELAY = 1.0  # seconds, the first backoff ceiling
+MAX_RETRY_DELAY = 60.0  # seconds, the largest backoff ceiling
+DEFAULT_GRACE = 10.0  # seconds that jobs in flight get to finish after Ctrl-C or an abort
+
+API_KEY_ENV = "PMOCK_API_KEY"
+BASE_URL_ENV = "PMOCK_BASE_URL"
+
+MANIFEST_NAME = "manifest.jsonl"
+
+
+@dataclass(frozen=True, slots=True)
+class RunConfig:
+    """Everything one batch run needs, resolved from flags and environment."""
+
+    out_dir: Path
+    base_url: str = DEFAULT_BASE_URL
+    api_key: str | None = field(default=None, repr=False)  # never shown in a repr or log
+    concurrency: int = DEFAULT_CONCURRENCY
+    timeout: float = DEFAULT_TIMEOUT
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    grace: float = DEFAULT_GRACE
+    field_case: str = "snake"  # "snake" or "camel": the spelling of the JSON body on the wire
+
+    @property
+    def endpoint(self) -> str:
+        return self.base_url.rstrip("/") + "/images/generations"
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.out_dir / MANIFEST_NAME

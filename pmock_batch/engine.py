@@ -1,0 +1,434 @@
+"""The worker pool: jobs in, manifest records out.
+
+``concurrency`` workers take jobs from a small bounded queue fed by a single
+producer that streams the job file, so memory does not grow with the file.
+A job's failure becomes a ``failed`` record, never an exception that stops
+the others. A failure that every job would share (a bad key, a wrong base
+URL, no quota) aborts the run: dispatching stops and the jobs not run are
+recorded as ``not_run``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from tenacity import RetryCallState
+
+from .client import ImagesClient, Reply
+from .config import RunConfig
+from .errors import (
+    APIError,
+    APIStatusError,
+    APITimeoutError,
+    InvalidResponseError,
+    PmockBatchError,
+)
+from .jobs import InvalidLine, Job
+from .manifest import ManifestWriter, compact
+from .models import ErrorRecord, FileRecord, JobRecord, JobStatus
+from .output import VerifiedImage, decode_and_verify, verify_image, write_atomic
+from .retry import Decision, RetryPolicy, classify
+
+__all__ = ["Engine", "RunObserver", "Summary", "error_record", "run_batch"]
+
+log = logging.getLogger("pmock_batch")
+
+MAX_LISTED_FAILURES = 20
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def error_record(exc: BaseException) -> ErrorRecord:
+    """The manifest's ``error`` object for an exception that ended a job."""
+    if isinstance(exc, APIStatusError):
+        if exc.is_moderation:
+            kind = "moderation"
+        elif exc.status in (401, 403):
+            kind = "auth"
+        elif exc.status == 429 and exc.code == "insufficient_quota":
+            kind = "quota"
+        elif exc.status == 429:
+            kind = "rate_limit"
+        elif exc.status == 404:
+            kind = "not_found"
+        elif exc.status >= 500:
+            kind = "server"
+        else:
+            kind = "bad_request"
+        return ErrorRecord(
+            kind=kind, status=exc.status, code=exc.code, message=str(exc), param=exc.param
+        )
+    if isinstance(exc, APIError):
+        return ErrorRecord(kind=exc.kind, message=str(exc))
+    if isinstance(exc, OSError):
+        return ErrorRecord(kind="write", message=f"could not write the image: {exc}")
+    return ErrorRecord(kind="internal", message=f"{type(exc).__name__}: {exc}")
+
+
+@dataclass(slots=True)
+class Summary:
+    """What a run did, for the CLI's summary and ``--json``."""
+
+    jobs: int = 0
+    ok: int = 0
+    failed: int = 0
+    invalid: int = 0
+    not_run: int = 0
+    skipped: int = 0
+    images: int = 0
+    attempts: int = 0
+    retries: int = 0
+    ambiguous_retries: int = 0  # retries after a timeout: the first try may have been billed
+    rate_limited: int = 0  # 429 answers seen
+    elapsed_s: float = 0.0
+    usage: dict[str, int] = field(default_factory=dict)
+    failed_by_kind: Counter[str] = field(default_factory=Counter)
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (id, reason), the first few
+    aborted: str | None = None  # why the run stopped early, if it did
+    interrupted: bool = False
+
+    @property
+    def images_per_minute(self) -> float:
+        return self.images / self.elapsed_s * 60.0 if self.elapsed_s > 0 else 0.0
+
+    def add(self, record: JobRecord) -> None:
+        self.jobs += 1
+        if record.status == "ok":
+            self.ok += 1
+        elif record.status == "failed":
+            self.failed += 1
+        elif record.status == "invalid":
+            self.invalid += 1
+        elif record.status == "not_run":
+            self.not_run += 1
+        self.images += len(record.files)
+        self.attempts += record.attempts
+        if record.error is not None and record.status in ("failed", "invalid"):
+            self.failed_by_kind[record.error.kind] += 1
+            if len(self.failures) < MAX_LISTED_FAILURES:
+                self.failures.append((record.id or f"line {record.line}", record.error.message))
+        for key, value in (record.usage or {}).items():
+            if isinstance(value, int) and not isinstance(value, bool):
+                self.usage[key] = self.usage.get(key, 0) + value
+
+
+class RunObserver:
+    """Hooks the CLI uses to show progress. The defaults do nothing."""
+
+    def job_done(self, record: JobRecord) -> None:
+        """A job finished (ok, failed, invalid or not run)."""
+
+    def retrying(self, job_id: str, attempt: int, wait: float, reason: str) -> None:
+        """An attempt failed and will be retried after ``wait`` seconds."""
+
+
+class _Aborted(Exception):
+    """Raised inside a worker when the run has been aborted or stopped."""
+
+
+@dataclass(slots=True)
+class _Attempts:
+    count: int = 0
+    retries: int = 0
+    ambiguous: int = 0
+    rate_limited: int = 0
+    http_status: int | None = None
+
+
+class Engine:
+    """Runs jobs through a bounded pool of workers and records every outcome."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        client: ImagesClient,
+        manifest: ManifestWriter,
+        *,
+        policy: RetryPolicy | None = None,
+        observer: RunObserver | None = None,
+    ) -> None:
+        self.config = config
+        self.client = client
+        self.manifest = manifest
+        self.policy = policy or RetryPolicy(max_attempts=config.max_attempts)
+        self.observer = observer or RunObserver()
+        self.summary = Summary()
+        self._stopping = asyncio.Event()
+        self._abort_reason: str | None = None
+        self._in_flight: set[asyncio.Task[JobRecord]] = set()
+        if self.policy.sleep is None:
+            self.policy.sleep = self._sleep
+
+    async def _sleep(self, seconds: float) -> None:
+        """A retry wait that ends early when the run stops, so Ctrl-C is never ignored."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+
+    # -- control ---------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop dispatching new jobs (SIGINT/SIGTERM). Jobs in flight may finish."""
+        self.summary.interrupted = True
+        self._stopping.set()
+
+    def _abort(self, exc: BaseException) -> None:
+        if self._abort_reason is None:
+            self._abort_reason = str(exc)
+            self.summary.aborted = str(exc)
+            log.error("aborting the run: %s", exc)
+        self._stopping.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    # -- the pool --------------------------------------------------------
+
+    async def run(self, jobs: Iterable[Job | InvalidLine]) -> Summary:
+        """Run every job; return the summary. Never raises for a job's failure."""
+        started = time.monotonic()
+        queue: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=self.config.concurrency * 2)
+        workers = [
+            asyncio.create_task(self._worker(queue), name=f"pmock-worker-{i}")
+            for i in range(self.config.concurrency)
+        ]
+        watcher = asyncio.create_task(self._cancel_after_grace(), name="pmock-grace")
+        iterator = iter(jobs)
+        try:
+            for item in iterator:
+                if isinstance(item, InvalidLine):
+                    await self._record(self._invalid_record(item))
+                elif self.stopping:
+                    await self._record(self._not_run_record(item))
+                    break
+                else:
+                    await queue.put(item)
+            for _ in workers:
+                await queue.put(None)
+            await asyncio.gather(*workers)
+            # Whatever is left of the file was never dispatched.
+            for item in iterator:
+                if isinstance(item, InvalidLine):
+                    await self._record(self._invalid_record(item))
+                else:
+                    await self._record(self._not_run_record(item))
+        finally:
+            for task in (*workers, *self._in_flight, watcher):
+                task.cancel()
+            await asyncio.gather(*workers, *self._in_flight, watcher, return_exceptions=True)
+            self.summary.elapsed_s = time.monotonic() - started
+        return self.summary
+
+    async def _cancel_after_grace(self) -> None:
+        """Once the run is stopping, give jobs in flight ``grace`` seconds, then cancel them."""
+        await self._stopping.wait()
+        if self._in_flight:
+            await asyncio.wait(set(self._in_flight), timeout=self.config.grace)
+        for task in list(self._in_flight):
+            task.cancel()
+
+    async def _worker(self, queue: asyncio.Queue[Job | None]) -> None:
+        while (job := await queue.get()) is not None:
+            if self.stopping:
+                await self._record(self._not_run_record(job))
+                continue
+            # The job runs as its own task so that the grace period can cancel it
+            # without cancelling the worker, which goes on draining the queue.
+            task = asyncio.create_task(self._run_job(job))
+            self._in_flight.add(task)
+            try:
+                await asyncio.wait({task})
+            finally:
+                self._in_flight.discard(task)
+            if task.cancelled():
+                await self._record(self._not_run_record(job))
+            else:
+                await self._record(task.result())
+
+    async def _record(self, record: JobRecord) -> None:
+        self.summary.add(record)
+        await self.manifest.append(record)
+        self.observer.job_done(record)
+
+    # -- one job -----------------------------------------------------------
+
+    async def _run_job(self, job: Job) -> JobRecord:
+        started_at, t0 = _now(), time.monotonic()
+        state = _Attempts()
+        files: list[FileRecord] = []
+        warnings: list[str] = []
+        usage: dict[str, Any] = {}
+        revised: str | None = None
+        body = job.request.wire_body(self.config.field_case)
+        error: ErrorRecord | None = None
+        status: JobStatus = "ok"
+        for stem in job.stems:
+            try:
+                image, reply = await self._generate(job, body, state)
+                relative = f"{stem}.{image.extension}"
+                await write_atomic(self.config.out_dir, relative, image.data)
+            except _Aborted:
+                status = "not_run" if not files else "failed"
+                error = ErrorRecord(kind="not_run", message=self._abort_reason or "interrupted")
+                break
+            except (PmockBatchError, OSError) as exc:
+                if classify(exc) is Decision.ABORT:
+                    self._abort(exc)
+                error = error_record(exc)
+                too_long = self.policy.wait_too_long(exc)
+                if too_long is not None:
+                    error.message = (
+                        f"{error.message} (the server asked to wait {too_long:g}s, "
+                        f"more than --max-retry-wait {self.policy.max_retry_wait:g}s)"
+                    )
+                status = "failed"
+                break
+            if image.format != job.request.format:
+                warnings.append(
+                    f"asked for {job.request.format} but the server sent {image.format}; "
+                    f"saved as {relative}"
+                )
+                log.warning("%s: %s", job.id, warnings[-1])
+            files.append(
+                FileRecord(
+                    path=relative,
+                    sha256=image.sha256,
+                    bytes=len(image.data),
+                    format=image.format,
+                    width=image.width,
+                    height=image.height,
+                )
+            )
+            _add_usage(usage, reply.body.usage)
+            revised = revised or reply.body.data[0].revised_prompt
+        self.summary.retries += state.retries
+        self.summary.ambiguous_retries += state.ambiguous
+        self.summary.rate_limited += state.rate_limited
+        record = JobRecord(
+            id=job.id,
+            line=job.line,
+            status=status,
+            files=files,
+            attempts=state.count,
+            elapsed_s=round(time.monotonic() - t0, 3),
+            http_status=state.http_status,
+            error=error,
+            revised_prompt=revised,
+            usage=usage or None,
+            request=body,
+            fingerprint=job.fingerprint,
+            started_at=started_at,
+            finished_at=_now(),
+            warnings=warnings,
+            ambiguous_retries=state.ambiguous,
+        )
+        return record
+
+    async def _generate(
+        self, job: Job, body: dict[str, Any], state: _Attempts
+    ) -> tuple[VerifiedImage, Reply]:
+        """One image, with retries. Raises the last error when attempts run out."""
+
+        def before_sleep(retry_state: RetryCallState) -> None:
+            outcome = retry_state.outcome
+            exc = outcome.exception() if outcome is not None else None
+            wait = retry_state.upcoming_sleep
+            state.retries += 1
+            if isinstance(exc, APITimeoutError):
+                state.ambiguous += 1
+            reason = str(exc) if exc is not None else "unknown"
+            self.observer.retrying(job.id, retry_state.attempt_number, wait, reason)
+            log.info(
+                "%s: attempt %d failed (%s); retrying in %.1fs",
+                job.id,
+                retry_state.attempt_number,
+                reason,
+                wait,
+            )
+
+        async for attempt in self.policy.retrying(before_sleep=before_sleep):
+            with attempt:
+                if self.stopping:
+                    raise _Aborted
+                state.count += 1
+                try:
+                    return await self._attempt(body)
+                except APIStatusError as exc:
+                    state.http_status = exc.status
+                    if exc.status == 429:
+                        state.rate_limited += 1
+                    raise
+        raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
+
+    async def _attempt(self, body: dict[str, Any]) -> tuple[VerifiedImage, Reply]:
+        reply = await self.client.generate(body)
+        item = reply.body.data[0]
+        if item.b64_json:
+            image = await asyncio.to_thread(decode_and_verify, item.b64_json)
+        elif item.url:
+            raw = await self.client.download(item.url)
+            image = await asyncio.to_thread(verify_image, raw)
+        else:
+            raise InvalidResponseError("the server's answer has neither b64_json nor url")
+        return image, reply
+
+    # -- records for jobs that never ran ---------------------------------
+
+    def _invalid_record(self, item: InvalidLine) -> JobRecord:
+        now = _now()
+        return JobRecord(
+            id=item.id,
+            line=item.line,
+            status="invalid",
+            error=ErrorRecord(kind="invalid", message=item.message),
+            started_at=now,
+            finished_at=now,
+        )
+
+    def _not_run_record(self, job: Job) -> JobRecord:
+        return JobRecord(
+            id=job.id,
+            line=job.line,
+            status="not_run",
+            error=ErrorRecord(kind="not_run", message=self._abort_reason or "interrupted"),
+            request=job.request.wire_body(self.config.field_case),
+            fingerprint=job.fingerprint,
+        )
+
+
+def _add_usage(total: dict[str, Any], usage: dict[str, Any] | None) -> None:
+    for key, value in (usage or {}).items():
+        if isinstance(value, int) and not isinstance(value, bool):
+            total[key] = total.get(key, 0) + value
+
+
+async def run_batch(
+    config: RunConfig,
+    jobs: Iterable[Job | InvalidLine],
+    *,
+    policy: RetryPolicy | None = None,
+    observer: RunObserver | None = None,
+    on_engine: Callable[[Engine], None] | None = None,
+) -> Summary:
+    """Run a batch end to end: open the client and manifest, run, compact the manifest.
+
+    ``on_engine`` receives the engine before it starts, so a caller can wire
+    signals to :meth:`Engine.stop`.
+    """
+    async with ImagesClient(config) as client, ManifestWriter(config.manifest_path) as manifest:
+        engine = Engine(config, client, manifest, policy=policy, observer=observer)
+        if on_engine is not None:
+            on_engine(engine)
+        summary = await engine.run(jobs)
+    await asyncio.to_thread(compact, config.manifest_path)
+    return summary

@@ -1,0 +1,127 @@
+"""The one exception tree of pmock-batch.
+
+::
+
+    PmockBatchError
+    ├── UsageError                 bad flags or environment: exit 2, nothing sent
+    ├── JobFileError               the job file has invalid lines: exit 2, nothing sent
+    ├── OutputPathError            a path would escape the output directory
+    └── APIError                   anything that went wrong talking to the server
+        ├── APIStatusError         the server answered with a non-2xx status
+        ├── APIConnectionError     no usable answer: refused, reset, dropped, cut off
+        │   └── APITimeoutError    the request timed out (it may have been billed)
+        └── InvalidResponseError   a 2xx whose body or image is unusable
+
+Foreign exceptions (aiohttp, asyncio timeouts, JSON and base64 errors) are
+translated into this tree in exactly one place, :mod:`pmock_batch.client`,
+always with ``raise ... from exc`` so the cause is kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+__all__ = [
+    "APIConnectionError",
+    "APIError",
+    "APIStatusError",
+    "APITimeoutError",
+    "InvalidResponseError",
+    "JobFileError",
+    "OutputPathError",
+    "PmockBatchError",
+    "Problem",
+    "UsageError",
+]
+
+
+class PmockBatchError(Exception):
+    """Base class of every error pmock-batch raises on purpose."""
+
+
+class UsageError(PmockBatchError):
+    """A bad flag, a missing key, or an environment the run cannot start in."""
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One readable problem with one line of a job file."""
+
+    file: str
+    line: int
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}"
+        return (
+            f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+        )
+
+
+class JobFileError(PmockBatchError):
+    """The job file has invalid lines. ``problems`` holds the first ones found."""
+
+    def __init__(self, problems: list[Problem], total: int) -> None:
+        self.problems = problems
+        self.total = total
+        super().__init__(f"{total} invalid line(s) in the job file")
+
+
+class OutputPathError(PmockBatchError):
+    """A computed output path would leave the output directory."""
+
+
+class APIError(PmockBatchError):
+    """Something went wrong talking to the image server."""
+
+    kind: str = "api"
+
+
+class APIStatusError(APIError):
+    """The server answered with a non-2xx status, parsed from OpenAI's error shape."""
+
+    kind = "http"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        code: str | None = None,
+        type: str | None = None,
+        param: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.code = code
+        self.type = type
+        self.param = param
+        self.headers: Mapping[str, str] = dict(headers or {})
+
+    @property
+    def is_moderation(self) -> bool:
+        """True for content-policy rejections (``moderation_blocked`` and kin)."""
+        text = f"{self.code or ''} {self.type or ''}".lower()
+        return "moderation" in text or "content_policy" in text or "safety" in text
+
+
+class APIConnectionError(APIError):
+    """No usable answer: connection refused, reset or dropped, or a body cut off."""
+
+    kind = "connection"
+
+
+class APITimeoutError(APIConnectionError):
+    """The request timed out. The server may have done (and billed) the work."""
+
+    kind = "timeout"
+
+
+class InvalidResponseError(APIError):
+    """A 2xx answer whose body is not JSON, has no image, or whose image is unusable."""
+
+    kind = "invalid_response"

@@ -1,0 +1,308 @@
+"""The job reader: JSONL lines -> validated :class:`Job` objects, with line numbers.
+
+A job file is read twice. :func:`scan` validates every line first and keeps
+only compact facts (the output names seen, the invalid lines), so a bad file
+is rejected before anything is sent. :func:`iter_jobs` then streams the jobs
+for the worker pool, so a 100,000-line file never sits in memory at once.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from collections.abc import Iterator
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from .errors import Problem
+from .models import (
+    COMPRESSIBLE_FORMATS,
+    ImageRequest,
+    describe_errors,
+    fingerprint,
+    normalize_fields,
+)
+
+__all__ = ["MAX_ID_CHARS", "Defaults", "InvalidLine", "Job", "ScanResult", "iter_jobs", "scan"]
+
+MAX_ID_CHARS = 200
+MAX_REPORTED_PROBLEMS = 20
+_SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*\Z")
+_BATCH_KEYS = ("custom_id", "method", "url", "body")
+_SLUG_CHARS = 40
+
+
+@dataclass(frozen=True, slots=True)
+class Defaults:
+    """Request fields from CLI flags, used where a line leaves the field out."""
+
+    model: str | None = None
+    size: str | None = None
+    quality: str | None = None
+    output_format: str | None = None
+    background: str | None = None
+    moderation: str | None = None
+    output_compression: int | None = None
+
+    def fill(self, values: dict[str, Any]) -> dict[str, Any]:
+        """Return ``values`` with every default the line did not set filled in.
+
+        ``output_compression`` is filled only for jpeg and webp jobs, the only
+        formats it applies to, so one flag can serve a mixed file.
+        """
+        merged = dict(values)
+        for f in fields(self):
+            default = getattr(self, f.name)
+            if default is None or f.name in merged:
+                continue
+            if f.name == "output_compression":
+                fmt = merged.get("output_format", "png")
+                if fmt not in COMPRESSIBLE_FORMATS:
+                    continue
+            merged[f.name] = default
+        return merged
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One valid line of the job file."""
+
+    line: int
+    id: str  # the output name stem: the line's id, or a slug of the prompt
+    request: ImageRequest
+    fingerprint: str
+    named: bool = True  # False when the id is a slug of the prompt
+
+    @property
+    def stems(self) -> list[str]:
+        """The output name stems: ``id`` for one image, ``id-1`` ... ``id-n`` for n."""
+        n = self.request.count
+        return [self.id] if n == 1 else [f"{self.id}-{i}" for i in range(1, n + 1)]
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidLine:
+    """A line that failed validation, kept for ``--skip-invalid``."""
+
+    line: int
+    id: str | None
+    message: str
+
+
+@dataclass(slots=True)
+class ScanResult:
+    """What :func:`scan` learnt about a job file."""
+
+    file: str
+    jobs: int = 0
+    images: int = 0
+    problems: list[Problem] = field(default_factory=list)  # the first few, for display
+    invalid: dict[int, InvalidLine] = field(default_factory=dict)  # by line number
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.invalid
+
+
+def _check_id(value: Any) -> str:
+    """Validate a job id: relative, safe path segments, at most 200 characters."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {json.dumps(value)}")
+    if not value:
+        raise ValueError("must not be empty")
+    if len(value) > MAX_ID_CHARS:
+        raise ValueError(f"is {len(value)} characters long; at most {MAX_ID_CHARS} are allowed")
+    if value.startswith("/") or value.startswith("\\") or re.match(r"[A-Za-z]:", value):
+        raise ValueError(f"{value!r} is an absolute path; ids are relative to the output directory")
+    for segment in value.split("/"):
+        if segment == "..":
+            raise ValueError(f"{value!r} contains '..'; output must stay in the output directory")
+        if not _SEGMENT.match(segment):
+            raise ValueError(
+                f"{value!r} is not a safe name: each '/'-separated part must match "
+                "[A-Za-z0-9_][A-Za-z0-9._-]*"
+            )
+    return value
+
+
+def slug(prompt: str, digest: str) -> str:
+    """A short, stable file name for an id-less job: prompt words plus 8 hex of its fingerprint."""
+    ascii_text = unicodedata.normalize("NFKD", prompt).encode("ascii", "ignore").decode()
+    words = re.sub(r"[^a-z0-9]+", "-", ascii_text.lower()).strip("-")
+    words = words[:_SLUG_CHARS].rstrip("-") or "image"
+    return f"{words}-{digest[:8]}"
+
+
+def _split_line(obj: Any) -> tuple[Any, dict[str, Any], str, list[tuple[str, str]]]:
+    """Split a decoded line into (id, request fields, field-name prefix, problems)."""
+    if isinstance(obj, str):
+        return None, {"prompt": obj}, "", []
+    if not isinstance(obj, dict):
+        kind = "an array" if isinstance(obj, list) else f"{json.dumps(obj)}"
+        return None, {}, "", [("", f"expected a JSON object or string, got {kind}")]
+    if "custom_id" in obj or "body" in obj:
+        problems: list[tuple[str, str]] = []
+        for key in obj:
+            if key not in _BATCH_KEYS:
+                problems.append((repr(key), "unknown field in a Batch API line"))
+        if obj.get("method", "POST") != "POST":
+            problems.append(("method", f"{obj.get('method')!r} is not POST"))
+        url = obj.get("url", "/v1/images/generations")
+        if not isinstance(url, str) or not url.rstrip("/").endswith("/images/generations"):
+            problems.append(("url", f"{url!r} is not /v1/images/generations"))
+        body = obj.get("body")
+        if not isinstance(body, dict):
+            problems.append(("body", "required, as a JSON object"))
+            body = {}
+        return obj.get("custom_id"), dict(body), "body.", problems
+    values = dict(obj)
+    return values.pop("id", None), values, "", []
+
+
+def parse_line(text: str, *, defaults: Defaults) -> Job | list[tuple[str, str]] | None:
+    """Parse one line. Returns a Job, a list of ``(field, problem)``, or None to skip it."""
+    stripped = text.strip()
+    if not stripped or stripped.startswith("#"):
+        return None
+    try:
+        obj = json.loads(stripped)
+    except json.JSONDecodeError as exc:
+        return [("", f"not valid JSON: {exc.msg} (column {exc.colno})")]
+    raw_id, raw_fields, prefix, problems = _split_line(obj)
+    if problems and not raw_fields:
+        return problems
+    values, field_problems = normalize_fields(raw_fields)
+    problems += [
+        (prefix + name if not name.startswith("'") else name, msg) for name, msg in field_problems
+    ]
+    job_id: str | None = None
+    if raw_id is not None:
+        try:
+            job_id = _check_id(raw_id)
+        except ValueError as exc:
+            problems.append(("custom_id" if prefix else "id", str(exc)))
+    try:
+        request = ImageRequest.model_validate(defaults.fill(values))
+    except ValidationError as exc:
+        problems += [(prefix + name, msg) for name, msg in describe_errors(exc)]
+        return problems
+    if problems:
+        return problems
+    digest = fingerprint(request)
+    return Job(
+        line=0,
+        id=job_id or slug(request.prompt, digest),
+        request=request,
+        fingerprint=digest,
+        named=job_id is not None,
+    )
+
+
+def _read_lines(path: Path) -> Iterator[tuple[int, str | None]]:
+    """Yield ``(line number, text)``; text is None for a line that is not UTF-8."""
+    with path.open("rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            try:
+                yield number, raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError:
+                yield number, None
+
+
+def _parse(number: int, text: str | None, defaults: Defaults) -> Job | list[tuple[str, str]] | None:
+    if text is None:
+        return [("", "not valid UTF-8")]
+    result = parse_line(text, defaults=defaults)
+    if isinstance(result, Job):
+        return replace(result, line=number)
+    return result
+
+
+def scan(path: Path, *, defaults: Defaults | None = None) -> ScanResult:
+    """Validate every line of ``path``; collect problems instead of raising."""
+    defaults = defaults or Defaults()
+    result = ScanResult(file=str(path))
+    seen: dict[str, tuple[int, str]] = {}  # casefolded stem -> (line, stem)
+    for number, text in _read_lines(path):
+        parsed = _parse(number, text, defaults)
+        if parsed is None:
+            continue
+        parsed_problems = _collisions(parsed, seen) if isinstance(parsed, Job) else parsed
+        if parsed_problems:
+            job_id = parsed.id if isinstance(parsed, Job) else None
+            message = "; ".join(f"{f}: {m}" if f else m for f, m in parsed_problems)
+            result.invalid[number] = InvalidLine(line=number, id=job_id, message=message)
+            for fld, msg in parsed_problems:
+                if len(result.problems) < MAX_REPORTED_PROBLEMS:
+                    result.problems.append(Problem(str(path), number, fld, msg))
+            continue
+        assert isinstance(parsed, Job)
+        result.jobs += 1
+        result.images += parsed.request.count
+        if parsed.request.input_fidelity is not None and not result.warnings:
+            result.warnings.append(
+                f"{path}:{number}: input_fidelity only affects image edits; "
+                "generations ignore it (it is still sent)"
+            )
+    return result
+
+
+def _collisions(job: Job, seen: dict[str, tuple[int, str]]) -> list[tuple[str, str]]:
+    """Report output names this job shares with an earlier line; register its own."""
+    problems: list[tuple[str, str]] = []
+    for stem in job.stems:
+        key = stem.casefold()
+        if key in seen:
+            other_line, other_stem = seen[key]
+            if other_stem == stem and not job.named:
+                problems.append(
+                    (
+                        "prompt",
+                        f"same request as line {other_line}, so it would overwrite the same "
+                        'file; to get variants of one prompt set n (e.g. "n": 2), '
+                        "or give each line its own id",
+                    )
+                )
+            elif other_stem == stem:
+                problems.append(("id", f"duplicate id {stem!r} (first used on line {other_line})"))
+            else:
+                problems.append(
+                    (
+                        "id",
+                        f"output name {stem!r} collides with {other_stem!r} on line {other_line} "
+                        "on case-insensitive file systems",
+                    )
+                )
+            return problems
+    for stem in job.stems:
+        seen[stem.casefold()] = (job.line, stem)
+    return problems
+
+
+def iter_jobs(
+    path: Path, scanned: ScanResult, *, defaults: Defaults | None = None
+) -> Iterator[Job | InvalidLine]:
+    """Stream the file again, yielding each valid Job and each invalid line in order.
+
+    ``scanned`` is the result of :func:`scan` on the same file: lines it found
+    invalid are yielded as :class:`InvalidLine` without parsing them again.
+    """
+    defaults = defaults or Defaults()
+    for number, text in _read_lines(path):
+        if number in scanned.invalid:
+            yield scanned.invalid[number]
+            continue
+        parsed = _parse(number, text, defaults)
+        if parsed is None:
+            continue
+        if isinstance(parsed, Job):
+            yield parsed
+        else:  # the file changed between the scan and the run
+            message = "; ".join(f"{f}: {m}" if f else m for f, m in parsed)
+            yield InvalidLine(line=number, id=None, message=message)

@@ -1,0 +1,118 @@
+"""The manifest: ``OUT/manifest.jsonl``, one JSON record per job.
+
+While a run goes on the manifest is an append-only log: each record is
+appended and flushed as soon as its job finishes, so a crash loses at most
+the jobs in flight. A reader tolerates a torn last line. On a clean finish
+:func:`compact` rewrites it atomically as one line per job (its latest
+record), in input order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiofiles
+import aiofiles.os
+from aiofiles.threadpool.text import AsyncTextIOWrapper
+
+from .models import JobRecord
+
+__all__ = ["ManifestWriter", "compact", "read_records"]
+
+
+class ManifestWriter:
+    """Appends records to the manifest log, one flushed line each."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fh: AsyncTextIOWrapper | None = None
+
+    async def __aenter__(self) -> ManifestWriter:
+        await aiofiles.os.makedirs(self.path.parent, exist_ok=True)
+        await _heal_torn_tail(self.path)
+        self._fh = await aiofiles.open(self.path, "a", encoding="utf-8")
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._fh is not None:
+            await self._fh.close()
+            self._fh = None
+
+    async def append(self, record: JobRecord) -> None:
+        if self._fh is None:
+            raise RuntimeError("ManifestWriter is not open; use 'async with'")
+        await self._fh.write(record.model_dump_json() + "\n")
+        await self._fh.flush()
+
+
+async def _heal_torn_tail(path: Path) -> None:
+    """If a crash left a last line without its newline, end it so appends stay parseable."""
+    try:
+        size = (await aiofiles.os.stat(path)).st_size
+    except FileNotFoundError:
+        return
+    if size == 0:
+        return
+    async with aiofiles.open(path, "rb+") as fh:
+        await fh.seek(size - 1)
+        if await fh.read(1) != b"\n":
+            await fh.write(b"\n")
+
+
+def _raw_lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """Yield ``(byte offset, line)`` for every line of the log."""
+    offset = 0
+    with path.open("rb") as fh:
+        for line in fh:
+            yield offset, line
+            offset += len(line)
+
+
+def _load(line: bytes) -> dict[str, Any] | None:
+    try:
+        data = json.loads(line)
+    except ValueError:
+        return None  # a torn line left by a crash
+    return data if isinstance(data, dict) else None
+
+
+def read_records(path: Path) -> Iterator[JobRecord]:
+    """Every well-formed record in the log, in file order. Torn lines are skipped."""
+    if not path.exists():
+        return
+    for _, line in _raw_lines(path):
+        data = _load(line)
+        if data is not None:
+            yield JobRecord.model_validate(data)
+
+
+def compact(path: Path) -> None:
+    """Rewrite the log as one line per job (its latest record), sorted by input line.
+
+    Memory stays small: only byte offsets are kept per job, never whole records.
+    Records of ids that no longer appear at the latest line stay, in line order.
+    """
+    if not path.exists():
+        return
+    latest: dict[str, tuple[int, int, int]] = {}  # key -> (line, offset, length)
+    for offset, raw in _raw_lines(path):
+        data = _load(raw)
+        if data is None:
+            continue
+        key = str(data.get("id")) if data.get("id") is not None else f"#line{data.get('line')}"
+        line = data.get("line")
+        latest[key] = (line if isinstance(line, int) else 0, offset, len(raw))
+    ordered = sorted(latest.values())
+    tmp = path.with_name(f".{path.name}.compact.tmp")
+    with path.open("rb") as src, tmp.open("wb") as dst:
+        for _, offset, length in ordered:
+            src.seek(offset)
+            chunk = src.read(length)
+            dst.write(chunk if chunk.endswith(b"\n") else chunk + b"\n")
+        dst.flush()
+        os.fsync(dst.fileno())
+    os.replace(tmp, path)

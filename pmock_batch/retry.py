@@ -1,0 +1,173 @@
+"""The retry policy: a pure function of the failure, and a Retry-After-aware wait.
+
+:func:`classify` decides, from the exception an attempt raised (status,
+headers, error body and exception type), whether to retry the attempt, fail
+the job, or abort the whole run. :func:`server_wait` reads how long the
+server asked us to wait. :func:`backoff` is exponential backoff with full
+jitter. :class:`RetryPolicy` plugs the three into tenacity.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+
+from tenacity import AsyncRetrying, RetryCallState, stop_after_attempt
+from tenacity.retry import retry_base
+from tenacity.wait import wait_base
+
+from .config import DEFAULT_MAX_ATTEMPTS, INITIAL_RETRY_DELAY, MAX_RETRY_DELAY
+from .errors import APIConnectionError, APIStatusError, InvalidResponseError
+
+__all__ = [
+    "DEFAULT_MAX_RETRY_WAIT",
+    "RETRY_STATUSES",
+    "Decision",
+    "RetryPolicy",
+    "backoff",
+    "classify",
+    "server_wait",
+]
+
+RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
+ABORT_STATUSES = frozenset({401, 403, 404})
+DEFAULT_MAX_RETRY_WAIT = 120.0
+
+
+class Decision(enum.Enum):
+    RETRY = "retry"  # try this attempt again after a wait
+    FAIL = "fail"  # record the job as failed; the other jobs carry on
+    ABORT = "abort"  # every other job would fail the same way: stop the run
+
+
+def classify(exc: BaseException) -> Decision:
+    """Decide what a failed attempt means. Pure: it looks only at the exception."""
+    if isinstance(exc, APIStatusError):
+        if exc.status in ABORT_STATUSES:
+            return Decision.ABORT
+        if exc.status == 429 and exc.code == "insufficient_quota":
+            return Decision.ABORT
+        should = exc.headers.get("x-should-retry", "").strip().lower()
+        if should == "true":
+            return Decision.RETRY
+        if should == "false":
+            return Decision.FAIL
+        if exc.status in RETRY_STATUSES or exc.status >= 500:
+            return Decision.RETRY
+        return Decision.FAIL
+    if isinstance(exc, APIConnectionError | InvalidResponseError):
+        return Decision.RETRY
+    return Decision.FAIL
+
+
+def server_wait(headers: Mapping[str, str], *, now: float | None = None) -> float | None:
+    """Seconds the server asked us to wait: ``retry-after-ms``, then ``Retry-After``.
+
+    ``Retry-After`` may be seconds or an HTTP date. Returns None when there is
+    no usable header. ``now`` (epoch seconds) is injectable for tests.
+    """
+    lowered = {k.lower(): v for k, v in headers.items()}
+    raw_ms = lowered.get("retry-after-ms")
+    if raw_ms is not None:
+        try:
+            return max(0.0, float(raw_ms) / 1000.0)
+        except ValueError:
+            pass
+    raw = lowered.get("retry-after")
+    if raw is None:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(raw)
+    except (TypeError, ValueError):
+        return None
+    current = time.time() if now is None else now
+    return max(0.0, when.timestamp() - current)
+
+
+def backoff(
+    attempt: int,
+    *,
+    rng: random.Random | None = None,
+    initial: float = INITIAL_RETRY_DELAY,
+    cap: float = MAX_RETRY_DELAY,
+) -> float:
+    """Exponential backoff with full jitter: uniform in [0, min(cap, initial * 2**(attempt-1))]."""
+    ceiling = min(cap, initial * 2 ** max(0, attempt - 1))
+    return (rng or random).uniform(0.0, ceiling)
+
+
+@dataclass(slots=True)
+class RetryPolicy:
+    """The run's retry settings, turned into tenacity strategies.
+
+    ``sleep`` is injectable so that tests never sleep through real backoff.
+    ``on_retry`` is told about every retry (attempt state, wait in seconds).
+    """
+
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    max_retry_wait: float = DEFAULT_MAX_RETRY_WAIT
+    initial: float = INITIAL_RETRY_DELAY
+    cap: float = MAX_RETRY_DELAY
+    rng: random.Random = field(default_factory=random.Random)
+    sleep: Callable[[float], Awaitable[None]] | None = None
+
+    def wait_for(self, exc: BaseException, attempt: int) -> float:
+        """How long to wait before the next attempt after ``exc`` ended attempt ``attempt``."""
+        if isinstance(exc, APIStatusError):
+            asked = server_wait(exc.headers)
+            if asked is not None:
+                return asked
+        return backoff(attempt, rng=self.rng, initial=self.initial, cap=self.cap)
+
+    def wait_too_long(self, exc: BaseException) -> float | None:
+        """The server's asked-for wait, if it is longer than ``max_retry_wait``; else None."""
+        if isinstance(exc, APIStatusError):
+            asked = server_wait(exc.headers)
+            if asked is not None and asked > self.max_retry_wait:
+                return asked
+        return None
+
+    def should_retry(self, exc: BaseException) -> bool:
+        return classify(exc) is Decision.RETRY and self.wait_too_long(exc) is None
+
+    def retrying(
+        self, *, before_sleep: Callable[[RetryCallState], Awaitable[None] | None] | None = None
+    ) -> AsyncRetrying:
+        """A fresh tenacity controller for one image's attempts."""
+        policy = self
+
+        class _Retry(retry_base):
+            def __call__(self, retry_state: RetryCallState) -> bool:
+                outcome = retry_state.outcome
+                if outcome is None or not outcome.failed:
+                    return False
+                exc = outcome.exception()
+                return exc is not None and policy.should_retry(exc)
+
+        class _Wait(wait_base):
+            def __call__(self, retry_state: RetryCallState) -> float:
+                outcome = retry_state.outcome
+                exc = outcome.exception() if outcome is not None else None
+                if exc is None:
+                    return 0.0
+                return policy.wait_for(exc, retry_state.attempt_number)
+
+        kwargs: dict[str, object] = {}
+        if self.sleep is not None:
+            kwargs["sleep"] = self.sleep
+        return AsyncRetrying(
+            stop=stop_after_attempt(self.max_attempts),
+            wait=_Wait(),
+            retry=_Retry(),
+            reraise=True,
+            before_sleep=before_sleep,
+            **kwargs,  # type: ignore[arg-type]
+        )
