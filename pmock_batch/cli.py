@@ -13,10 +13,10 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO, TypeVar
 from urllib.parse import urlsplit
 
 from . import __version__
@@ -36,6 +36,7 @@ from .engine import Engine, RunObserver, Summary, run_batch
 from .errors import UsageError
 from .jobs import Defaults, Job, ScanResult, iter_jobs, scan
 from .mock import MockOptions, MockServer, serve
+from .mock.faults import load_script, parse_fault_rates, parse_script
 from .models import BACKGROUNDS, FORMATS, MODERATIONS, QUALITIES, SIZES, JobRecord
 from .output import EXTENSIONS
 from .retry import DEFAULT_MAX_RETRY_WAIT, RetryPolicy
@@ -52,6 +53,7 @@ SUBCOMMANDS = ("mock-server", "validate")
 MAX_PLAN_FILES = 50
 
 log = logging.getLogger("pmock_batch")
+T = TypeVar("T")
 
 
 def _positive_int(text: str) -> int:
@@ -196,20 +198,103 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _checked(parse: Callable[[str], T]) -> Callable[[str], T]:
+    """Wrap a parser so that its ValueError message reaches the user as is."""
+
+    def wrapped(text: str) -> T:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from exc
+
+    wrapped.__name__ = parse.__name__
+    return wrapped
+
+
 def _add_mock_options(parser: argparse.ArgumentParser, *, prefix: str, title: str) -> None:
+    """The mock's behaviour flags: ``--latency`` on mock-server, ``--mock-latency`` with --mock."""
     group = parser.add_argument_group(title)
-    group.add_argument(
-        f"--{prefix}latency",
-        dest="mock_latency",
+
+    def add(name: str, **kwargs: Any) -> None:
+        group.add_argument(f"--{prefix}{name}", dest="mock_" + name.replace("-", "_"), **kwargs)
+
+    add("latency", type=float, default=0.0, metavar="S", help="delay per response (default: 0)")
+    add(
+        "latency-jitter",
         type=float,
         default=0.0,
-        metavar="SECONDS",
-        help="delay added to every mock response (default: 0)",
+        metavar="S",
+        help="up to this much random extra delay (default: 0)",
+    )
+    add(
+        "fault-rate",
+        type=_checked(parse_fault_rates),
+        default={},
+        metavar="KIND=P,...",
+        help="random faults, e.g. 500=0.1,503=0.05,429=0.1,drop=0.05,truncate=0.05,"
+        "corrupt=0.05,hang=0.01 (default: none)",
+    )
+    add("seed", type=int, default=None, help="seed for faults and jitter (default: random)")
+    add(
+        "script",
+        type=_checked(parse_script),
+        action="append",
+        default=[],
+        metavar="PROMPT=OUTCOME,...",
+        help="scripted outcomes by attempt for a prompt ('*' for all), e.g. 'a cat=500,drop,ok'; "
+        "repeatable (default: none)",
+    )
+    add(
+        "script-file",
+        type=_checked(load_script),
+        default=None,
+        metavar="FILE",
+        help='scripted outcomes as JSON: {"a cat": ["500", "ok"]} (default: none)',
+    )
+    add(
+        "retry-after",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="Retry-After of a 429 fault (default: 1)",
+    )
+    add("rpm", type=_positive_int, default=None, metavar="N", help="requests-per-minute limit")
+    add("require-key", default=None, metavar="KEY", help="answer 401 unless this bearer key")
+    add(
+        "moderation-word",
+        action="append",
+        default=[],
+        metavar="WORD",
+        help="prompts with this word get moderation_blocked; repeatable",
+    )
+    add("payload-mb", type=_positive_float, default=None, metavar="MB", help="pad images to ~MB")
+    add(
+        "revised-prompt",
+        action="store_true",
+        help="add a revised_prompt to every image (default: off)",
     )
 
 
 def _mock_options(args: argparse.Namespace) -> MockOptions:
-    return MockOptions(latency=args.mock_latency)
+    script: dict[str, tuple[str, ...]] = {}
+    for part in [*args.mock_script, args.mock_script_file or {}]:
+        script.update(part)
+    try:
+        return MockOptions(
+            latency=args.mock_latency,
+            latency_jitter=args.mock_latency_jitter,
+            fault_rates=args.mock_fault_rate,
+            seed=args.mock_seed,
+            script=script,
+            retry_after=args.mock_retry_after,
+            rpm=args.mock_rpm,
+            require_key=args.mock_require_key,
+            moderation_words=tuple(args.mock_moderation_word),
+            payload_mb=args.mock_payload_mb,
+            revised_prompt=args.mock_revised_prompt,
+        )
+    except ValueError as exc:
+        raise UsageError(f"mock server: {exc}") from exc
 
 
 # -- output helpers ------------------------------------------------------------
@@ -325,16 +410,18 @@ def _resolve_endpoint(args: argparse.Namespace) -> tuple[str, str | None]:
 
 
 @contextlib.asynccontextmanager
-async def _endpoint(args: argparse.Namespace, base_url: str) -> AsyncIterator[str]:
+async def _endpoint(mock: MockOptions | None, base_url: str) -> AsyncIterator[str]:
     """Yield the base URL to use: a fresh in-process mock's with --mock, else ``base_url``."""
-    if not args.mock:
+    if mock is None:
         yield base_url
         return
-    async with MockServer(_mock_options(args)) as server:
+    async with MockServer(mock) as server:
         yield server.base_url
 
 
-async def _run(args: argparse.Namespace, config: RunConfig, result: ScanResult) -> Summary:
+async def _run(
+    args: argparse.Namespace, config: RunConfig, result: ScanResult, mock: MockOptions | None
+) -> Summary:
     loop = asyncio.get_running_loop()
     engines: list[Engine] = []
 
@@ -349,10 +436,10 @@ async def _run(args: argparse.Namespace, config: RunConfig, result: ScanResult) 
         )
 
     for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, on_signal)
     try:
-        async with _endpoint(args, config.base_url) as base_url:
+        async with _endpoint(mock, config.base_url) as base_url:
             config = replace(config, base_url=base_url)
             jobs = iter_jobs(args.jobs, result, defaults=_defaults(args))
             policy = RetryPolicy(
@@ -367,7 +454,7 @@ async def _run(args: argparse.Namespace, config: RunConfig, result: ScanResult) 
             )
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.remove_signal_handler(sig)
 
 
@@ -386,6 +473,7 @@ def _main_command(argv: Sequence[str]) -> int:
     _configure_logging(quiet=args.quiet, verbose=args.verbose)
     try:
         base_url, key = _resolve_endpoint(args)
+        mock = _mock_options(args) if args.mock else None
     except UsageError as exc:
         _err(f"pmock-batch: error: {exc}")
         return EXIT_USAGE
@@ -406,7 +494,7 @@ def _main_command(argv: Sequence[str]) -> int:
     config = RunConfig(
         out_dir=out_dir,
         base_url=base_url,
-        api_key=None if args.mock else key,
+        api_key=key,
         concurrency=args.concurrency,
         timeout=args.timeout,
         connect_timeout=args.connect_timeout,
@@ -414,7 +502,7 @@ def _main_command(argv: Sequence[str]) -> int:
         grace=args.grace,
         field_case=args.field_case,
     )
-    summary = asyncio.run(_run(args, config, result))
+    summary = asyncio.run(_run(args, config, result, mock))
     if summary.aborted:
         _err(
             f"pmock-batch: run aborted: {summary.aborted}. Check {API_KEY_ENV}, --base-url and "
@@ -452,12 +540,17 @@ def _mock_server_command(argv: Sequence[str]) -> int:
     parser.add_argument("--port", type=int, default=8080, help="port (default: 8080)")
     _add_mock_options(parser, prefix="", title="behaviour")
     args = parser.parse_args(argv)
+    try:
+        options = _mock_options(args)
+    except UsageError as exc:
+        _err(f"pmock-batch mock-server: error: {exc}")
+        return EXIT_USAGE
 
     def ready(url: str) -> None:
         _err(f"pmock-batch mock server listening on {url} (base URL {url}/v1); Ctrl-C stops it")
 
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(_mock_options(args), host=args.host, port=args.port, on_ready=ready))
+        asyncio.run(serve(options, host=args.host, port=args.port, on_ready=ready))
     return EXIT_OK
 
 

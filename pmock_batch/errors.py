@@ -100,7 +100,8 @@ class APIStatusError(APIError):
         self.code = code
         self.type = type
         self.param = param
-        self.headers: Mapping[str, str] = dict(headers or {})
+        # Lower-cased names: HTTP header names are case-insensitive.
+        self.headers: Mapping[str, str] = {k.lower(): v for k, v in (headers or {}).items()}
 
     @property
     def is_moderation(self) -> bool:

@@ -164,18 +164,24 @@ def _split_line(obj: Any) -> tuple[Any, dict[str, Any], str, list[tuple[str, str
     return values.pop("id", None), values, "", []
 
 
-def parse_line(text: str, *, defaults: Defaults) -> Job | list[tuple[str, str]] | None:
-    """Parse one line. Returns a Job, a list of ``(field, problem)``, or None to skip it."""
+@dataclass(frozen=True, slots=True)
+class _Rejected:
+    problems: list[tuple[str, str]]  # (field, problem)
+    id: str | None = None  # the line's id, when it had a valid one
+
+
+def parse_line(text: str, *, defaults: Defaults) -> Job | _Rejected | None:
+    """Parse one line. Returns a Job, its problems, or None for a blank or comment line."""
     stripped = text.strip()
     if not stripped or stripped.startswith("#"):
         return None
     try:
         obj = json.loads(stripped)
     except json.JSONDecodeError as exc:
-        return [("", f"not valid JSON: {exc.msg} (column {exc.colno})")]
+        return _Rejected([("", f"not valid JSON: {exc.msg} (column {exc.colno})")])
     raw_id, raw_fields, prefix, problems = _split_line(obj)
     if problems and not raw_fields:
-        return problems
+        return _Rejected(problems)
     values, field_problems = normalize_fields(raw_fields)
     problems += [
         (prefix + name if not name.startswith("'") else name, msg) for name, msg in field_problems
@@ -190,9 +196,9 @@ def parse_line(text: str, *, defaults: Defaults) -> Job | list[tuple[str, str]] 
         request = ImageRequest.model_validate(defaults.fill(values))
     except ValidationError as exc:
         problems += [(prefix + name, msg) for name, msg in describe_errors(exc)]
-        return problems
+        return _Rejected(problems, job_id)
     if problems:
-        return problems
+        return _Rejected(problems, job_id)
     digest = fingerprint(request)
     return Job(
         line=0,
@@ -215,9 +221,9 @@ def _read_lines(path: Path) -> Iterator[tuple[int, str | None]]:
                 yield number, None
 
 
-def _parse(number: int, text: str | None, defaults: Defaults) -> Job | list[tuple[str, str]] | None:
+def _parse(number: int, text: str | None, defaults: Defaults) -> Job | _Rejected | None:
     if text is None:
-        return [("", "not valid UTF-8")]
+        return _Rejected([("", "not valid UTF-8")])
     result = parse_line(text, defaults=defaults)
     if isinstance(result, Job):
         return replace(result, line=number)
@@ -233,10 +239,10 @@ def scan(path: Path, *, defaults: Defaults | None = None) -> ScanResult:
         parsed = _parse(number, text, defaults)
         if parsed is None:
             continue
-        parsed_problems = _collisions(parsed, seen) if isinstance(parsed, Job) else parsed
+        parsed_problems = _collisions(parsed, seen) if isinstance(parsed, Job) else parsed.problems
         if parsed_problems:
-            job_id = parsed.id if isinstance(parsed, Job) else None
-            message = "; ".join(f"{f}: {m}" if f else m for f, m in parsed_problems)
+            job_id = parsed.id
+            message = _join(parsed_problems)
             result.invalid[number] = InvalidLine(line=number, id=job_id, message=message)
             for fld, msg in parsed_problems:
                 if len(result.problems) < MAX_REPORTED_PROBLEMS:
@@ -251,6 +257,10 @@ def scan(path: Path, *, defaults: Defaults | None = None) -> ScanResult:
                 "generations ignore it (it is still sent)"
             )
     return result
+
+
+def _join(problems: list[tuple[str, str]]) -> str:
+    return "; ".join(f"{f}: {m}" if f else m for f, m in problems)
 
 
 def _collisions(job: Job, seen: dict[str, tuple[int, str]]) -> list[tuple[str, str]]:
@@ -269,8 +279,12 @@ def _collisions(job: Job, seen: dict[str, tuple[int, str]]) -> list[tuple[str, s
                         "or give each line its own id",
                     )
                 )
-            elif other_stem == stem:
+            elif other_stem == stem and stem == job.id:
                 problems.append(("id", f"duplicate id {stem!r} (first used on line {other_line})"))
+            elif other_stem == stem:
+                problems.append(
+                    ("id", f"output name {stem!r} (from n) is already used on line {other_line}")
+                )
             else:
                 problems.append(
                     (
@@ -304,5 +318,4 @@ def iter_jobs(
         if isinstance(parsed, Job):
             yield parsed
         else:  # the file changed between the scan and the run
-            message = "; ".join(f"{f}: {m}" if f else m for f, m in parsed)
-            yield InvalidLine(line=number, id=None, message=message)
+            yield InvalidLine(line=number, id=parsed.id, message=_join(parsed.problems))

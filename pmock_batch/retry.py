@@ -14,6 +14,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC
 from email.utils import parsedate_to_datetime
 
 from tenacity import AsyncRetrying, RetryCallState, stop_after_attempt
@@ -88,6 +89,8 @@ def server_wait(headers: Mapping[str, str], *, now: float | None = None) -> floa
         when = parsedate_to_datetime(raw)
     except (TypeError, ValueError):
         return None
+    if when.tzinfo is None:  # asctime and "-0000" forms: HTTP dates are always GMT
+        when = when.replace(tzinfo=UTC)
     current = time.time() if now is None else now
     return max(0.0, when.timestamp() - current)
 

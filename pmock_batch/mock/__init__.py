@@ -1,0 +1,59 @@
+"""An OpenAI-compatible mock of ``POST /images/generations``, with fault injection.
+
+It validates requests with the client's own :class:`~pmock_batch.models.ImageRequest`,
+answers with real, deterministic images, counts what it received, and can be
+told to fail: by script per prompt, by seeded random rates, by a
+requests-per-minute limit, a required API key or moderation words.
+
+::
+
+    from pmock_batch.mock import MockOptions, MockServer
+
+    async with MockServer(MockOptions(script={"a fox": ["500", "ok"]})) as server:
+        ...  # point a client at server.base_url
+        assert server.stats.attempts["a fox"] == 2
+
+Modules: :mod:`.options` (what it does), :mod:`.faults` (outcomes, scripts,
+rates), :mod:`.ratelimit`, :mod:`.images` (synthesis and cache),
+:mod:`.validation`, :mod:`.responses` (OpenAI body shapes), :mod:`.stats`,
+:mod:`.app` (routes and handlers), :mod:`.server` (running it).
+"""
+
+from __future__ import annotations
+
+from .app import GENERATION_PATHS, create_app, get_state, get_stats
+from .faults import (
+    NAMED_OUTCOMES,
+    Outcome,
+    load_script,
+    parse_fault_rates,
+    parse_outcome,
+    parse_script,
+)
+from .images import ImageSpec, render_image
+from .options import MockOptions
+from .ratelimit import RequestLimiter, format_duration
+from .server import MockServer, serve
+from .stats import MockStats, ReceivedRequest
+
+__all__ = [
+    "GENERATION_PATHS",
+    "NAMED_OUTCOMES",
+    "ImageSpec",
+    "MockOptions",
+    "MockServer",
+    "MockStats",
+    "Outcome",
+    "ReceivedRequest",
+    "RequestLimiter",
+    "create_app",
+    "format_duration",
+    "get_state",
+    "get_stats",
+    "load_script",
+    "parse_fault_rates",
+    "parse_outcome",
+    "parse_script",
+    "render_image",
+    "serve",
+]

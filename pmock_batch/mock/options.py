@@ -1,0 +1,69 @@
+"""The mock server's options: one frozen dataclass, validated on creation."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from .faults import check_fault_rates, check_script
+
+__all__ = [
+    "DEFAULT_HANG_SECONDS",
+    "DEFAULT_LOG_LIMIT",
+    "DEFAULT_RETRY_AFTER",
+    "MAX_PAYLOAD_MB",
+    "MockOptions",
+]
+
+DEFAULT_RETRY_AFTER = 1.0  # seconds, the Retry-After of a 429 that does not name one
+DEFAULT_HANG_SECONDS = 3600.0  # far past any client timeout
+DEFAULT_LOG_LIMIT = 10_000  # received requests kept in the stats log
+MAX_PAYLOAD_MB = 256  # the largest payload_mb: noise is kept in memory
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MockOptions:
+    """How the mock behaves. Every option has a default that gives a plain, fast server.
+
+    Raises ``ValueError`` on creation when an option is out of range, so a bad
+    CLI flag fails before the server starts.
+    """
+
+    latency: float = 0.0  # seconds added to every generation request
+    latency_jitter: float = 0.0  # up to this many more seconds, drawn per request
+    revised_prompt: bool = False  # add ``revised_prompt`` to every data item
+    fault_rates: Mapping[str, float] = field(default_factory=dict)  # outcome -> probability
+    script: Mapping[str, Sequence[str]] = field(default_factory=dict)  # prompt or "*" -> outcomes
+    seed: int | None = None  # makes fault draws and jitter reproducible
+    retry_after: float = DEFAULT_RETRY_AFTER  # Retry-After of a 429 that names no wait
+    hang_seconds: float = DEFAULT_HANG_SECONDS  # how long a ``hang`` outcome waits
+    rpm: int | None = None  # requests allowed per sliding minute; beyond: 429
+    require_key: str | None = field(default=None, repr=False)  # the only accepted bearer key
+    moderation_words: Sequence[str] = ()  # a prompt with one of these gets moderation_blocked
+    payload_mb: float | None = None  # pad images with noise to about this many MB (10**6 B)
+    log_limit: int = DEFAULT_LOG_LIMIT  # received requests kept in the stats log
+
+    def __post_init__(self) -> None:
+        for name in ("latency", "latency_jitter", "retry_after", "hang_seconds"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, not {value!r}")
+        if self.rpm is not None and (not isinstance(self.rpm, int) or self.rpm < 1):
+            raise ValueError(f"rpm must be a whole number >= 1, not {self.rpm!r}")
+        if self.payload_mb is not None and not (
+            isinstance(self.payload_mb, int | float) and 0 < self.payload_mb <= MAX_PAYLOAD_MB
+        ):
+            raise ValueError(
+                f"payload_mb must be above 0 and at most {MAX_PAYLOAD_MB}, not {self.payload_mb!r}"
+            )
+        if self.log_limit < 0:
+            raise ValueError(f"log_limit must be >= 0, not {self.log_limit!r}")
+        if isinstance(self.moderation_words, str):
+            raise ValueError("moderation_words must be a list of words, not one string")
+        words = tuple(w.strip().lower() for w in self.moderation_words if w.strip())
+        object.__setattr__(self, "moderation_words", words)
+        rates = MappingProxyType(check_fault_rates(self.fault_rates))
+        object.__setattr__(self, "fault_rates", rates)
+        object.__setattr__(self, "script", MappingProxyType(check_script(self.script)))

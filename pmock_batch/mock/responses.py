@@ -1,0 +1,80 @@
+"""Response bodies in OpenAI's shapes: errors, and the usage block of a success.
+
+Every error body is ``{"error": {"message", "type", "param", "code"}}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "INVALID_KEY_MESSAGE",
+    "MODERATION_MESSAGE",
+    "QUOTA_MESSAGE",
+    "error_body",
+    "status_error",
+    "usage",
+]
+
+INVALID_KEY_MESSAGE = "Incorrect API key provided."
+MODERATION_MESSAGE = (
+    "Your request was rejected by the safety system. If you believe this is an error, "
+    "contact us at help.openai.com and include the request ID if you have one."
+)
+QUOTA_MESSAGE = "You exceeded your current quota, please check your plan and billing details."
+RATE_LIMIT_MESSAGE = "Rate limit reached for requests. Please try again later."
+
+# status -> (type, code, message) for error outcomes without a special meaning
+_STATUS_ERRORS: dict[int, tuple[str, str | None, str]] = {
+    400: ("invalid_request_error", None, "Bad request (scripted by the mock)."),
+    401: ("invalid_request_error", "invalid_api_key", INVALID_KEY_MESSAGE),
+    403: ("invalid_request_error", "unsupported_country_region_territory", "Forbidden."),
+    404: ("invalid_request_error", "model_not_found", "The requested resource does not exist."),
+    408: ("invalid_request_error", "timeout", "Request timed out."),
+    409: ("invalid_request_error", "conflict", "Conflict; please try again."),
+    429: ("requests", "rate_limit_exceeded", RATE_LIMIT_MESSAGE),
+    500: (
+        "server_error",
+        None,
+        "The server had an error while processing your request. Sorry about that!",
+    ),
+    502: ("server_error", None, "Bad gateway."),
+    503: ("server_error", None, "The engine is currently overloaded, please try again later."),
+    504: ("server_error", None, "Gateway timeout."),
+}
+
+# base output tokens of a 1024x1024 image by quality; other sizes scale by area
+_OUTPUT_TOKENS = {"low": 272, "medium": 1056, "high": 4160}
+
+
+def error_body(
+    message: str,
+    *,
+    type: str = "invalid_request_error",
+    param: str | None = None,
+    code: str | None = None,
+) -> dict[str, Any]:
+    """An OpenAI error body."""
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def status_error(status: int) -> dict[str, Any]:
+    """The error body the mock sends for a plain error ``status``."""
+    default = ("server_error", None, f"Error {status} (scripted by the mock).")
+    if status < 500:
+        default = ("invalid_request_error", None, f"Error {status} (scripted by the mock).")
+    kind, code, message = _STATUS_ERRORS.get(status, default)
+    return error_body(message, type=kind, code=code)
+
+
+def usage(prompt: str, *, width: int, height: int, quality: str) -> dict[str, Any]:
+    """A plausible, deterministic ``usage`` block for one generated image."""
+    text_tokens = max(1, len(prompt) // 4)
+    base = _OUTPUT_TOKENS.get(quality, _OUTPUT_TOKENS["medium"])
+    output_tokens = round(base * width * height / (1024 * 1024))
+    return {
+        "input_tokens": text_tokens,
+        "output_tokens": output_tokens,
+        "total_tokens": text_tokens + output_tokens,
+        "input_tokens_details": {"text_tokens": text_tokens, "image_tokens": 0},
+    }

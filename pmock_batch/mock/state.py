@@ -1,0 +1,64 @@
+"""Everything one running mock holds: options, stats, caches, the limiter, the clock."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Callable
+
+from .images import ImageCache
+from .lru import BytesLRU
+from .options import MockOptions
+from .ratelimit import RequestLimiter
+from .stats import MockStats
+
+__all__ = ["FILE_STORE_MAX_BYTES", "FILE_STORE_MAX_ENTRIES", "MockState"]
+
+FILE_STORE_MAX_ENTRIES = 256  # images kept for response_format "url"
+FILE_STORE_MAX_BYTES = 512 * 1024 * 1024
+
+
+class MockState:
+    """The shared state of one mock app."""
+
+    def __init__(self, options: MockOptions, *, clock: Callable[[], float]) -> None:
+        self.options = options
+        self.clock = clock
+        self.stats = MockStats(log_limit=options.log_limit)
+        self.images = ImageCache()
+        self.files: BytesLRU[str] = BytesLRU(
+            max_entries=FILE_STORE_MAX_ENTRIES, max_bytes=FILE_STORE_MAX_BYTES
+        )
+        self.limiter = RequestLimiter(options.rpm, clock=clock) if options.rpm else None
+        self.closing = asyncio.Event()  # set when the server shuts down: sleepers wake
+        self._random = random.Random()  # used only when no seed is given
+
+    def rng(self, purpose: str, prompt: str, attempt: int) -> random.Random:
+        """Randomness for one request: with a seed, a pure function of (purpose, prompt, attempt).
+
+        Deriving it per request, rather than drawing from one stream, keeps a
+        seeded run reproducible even when requests arrive in a different order.
+        """
+        if self.options.seed is None:
+            return self._random
+        return random.Random(f"{self.options.seed}|{purpose}|{attempt}|{prompt}")
+
+    def latency(self, prompt: str, attempt: int) -> float:
+        """Seconds to wait before answering: ``latency`` plus up to ``latency_jitter``."""
+        jitter = self.options.latency_jitter
+        extra = self.rng("jitter", prompt, attempt).uniform(0.0, jitter) if jitter else 0.0
+        return self.options.latency + extra
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep, but wake early when the server shuts down."""
+        if seconds <= 0:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.closing.wait(), seconds)
+
+    def reset(self) -> None:
+        """Zero the stats (and so every prompt's attempt count) and the rate-limit window."""
+        self.stats.reset()
+        if self.limiter is not None:
+            self.limiter.reset()

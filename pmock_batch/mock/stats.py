@@ -1,0 +1,126 @@
+"""What the mock received and how it answered, for tests to assert on.
+
+:meth:`MockStats.to_json` (served at ``GET /_mock/stats``) uses the same names
+as the attributes::
+
+    {
+      "requests": 12,                 generation requests received
+      "in_flight": 0,                 being handled now
+      "peak_in_flight": 4,            most at once, from arrival to the end of the response
+      "attempts": {"a fox": 3},       requests per prompt (a string "prompt" in the body)
+      "successes": {"a fox": 1},      ``ok`` answers per prompt
+      "outcomes": {"ok": 10, "500": 2, "drop": 1, "429": 3},
+      "downloads": 0,                 files served from /_mock/files/
+      "log": [{"path": "/v1/images/generations", "body": {...} or null,
+               "has_authorization": true, "authorization": "Bearer sk-test",
+               "outcome": "ok"}]      the latest requests, oldest first (capped)
+    }
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from .options import DEFAULT_LOG_LIMIT
+
+__all__ = ["MockStats", "ReceivedRequest"]
+
+
+@dataclass(slots=True)
+class ReceivedRequest:
+    """One generation request as the mock saw it."""
+
+    path: str
+    body: Any  # the parsed JSON body, or None when it was not JSON
+    authorization: str | None  # the Authorization header exactly as received
+    outcome: str | None = None  # the stats key of the answer, once decided
+
+    @property
+    def prompt(self) -> str | None:
+        """The body's ``prompt`` when it is a string, else None."""
+        prompt = self.body.get("prompt") if isinstance(self.body, dict) else None
+        return prompt if isinstance(prompt, str) else None
+
+    @property
+    def has_authorization(self) -> bool:
+        """Whether the request carried an Authorization header."""
+        return self.authorization is not None
+
+    def to_json(self) -> dict[str, Any]:
+        """This entry as a JSON-ready dict."""
+        return {
+            "path": self.path,
+            "body": self.body,
+            "has_authorization": self.has_authorization,
+            "authorization": self.authorization,
+            "outcome": self.outcome,
+        }
+
+
+class MockStats:
+    """Counters and a capped log of received generation requests."""
+
+    def __init__(self, *, log_limit: int = DEFAULT_LOG_LIMIT) -> None:
+        self.log_limit = log_limit
+        self.in_flight = 0
+        self.requests = 0
+        self.peak_in_flight = 0
+        self.attempts: Counter[str] = Counter()
+        self.successes: Counter[str] = Counter()
+        self.outcomes: Counter[str] = Counter()
+        self.downloads = 0
+        self.log: deque[ReceivedRequest] = deque(maxlen=log_limit)
+
+    def reset(self) -> None:
+        """Zero every counter and clear the log. Requests in flight stay counted."""
+        self.requests = 0
+        self.peak_in_flight = self.in_flight
+        self.attempts.clear()
+        self.successes.clear()
+        self.outcomes.clear()
+        self.downloads = 0
+        self.log.clear()
+
+    @contextmanager
+    def track(self) -> Iterator[None]:
+        """Count one request in flight for the duration of the block."""
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+
+    def receive(self, entry: ReceivedRequest) -> int:
+        """Count a received request; return its attempt number for its prompt (0 if none)."""
+        self.requests += 1
+        self.log.append(entry)
+        prompt = entry.prompt
+        if prompt is None:
+            return 0
+        self.attempts[prompt] += 1
+        return self.attempts[prompt]
+
+    def answer(self, entry: ReceivedRequest, outcome: str) -> None:
+        """Count the outcome given to ``entry``; an ``ok`` is a success for its prompt."""
+        entry.outcome = outcome
+        self.outcomes[outcome] += 1
+        if outcome == "ok" and entry.prompt is not None:
+            self.successes[entry.prompt] += 1
+
+    def to_json(self) -> dict[str, Any]:
+        """The stats as a JSON-ready dict (see the module docstring)."""
+        return {
+            "requests": self.requests,
+            "in_flight": self.in_flight,
+            "peak_in_flight": self.peak_in_flight,
+            "attempts": dict(self.attempts),
+            "successes": dict(self.successes),
+            "outcomes": dict(self.outcomes),
+            "downloads": self.downloads,
+            "log": [entry.to_json() for entry in self.log],
+        }

@@ -1,0 +1,60 @@
+"""Shared helpers for the end-to-end tests: run the CLI, read outputs back."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from pmock_batch.cli import main
+
+FORMAT_NAMES = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+async def run_cli(argv: Sequence[str], capsys: Any) -> CliResult:
+    """Run ``pmock-batch`` in-process, in a thread, so this test's loop keeps serving the mock."""
+    capsys.readouterr()
+    code = await asyncio.to_thread(main, list(argv))
+    captured = capsys.readouterr()
+    return CliResult(code=code, out=captured.out, err=captured.err)
+
+
+def write_jobs(path: Path, lines: Sequence[Any]) -> Path:
+    """Write a job file: dicts and non-raw strings become JSON; ``RAW:`` strings go as they are."""
+    text = []
+    for line in lines:
+        if isinstance(line, str) and line.startswith("RAW:"):
+            text.append(line[4:])
+        else:
+            text.append(json.dumps(line))
+    path.write_text("\n".join(text) + "\n", encoding="utf-8")
+    return path
+
+
+def read_manifest(out: Path) -> list[dict[str, Any]]:
+    lines = (out / "manifest.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def by_id(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {r["id"]: r for r in records}
+
+
+def open_image(path: Path) -> Image.Image:
+    """Open and fully decode an image file (so a truncated file fails here)."""
+    img = Image.open(io.BytesIO(path.read_bytes()))
+    img.load()
+    return img

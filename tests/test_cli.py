@@ -1,0 +1,455 @@
+"""End-to-end tests of the CLI over real loopback HTTP against the project's mock server."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import FORMAT_NAMES, by_id, open_image, read_manifest, run_cli, write_jobs
+
+from pmock_batch.jobs import scan
+from pmock_batch.mock import MockOptions
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "jobs" / "example.jsonl"
+KEY = "sk-test-0123456789abcdefSECRET"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch, tmp_path):
+    """No real key or base URL leaks in from the environment; run in a scratch directory."""
+    monkeypatch.delenv("PMOCK_API_KEY", raising=False)
+    monkeypatch.delenv("PMOCK_BASE_URL", raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
+async def test_example_batch_with_mock_writes_valid_images_and_manifest(tmp_path, capsys):
+    out = tmp_path / "out"
+    result = await run_cli(
+        [str(EXAMPLE), "--concurrency", "8", "--mock", "--out", str(out)], capsys
+    )
+    assert result.code == 0, result.err
+    records = read_manifest(out)
+    scanned = scan(EXAMPLE)
+    assert len(records) == scanned.jobs == 12
+    assert [r["line"] for r in records] == sorted(r["line"] for r in records)
+    expected_sizes = {"1536x1024": (1536, 1024), "1024x1536": (1024, 1536)}
+    for record in records:
+        assert record["status"] == "ok", record
+        request = record["request"]
+        assert request["model"] == "gpt-image-2"
+        assert request["response_format"] in ("b64_json", "url")
+        assert len(record["fingerprint"]) == 64
+        assert record["error"] is None
+        assert record["attempts"] >= len(record["files"]) >= 1
+        assert record["started_at"].endswith("Z") and record["finished_at"].endswith("Z")
+        assert isinstance(record["usage"], dict) and record["usage"]["total_tokens"] > 0
+        for f in record["files"]:
+            path = out / f["path"]
+            data = path.read_bytes()
+            assert len(data) == f["bytes"]
+            assert hashlib.sha256(data).hexdigest() == f["sha256"]
+            img = open_image(path)
+            wanted_format = request.get("output_format", "png")
+            assert img.format == FORMAT_NAMES[wanted_format] == FORMAT_NAMES[f["format"]]
+            w, h = expected_sizes.get(request.get("size", "1024x1024"), (None, None))
+            if w is not None:
+                assert img.size == (w, h)
+            assert img.size == (f["width"], f["height"])
+            if request.get("background") == "transparent":
+                assert "A" in img.mode
+    ids = by_id(records)
+    assert [f["path"] for f in ids["variants/robot"]["files"]] == [
+        "variants/robot-1.png",
+        "variants/robot-2.png",
+        "variants/robot-3.png",
+    ]
+    assert ids["icons/home"]["files"][0]["path"] == "icons/home.png"
+    assert ids["photo/fox"]["files"][0]["path"] == "photo/fox.jpg"
+    assert ids["wallpaper/mountains"]["files"][0]["width"] == 2048
+    assert "ok" in result.err and "12 jobs" in result.err
+    assert not list(out.rglob("*.pmock-tmp"))
+
+
+async def test_default_out_dir_is_out_slash_jobs_stem(tmp_path, capsys):
+    jobs = write_jobs(tmp_path / "nightly.jsonl", [{"id": "a", "prompt": "a cat"}])
+    result = await run_cli([str(jobs), "--mock"], capsys)
+    assert result.code == 0, result.err
+    assert open_image(tmp_path / "out" / "nightly" / "a.png").size == (1024, 1024)
+
+
+async def test_invalid_file_exits_2_and_sends_nothing(tmp_path, capsys, make_mock, monkeypatch):
+    server = await make_mock(MockOptions())
+    monkeypatch.setenv("PMOCK_API_KEY", KEY)
+    jobs = write_jobs(
+        tmp_path / "jobs.jsonl",
+        [
+            {"id": "ok1", "prompt": "fine"},
+            {"prompt": "x", "quailty": "high"},
+            "RAW:{not json",
+            {"prompt": "y", "size": "1000x1000"},
+        ],
+    )
+    result = await run_cli([str(jobs), "--base-url", server.base_url], capsys)
+    assert result.code == 2
+    lines = result.err.splitlines()
+    assert f"{jobs}:2: 'quailty': unknown field; did you mean 'quality'?" in lines
+    assert any(line.startswith(f"{jobs}:3: not valid JSON") for line in lines)
+    assert any(
+        line.startswith(f"{jobs}:4: size: '1000x1000' is not one of auto, 1024x1024")
+        for line in lines
+    )
+    assert "Traceback" not in result.err
+    assert server.stats.requests == 0
+    assert not (tmp_path / "out").exists()
+
+
+async def test_at_most_20_problems_are_listed(tmp_path, capsys):
+    jobs = write_jobs(tmp_path / "bad.jsonl", [{"prompt": ""}] * 25)
+    result = await run_cli([str(jobs), "--mock"], capsys)
+    assert result.code == 2
+    assert result.err.count(": prompt: must not be empty") == 20
+    assert "... and 5 more problem(s)" in result.err
+
+
+async def test_skip_invalid_runs_the_rest_and_exits_1(tmp_path, capsys, make_mock, monkeypatch):
+    server = await make_mock(MockOptions())
+    monkeypatch.setenv("PMOCK_API_KEY", KEY)
+    out = tmp_path / "o"
+    jobs = write_jobs(
+        tmp_path / "jobs.jsonl",
+        [{"id": "good", "prompt": "a cat"}, {"id": "bad", "prompt": "x", "size": "9x9"}],
+    )
+    argv = [str(jobs), "--base-url", server.base_url, "--skip-invalid", "--out", str(out)]
+    result = await run_cli(argv, capsys)
+    assert result.code == 1
+    records = by_id(read_manifest(out))
+    assert records["good"]["status"] == "ok"
+    assert records["bad"]["status"] == "invalid"
+    assert records["bad"]["line"] == 2
+    assert records["bad"]["error"]["kind"] == "invalid"
+    assert "size: '9x9' is not one of" in records["bad"]["error"]["message"]
+    assert server.stats.requests == 1
+
+
+async def test_dry_run_prints_plan_and_sends_nothing(tmp_path, capsys, make_mock, monkeypatch):
+    server = await make_mock(MockOptions())
+    monkeypatch.setenv("PMOCK_API_KEY", KEY)
+    jobs = write_jobs(
+        tmp_path / "jobs.jsonl",
+        [{"id": "icons/a", "prompt": "a", "n": 2}, {"prompt": "b", "output_format": "jpeg"}],
+    )
+    out = tmp_path / "o"
+    argv = [str(jobs), "--base-url", server.base_url, "--dry-run", "--out", str(out)]
+    result = await run_cli(argv, capsys)
+    assert result.code == 0, result.err
+    assert "2 job(s), 3 image(s)" in result.out
+    assert str(out / "icons" / "a-1.png") in result.out
+    assert str(out / "icons" / "a-2.png") in result.out
+    assert ".jpg" in result.out
+    assert server.stats.requests == 0
+    assert not out.exists()
+
+
+async def test_no_key_without_mock_exits_2_before_sending(tmp_path, capsys, make_mock):
+    server = await make_mock(MockOptions())
+    jobs = write_jobs(tmp_path / "jobs.jsonl", [{"prompt": "a"}])
+    result = await run_cli([str(jobs), "--base-url", server.base_url], capsys)
+    assert result.code == 2
+    assert "PMOCK_API_KEY" in result.err
+    assert server.stats.requests == 0
+
+
+async def test_key_is_sent_but_never_shown_or_stored(tmp_path, capsys, make_mock, monkeypatch):
+    server = await make_mock(MockOptions(require_key=KEY, moderation_words=("forbidden",)))
+    monkeypatch.setenv("PMOCK_API_KEY", KEY)
+    out = tmp_path / "o"
+    jobs = write_jobs(
+        tmp_path / "jobs.jsonl",
+        [{"id": "a", "prompt": "a cat"}, {"id": "b", "prompt": "a forbidden cat"}],
+    )
+    result = await run_cli(
+        [str(jobs), "--base-url", server.base_url, "--out", str(out), "-v"], capsys
+    )
+    assert result.code == 1
+    assert {entry.authorization for entry in server.stats.log} == {f"Bearer {KEY}"}
+    manifest_text = (out / "manifest.jsonl").read_text()
+    for text in (result.out, result.err, manifest_text):
+        assert KEY not in text
+        assert KEY[-8:] not in text
+
+
+async def test_wrong_key_aborts_with_exit_3(tmp_path, capsys, make_mock, monkeypatch):
+    server = await make_mock(MockOptions(require_key="sk-the-right-one"))
+    monkeypatch.setenv("PMOCK_API_KEY", KEY)
+    out = tmp_path / "o"
+    jobs = write_jobs(
+        tmp_path / "jobs.jsonl", [{"id": f"j{i}", "prompt": f"p{i}"} for i in range(40)]
+    )
+    argv = [str(jobs), "--base-url", server.base_url, "--out", str(out), "--concurrency", "4"]
+    result = await run_cli(argv, capsys)
+    assert result.code == 3
+    assert "aborted" in result.err and "PMOCK_API_KEY" in result.err
+    assert KEY not in result.err
+    assert server.stats.requests <= 4 + 4  # the first 401 plus at most what was in flight
+    records = read_manifest(out)
+    assert len(records) == 40
+    statuses = {r["status"] for r in records}
+    assert statuses <= {"failed", "not_run"} and "not_run" in statuses
+    assert all(r["error"]["kind"] in ("auth", "not_run") for r in records)
+
+
+async def test_field_case_camel_and_snake_on_the_wire(tmp_path, capsys, make_mock, monkeypatch):
+    server = await make_mock(MockOptions())
+    monkeypatch.setenv("PMOCK_API_KEY", KEY)
+    jobs = write_jobs(
+        tmp_path / "jobs.jsonl",
+        [{"id": "a", "prompt": "a cat", "outputFormat": "webp", "output_compression": 50}],
+    )
+    base = [str(jobs), "--base-url", server.base_url]
+    assert (await run_cli([*base, "--out", str(tmp_path / "s")], capsys)).code == 0
+    assert (
+        await run_cli([*base, "--out", str(tmp_path / "c"), "--field-case", "camel"], capsys)
+    ).code == 0
+    snake, camel = (entry.body for entry in server.stats.log)
+    assert snake == {
+        "prompt": "a cat",
+        "model": "gpt-image-2",
+        "output_format": "webp",
+        "output_compression": 50,
+        "response_format": "b64_json",
+    }
+    assert camel == {
+        "prompt": "a cat",
+        "model": "gpt-image-2",
+        "outputFormat": "webp",
+        "outputCompression": 50,
+        "responseFormat": "b64_json",
+    }
+    assert open_image(tmp_path / "c" / "a.webp").format == "WEBP"
+
+
+async def test_concurrency_bound_holds_on_the_server(tmp_path, capsys, make_mock, monkeypatch):
+    server = await make_mock(MockOptions(latency=0.05))
+    monkeypatch.setenv("PMOCK_API_KEY", KEY)
+    jobs = write_jobs(tmp_path / "jobs.jsonl", [f"prompt number {i}" for i in range(24)])
+    argv = [
+        str(jobs),
+        "--base-url",
+        server.base_url,
+        "--concurrency",
+        "3",
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    result = await run_cli(argv, capsys)
+    assert result.code == 0, result.err
+    assert server.stats.requests == 24
+    assert server.stats.peak_in_flight == 3
+
+
+async def test_n_fans_out_into_single_image_requests(tmp_path, capsys, make_mock, monkeypatch):
+    server = await make_mock(MockOptions())
+    monkeypatch.setenv("PMOCK_API_KEY", KEY)
+    out = tmp_path / "o"
+    jobs = write_jobs(tmp_path / "jobs.jsonl", [{"id": "v/robot", "prompt": "a robot", "n": 3}])
+    result = await run_cli([str(jobs), "--base-url", server.base_url, "--out", str(out)], capsys)
+    assert result.code == 0, result.err
+    assert server.stats.requests == 3
+    assert all("n" not in entry.body for entry in server.stats.log)
+    record = read_manifest(out)[0]
+    assert [f["path"] for f in record["files"]] == [
+        "v/robot-1.png",
+        "v/robot-2.png",
+        "v/robot-3.png",
+    ]
+    for f in record["files"]:
+        assert open_image(out / f["path"]).size == (1024, 1024)
+
+
+async def test_bare_string_batch_api_bom_and_crlf(tmp_path, capsys):
+    out = tmp_path / "o"
+    batch = {
+        "custom_id": "lantern",
+        "method": "POST",
+        "url": "/v1/images/generations",
+        "body": {"prompt": "a lantern", "size": "1024x1536"},
+    }
+    text = "\r\n".join(['"a bare prompt"', "", "# comment", json.dumps(batch)]) + "\r\n"
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    result = await run_cli([str(jobs), "--mock", "--out", str(out)], capsys)
+    assert result.code == 0, result.err
+    records = read_manifest(out)
+    assert [r["line"] for r in records] == [1, 4]
+    assert records[0]["id"].startswith("a-bare-prompt-")
+    assert records[1]["id"] == "lantern"
+    assert open_image(out / "lantern.png").size == (1024, 1536)
+
+
+async def test_url_response_format_downloads_the_image(tmp_path, capsys, make_mock, monkeypatch):
+    server = await make_mock(MockOptions())
+    monkeypatch.setenv("PMOCK_API_KEY", KEY)
+    out = tmp_path / "o"
+    jobs = write_jobs(
+        tmp_path / "jobs.jsonl", [{"id": "owl", "prompt": "an owl", "response_format": "url"}]
+    )
+    result = await run_cli([str(jobs), "--base-url", server.base_url, "--out", str(out)], capsys)
+    assert result.code == 0, result.err
+    assert server.stats.downloads == 1
+    assert open_image(out / "owl.png").size == (1024, 1024)
+
+
+async def test_a_failed_job_does_not_stop_the_others(tmp_path, capsys, make_mock, monkeypatch):
+    server = await make_mock(MockOptions(moderation_words=("forbidden",)))
+    monkeypatch.setenv("PMOCK_API_KEY", KEY)
+    out = tmp_path / "o"
+    jobs = write_jobs(
+        tmp_path / "jobs.jsonl",
+        [{"id": "a", "prompt": "a forbidden thing"}, {"id": "b", "prompt": "a cat"}],
+    )
+    result = await run_cli([str(jobs), "--base-url", server.base_url, "--out", str(out)], capsys)
+    assert result.code == 1
+    records = by_id(read_manifest(out))
+    assert records["b"]["status"] == "ok"
+    assert records["a"]["status"] == "failed"
+    assert records["a"]["attempts"] == 1
+    assert records["a"]["http_status"] == 400
+    assert records["a"]["error"]["kind"] == "moderation"
+    assert records["a"]["error"]["code"] == "moderation_blocked"
+    assert "FAILED a:" in result.err
+
+
+async def test_traversal_id_is_rejected(tmp_path, capsys):
+    jobs = write_jobs(tmp_path / "jobs.jsonl", [{"id": "../../etc/evil", "prompt": "x"}])
+    result = await run_cli([str(jobs), "--mock", "--out", str(tmp_path / "o")], capsys)
+    assert result.code == 2
+    assert "id: '../../etc/evil' contains '..'" in result.err
+    assert not (tmp_path / "etc").exists()
+
+
+async def test_validate_subcommand(tmp_path, capsys):
+    good = write_jobs(tmp_path / "good.jsonl", [{"prompt": "a"}])
+    bad = write_jobs(tmp_path / "bad.jsonl", [{"prompt": "a", "n": 0}])
+    assert (await run_cli(["validate", str(good)], capsys)).code == 0
+    result = await run_cli(["validate", str(bad)], capsys)
+    assert result.code == 2
+    assert f"{bad}:1: n: 0 is out of range; must be at least 1" in result.err
+
+
+async def test_bad_flags_exit_2(tmp_path, capsys):
+    jobs = write_jobs(tmp_path / "jobs.jsonl", [{"prompt": "a"}])
+    assert (await run_cli([str(jobs), "--size", "9x9", "--mock"], capsys)).code == 2
+    assert (await run_cli([str(jobs), "--concurrency", "0", "--mock"], capsys)).code == 2
+    assert (await run_cli([str(tmp_path / "missing.jsonl"), "--mock"], capsys)).code == 2
+    result = await run_cli([str(jobs), "--mock", "--mock-fault-rate", "500=2"], capsys)
+    assert result.code == 2 and "500" in result.err
+
+
+async def test_cli_defaults_apply_and_the_line_wins(tmp_path, capsys, make_mock, monkeypatch):
+    server = await make_mock(MockOptions())
+    monkeypatch.setenv("PMOCK_API_KEY", KEY)
+    out = tmp_path / "o"
+    jobs = write_jobs(
+        tmp_path / "jobs.jsonl",
+        [{"id": "a", "prompt": "a"}, {"id": "b", "prompt": "b", "output_format": "png"}],
+    )
+    argv = [
+        str(jobs),
+        "--base-url",
+        server.base_url,
+        "--out",
+        str(out),
+        "--output-format",
+        "jpeg",
+        "--output-compression",
+        "60",
+        "--size",
+        "1536x1024",
+        "--quality",
+        "low",
+    ]
+    result = await run_cli(argv, capsys)
+    assert result.code == 0, result.err
+    a, b = (entry.body for entry in server.stats.log)
+    assert a["output_format"] == "jpeg" and a["output_compression"] == 60
+    assert b["output_format"] == "png" and "output_compression" not in b
+    assert a["size"] == b["size"] == "1536x1024"
+    assert open_image(out / "a.jpg").size == (1536, 1024)
+    assert open_image(out / "b.png").format == "PNG"
+
+
+def _subprocess_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PMOCK_")}
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+def test_python_dash_m_and_console_script(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "pmock_batch", "--version"],
+        capture_output=True,
+        text=True,
+        env=_subprocess_env(),
+        check=False,
+    )
+    assert proc.returncode == 0 and "pmock-batch" in proc.stdout
+    script = shutil.which("pmock-batch", path=str(Path(sys.executable).parent))
+    assert script is not None
+    proc = subprocess.run([script, "--help"], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0
+    for group in ("input", "request defaults", "endpoint", "concurrency and retries", "output"):
+        assert group in proc.stdout
+
+
+def test_sigint_exits_130_with_consistent_manifest(tmp_path):
+    """A real process, a real SIGINT: no new jobs, not_run records, exit 130."""
+    import signal
+    import time
+
+    out = tmp_path / "o"
+    jobs = write_jobs(
+        tmp_path / "jobs.jsonl", [{"id": f"j{i}", "prompt": f"p{i}"} for i in range(50)]
+    )
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pmock_batch",
+            str(jobs),
+            "--mock",
+            "--mock-latency",
+            "0.2",
+            "--concurrency",
+            "2",
+            "--grace",
+            "5",
+            "--out",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_subprocess_env(),
+    )
+    deadline = time.monotonic() + 20
+    manifest = out / "manifest.jsonl"
+    while time.monotonic() < deadline and not (manifest.exists() and manifest.stat().st_size):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    records = read_manifest(out)
+    assert len(records) == 50
+    done = [r for r in records if r["status"] == "ok"]
+    assert 1 <= len(done) < 50
+    assert {r["status"] for r in records} == {"ok", "not_run"}
+    for r in done:
+        assert open_image(out / r["files"][0]["path"]).size == (1024, 1024)
+    assert not list(out.rglob("*.pmock-tmp"))

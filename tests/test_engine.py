@@ -1,0 +1,188 @@
+"""The engine over real loopback HTTP: retries, timeouts, aborts, stops; no real sleeping."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+
+import pytest
+from helpers import by_id, open_image, read_manifest, write_jobs
+
+from pmock_batch.config import RunConfig
+from pmock_batch.engine import Engine, RunObserver, run_batch
+from pmock_batch.jobs import iter_jobs, scan
+from pmock_batch.mock import MockOptions
+from pmock_batch.retry import RetryPolicy
+
+
+class FakeSleep:
+    """An injected sleep: records the waits tenacity asks for, and returns at once."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+
+def _jobs(path: Path, lines: list[object]):
+    write_jobs(path, lines)
+    scanned = scan(path)
+    assert scanned.ok, scanned.problems
+    return iter_jobs(path, scanned)
+
+
+def _config(tmp_path: Path, base_url: str, **kwargs) -> RunConfig:
+    kwargs.setdefault("concurrency", 2)
+    return RunConfig(out_dir=tmp_path / "out", base_url=base_url, api_key="k", **kwargs)
+
+
+async def _run(tmp_path, server, lines, *, policy=None, **config):
+    sleep = FakeSleep()
+    policy = policy or RetryPolicy(max_attempts=6, sleep=sleep, rng=random.Random(1))
+    summary = await run_batch(
+        _config(tmp_path, server.base_url, **config),
+        _jobs(tmp_path / "jobs.jsonl", lines),
+        policy=policy,
+    )
+    return summary, by_id(read_manifest(tmp_path / "out")), policy.sleep
+
+
+@pytest.mark.parametrize(
+    "script",
+    [
+        ["500", "ok"],
+        ["503", "502", "ok"],
+        ["drop", "ok"],
+        ["truncate", "ok"],
+        ["corrupt", "ok"],
+        ["408", "409", "504"],
+    ],
+)
+async def test_transient_failures_are_retried_until_ok(tmp_path, make_mock, script):
+    server = await make_mock(MockOptions(script={"a fox": script}))
+    summary, records, sleep = await _run(tmp_path, server, [{"id": "fox", "prompt": "a fox"}])
+    record = records["fox"]
+    failures = len([s for s in script if s != "ok"])
+    assert record["status"] == "ok", record
+    assert record["attempts"] == failures + 1
+    assert server.stats.attempts["a fox"] == failures + 1
+    assert server.stats.successes["a fox"] == 1
+    assert summary.retries == failures
+    assert len(sleep.waits) == failures
+    assert all(0 <= w <= 60 for w in sleep.waits)
+    assert open_image(tmp_path / "out" / "fox.png").size == (1024, 1024)
+
+
+async def test_retry_after_is_honoured_as_the_wait(tmp_path, make_mock):
+    server = await make_mock(MockOptions(script={"a fox": ["429:7", "ok"]}))
+    summary, records, sleep = await _run(tmp_path, server, [{"id": "fox", "prompt": "a fox"}])
+    assert records["fox"]["status"] == "ok"
+    assert sleep.waits == [7.0]
+    assert summary.rate_limited == 1
+
+
+async def test_retry_after_longer_than_the_cap_fails_the_job(tmp_path, make_mock):
+    server = await make_mock(MockOptions(script={"a fox": ["429:500"]}))
+    policy = RetryPolicy(max_attempts=6, max_retry_wait=120, sleep=FakeSleep())
+    _, records, sleep = await _run(
+        tmp_path, server, [{"id": "fox", "prompt": "a fox"}], policy=policy
+    )
+    record = records["fox"]
+    assert record["status"] == "failed"
+    assert record["attempts"] == 1
+    assert record["error"]["kind"] == "rate_limit"
+    assert "asked to wait 500s, more than --max-retry-wait 120s" in record["error"]["message"]
+    assert sleep.waits == []
+
+
+async def test_attempts_run_out_and_the_last_error_is_recorded(tmp_path, make_mock):
+    server = await make_mock(MockOptions(script={"a fox": ["500"] * 10}))
+    policy = RetryPolicy(max_attempts=3, sleep=FakeSleep())
+    summary, records, _ = await _run(
+        tmp_path,
+        server,
+        [{"id": "fox", "prompt": "a fox"}, {"id": "cat", "prompt": "a cat"}],
+        policy=policy,
+    )
+    fox = records["fox"]
+    assert fox["status"] == "failed"
+    assert fox["attempts"] == 3 == server.stats.attempts["a fox"]
+    assert fox["http_status"] == 500
+    assert fox["error"]["kind"] == "server" and fox["error"]["status"] == 500
+    assert records["cat"]["status"] == "ok"
+    assert summary.failed == 1 and summary.ok == 1
+    assert not (tmp_path / "out" / "fox.png").exists()
+
+
+async def test_bad_request_is_not_retried(tmp_path, make_mock):
+    server = await make_mock(MockOptions(script={"a fox": ["400"]}))
+    _, records, sleep = await _run(tmp_path, server, [{"id": "fox", "prompt": "a fox"}])
+    assert records["fox"]["status"] == "failed"
+    assert records["fox"]["attempts"] == 1
+    assert records["fox"]["error"]["kind"] == "bad_request"
+    assert sleep.waits == []
+
+
+async def test_timeout_is_retried_and_counted_as_ambiguous(tmp_path, make_mock):
+    server = await make_mock(MockOptions(script={"a fox": ["hang", "ok"]}))
+    summary, records, _ = await _run(
+        tmp_path, server, [{"id": "fox", "prompt": "a fox"}], timeout=0.3
+    )
+    assert records["fox"]["status"] == "ok"
+    assert records["fox"]["attempts"] == 2
+    assert records["fox"]["ambiguous_retries"] == 1
+    assert summary.ambiguous_retries == 1
+
+
+@pytest.mark.parametrize("outcome", ["401", "403", "404", "quota"])
+async def test_fatal_answers_abort_the_run(tmp_path, make_mock, outcome):
+    server = await make_mock(MockOptions(script={"*": [outcome] * 100}))
+    lines = [{"id": f"j{i}", "prompt": f"p{i}"} for i in range(30)]
+    summary, records, sleep = await _run(tmp_path, server, lines, concurrency=3)
+    assert summary.aborted
+    assert server.stats.requests <= 3
+    assert len(records) == 30
+    assert summary.failed + summary.not_run == 30
+    assert summary.not_run >= 27
+    assert sleep.waits == []
+
+
+async def test_stop_records_the_rest_as_not_run(tmp_path, make_mock):
+    server = await make_mock(MockOptions(latency=0.05))
+    config = _config(tmp_path, server.base_url, concurrency=2, grace=5)
+    path = tmp_path / "jobs.jsonl"
+    jobs = _jobs(path, [{"id": f"j{i}", "prompt": f"p{i}"} for i in range(40)])
+    engines: list[Engine] = []
+
+    class StopAfterThree(RunObserver):
+        def job_done(self, record) -> None:
+            if engines[0].summary.ok == 3:
+                engines[0].stop()
+
+    summary = await run_batch(config, jobs, on_engine=engines.append, observer=StopAfterThree())
+    assert summary.interrupted
+    records = read_manifest(tmp_path / "out")
+    assert len(records) == 40
+    assert summary.ok + summary.not_run == 40
+    assert 3 <= summary.ok <= 3 + 2 + 1
+    assert server.stats.requests == summary.ok
+
+
+async def test_grace_period_cancels_jobs_still_in_flight(tmp_path, make_mock):
+    server = await make_mock(MockOptions(script={"*": ["hang"]}))
+    config = _config(tmp_path, server.base_url, concurrency=2, grace=0.05)
+    jobs = _jobs(tmp_path / "jobs.jsonl", [{"id": f"j{i}", "prompt": f"p{i}"} for i in range(5)])
+    engines: list[Engine] = []
+
+    async def stop_soon() -> None:
+        while server.stats.in_flight < 2:  # noqa: ASYNC110 - polls the server's own counter
+            await asyncio.sleep(0.01)
+        engines[0].stop()
+
+    stopper = asyncio.create_task(stop_soon())
+    summary = await asyncio.wait_for(run_batch(config, jobs, on_engine=engines.append), 10)
+    await stopper
+    assert summary.not_run == 5
+    assert {r["status"] for r in read_manifest(tmp_path / "out")} == {"not_run"}

@@ -1,0 +1,459 @@
+"""The retry policy, table-style: classify, the server's wait, backoff, and tenacity end to end.
+
+No test sleeps: :class:`RetryPolicy` takes the sleep as a parameter, and the
+tests pass one that only records how long it was asked to wait.
+"""
+
+from __future__ import annotations
+
+import errno
+import random
+import time
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from pmock_batch.errors import (
+    APIConnectionError,
+    APIStatusError,
+    APITimeoutError,
+    InvalidResponseError,
+    OutputPathError,
+)
+from pmock_batch.retry import Decision, RetryPolicy, backoff, classify, server_wait
+
+RETRY, FAIL, ABORT = Decision.RETRY, Decision.FAIL, Decision.ABORT
+
+
+def status_error(
+    status: int, *, code: str | None = None, headers: dict[str, str] | None = None
+) -> APIStatusError:
+    return APIStatusError(f"status {status}", status=status, code=code, headers=headers)
+
+
+class MaxRandom(random.Random):
+    """A Random whose ``uniform`` always returns its upper bound: the backoff ceiling."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+class MinRandom(random.Random):
+    def uniform(self, a: float, b: float) -> float:
+        return a
+
+
+class SleepRecorder:
+    """An async sleep that returns at once and records every wait."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+
+# --- classify -----------------------------------------------------------------------------
+
+STATUS_ROWS = [
+    (400, None, FAIL),
+    (400, "moderation_blocked", FAIL),
+    (401, None, ABORT),
+    (403, None, ABORT),
+    (404, None, ABORT),
+    (408, None, RETRY),
+    (409, None, RETRY),
+    (413, None, FAIL),
+    (422, None, FAIL),
+    (429, None, RETRY),
+    (429, "rate_limit_exceeded", RETRY),
+    (429, "insufficient_quota", ABORT),
+    (500, None, RETRY),
+    (501, None, RETRY),
+    (502, None, RETRY),
+    (503, None, RETRY),
+    (504, None, RETRY),
+    (520, None, RETRY),
+]
+
+
+@pytest.mark.parametrize(("status", "code", "expected"), STATUS_ROWS)
+def test_classify_status(status: int, code: str | None, expected: Decision) -> None:
+    assert classify(status_error(status, code=code)) is expected
+
+
+SHOULD_RETRY_ROWS = [
+    # the header overrides the status ...
+    (400, None, "true", RETRY),
+    (422, None, "true", RETRY),
+    (400, "moderation_blocked", "true", RETRY),
+    (500, None, "false", FAIL),
+    (503, None, "false", FAIL),
+    (429, None, "false", FAIL),
+    (408, None, "false", FAIL),
+    (500, None, " FALSE ", FAIL),  # trimmed, any case
+    (400, None, "True", RETRY),
+    (500, None, "maybe", RETRY),  # an unknown value is ignored
+    (400, None, "", FAIL),
+    # ... but never an abort
+    (401, None, "true", ABORT),
+    (403, None, "true", ABORT),
+    (404, None, "true", ABORT),
+    (429, "insufficient_quota", "true", ABORT),
+    (401, None, "false", ABORT),
+    (429, "insufficient_quota", "false", ABORT),
+]
+
+
+@pytest.mark.parametrize(("status", "code", "header", "expected"), SHOULD_RETRY_ROWS)
+def test_classify_x_should_retry(
+    status: int, code: str | None, header: str, expected: Decision
+) -> None:
+    error = status_error(status, code=code, headers={"x-should-retry": header})
+    assert classify(error) is expected
+
+
+@pytest.mark.parametrize(
+    ("status", "header", "expected"), [(500, "false", FAIL), (400, "true", RETRY)]
+)
+def test_classify_x_should_retry_header_name_is_case_insensitive(
+    status: int, header: str, expected: Decision
+) -> None:
+    error = status_error(status, headers={"X-Should-Retry": header})
+    assert classify(error) is expected
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (APIConnectionError("connection reset"), RETRY),
+        (APIConnectionError("body cut off mid-transfer"), RETRY),
+        (APITimeoutError("timed out"), RETRY),
+        (InvalidResponseError("200 without data"), RETRY),
+        (OutputPathError("outside OUT"), FAIL),
+        (ValueError("boom"), FAIL),
+        (RuntimeError("boom"), FAIL),
+    ],
+    ids=lambda v: type(v).__name__ if isinstance(v, BaseException) else str(v),
+)
+def test_classify_exception_types(error: BaseException, expected: Decision) -> None:
+    assert classify(error) is expected
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: issue 3 §4 says disk-full and permission errors on OUT abort the run (exit 3); "
+    "classify() returns FAIL for OSError, and engine.py uses classify() for that decision",
+)
+@pytest.mark.parametrize(
+    "error",
+    [OSError(errno.ENOSPC, "No space left on device"), PermissionError(errno.EACCES, "denied")],
+    ids=["ENOSPC", "EACCES"],
+)
+def test_classify_disk_full_and_permission_errors_abort(error: OSError) -> None:
+    assert classify(error) is ABORT
+
+
+# --- server_wait --------------------------------------------------------------------------
+
+NOW = datetime(2015, 10, 21, 7, 28, 0, tzinfo=UTC).timestamp()
+
+SERVER_WAIT_ROWS: list[tuple[dict[str, str], float | None]] = [
+    ({}, None),
+    ({"retry-after-ms": "1500"}, 1.5),
+    ({"Retry-After-Ms": "250"}, 0.25),
+    ({"retry-after-ms": "0"}, 0.0),
+    ({"retry-after-ms": "-40"}, 0.0),
+    ({"Retry-After": "3"}, 3.0),
+    ({"retry-after": "2.5"}, 2.5),
+    ({"RETRY-AFTER": "0"}, 0.0),
+    ({"Retry-After": "-5"}, 0.0),
+    ({"Retry-After": "Wed, 21 Oct 2015 07:28:30 GMT"}, 30.0),
+    ({"Retry-After": "Wednesday, 21-Oct-15 07:30:00 GMT"}, 120.0),  # RFC 850 form
+    ({"Retry-After": "Wed, 21 Oct 2015 07:27:00 GMT"}, 0.0),  # in the past
+    ({"Retry-After": "soon"}, None),
+    ({"Retry-After": ""}, None),
+    ({"retry-after-ms": "abc"}, None),
+    # precedence: -ms first; a broken -ms falls back to Retry-After
+    ({"retry-after-ms": "250", "Retry-After": "9"}, 0.25),
+    ({"Retry-After": "9", "retry-after-ms": "250"}, 0.25),
+    ({"retry-after-ms": "abc", "Retry-After": "4"}, 4.0),
+    ({"retry-after-ms": "100", "Retry-After": "Wed, 21 Oct 2015 07:29:00 GMT"}, 0.1),
+]
+
+
+@pytest.mark.parametrize(("headers", "expected"), SERVER_WAIT_ROWS)
+def test_server_wait(headers: dict[str, str], expected: float | None) -> None:
+    assert server_wait(headers, now=NOW) == expected
+
+
+def test_server_wait_http_date_uses_the_clock_by_default() -> None:
+    later = datetime.fromtimestamp(time.time() + 3600, tz=UTC)
+    header = later.strftime("%a, %d %b %Y %H:%M:%S GMT")
+    wait = server_wait({"Retry-After": header})
+    assert wait is not None and 3590 < wait <= 3600
+
+
+@pytest.fixture
+def local_time_utc_plus_3(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Run the test with the process's local time zone three hours east of UTC."""
+    monkeypatch.setenv("TZ", "XYZ-3")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.mark.usefixtures("local_time_utc_plus_3")
+@pytest.mark.parametrize(
+    "header",
+    ["Wed Oct 21 07:28:30 2015", "Wed, 21 Oct 2015 07:28:30 -0000"],
+    ids=["asctime", "-0000"],
+)
+def test_server_wait_zoneless_http_date_is_gmt(header: str) -> None:
+    assert server_wait({"Retry-After": header}, now=NOW) == 30.0
+
+
+def test_local_time_zone_does_not_affect_a_gmt_date(local_time_utc_plus_3: None) -> None:
+    assert server_wait({"Retry-After": "Wed, 21 Oct 2015 07:28:30 GMT"}, now=NOW) == 30.0
+
+
+# --- backoff ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("attempt", "ceiling"),
+    [(0, 1.0), (1, 1.0), (2, 2.0), (3, 4.0), (6, 32.0), (7, 60.0), (8, 60.0), (50, 60.0)],
+)
+def test_backoff_ceiling_doubles_up_to_the_cap(attempt: int, ceiling: float) -> None:
+    assert backoff(attempt, rng=MaxRandom()) == ceiling
+    assert backoff(attempt, rng=MinRandom()) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("attempt", "initial", "cap", "ceiling"),
+    [(1, 0.5, 8.0, 0.5), (4, 0.5, 8.0, 4.0), (5, 0.5, 8.0, 8.0), (9, 0.5, 8.0, 8.0), (3, 0, 9, 0)],
+)
+def test_backoff_initial_and_cap(attempt: int, initial: float, cap: float, ceiling: float) -> None:
+    assert backoff(attempt, rng=MaxRandom(), initial=initial, cap=cap) == ceiling
+
+
+@pytest.mark.parametrize("attempt", [1, 2, 3, 5, 8])
+def test_backoff_is_full_jitter_from_a_seeded_rng(attempt: int) -> None:
+    ceiling = min(60.0, 2.0 ** (attempt - 1))
+    expected = random.Random(7).uniform(0.0, ceiling)
+    assert backoff(attempt, rng=random.Random(7)) == expected
+
+    rng = random.Random(1234)
+    samples = [backoff(attempt, rng=rng) for _ in range(2000)]
+    assert all(0.0 <= s <= ceiling for s in samples)
+    # full jitter: the whole range [0, ceiling] is used, not just its upper half
+    assert min(samples) < 0.01 * ceiling
+    assert max(samples) > 0.99 * ceiling
+
+
+# --- RetryPolicy.wait_too_long and wait_for -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (status_error(429, headers={"Retry-After": "121"}), 121.0),
+        (status_error(503, headers={"retry-after-ms": "120500"}), 120.5),
+        (status_error(429, headers={"Retry-After": "120"}), None),  # equal to the cap: fine
+        (status_error(429, headers={"Retry-After": "5"}), None),
+        (status_error(429), None),
+        (status_error(429, headers={"Retry-After": "garbage"}), None),
+        (APIConnectionError("reset"), None),
+    ],
+)
+def test_wait_too_long(error: BaseException, expected: float | None) -> None:
+    assert RetryPolicy(max_retry_wait=120.0).wait_too_long(error) == expected
+
+
+def test_wait_too_long_uses_the_configured_cap() -> None:
+    error = status_error(429, headers={"Retry-After": "30"})
+    assert RetryPolicy(max_retry_wait=10.0).wait_too_long(error) == 30.0
+    assert RetryPolicy(max_retry_wait=30.0).wait_too_long(error) is None
+
+
+@pytest.mark.parametrize(
+    ("error", "attempt", "expected"),
+    [
+        (status_error(429, headers={"Retry-After": "7"}), 1, 7.0),
+        (status_error(429, headers={"retry-after-ms": "40"}), 3, 0.04),
+        (status_error(500), 3, 4.0),  # no header: the backoff ceiling (MaxRandom)
+        (APITimeoutError("slow"), 2, 2.0),
+    ],
+)
+def test_wait_for(error: BaseException, attempt: int, expected: float) -> None:
+    policy = RetryPolicy(rng=MaxRandom(), initial=1.0, cap=60.0)
+    assert policy.wait_for(error, attempt) == expected
+
+
+# --- RetryPolicy.retrying, driven end to end ----------------------------------------------
+
+
+async def drive(policy: RetryPolicy, outcomes: Sequence[Any]) -> tuple[Any, int]:
+    """Run one image's attempts; attempt k raises or returns ``outcomes[k-1]``."""
+    calls = 0
+    result: Any = None
+    async for attempt in policy.retrying():
+        with attempt:
+            calls += 1
+            outcome = outcomes[calls - 1]
+            if isinstance(outcome, BaseException):
+                raise outcome
+            result = outcome
+    return result, calls
+
+
+def policy_with(sleep: SleepRecorder, **kwargs: Any) -> RetryPolicy:
+    kwargs.setdefault("rng", MaxRandom())
+    return RetryPolicy(sleep=sleep, initial=1.0, cap=60.0, **kwargs)
+
+
+@pytest.mark.parametrize("failures", [0, 1, 2, 3, 5])
+async def test_fails_n_times_then_succeeds(failures: int) -> None:
+    sleep = SleepRecorder()
+    outcomes = [status_error(500) for _ in range(failures)] + ["ok"]
+    result, calls = await drive(policy_with(sleep, max_attempts=6), outcomes)
+    assert (result, calls) == ("ok", failures + 1)
+    assert sleep.waits == [2.0 ** (k - 1) for k in range(1, failures + 1)]
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        status_error(429),
+        status_error(408),
+        APIConnectionError("dropped"),
+        APITimeoutError("timed out"),
+        InvalidResponseError("no data"),
+    ],
+    ids=["429", "408", "connection", "timeout", "invalid_response"],
+)
+async def test_every_retryable_kind_is_retried(error: BaseException) -> None:
+    sleep = SleepRecorder()
+    result, calls = await drive(policy_with(sleep), [error, "ok"])
+    assert (result, calls, sleep.waits) == ("ok", 2, [1.0])
+
+
+@pytest.mark.parametrize("max_attempts", [1, 3, 6])
+async def test_stops_after_max_attempts_and_reraises_the_last_error(max_attempts: int) -> None:
+    sleep = SleepRecorder()
+    errors = [status_error(503) for _ in range(max_attempts + 2)]
+    with pytest.raises(APIStatusError) as caught:
+        await drive(policy_with(sleep, max_attempts=max_attempts), errors)
+    assert caught.value is errors[max_attempts - 1]
+    assert len(sleep.waits) == max_attempts - 1
+
+
+async def test_waits_are_capped() -> None:
+    sleep = SleepRecorder()
+    policy = RetryPolicy(sleep=sleep, rng=MaxRandom(), initial=1.0, cap=5.0, max_attempts=7)
+    result, _ = await drive(policy, [APIConnectionError("x")] * 6 + ["ok"])
+    assert result == "ok"
+    assert sleep.waits == [1.0, 2.0, 4.0, 5.0, 5.0, 5.0]
+
+
+async def test_seeded_jitter_is_reproducible() -> None:
+    runs = []
+    for _ in range(2):
+        sleep = SleepRecorder()
+        policy = RetryPolicy(sleep=sleep, rng=random.Random(42), max_attempts=5)
+        await drive(policy, [status_error(500)] * 4 + ["ok"])
+        runs.append(sleep.waits)
+    assert runs[0] == runs[1]
+    assert all(0.0 <= w <= 2.0**k for k, w in enumerate(runs[0]))
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        status_error(400),
+        status_error(422),
+        status_error(400, code="moderation_blocked"),
+        status_error(500, headers={"x-should-retry": "false"}),
+        status_error(401),
+        status_error(403),
+        status_error(404),
+        status_error(429, code="insufficient_quota"),
+        ValueError("not an API error"),
+    ],
+    ids=["400", "422", "moderation", "500-should-not", "401", "403", "404", "quota", "ValueError"],
+)
+async def test_fail_and_abort_decisions_are_not_retried(error: BaseException) -> None:
+    sleep = SleepRecorder()
+    with pytest.raises(type(error)) as caught:
+        await drive(policy_with(sleep), [error, "ok"])
+    assert caught.value is error
+    assert sleep.waits == []
+
+
+@pytest.mark.parametrize(
+    ("headers", "wait"),
+    [
+        ({"Retry-After": "7"}, 7.0),
+        ({"retry-after-ms": "250"}, 0.25),
+        ({"retry-after-ms": "250", "Retry-After": "7"}, 0.25),
+        ({"Retry-After": "120"}, 120.0),
+        ({"Retry-After": "0"}, 0.0),
+    ],
+)
+async def test_retry_after_is_the_wait(headers: dict[str, str], wait: float) -> None:
+    sleep = SleepRecorder()
+    result, calls = await drive(policy_with(sleep), [status_error(429, headers=headers), "ok"])
+    assert (result, calls, sleep.waits) == ("ok", 2, [wait])
+
+
+async def test_retry_after_longer_than_the_cap_is_not_retried() -> None:
+    sleep = SleepRecorder()
+    error = status_error(429, headers={"Retry-After": "121"})
+    policy = policy_with(sleep, max_retry_wait=120.0)
+    with pytest.raises(APIStatusError) as caught:
+        await drive(policy, [error, "ok"])
+    assert caught.value is error
+    assert sleep.waits == []
+    assert policy.wait_too_long(caught.value) == 121.0
+
+
+async def test_mixed_failures_use_each_errors_own_wait() -> None:
+    sleep = SleepRecorder()
+    outcomes = [
+        status_error(503),
+        status_error(429, headers={"Retry-After": "3"}),
+        APITimeoutError("slow"),
+        "ok",
+    ]
+    result, calls = await drive(policy_with(sleep), outcomes)
+    assert (result, calls) == ("ok", 4)
+    assert sleep.waits == [1.0, 3.0, 4.0]
+
+
+async def test_a_fresh_controller_per_image() -> None:
+    sleep = SleepRecorder()
+    policy = policy_with(sleep, max_attempts=2)
+    assert await drive(policy, [status_error(500), "a"]) == ("a", 2)
+    assert await drive(policy, [status_error(500), "b"]) == ("b", 2)
+    assert sleep.waits == [1.0, 1.0]
+
+
+async def test_before_sleep_is_told_about_each_retry() -> None:
+    sleep = SleepRecorder()
+    seen: list[tuple[int, float]] = []
+
+    def before_sleep(state: Any) -> None:
+        seen.append((state.attempt_number, state.next_action.sleep))
+
+    policy = policy_with(sleep)
+    calls = 0
+    async for attempt in policy.retrying(before_sleep=before_sleep):
+        with attempt:
+            calls += 1
+            if calls < 3:
+                raise status_error(502)
+    assert seen == [(1, 1.0), (2, 2.0)]
+    assert sleep.waits == [1.0, 2.0]
