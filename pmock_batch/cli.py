@@ -30,23 +30,34 @@ from .config import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_MODEL,
     DEFAULT_TIMEOUT,
+    MANIFEST_NAME,
     RunConfig,
 )
 from .engine import Engine, RunObserver, Summary, run_batch
-from .errors import UsageError
+from .errors import LockedError, UsageError
 from .jobs import Defaults, Job, ScanResult, iter_jobs, scan
 from .mock import MockOptions, MockServer, serve
 from .mock.faults import load_script, parse_fault_rates, parse_script
 from .models import BACKGROUNDS, FORMATS, MODERATIONS, QUALITIES, SIZES, JobRecord
 from .output import EXTENSIONS
+from .resume import DoneIndex
 from .retry import DEFAULT_MAX_RETRY_WAIT, RetryPolicy
 
-__all__ = ["EXIT_ABORTED", "EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "main"]
+__all__ = [
+    "EXIT_ABORTED",
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_LOCKED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "main",
+]
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_ABORTED = 3
+EXIT_LOCKED = 4
 EXIT_INTERRUPTED = 130
 
 SUBCOMMANDS = ("mock-server", "validate")
@@ -118,6 +129,16 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     inp.add_argument(
         "--dry-run", action="store_true", help="validate and print the plan; send nothing"
+    )
+    inp.add_argument(
+        "--force",
+        action="store_true",
+        help="regenerate every job, even those a previous run finished (default: resume)",
+    )
+    inp.add_argument(
+        "--verify",
+        action="store_true",
+        help="when resuming, also check each finished file's SHA-256 (default: size only)",
     )
     _add_request_defaults(parser)
     end = parser.add_argument_group("endpoint")
@@ -322,8 +343,11 @@ def _summary_text(summary: Summary, config: RunConfig) -> str:
         parts.append(f"{summary.invalid} invalid")
     if summary.not_run:
         parts.append(f"{summary.not_run} not run")
+    if summary.skipped:
+        parts.append(f"{summary.skipped} skipped (already done)")
     text = (
-        f"Done: {', '.join(parts)} of {summary.jobs} jobs; {summary.images} images, "
+        f"Done: {', '.join(parts)} of {summary.jobs + summary.skipped} jobs; "
+        f"{summary.images} images, "
         f"{summary.attempts} attempts, {summary.retries} retries"
     )
     if summary.ambiguous_retries:
@@ -351,21 +375,33 @@ def _print_problems(result: ScanResult) -> None:
     _err(f"{result.file}: {len(result.invalid)} invalid line(s); nothing was sent.")
 
 
-def _print_plan(result: ScanResult, path: Path, defaults: Defaults, out_dir: Path) -> None:
-    print(f"Plan for {path}: {result.jobs} job(s), {result.images} image(s), into {out_dir}/")
+def _print_plan(result: ScanResult, args: argparse.Namespace, out_dir: Path) -> None:
+    path = args.jobs
+    done = DoneIndex() if args.force else DoneIndex.load(out_dir / MANIFEST_NAME)
+    finished = 0
+    todo: list[Job] = []
+    for item in iter_jobs(path, result, defaults=_defaults(args)):
+        if not isinstance(item, Job):
+            continue
+        if done.is_done(item, out_dir, verify=args.verify):
+            finished += 1
+        elif len(todo) <= MAX_PLAN_FILES:
+            todo.append(item)
+    print(
+        f"Plan for {path}: {result.jobs} job(s), {result.images} image(s), into {out_dir}/; "
+        f"{finished} already done, {result.jobs - finished} to run"
+    )
     if result.invalid:
         print(f"{len(result.invalid)} invalid line(s) would be skipped (--skip-invalid)")
     shown = 0
-    for item in iter_jobs(path, result, defaults=defaults):
-        if not isinstance(item, Job):
-            continue
+    for item in todo:
         for stem in item.stems:
             if shown < MAX_PLAN_FILES:
                 ext = EXTENSIONS[item.request.format]
                 print(f"  {out_dir / f'{stem}.{ext}'}  (line {item.line})")
             shown += 1
-    if shown > MAX_PLAN_FILES:
-        print(f"  ... and {shown - MAX_PLAN_FILES} more")
+    if result.jobs - finished > len(todo) or shown > MAX_PLAN_FILES:
+        print("  ... and more")
     print("Nothing was sent (--dry-run).")
 
 
@@ -451,6 +487,8 @@ async def _run(
                 policy=policy,
                 observer=_ConsoleObserver(quiet=args.quiet),
                 on_engine=engines.append,
+                resume=not args.force,
+                verify=args.verify,
             )
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -489,7 +527,7 @@ def _main_command(argv: Sequence[str]) -> int:
         _print_problems(result)
         return EXIT_USAGE
     if args.dry_run:
-        _print_plan(result, args.jobs, defaults, out_dir)
+        _print_plan(result, args, out_dir)
         return EXIT_OK
     config = RunConfig(
         out_dir=out_dir,
@@ -502,12 +540,13 @@ def _main_command(argv: Sequence[str]) -> int:
         grace=args.grace,
         field_case=args.field_case,
     )
-    summary = asyncio.run(_run(args, config, result, mock))
+    try:
+        summary = asyncio.run(_run(args, config, result, mock))
+    except LockedError as exc:
+        _err(f"pmock-batch: {exc}")
+        return EXIT_LOCKED
     if summary.aborted:
-        _err(
-            f"pmock-batch: run aborted: {summary.aborted}. Check {API_KEY_ENV}, --base-url and "
-            "your account's quota. Jobs not run are recorded as not_run."
-        )
+        _err(f"pmock-batch: run aborted: {summary.aborted}. Jobs not run are recorded as not_run.")
     _err(_summary_text(summary, config))
     return _exit_code(summary)
 

@@ -25,6 +25,7 @@ from .errors import (
     APIStatusError,
     APITimeoutError,
     InvalidResponseError,
+    ResponseTooLargeError,
 )
 from .models import ImagesResponse
 
@@ -34,6 +35,8 @@ __all__ = ["ImagesClient", "Reply", "redact"]
 # base64 string never stalls the event loop.
 _THREAD_PARSE_BYTES = 256 * 1024
 _MAX_ERROR_CHARS = 2000
+MAX_DOWNLOAD_BYTES = 256 * 1024 * 1024  # an image URL larger than this is refused
+_DOWNLOAD_CHUNK = 1 << 20
 
 
 def redact(text: str, secret: str | None) -> str:
@@ -123,8 +126,9 @@ def _mapped(what: str, timeout: float) -> Iterator[None]:
 class ImagesClient:
     """Posts generation requests and downloads images, over one keep-alive session."""
 
-    def __init__(self, config: RunConfig) -> None:
+    def __init__(self, config: RunConfig, *, max_download_bytes: int = MAX_DOWNLOAD_BYTES) -> None:
         self._config = config
+        self._max_download = max_download_bytes
         self._session: aiohttp.ClientSession | None = None
         # Sent with API calls only, never with image downloads, and never logged.
         self._auth = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
@@ -175,8 +179,20 @@ class ImagesClient:
         with _mapped("GET image URL", self._config.timeout):
             # The key is for the API, not for wherever the image is hosted: not sent here.
             async with self.session.get(url) as resp:
-                raw = await resp.read()
-                status = resp.status
-        if status >= 300:
-            raise InvalidResponseError(f"downloading the image URL answered HTTP {status}")
-        return raw
+                if resp.status >= 300:
+                    raise InvalidResponseError(f"downloading the image URL answered {resp.status}")
+                if (resp.content_length or 0) > self._max_download:
+                    raise self._too_large(resp.content_length or 0)
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in resp.content.iter_chunked(_DOWNLOAD_CHUNK):
+                    size += len(chunk)
+                    if size > self._max_download:
+                        raise self._too_large(size)
+                    chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _too_large(self, size: int) -> ResponseTooLargeError:
+        return ResponseTooLargeError(
+            f"the image URL sends more than {self._max_download:,} bytes ({size:,} seen); refused"
+        )

@@ -16,6 +16,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "DEFAULT_TIMEOUT",
     "INITIAL_RETRY_DELAY",
+    "MANIFEST_NAME",
     "MAX_RETRY_DELAY",
     "RunConfig",
 ]

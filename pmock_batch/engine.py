@@ -15,15 +15,16 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from tenacity import RetryCallState
 
 from .client import ImagesClient, Reply
-from .config import RunConfig
+from .config import API_KEY_ENV, BASE_URL_ENV, RunConfig
 from .errors import (
     APIError,
     APIStatusError,
@@ -32,9 +33,17 @@ from .errors import (
     PmockBatchError,
 )
 from .jobs import InvalidLine, Job
+from .lock import run_lock
 from .manifest import ManifestWriter, compact
 from .models import ErrorRecord, FileRecord, JobRecord, JobStatus
-from .output import VerifiedImage, decode_and_verify, verify_image, write_atomic
+from .output import (
+    VerifiedImage,
+    decode_and_verify,
+    remove_stray_temps,
+    verify_image,
+    write_atomic,
+)
+from .resume import DoneIndex
 from .retry import Decision, RetryPolicy, classify
 
 __all__ = ["Engine", "RunObserver", "Summary", "error_record", "run_batch"]
@@ -42,6 +51,8 @@ __all__ = ["Engine", "RunObserver", "Summary", "error_record", "run_batch"]
 log = logging.getLogger("pmock_batch")
 
 MAX_LISTED_FAILURES = 20
+
+Writer = Callable[[Path, str, bytes], Awaitable[Path]]
 
 
 def _now() -> str:
@@ -73,6 +84,26 @@ def error_record(exc: BaseException) -> ErrorRecord:
     if isinstance(exc, OSError):
         return ErrorRecord(kind="write", message=f"could not write the image: {exc}")
     return ErrorRecord(kind="internal", message=f"{type(exc).__name__}: {exc}")
+
+
+def abort_reason(exc: BaseException, config: RunConfig) -> str:
+    """One clear sentence: what went wrong for every job, and what to check."""
+    if isinstance(exc, OSError):
+        return (
+            f"cannot write to the output directory {config.out_dir}: {exc.strerror or exc}; "
+            "free some disk space or fix its permissions"
+        )
+    if isinstance(exc, APIStatusError):
+        if exc.status in (401, 403):
+            return f"the server refused the API key (HTTP {exc.status}: {exc}); check {API_KEY_ENV}"
+        if exc.status == 404:
+            return (
+                f"{config.endpoint} was not found (HTTP 404: {exc}); check --base-url "
+                f"or {BASE_URL_ENV}"
+            )
+        if exc.code == "insufficient_quota":
+            return f"the account has no quota left (HTTP 429: {exc}); check its plan and billing"
+    return str(exc)
 
 
 @dataclass(slots=True)
@@ -131,6 +162,9 @@ class RunObserver:
     def retrying(self, job_id: str, attempt: int, wait: float, reason: str) -> None:
         """An attempt failed and will be retried after ``wait`` seconds."""
 
+    def job_skipped(self, job: Job) -> None:
+        """A job was already done by an earlier run (resume)."""
+
 
 class _Aborted(Exception):
     """Raised inside a worker when the run has been aborted or stopped."""
@@ -156,6 +190,9 @@ class Engine:
         *,
         policy: RetryPolicy | None = None,
         observer: RunObserver | None = None,
+        done: DoneIndex | None = None,
+        verify: bool = False,
+        writer: Writer = write_atomic,
     ) -> None:
         self.config = config
         self.client = client
@@ -166,6 +203,10 @@ class Engine:
         self._stopping = asyncio.Event()
         self._abort_reason: str | None = None
         self._in_flight: set[asyncio.Task[JobRecord]] = set()
+        self.done = done
+        self.verify = verify
+        self.writer = writer
+        self.skipped_lines: dict[str, int] = {}  # id -> current line, for jobs already done
         if self.policy.sleep is None:
             self.policy.sleep = self._sleep
 
@@ -183,9 +224,10 @@ class Engine:
 
     def _abort(self, exc: BaseException) -> None:
         if self._abort_reason is None:
-            self._abort_reason = str(exc)
-            self.summary.aborted = str(exc)
-            log.error("aborting the run: %s", exc)
+            reason = abort_reason(exc, self.config)
+            self._abort_reason = reason
+            self.summary.aborted = reason
+            log.error("aborting the run: %s", reason)
         self._stopping.set()
 
     @property
@@ -211,6 +253,8 @@ class Engine:
                 elif self.stopping:
                     await self._record(self._not_run_record(item))
                     break
+                elif await self._already_done(item):
+                    self._skip(item)
                 else:
                     await queue.put(item)
             for _ in workers:
@@ -228,6 +272,21 @@ class Engine:
             await asyncio.gather(*workers, *self._in_flight, watcher, return_exceptions=True)
             self.summary.elapsed_s = time.monotonic() - started
         return self.summary
+
+    async def _already_done(self, job: Job) -> bool:
+        if self.done is None or not len(self.done):
+            return False
+        if self.verify:  # hashing files: off the event loop
+            return await asyncio.to_thread(self.done.is_done, job, self.config.out_dir, verify=True)
+        done = self.done.is_done(job, self.config.out_dir)
+        if len(self.skipped_lines) % 256 == 255:
+            await asyncio.sleep(0)  # a long run of skips must not starve jobs in flight
+        return done
+
+    def _skip(self, job: Job) -> None:
+        self.summary.skipped += 1
+        self.skipped_lines[job.id] = job.line
+        self.observer.job_skipped(job)
 
     async def _cancel_after_grace(self) -> None:
         """Once the run is stopping, give jobs in flight ``grace`` seconds, then cancel them."""
@@ -257,7 +316,14 @@ class Engine:
 
     async def _record(self, record: JobRecord) -> None:
         self.summary.add(record)
-        await self.manifest.append(record)
+        try:
+            await self.manifest.append(record)
+        except OSError as exc:
+            self._abort(
+                OSError(
+                    exc.errno, f"cannot write the manifest {self.manifest.path}: {exc.strerror}"
+                )
+            )
         self.observer.job_done(record)
 
     # -- one job -----------------------------------------------------------
@@ -276,7 +342,7 @@ class Engine:
             try:
                 image, reply = await self._generate(job, body, state)
                 relative = f"{stem}.{image.extension}"
-                await write_atomic(self.config.out_dir, relative, image.data)
+                await self.writer(self.config.out_dir, relative, image.data)
             except _Aborted:
                 status = "not_run" if not files else "failed"
                 error = ErrorRecord(kind="not_run", message=self._abort_reason or "interrupted")
@@ -419,16 +485,38 @@ async def run_batch(
     policy: RetryPolicy | None = None,
     observer: RunObserver | None = None,
     on_engine: Callable[[Engine], None] | None = None,
+    resume: bool = True,
+    verify: bool = False,
+    writer: Writer = write_atomic,
 ) -> Summary:
-    """Run a batch end to end: open the client and manifest, run, compact the manifest.
+    """Run a batch end to end, holding the output directory's lock.
 
-    ``on_engine`` receives the engine before it starts, so a caller can wire
-    signals to :meth:`Engine.stop`.
+    It removes temporary files a crashed run left, skips jobs a previous run
+    finished (unless ``resume`` is False, i.e. ``--force``), runs the rest,
+    and compacts the manifest. ``on_engine`` receives the engine before it
+    starts, so a caller can wire signals to :meth:`Engine.stop`. ``writer``
+    is injectable so tests can simulate a full disk or a crash mid-write.
+    Raises :class:`~pmock_batch.errors.LockedError` if another run holds the lock.
     """
-    async with ImagesClient(config) as client, ManifestWriter(config.manifest_path) as manifest:
-        engine = Engine(config, client, manifest, policy=policy, observer=observer)
-        if on_engine is not None:
-            on_engine(engine)
-        summary = await engine.run(jobs)
-    await asyncio.to_thread(compact, config.manifest_path)
+    with run_lock(config.out_dir):
+        await asyncio.to_thread(remove_stray_temps, config.out_dir)
+        done = await asyncio.to_thread(DoneIndex.load, config.manifest_path) if resume else None
+        async with (
+            ImagesClient(config) as client,
+            ManifestWriter(config.manifest_path) as manifest,
+        ):
+            engine = Engine(
+                config,
+                client,
+                manifest,
+                policy=policy,
+                observer=observer,
+                done=done,
+                verify=verify,
+                writer=writer,
+            )
+            if on_engine is not None:
+                on_engine(engine)
+            summary = await engine.run(jobs)
+        await asyncio.to_thread(compact, config.manifest_path, engine.skipped_lines)
     return summary

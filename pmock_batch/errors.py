@@ -5,12 +5,17 @@
     PmockBatchError
     ├── UsageError                 bad flags or environment: exit 2, nothing sent
     ├── JobFileError               the job file has invalid lines: exit 2, nothing sent
+    ├── LockedError                another run holds the output directory: exit 4
     ├── OutputPathError            a path would escape the output directory
     └── APIError                   anything that went wrong talking to the server
         ├── APIStatusError         the server answered with a non-2xx status
         ├── APIConnectionError     no usable answer: refused, reset, dropped, cut off
         │   └── APITimeoutError    the request timed out (it may have been billed)
-        └── InvalidResponseError   a 2xx whose body or image is unusable
+        ├── InvalidResponseError   a 2xx whose body or image is unusable (retried)
+        └── ResponseTooLargeError  an image download over the size cap (not retried)
+
+Disk-full and permission errors on the output directory stay ``OSError``;
+:func:`pmock_batch.retry.classify` makes them abort the run.
 
 Foreign exceptions (aiohttp, asyncio timeouts, JSON and base64 errors) are
 translated into this tree in exactly one place, :mod:`pmock_batch.client`,
@@ -29,9 +34,11 @@ __all__ = [
     "APITimeoutError",
     "InvalidResponseError",
     "JobFileError",
+    "LockedError",
     "OutputPathError",
     "PmockBatchError",
     "Problem",
+    "ResponseTooLargeError",
     "UsageError",
 ]
 
@@ -67,6 +74,10 @@ class JobFileError(PmockBatchError):
         self.problems = problems
         self.total = total
         super().__init__(f"{total} invalid line(s) in the job file")
+
+
+class LockedError(PmockBatchError):
+    """Another run holds the lock on the output directory."""
 
 
 class OutputPathError(PmockBatchError):
@@ -124,5 +135,11 @@ class APITimeoutError(APIConnectionError):
 
 class InvalidResponseError(APIError):
     """A 2xx answer whose body is not JSON, has no image, or whose image is unusable."""
+
+    kind = "invalid_response"
+
+
+class ResponseTooLargeError(APIError):
+    """An image download is larger than the cap. Retrying would not help."""
 
     kind = "invalid_response"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -90,28 +90,35 @@ def read_records(path: Path) -> Iterator[JobRecord]:
             yield JobRecord.model_validate(data)
 
 
-def compact(path: Path) -> None:
+def compact(path: Path, current_lines: Mapping[str, int] | None = None) -> None:
     """Rewrite the log as one line per job (its latest record), sorted by input line.
 
+    ``current_lines`` gives the line number, in the job file as it is now, of
+    jobs this run skipped as already done; their records get that line.
     Memory stays small: only byte offsets are kept per job, never whole records.
-    Records of ids that no longer appear at the latest line stay, in line order.
+    Records of ids no longer in the job file are kept, in their old line order.
     """
+    moved = current_lines or {}
     if not path.exists():
         return
-    latest: dict[str, tuple[int, int, int]] = {}  # key -> (line, offset, length)
+    latest: dict[str, tuple[int, int, int, bool]] = {}  # key -> (line, offset, length, moved)
     for offset, raw in _raw_lines(path):
         data = _load(raw)
         if data is None:
             continue
         key = str(data.get("id")) if data.get("id") is not None else f"#line{data.get('line')}"
-        line = data.get("line")
-        latest[key] = (line if isinstance(line, int) else 0, offset, len(raw))
+        line = moved.get(key, data.get("line"))
+        latest[key] = (line if isinstance(line, int) else 0, offset, len(raw), key in moved)
     ordered = sorted(latest.values())
     tmp = path.with_name(f".{path.name}.compact.tmp")
     with path.open("rb") as src, tmp.open("wb") as dst:
-        for _, offset, length in ordered:
+        for line, offset, length, was_moved in ordered:
             src.seek(offset)
             chunk = src.read(length)
+            data = _load(chunk) if was_moved else None
+            if data is not None and data.get("line") != line:
+                data["line"] = line
+                chunk = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
             dst.write(chunk if chunk.endswith(b"\n") else chunk + b"\n")
         dst.flush()
         os.fsync(dst.fileno())

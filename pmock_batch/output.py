@@ -29,6 +29,7 @@ __all__ = [
     "TMP_SUFFIX",
     "VerifiedImage",
     "decode_and_verify",
+    "remove_stray_temps",
     "safe_path",
     "sniff_format",
     "verify_image",
@@ -135,3 +136,22 @@ async def write_atomic(out_dir: Path, relative: str, data: bytes) -> Path:
             await aiofiles.os.remove(tmp)
         raise
     return target
+
+
+def remove_stray_temps(out_dir: Path) -> int:
+    """Delete temporary files a crashed run left in ``out_dir``; return how many.
+
+    Call it only while holding the run lock, so no live run owns them.
+    """
+    if not out_dir.is_dir():
+        return 0
+    removed = 0
+    for path in out_dir.rglob(f".*{TMP_SUFFIX}"):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed += 1
+    for path in out_dir.glob(".*.compact.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed += 1
+    return removed

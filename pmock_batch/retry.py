@@ -10,6 +10,7 @@ jitter. :class:`RetryPolicy` plugs the three into tenacity.
 from __future__ import annotations
 
 import enum
+import errno
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -35,6 +36,8 @@ __all__ = [
 ]
 
 RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
+# Disk full, quota, permissions, read-only: every later write would fail the same way.
+ABORT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS})
 ABORT_STATUSES = frozenset({401, 403, 404})
 DEFAULT_MAX_RETRY_WAIT = 120.0
 
@@ -62,6 +65,8 @@ def classify(exc: BaseException) -> Decision:
         return Decision.FAIL
     if isinstance(exc, APIConnectionError | InvalidResponseError):
         return Decision.RETRY
+    if isinstance(exc, OSError) and exc.errno in ABORT_ERRNOS:
+        return Decision.ABORT
     return Decision.FAIL
 
 

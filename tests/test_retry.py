@@ -142,11 +142,6 @@ def test_classify_exception_types(error: BaseException, expected: Decision) -> N
     assert classify(error) is expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: issue 3 §4 says disk-full and permission errors on OUT abort the run (exit 3); "
-    "classify() returns FAIL for OSError, and engine.py uses classify() for that decision",
-)
 @pytest.mark.parametrize(
     "error",
     [OSError(errno.ENOSPC, "No space left on device"), PermissionError(errno.EACCES, "denied")],

@@ -1,0 +1,39 @@
+"""The run lock: one run at a time per output directory (``OUT/.lock``, ``fcntl.flock``).
+
+The lock is released by the kernel when the process ends, however it ends,
+so a crashed run never leaves a stale lock behind.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import LockedError
+
+__all__ = ["LOCK_NAME", "run_lock"]
+
+LOCK_NAME = ".lock"
+
+
+@contextmanager
+def run_lock(out_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``out_dir`` for the block; raise LockedError if taken."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise LockedError(
+                f"another pmock-batch run is using {out_dir} (it holds {path}); nothing was done"
+            ) from exc
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock

@@ -1,0 +1,102 @@
+"""Resume: which jobs a previous run already finished, so a re-run does only the rest.
+
+A job is done when its latest manifest record is ``ok`` for the same request
+fingerprint and every file it recorded still exists with the recorded size
+(and, with ``verify``, the recorded SHA-256). The index keeps only those
+facts per job, never whole records, so it stays small for large batches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from .jobs import Job
+
+__all__ = ["DoneIndex"]
+
+_HASH_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class _Done:
+    fingerprint: str
+    files: tuple[tuple[str, int, str], ...]  # (path relative to OUT, bytes, sha256)
+
+
+def _latest(path: Path) -> Iterator[tuple[str, _Done | None]]:
+    """Yield ``(id, done-or-None)`` for every well-formed record, in log order."""
+    with path.open("rb") as fh:
+        for raw in fh:
+            try:
+                data = json.loads(raw)
+            except ValueError:
+                continue  # a torn line left by a crash
+            if not isinstance(data, dict) or not isinstance(data.get("id"), str):
+                continue
+            done: _Done | None = None
+            if data.get("status") == "ok" and isinstance(data.get("fingerprint"), str):
+                try:
+                    files = tuple(
+                        (str(f["path"]), int(f["bytes"]), str(f["sha256"])) for f in data["files"]
+                    )
+                except (KeyError, TypeError, ValueError):
+                    files = ()
+                if files:
+                    done = _Done(data["fingerprint"], files)
+            yield data["id"], done
+
+
+class DoneIndex:
+    """The jobs a manifest records as done, by id."""
+
+    def __init__(self, entries: dict[str, _Done] | None = None) -> None:
+        self._entries = entries or {}
+
+    @classmethod
+    def load(cls, manifest: Path) -> DoneIndex:
+        """Read the manifest log; the latest record of each id decides."""
+        entries: dict[str, _Done] = {}
+        if manifest.exists():
+            for job_id, done in _latest(manifest):
+                if done is None:
+                    entries.pop(job_id, None)
+                else:
+                    entries[job_id] = done
+        return cls(entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def is_done(self, job: Job, out_dir: Path, *, verify: bool = False) -> bool:
+        """True if ``job`` needs no work: same request, files present and intact.
+
+        Without ``verify`` this costs one ``stat`` per file. With ``verify`` it
+        also hashes every file, so call it from a worker thread.
+        """
+        done = self._entries.get(job.id)
+        if done is None or done.fingerprint != job.fingerprint:
+            return False
+        if len(done.files) != job.request.count:
+            return False
+        for relative, size, sha256 in done.files:
+            target = out_dir / relative
+            try:
+                if target.stat().st_size != size:
+                    return False
+            except OSError:
+                return False
+            if verify and _sha256(target) != sha256:
+                return False
+        return True
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
