@@ -1,0 +1,303 @@
+"""Resume, crash safety, disk errors and the run lock, over real loopback HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import by_id, open_image, read_manifest, run_cli, write_jobs
+
+from pmock_batch.config import RunConfig
+from pmock_batch.engine import run_batch
+from pmock_batch.errors import LockedError
+from pmock_batch.jobs import iter_jobs, scan
+from pmock_batch.lock import run_lock
+from pmock_batch.mock import MockOptions
+from pmock_batch.output import write_atomic
+from pmock_batch.retry import RetryPolicy
+
+KEY = "sk-resume-test-key"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _env(monkeypatch, tmp_path):
+    monkeypatch.setenv("PMOCK_API_KEY", KEY)
+    monkeypatch.delenv("PMOCK_BASE_URL", raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
+class Crash(BaseException):
+    """Stands in for kill -9: not an Exception, so nothing in the engine handles it."""
+
+
+async def _noop_sleep(_: float) -> None:
+    return None
+
+
+async def _batch(tmp_path: Path, base_url: str, *, writer=write_atomic, resume=True, verify=False):
+    path = tmp_path / "jobs.jsonl"
+    scanned = scan(path)
+    config = RunConfig(out_dir=tmp_path / "out", base_url=base_url, api_key=KEY, concurrency=2)
+    return await run_batch(
+        config,
+        iter_jobs(path, scanned),
+        policy=RetryPolicy(sleep=_noop_sleep),
+        resume=resume,
+        verify=verify,
+        writer=writer,
+    )
+
+
+def _lines(n: int) -> list[dict[str, str]]:
+    return [{"id": f"j{i}", "prompt": f"prompt {i}"} for i in range(n)]
+
+
+async def test_rerun_skips_done_jobs_and_sends_nothing(tmp_path, make_mock, capsys):
+    server = await make_mock(MockOptions())
+    jobs = write_jobs(tmp_path / "jobs.jsonl", _lines(6))
+    argv = [str(jobs), "--base-url", server.base_url, "--out", str(tmp_path / "out")]
+    assert (await run_cli(argv, capsys)).code == 0
+    assert server.stats.requests == 6
+    before = (tmp_path / "out" / "manifest.jsonl").read_bytes()
+    result = await run_cli(argv, capsys)
+    assert result.code == 0
+    assert server.stats.requests == 6  # nothing sent the second time
+    assert "6 skipped (already done)" in result.err
+    assert (tmp_path / "out" / "manifest.jsonl").read_bytes() == before
+    dry = await run_cli([*argv, "--dry-run"], capsys)
+    assert "6 already done, 0 to run" in dry.out
+
+
+async def test_changed_prompt_regenerates_only_that_job(tmp_path, make_mock, capsys):
+    server = await make_mock(MockOptions())
+    lines = _lines(5)
+    jobs = write_jobs(tmp_path / "jobs.jsonl", lines)
+    argv = [str(jobs), "--base-url", server.base_url, "--out", str(tmp_path / "out")]
+    assert (await run_cli(argv, capsys)).code == 0
+    old = by_id(read_manifest(tmp_path / "out"))
+    lines[2] = {"id": "j2", "prompt": "an edited prompt"}
+    lines.insert(0, {"id": "new", "prompt": "a new line at the top"})
+    write_jobs(jobs, lines)
+    dry = await run_cli([*argv, "--dry-run"], capsys)
+    assert "4 already done, 2 to run" in dry.out
+    assert (await run_cli(argv, capsys)).code == 0
+    assert server.stats.requests == 5 + 2
+    assert server.stats.attempts["an edited prompt"] == 1
+    assert server.stats.attempts["prompt 2"] == 1
+    records = read_manifest(tmp_path / "out")
+    assert [r["id"] for r in records] == ["new", "j0", "j1", "j2", "j3", "j4"]
+    assert [r["line"] for r in records] == [1, 2, 3, 4, 5, 6]
+    new = by_id(records)
+    assert new["j2"]["fingerprint"] != old["j2"]["fingerprint"]
+    assert new["j2"]["request"]["prompt"] == "an edited prompt"
+    assert new["j0"]["finished_at"] == old["j0"]["finished_at"]
+
+
+async def test_force_regenerates_and_missing_or_damaged_files_are_redone(
+    tmp_path, make_mock, capsys
+):
+    server = await make_mock(MockOptions())
+    jobs = write_jobs(tmp_path / "jobs.jsonl", _lines(3))
+    out = tmp_path / "out"
+    argv = [str(jobs), "--base-url", server.base_url, "--out", str(out)]
+    assert (await run_cli(argv, capsys)).code == 0
+    assert (await run_cli([*argv, "--force"], capsys)).code == 0
+    assert server.stats.requests == 6
+    (out / "j0.png").unlink()  # missing: redone
+    data = (out / "j1.png").read_bytes()  # same size, different bytes: only --verify sees it
+    (out / "j1.png").write_bytes(data[:-20] + bytes(20))
+    assert (await run_cli(argv, capsys)).code == 0
+    assert server.stats.attempts["prompt 0"] == 3
+    assert server.stats.attempts["prompt 1"] == 2
+    assert (await run_cli([*argv, "--verify"], capsys)).code == 0
+    assert server.stats.attempts["prompt 1"] == 3
+    assert server.stats.attempts["prompt 2"] == 2
+    open_image(out / "j1.png")
+
+
+async def test_failed_and_not_run_jobs_are_redone(tmp_path, make_mock, capsys):
+    server = await make_mock(MockOptions(script={"prompt 1": ["400"]}))
+    jobs = write_jobs(tmp_path / "jobs.jsonl", _lines(3))
+    argv = [str(jobs), "--base-url", server.base_url, "--out", str(tmp_path / "out")]
+    assert (await run_cli(argv, capsys)).code == 1
+    assert (await run_cli(argv, capsys)).code == 0
+    assert server.stats.attempts["prompt 1"] == 2
+    assert server.stats.requests == 4
+    assert {r["status"] for r in read_manifest(tmp_path / "out")} == {"ok"}
+
+
+@pytest.mark.parametrize("when", ["before_write", "after_write"])
+async def test_resume_after_a_crash(tmp_path, make_mock, when):
+    """A crash before the write, or after it but before the manifest line, then a re-run."""
+    server = await make_mock(MockOptions())
+    write_jobs(tmp_path / "jobs.jsonl", _lines(8))
+    writes = 0
+
+    async def crashing_writer(out_dir: Path, relative: str, data: bytes) -> Path:
+        nonlocal writes
+        writes += 1
+        if writes == 4:
+            if when == "after_write":
+                await write_atomic(out_dir, relative, data)
+            raise Crash
+        return await write_atomic(out_dir, relative, data)
+
+    with pytest.raises(Crash):
+        await _batch(tmp_path, server.base_url, writer=crashing_writer)
+    first = server.stats.requests
+    assert 4 <= first <= 8
+    summary = await _batch(tmp_path, server.base_url)
+    assert summary.ok + summary.skipped == 8
+    records = read_manifest(tmp_path / "out")
+    assert [r["id"] for r in records] == [f"j{i}" for i in range(8)]
+    assert {r["status"] for r in records} == {"ok"}
+    for r in records:
+        open_image(tmp_path / "out" / r["files"][0]["path"])
+    assert all(server.stats.successes[f"prompt {i}"] >= 1 for i in range(8))
+    # each prompt succeeded once, plus at most the jobs in flight at the crash
+    assert sum(server.stats.successes.values()) <= 8 + 2
+    assert not list((tmp_path / "out").rglob("*.pmock-tmp"))
+
+
+async def test_disk_full_aborts_the_run(tmp_path, make_mock):
+    server = await make_mock(MockOptions())
+    write_jobs(tmp_path / "jobs.jsonl", _lines(20))
+    calls = 0
+
+    async def full_disk(out_dir: Path, relative: str, data: bytes) -> Path:
+        nonlocal calls
+        calls += 1
+        if calls >= 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return await write_atomic(out_dir, relative, data)
+
+    summary = await _batch(tmp_path, server.base_url, writer=full_disk)
+    assert summary.aborted is not None
+    assert "No space left on device" in summary.aborted
+    assert "free some disk space" in summary.aborted
+    assert server.stats.requests <= 2 + 2 + 2
+    records = read_manifest(tmp_path / "out")
+    assert len(records) == 20
+    assert {r["status"] for r in records} == {"ok", "failed", "not_run"}
+    for r in records:
+        if r["status"] == "ok":
+            open_image(tmp_path / "out" / r["files"][0]["path"])
+    assert not list((tmp_path / "out").rglob("*.pmock-tmp"))
+
+
+async def test_stray_temp_files_are_removed_on_the_next_run(tmp_path, make_mock):
+    server = await make_mock(MockOptions())
+    write_jobs(tmp_path / "jobs.jsonl", _lines(1))
+    stray = tmp_path / "out" / "sub" / ".j9.png.abcd1234.pmock-tmp"
+    stray.parent.mkdir(parents=True)
+    stray.write_bytes(b"half an image")
+    await _batch(tmp_path, server.base_url)
+    assert not stray.exists()
+
+
+async def test_torn_manifest_line_is_tolerated(tmp_path, make_mock):
+    server = await make_mock(MockOptions())
+    write_jobs(tmp_path / "jobs.jsonl", _lines(3))
+    await _batch(tmp_path, server.base_url)
+    manifest = tmp_path / "out" / "manifest.jsonl"
+    manifest.write_bytes(manifest.read_bytes() + b'{"id": "j1", "status": "fai')
+    summary = await _batch(tmp_path, server.base_url)
+    assert summary.skipped == 3
+    assert server.stats.requests == 3
+    assert len(read_manifest(tmp_path / "out")) == 3
+
+
+async def test_lock_refuses_a_second_run(tmp_path, make_mock, capsys):
+    server = await make_mock(MockOptions())
+    jobs = write_jobs(tmp_path / "jobs.jsonl", _lines(2))
+    out = tmp_path / "out"
+    holder = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        "import sys, time; from pathlib import Path; from pmock_batch.lock import run_lock\n"
+        "with run_lock(Path(sys.argv[1])):\n    print('locked', flush=True); time.sleep(30)",
+        str(out),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None
+        assert (await asyncio.wait_for(holder.stdout.readline(), 20)).strip() == b"locked"
+        result = await run_cli(
+            [str(jobs), "--base-url", server.base_url, "--out", str(out)], capsys
+        )
+        assert result.code == 4
+        assert "another pmock-batch run" in result.err
+        assert server.stats.requests == 0
+        assert not (out / "manifest.jsonl").exists()
+    finally:
+        holder.kill()
+        await holder.wait()
+    with run_lock(out):  # released when the holder died
+        with pytest.raises(LockedError):
+            with run_lock(out):
+                pass
+
+
+async def test_kill_9_mid_run_then_rerun_finishes_the_batch(tmp_path, make_mock):
+    server = await make_mock(MockOptions(latency=0.02))
+    n = 60
+    jobs = write_jobs(tmp_path / "jobs.jsonl", _lines(n))
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if k != "PMOCK_BASE_URL"}
+    env["PYTHONPATH"] = str(ROOT)
+    argv = [
+        sys.executable,
+        "-m",
+        "pmock_batch",
+        str(jobs),
+        "--base-url",
+        server.base_url,
+        "--out",
+        str(out),
+        "--concurrency",
+        "4",
+    ]
+    proc = await asyncio.create_subprocess_exec(*argv, env=env, stderr=asyncio.subprocess.DEVNULL)
+    for _ in range(2000):
+        if sum(server.stats.successes.values()) >= 10:
+            break
+        await asyncio.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    await proc.wait()
+    in_flight_at_kill = server.stats.in_flight
+    assert sum(server.stats.successes.values()) < n
+    for path in out.rglob("*.png"):  # every final name holds a whole image
+        open_image(path)
+    proc = await asyncio.create_subprocess_exec(*argv, env=env, stderr=asyncio.subprocess.PIPE)
+    _, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    records = read_manifest(out)
+    assert [r["id"] for r in records] == [f"j{i}" for i in range(n)]
+    assert {r["status"] for r in records} == {"ok"}
+    assert all(server.stats.successes[f"prompt {i}"] >= 1 for i in range(n))
+    assert sum(server.stats.successes.values()) <= n + 4 + in_flight_at_kill
+    assert not list(out.rglob("*.pmock-tmp"))
+    json.loads((out / "manifest.jsonl").read_text().splitlines()[-1])
+
+
+async def test_url_download_over_the_cap_fails_without_retry(tmp_path, make_mock):
+    from pmock_batch.client import ImagesClient
+    from pmock_batch.errors import ResponseTooLargeError
+
+    server = await make_mock(MockOptions())
+    config = RunConfig(out_dir=tmp_path / "out", base_url=server.base_url, api_key=KEY)
+    async with ImagesClient(config, max_download_bytes=1000) as client:
+        reply = await client.generate({"prompt": "an owl", "response_format": "url"})
+        url = reply.body.data[0].url
+        assert url is not None and url.startswith("http://127.0.0.1:")
+        with pytest.raises(ResponseTooLargeError):
+            await client.download(url)
+        with pytest.raises(Exception, match="scheme 'file'"):
+            await client.download("file:///etc/passwd")
