@@ -239,10 +239,8 @@ async def test_lock_refuses_a_second_run(tmp_path, make_mock, capsys):
     finally:
         holder.kill()
         await holder.wait()
-    with run_lock(out):  # released when the holder died
-        with pytest.raises(LockedError):
-            with run_lock(out):
-                pass
+    with run_lock(out), pytest.raises(LockedError), run_lock(out):  # free once the holder died
+        pass
 
 
 async def test_kill_9_mid_run_then_rerun_finishes_the_batch(tmp_path, make_mock):
