@@ -64,12 +64,13 @@ KIB = 1024
 
 # Defaults for a full run (about 45 s on a 2-core machine) and for --quick (about 5 s).
 FULL = {
-    "reps": 5,
-    "hop_seconds": 0.6,
+    "reps": 3,
+    "hop_seconds": 0.5,
     "large_count": 200,
     "large_kib": 1536,
     "small_count": 2000,
     "small_kib": 20,
+    "busy_count": 16,
     "records": 5000,
 }
 QUICK = {
@@ -79,6 +80,7 @@ QUICK = {
     "large_kib": 1536,
     "small_count": 200,
     "small_kib": 20,
+    "busy_count": 8,
     "records": 1000,
 }
 
@@ -138,6 +140,7 @@ class Sample:
     ops: int  # hops, files or records done
     hops: int  # executor jobs submitted during the run
     latency: float = 0.0  # median seconds per awaited hop (benchmark 1 only)
+    decodes: float = float("nan")  # decodes per second done by the base64 thread, if any
 
 
 @dataclass
@@ -170,7 +173,9 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
     lines = []
     for row in [headers, *rows]:
-        cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]
+        cells = [row[0].ljust(widths[0])] + [
+            c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)
+        ]
         lines.append("  " + "  ".join(cells).rstrip())
     return "\n".join(lines)
 
@@ -192,7 +197,7 @@ async def _hop_worker(path: Path, deadline: float, latencies: list[float]) -> in
 async def hop_run(path: Path, seconds: float, coroutines: int, busy_blob: bytes | None) -> Sample:
     ex = executor()
     latencies: list[float] = []
-    with Busy(busy_blob) if busy_blob is not None else contextlib.nullcontext():
+    with Busy(busy_blob) if busy_blob is not None else contextlib.nullcontext() as busy:
         before = ex.submitted
         start = time.perf_counter()
         deadline = start + seconds
@@ -201,14 +206,16 @@ async def hop_run(path: Path, seconds: float, coroutines: int, busy_blob: bytes 
         )
         wall = time.perf_counter() - start
         hops = ex.submitted - before
-    return Sample(wall=wall, ops=sum(counts), hops=hops, latency=median(latencies))
+        decodes = busy.decodes / wall if busy is not None else float("nan")
+    return Sample(wall=wall, ops=sum(counts), hops=hops, latency=median(latencies), decodes=decodes)
 
 
-def sync_stat_us(path: Path, n: int = 20000) -> float:
-    start = time.perf_counter()
-    for _ in range(n):
-        os.stat(path)
-    return (time.perf_counter() - start) / n * 1e6
+def sync_stat_us(path: Path, busy_blob: bytes | None = None, n: int = 20000) -> float:
+    with Busy(busy_blob) if busy_blob is not None else contextlib.nullcontext():
+        start = time.perf_counter()
+        for _ in range(n):
+            os.stat(path)
+        return (time.perf_counter() - start) / n * 1e6
 
 
 def decode_ms(blob: bytes, n: int = 10) -> float:
@@ -219,7 +226,7 @@ def decode_ms(blob: bytes, n: int = 10) -> float:
     return (time.perf_counter() - start) / n * 1e3
 
 
-async def bench_hops(root: Path, args: argparse.Namespace, blob: bytes) -> dict[str, float]:
+async def bench_hops(root: Path, args: argparse.Namespace, blob: bytes) -> None:
     path = root / "stat-me"
     path.write_bytes(b"x")
     await hop_run(path, 0.05, args.load_coroutines, None)  # warm up: start the executor threads
@@ -240,15 +247,15 @@ async def bench_hops(root: Path, args: argparse.Namespace, blob: bytes) -> dict[
     ]
     await alternate(variants, args.reps)
     stat_us = median([sync_stat_us(path) for _ in range(3)])
+    stat_busy_us = median([sync_stat_us(path, blob, 2000) for _ in range(3)])
     dec_ms = median([decode_ms(blob) for _ in range(3)])
 
     base_lat = median([s.latency for s in variants[0].samples])
     rows = []
-    result: dict[str, float] = {}
     for v in variants:
+        assert all(s.hops == s.ops for s in v.samples), "a stat() that was not one hop"
         per_hop = median([s.wall / s.ops * 1e6 for s in v.samples])
         lat = median([s.latency for s in v.samples]) * 1e6
-        result[v.key] = lat
         rows.append(
             [
                 f"{v.key}  {v.label}",
@@ -256,6 +263,7 @@ async def bench_hops(root: Path, args: argparse.Namespace, blob: bytes) -> dict[
                 f"{lat / (base_lat * 1e6):.1f}x",
                 f"{per_hop:,.1f}",
                 f"{median([s.ops / s.wall for s in v.samples]):,.0f}",
+                "-" if v.key in "AC" else f"{median([s.decodes for s in v.samples]):,.0f}",
             ]
         )
     print(
@@ -264,21 +272,23 @@ async def bench_hops(root: Path, args: argparse.Namespace, blob: bytes) -> dict[
     )
     print(
         table(
-            ["variant", "latency us/hop", "vs A", "wall us/hop", "hops/s"],
+            ["variant", "latency us/hop", "vs A", "wall us/hop", "hops/s", "decodes/s"],
             rows,
         )
     )
-    print(f"  reference: sync os.stat() in the loop, no hop: {stat_us:.1f} us")
+    print(
+        f"  reference: sync os.stat() in the loop, no hop: {stat_us:.1f} us idle, "
+        f"{stat_busy_us:.1f} us with the base64 thread"
+    )
     print(
         f"  reference: b64decode + sha256 of one {args.large_kib} KiB image (stdlib): "
         f"{dec_ms:.1f} ms = {dec_ms * 1e3 / base_lat / 1e6:,.0f} idle hops"
     )
     print(
         "  latency = median time one 'await' takes (what a write waits);"
-        " wall = run time / hops done (throughput)"
+        " wall = run time / hops done (throughput);\n"
+        f"  decodes/s = images the base64 thread decoded per second (alone: {1e3 / dec_ms:,.0f})"
     )
-    result["decode_ms"] = dec_ms
-    return result
 
 
 # --------------------------------------------------------------------------- 2. image writes
@@ -333,7 +343,13 @@ Writer = Callable[[Path, str, bytes], Awaitable[Path]]
 
 
 async def write_run(
-    root: Path, name: str, writer: Writer, data: bytes, count: int, writers: int
+    root: Path,
+    name: str,
+    writer: Writer,
+    data: bytes,
+    count: int,
+    writers: int,
+    busy_blob: bytes | None,
 ) -> Sample:
     out_dir = root / name
     out_dir.mkdir()
@@ -345,11 +361,12 @@ async def write_run(
         for i in todo:
             await writer(out_dir, f"images/{i:05d}.png", data)
 
-    before = ex.submitted
-    start = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(writers)))
-    wall = time.perf_counter() - start
-    hops = ex.submitted - before
+    with Busy(busy_blob) if busy_blob is not None else contextlib.nullcontext():
+        before = ex.submitted
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(writers)))
+        wall = time.perf_counter() - start
+        hops = ex.submitted - before
     files = list((out_dir / "images").iterdir())
     assert len(files) == count, f"{name}: {len(files)} files, expected {count}"
     shutil.rmtree(out_dir)
@@ -357,8 +374,13 @@ async def write_run(
 
 
 async def bench_writes(
-    root: Path, args: argparse.Namespace, label: str, count: int, kib: int
-) -> dict[str, float]:
+    root: Path,
+    args: argparse.Namespace,
+    title: str,
+    count: int,
+    kib: int,
+    busy_blob: bytes | None = None,
+) -> None:
     data = os.urandom(kib * KIB)
     chunk = args.chunk_kib * KIB
 
@@ -375,7 +397,7 @@ async def bench_writes(
             key,
             text,
             lambda rep, key=key, fn=fn: write_run(
-                root, f"{label}-{key}-{rep}", fn, data, count, args.writers
+                root, f"write-{key}-{rep}", fn, data, count, args.writers, busy_blob
             ),
         )
         for key, text, fn in writers
@@ -384,11 +406,9 @@ async def bench_writes(
 
     base = median([s.wall for s in variants[0].samples])
     rows = []
-    result: dict[str, float] = {}
     for v in variants:
         wall = median([s.wall for s in v.samples])
         hops = median([s.hops / s.ops for s in v.samples])
-        result[v.key] = wall / count * 1e3
         rows.append(
             [
                 f"{v.key}  {v.label}",
@@ -399,12 +419,12 @@ async def bench_writes(
                 f"{wall / base:.2f}x",
             ]
         )
+    busy = ", while a base64 thread runs" if busy_blob is not None else ""
     print(
-        f"\n2{label[0]}. Write {count} images of {kib} KiB, {args.writers} concurrent writers, "
-        f"median of {args.reps} runs"
+        f"\n{title}. Write {count} images of {kib} KiB{busy}, {args.writers} concurrent "
+        f"writers, median of {args.reps} runs"
     )
     print(table(["variant", "wall s", "ms/image", "hops/image", "MB/s", "vs a"], rows))
-    return result
 
 
 # --------------------------------------------------------------------------- 3. manifest
@@ -568,6 +588,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--small-kib", type=int, help=f"size of a small image (default {FULL['small_kib']})"
     )
+    parser.add_argument(
+        "--busy-count",
+        type=int,
+        help=f"large images to write while a base64 thread runs (default {FULL['busy_count']})",
+    )
     parser.add_argument("--chunk-kib", type=int, default=64, help="write size of variant b")
     parser.add_argument(
         "--writers",
@@ -577,6 +602,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--records", type=int, help=f"manifest records to append (default {FULL['records']})"
+    )
+    parser.add_argument(
+        "--switch-interval",
+        type=float,
+        default=None,
+        help="set sys.setswitchinterval() in seconds (default: leave Python's, 0.005)",
     )
     parser.add_argument(
         "--dir", type=Path, default=None, help="where to make the temporary directory"
@@ -589,6 +620,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 async def amain(args: argparse.Namespace) -> None:
+    if args.switch_interval is not None:
+        sys.setswitchinterval(args.switch_interval)
     threads = min(32, (os.cpu_count() or 1) + 4)  # the stdlib default for the default executor
     _EXECUTOR[:] = [CountingExecutor(threads)]
     asyncio.get_running_loop().set_default_executor(_EXECUTOR[0])
@@ -598,7 +631,8 @@ async def amain(args: argparse.Namespace) -> None:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(
         f"aiofiles hops: Python {platform.python_version()}, aiofiles {version('aiofiles')}, "
-        f"{os.cpu_count()} CPUs, default executor {threads} threads, load avg {load:.2f}"
+        f"{os.cpu_count()} CPUs, default executor {threads} threads, "
+        f"GIL switch interval {sys.getswitchinterval() * 1e3:g} ms, load avg {load:.2f}"
     )
     with tempfile.TemporaryDirectory(prefix="aiofiles-hops-", dir=args.dir) as tmp:
         root = Path(tmp)
@@ -607,8 +641,9 @@ async def amain(args: argparse.Namespace) -> None:
         if "hop" in only:
             await bench_hops(root, args, blob)
         if "write" in only:
-            await bench_writes(root, args, "large", args.large_count, args.large_kib)
-            await bench_writes(root, args, "small", args.small_count, args.small_kib)
+            await bench_writes(root, args, "2.1", args.large_count, args.large_kib)
+            await bench_writes(root, args, "2.2", args.small_count, args.small_kib)
+            await bench_writes(root, args, "2.3", args.busy_count, args.large_kib, blob)
         if "manifest" in only:
             await bench_manifest(root, args)
         print(f"\ntotal {time.perf_counter() - started:.1f} s")

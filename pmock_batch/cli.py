@@ -181,6 +181,14 @@ def _build_parser() -> argparse.ArgumentParser:
         help=f"requests in flight at most (default: {DEFAULT_CONCURRENCY})",
     )
     pool.add_argument(
+        "--rpm",
+        type=_positive_float,
+        default=None,
+        metavar="N",
+        help="pace requests to at most N per minute, with a small burst at the start "
+        "(default: learn the limit from the server's x-ratelimit headers)",
+    )
+    pool.add_argument(
         "--max-attempts",
         type=_positive_int,
         default=DEFAULT_MAX_ATTEMPTS,
@@ -538,6 +546,7 @@ def _main_command(argv: Sequence[str]) -> int:
         connect_timeout=args.connect_timeout,
         max_attempts=args.max_attempts,
         grace=args.grace,
+        rpm=args.rpm,
         field_case=args.field_case,
     )
     try:

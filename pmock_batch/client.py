@@ -12,7 +12,7 @@ import json
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -29,14 +29,25 @@ from .errors import (
 )
 from .models import ImagesResponse
 
-__all__ = ["ImagesClient", "Reply", "redact"]
+__all__ = ["BodySink", "ImagesClient", "Reply", "redact"]
 
 # Bodies larger than this are parsed in a worker thread, so that a 20 MB
 # base64 string never stalls the event loop.
 _THREAD_PARSE_BYTES = 256 * 1024
 _MAX_ERROR_CHARS = 2000
 MAX_DOWNLOAD_BYTES = 256 * 1024 * 1024  # an image URL larger than this is refused
-_DOWNLOAD_CHUNK = 1 << 20
+_STREAM_CHUNK = 256 * 1024  # the most a streamed read hands over at once
+_MAX_ERROR_BODY = 1 << 20  # an error body is read up to this size
+
+
+class BodySink(Protocol):
+    """Where a streamed image goes (see :class:`pmock_batch.output.ImageSink`)."""
+
+    async def feed_json(self, chunk: bytes) -> None: ...
+
+    async def end_json(self) -> bytes: ...
+
+    async def feed_raw(self, data: bytes) -> None: ...
 
 
 def redact(text: str, secret: str | None) -> str:
@@ -156,13 +167,26 @@ class ImagesClient:
             raise RuntimeError("ImagesClient is not open; use 'async with'")
         return self._session
 
-    async def generate(self, body: Mapping[str, Any]) -> Reply:
-        """POST one request body; return the parsed 200, or raise a mapped error."""
+    async def generate(self, body: Mapping[str, Any], sink: BodySink | None = None) -> Reply:
+        """POST one request body; return the parsed 200, or raise a mapped error.
+
+        With a ``sink``, a 200's body streams through it chunk by chunk: the
+        sink takes the ``b64_json`` value and hands back the small remainder,
+        which is parsed here (its ``b64_json`` is then ``""``). Without one,
+        the whole body is read and parsed.
+        """
         cfg = self._config
         with _mapped("POST /images/generations", cfg.timeout):
             async with self.session.post(cfg.endpoint, json=body, headers=self._auth) as resp:
-                raw = await resp.read()
                 status, headers = resp.status, dict(resp.headers)
+                if status >= 300:
+                    raw = await resp.content.read(_MAX_ERROR_BODY)
+                elif sink is None:
+                    raw = await resp.read()
+                else:
+                    async for chunk in resp.content.iter_chunked(_STREAM_CHUNK):
+                        await sink.feed_json(chunk)
+                    raw = await sink.end_json()
         if status >= 300:
             raise _status_error(status, raw, headers, cfg.api_key)
         if len(raw) > _THREAD_PARSE_BYTES:
@@ -171,8 +195,8 @@ class ImagesClient:
             parsed = _parse_images(raw)
         return Reply(body=parsed, status=status, headers=headers)
 
-    async def download(self, url: str) -> bytes:
-        """Fetch an image the server returned as a URL (http or https only)."""
+    async def download(self, url: str, sink: BodySink) -> None:
+        """Stream an image the server returned as a URL (http or https only) into ``sink``."""
         scheme = urlsplit(url).scheme.lower()
         if scheme not in ("http", "https"):
             raise InvalidResponseError(f"refusing to download an image URL with scheme {scheme!r}")
@@ -183,14 +207,12 @@ class ImagesClient:
                     raise InvalidResponseError(f"downloading the image URL answered {resp.status}")
                 if (resp.content_length or 0) > self._max_download:
                     raise self._too_large(resp.content_length or 0)
-                chunks: list[bytes] = []
                 size = 0
-                async for chunk in resp.content.iter_chunked(_DOWNLOAD_CHUNK):
+                async for chunk in resp.content.iter_chunked(_STREAM_CHUNK):
                     size += len(chunk)
                     if size > self._max_download:
                         raise self._too_large(size)
-                    chunks.append(chunk)
-        return b"".join(chunks)
+                    await sink.feed_raw(chunk)
 
     def _too_large(self, size: int) -> ResponseTooLargeError:
         return ResponseTooLargeError(

@@ -49,6 +49,7 @@ class RunConfig:
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     grace: float = DEFAULT_GRACE
+    rpm: float | None = None  # requests per minute to pace at; None: learn it from the server
     field_case: str = "snake"  # "snake" or "camel": the spelling of the JSON body on the wire
 
     @property

@@ -36,15 +36,10 @@ from .jobs import InvalidLine, Job
 from .lock import run_lock
 from .manifest import ManifestWriter, compact
 from .models import ErrorRecord, FileRecord, JobRecord, JobStatus
-from .output import (
-    VerifiedImage,
-    decode_and_verify,
-    remove_stray_temps,
-    verify_image,
-    write_atomic,
-)
+from .output import ImageInfo, ImageSink, decode_and_verify, remove_stray_temps
+from .pacing import Pacer
 from .resume import DoneIndex
-from .retry import Decision, RetryPolicy, classify
+from .retry import Decision, RetryPolicy, classify, server_wait
 
 __all__ = ["Engine", "RunObserver", "Summary", "error_record", "run_batch"]
 
@@ -52,7 +47,16 @@ log = logging.getLogger("pmock_batch")
 
 MAX_LISTED_FAILURES = 20
 
-Writer = Callable[[Path, str, bytes], Awaitable[Path]]
+Writer = Callable[[ImageSink, Path, str], Awaitable[Path]]
+
+
+async def commit(sink: ImageSink, out_dir: Path, relative: str) -> Path:
+    """The default writer: rename the verified temporary file into place."""
+    return await sink.commit(out_dir, relative)
+
+
+def _since(started: float) -> float:
+    return time.monotonic() - started
 
 
 def _now() -> str:
@@ -192,7 +196,8 @@ class Engine:
         observer: RunObserver | None = None,
         done: DoneIndex | None = None,
         verify: bool = False,
-        writer: Writer = write_atomic,
+        writer: Writer = commit,
+        pacer: Pacer | None = None,
     ) -> None:
         self.config = config
         self.client = client
@@ -209,6 +214,9 @@ class Engine:
         self.skipped_lines: dict[str, int] = {}  # id -> current line, for jobs already done
         if self.policy.sleep is None:
             self.policy.sleep = self._sleep
+        self.pacer = pacer or Pacer(
+            rpm=config.rpm, burst=min(config.concurrency, 4), sleep=self._sleep
+        )
 
     async def _sleep(self, seconds: float) -> None:
         """A retry wait that ends early when the run stops, so Ctrl-C is never ignored."""
@@ -340,9 +348,7 @@ class Engine:
         status: JobStatus = "ok"
         for stem in job.stems:
             try:
-                image, reply = await self._generate(job, body, state)
-                relative = f"{stem}.{image.extension}"
-                await self.writer(self.config.out_dir, relative, image.data)
+                image, reply, relative = await self._generate(job, stem, body, state)
             except _Aborted:
                 status = "not_run" if not files else "failed"
                 error = ErrorRecord(kind="not_run", message=self._abort_reason or "interrupted")
@@ -369,7 +375,7 @@ class Engine:
                 FileRecord(
                     path=relative,
                     sha256=image.sha256,
-                    bytes=len(image.data),
+                    bytes=image.bytes,
                     format=image.format,
                     width=image.width,
                     height=image.height,
@@ -401,8 +407,8 @@ class Engine:
         return record
 
     async def _generate(
-        self, job: Job, body: dict[str, Any], state: _Attempts
-    ) -> tuple[VerifiedImage, Reply]:
+        self, job: Job, stem: str, body: dict[str, Any], state: _Attempts
+    ) -> tuple[ImageInfo, Reply, str]:
         """One image, with retries. Raises the last error when attempts run out."""
 
         def before_sleep(retry_state: RetryCallState) -> None:
@@ -424,29 +430,47 @@ class Engine:
 
         async for attempt in self.policy.retrying(before_sleep=before_sleep):
             with attempt:
+                await self.pacer.acquire()
                 if self.stopping:
                     raise _Aborted
                 state.count += 1
+                started = time.monotonic()
                 try:
-                    return await self._attempt(body)
+                    result = await self._attempt(body, stem)
                 except APIStatusError as exc:
                     state.http_status = exc.status
+                    self.pacer.observe(exc.headers)
                     if exc.status == 429:
                         state.rate_limited += 1
+                        asked = server_wait(exc.headers)
+                        self.pacer.hold(1.0 if asked is None else asked, reason="HTTP 429")
+                    log.debug("%s: HTTP %d after %.2fs", job.id, exc.status, _since(started))
                     raise
+                self.pacer.observe(result[1].headers)
+                log.debug("%s: HTTP %d after %.2fs", job.id, result[1].status, _since(started))
+                return result
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
-    async def _attempt(self, body: dict[str, Any]) -> tuple[VerifiedImage, Reply]:
-        reply = await self.client.generate(body)
-        item = reply.body.data[0]
-        if item.b64_json:
-            image = await asyncio.to_thread(decode_and_verify, item.b64_json)
-        elif item.url:
-            raw = await self.client.download(item.url)
-            image = await asyncio.to_thread(verify_image, raw)
-        else:
-            raise InvalidResponseError("the server's answer has neither b64_json nor url")
-        return image, reply
+    async def _attempt(self, body: dict[str, Any], stem: str) -> tuple[ImageInfo, Reply, str]:
+        """One request: stream the image to a temporary file, verify it, commit it."""
+        sink = ImageSink(self.config.out_dir, stem)
+        try:
+            reply = await self.client.generate(body, sink)
+            item = reply.body.data[0]
+            if not sink.streamed:
+                if item.url:
+                    await self.client.download(item.url, sink)
+                elif item.b64_json:  # an unusual body the scanner left whole
+                    image = await asyncio.to_thread(decode_and_verify, item.b64_json)
+                    await sink.feed_raw(image.data)
+                else:
+                    raise InvalidResponseError("the server's answer has neither b64_json nor url")
+            image_info = await sink.verify()
+            relative = f"{stem}.{image_info.extension}"
+            await self.writer(sink, self.config.out_dir, relative)
+            return image_info, reply, relative
+        finally:
+            await sink.discard()
 
     # -- records for jobs that never ran ---------------------------------
 
@@ -487,7 +511,8 @@ async def run_batch(
     on_engine: Callable[[Engine], None] | None = None,
     resume: bool = True,
     verify: bool = False,
-    writer: Writer = write_atomic,
+    writer: Writer = commit,
+    pacer: Pacer | None = None,
 ) -> Summary:
     """Run a batch end to end, holding the output directory's lock.
 
@@ -514,6 +539,7 @@ async def run_batch(
                 done=done,
                 verify=verify,
                 writer=writer,
+                pacer=pacer,
             )
             if on_engine is not None:
                 on_engine(engine)

@@ -1,9 +1,11 @@
 """The writer: decode base64, verify the image, write it atomically.
 
-Decoding, verifying and hashing happen together in one worker thread
-(:func:`decode_and_verify`), so a large image never blocks the event loop.
-Writing uses aiofiles with few, large calls: one open, one write, one fsync,
-one close and one rename per image.
+The engine streams each image through an :class:`ImageSink`: the base64
+text is decoded as it arrives, hashed, and written to a temporary file in
+about 1 MB writes, then verified from its head and tail and renamed into
+place. :func:`verify_image`, :func:`decode_and_verify` and
+:func:`write_atomic` do the same for bytes already in memory. File I/O uses
+aiofiles with few, large calls (see ``benchmarks/aiofiles_hops.py``).
 """
 
 from __future__ import annotations
@@ -20,15 +22,20 @@ from pathlib import Path
 
 import aiofiles
 import aiofiles.os
+from aiofiles.threadpool.binary import AsyncBufferedIOBase
 from PIL import Image, UnidentifiedImageError
 
 from .errors import InvalidResponseError, OutputPathError
+from .stream import B64Decoder, B64JsonScanner
 
 __all__ = [
     "EXTENSIONS",
     "TMP_SUFFIX",
+    "ImageInfo",
+    "ImageSink",
     "VerifiedImage",
     "decode_and_verify",
+    "inspect_image",
     "remove_stray_temps",
     "safe_path",
     "sniff_format",
@@ -42,6 +49,10 @@ _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _PNG_END = b"IEND\xae\x42\x60\x82"
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _PIL_FORMATS = {"PNG": "png", "JPEG": "jpeg", "WEBP": "webp"}
+_HEAD = 64 * 1024  # bytes kept from the start of a streamed image, for its header
+_HEAD_MORE = 1 << 20  # re-read this much from disk when a header is larger than _HEAD
+_TAIL = 64  # bytes kept from its end, for the end marker
+_FLUSH = 1 << 20  # streamed bytes are written to disk in writes of about this size
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,28 +81,54 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
-def verify_image(data: bytes) -> VerifiedImage:
-    """Check magic bytes, header and ending; record format and dimensions.
+@dataclass(frozen=True, slots=True)
+class ImageInfo:
+    """What was checked about an image: its real format, dimensions, hash and size."""
 
-    Raises :class:`InvalidResponseError` for bytes that are not a whole raster image.
+    format: str  # png, jpeg or webp: what the bytes are, not what was asked for
+    width: int
+    height: int
+    sha256: str
+    bytes: int
+
+    @property
+    def extension(self) -> str:
+        return EXTENSIONS[self.format]
+
+
+def inspect_image(head: bytes, tail: bytes, size: int) -> tuple[str, int, int]:
+    """Check an image from its first bytes, its last bytes and its size.
+
+    Returns ``(format, width, height)``. Checks the magic bytes, that the
+    header parses, and that the image ends where it should (PNG ``IEND``, JPEG
+    end-of-image, WebP's RIFF length). Raises :class:`InvalidResponseError`.
     """
-    fmt = sniff_format(data)
+    fmt = sniff_format(head)
     if fmt is None:
         raise InvalidResponseError("the image data is not a PNG, JPEG or WebP image")
-    if fmt == "png" and not data.rstrip(b"\x00").endswith(_PNG_END):
+    if fmt == "png" and not tail.rstrip(b"\x00").endswith(_PNG_END):
         raise InvalidResponseError("the PNG image is truncated (no IEND chunk)")
-    if fmt == "jpeg" and b"\xff\xd9" not in data[-64:]:
+    if fmt == "jpeg" and b"\xff\xd9" not in tail[-64:]:
         raise InvalidResponseError("the JPEG image is truncated (no end-of-image marker)")
-    if fmt == "webp" and int.from_bytes(data[4:8], "little") + 8 > len(data):
+    if fmt == "webp" and int.from_bytes(head[4:8], "little") + 8 > size:
         raise InvalidResponseError("the WebP image is truncated")
     try:
-        with Image.open(io.BytesIO(data)) as img:  # reads the header only
+        with Image.open(io.BytesIO(head)) as img:  # reads the header only
             width, height = img.size
             actual = _PIL_FORMATS.get(img.format or "")
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise InvalidResponseError(f"the {fmt} image header is unreadable: {exc}") from exc
     if actual != fmt or width <= 0 or height <= 0:
         raise InvalidResponseError(f"the {fmt} image header is inconsistent")
+    return fmt, width, height
+
+
+def verify_image(data: bytes) -> VerifiedImage:
+    """Check magic bytes, header and ending; record format and dimensions.
+
+    Raises :class:`InvalidResponseError` for bytes that are not a whole raster image.
+    """
+    fmt, width, height = inspect_image(data, data[-_TAIL:], len(data))
     return VerifiedImage(
         data=data, format=fmt, width=width, height=height, sha256=hashlib.sha256(data).hexdigest()
     )
@@ -155,3 +192,114 @@ def remove_stray_temps(out_dir: Path) -> int:
             path.unlink()
             removed += 1
     return removed
+
+
+class ImageSink:
+    """Receives one image as it streams in and writes it to a temporary file.
+
+    The client feeds it the JSON body chunk by chunk (:meth:`feed_json`): the
+    ``b64_json`` value is decoded as it arrives and written in ~1 MB writes,
+    hashed on the way, so neither the base64 text nor the image is ever held
+    whole. :meth:`feed_raw` takes image bytes directly (URL downloads). Then
+    :meth:`verify` checks the image from its head and tail, and
+    :meth:`commit` renames it into place; :meth:`discard` removes it.
+    """
+
+    def __init__(self, out_dir: Path, stem: str) -> None:
+        self.out_dir = out_dir
+        self.stem = stem
+        self.size = 0
+        self._scanner = B64JsonScanner()
+        self._decoder = B64Decoder()
+        self._sha = hashlib.sha256()
+        self._head = bytearray()
+        self._tail = b""
+        self._buf = bytearray()
+        self._fh: AsyncBufferedIOBase | None = None
+        self._tmp: Path | None = None
+
+    @property
+    def streamed(self) -> bool:
+        """The JSON body held a ``b64_json`` string, which went to the file."""
+        return self._scanner.found
+
+    async def feed_json(self, chunk: bytes) -> None:
+        for text in self._scanner.feed(chunk):
+            await self._take(self._decoder.feed(text))
+
+    async def end_json(self) -> bytes:
+        """The body has ended: flush the decoder; return the JSON without the image."""
+        self._scanner.close()
+        if self._scanner.found:
+            await self._take(self._decoder.finish())
+        return bytes(self._scanner.remainder)
+
+    async def feed_raw(self, data: bytes) -> None:
+        await self._take(data)
+
+    async def _take(self, data: bytes) -> None:
+        if not data:
+            return
+        self._sha.update(data)
+        if len(self._head) < _HEAD:
+            self._head += data[: _HEAD - len(self._head)]
+        self._tail = (self._tail + data)[-_TAIL:] if len(data) < _TAIL else data[-_TAIL:]
+        self.size += len(data)
+        self._buf += data
+        if len(self._buf) >= _FLUSH:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        if self._fh is None:
+            target = safe_path(self.out_dir, self.stem)
+            await aiofiles.os.makedirs(target.parent, exist_ok=True)
+            self._tmp = target.parent / f".{target.name}.{secrets.token_hex(4)}{TMP_SUFFIX}"
+            self._fh = await aiofiles.open(self._tmp, "wb")
+        if self._buf:
+            await self._fh.write(bytes(self._buf))
+            self._buf.clear()
+
+    async def verify(self) -> ImageInfo:
+        """Check the received bytes are a whole PNG, JPEG or WebP image."""
+        if not self.size:
+            raise InvalidResponseError("the server's answer holds an empty image")
+        head = bytes(self._head)
+        try:
+            fmt, width, height = inspect_image(head, self._tail, self.size)
+        except InvalidResponseError:
+            if self.size <= _HEAD or sniff_format(head) is None:
+                raise
+            head = await self._read_head(_HEAD_MORE)  # a JPEG with large metadata up front
+            fmt, width, height = inspect_image(head, self._tail, self.size)
+        return ImageInfo(fmt, width, height, self._sha.hexdigest(), self.size)
+
+    async def _read_head(self, count: int) -> bytes:
+        await self._flush()
+        assert self._fh is not None and self._tmp is not None
+        await self._fh.flush()
+        async with aiofiles.open(self._tmp, "rb") as fh:
+            return await fh.read(count)
+
+    async def commit(self, out_dir: Path, relative: str) -> Path:
+        """Flush, fsync and rename the image to ``out_dir/relative``."""
+        target = safe_path(out_dir, relative)
+        await self._flush()
+        assert self._fh is not None and self._tmp is not None
+        await self._fh.flush()
+        await aiofiles.os.wrap(os.fsync)(self._fh.fileno())
+        await self._fh.close()
+        self._fh = None
+        await aiofiles.os.replace(self._tmp, target)
+        self._tmp = None
+        return target
+
+    async def discard(self) -> None:
+        """Remove the temporary file, if any. Safe to call more than once."""
+        if self._fh is not None:
+            with contextlib.suppress(OSError):
+                await self._fh.close()
+            self._fh = None
+        if self._tmp is not None:
+            with contextlib.suppress(OSError):
+                await aiofiles.os.remove(self._tmp)
+            self._tmp = None

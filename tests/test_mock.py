@@ -527,7 +527,8 @@ async def test_rpm_limit_with_headers_on_every_response(make_mock, session, fake
     fake_clock.advance(0.5)
     third = await post(session, server, {"prompt": "a fox"})
     assert_error(third, 429, code="rate_limit_exceeded")
-    assert third.headers["Retry-After"] == "50"  # 49.5 s until the first slot frees, rounded up
+    assert third.headers["Retry-After"] == "49.5"  # until the first slot frees
+    assert third.headers["retry-after-ms"] == "49500"
     assert third.headers["x-ratelimit-reset-requests"] == "59.5s"
     fake_clock.advance(49.5)
     assert (await post(session, server, {"prompt": "a fox"})).status == 200
@@ -547,6 +548,19 @@ def test_limiter_window_slides(fake_clock):
     answer = limiter.admit()
     assert (answer.allowed, answer.remaining) == (True, 0)
     assert limiter.peek().retry_after == pytest.approx(10)
+
+
+def test_limiter_enforces_the_limit_per_second_too(fake_clock):
+    """1,200 per minute is 20 per second: a burst of 32 gets 20 through, then waits."""
+    limiter = RequestLimiter(1200, clock=fake_clock)
+    answers = [limiter.admit() for _ in range(32)]
+    assert [a.allowed for a in answers] == [True] * 20 + [False] * 12
+    assert answers[-1].retry_after == pytest.approx(1.0)
+    assert answers[-1].remaining == 1180
+    fake_clock.advance(0.5)
+    assert not limiter.admit().allowed
+    fake_clock.advance(0.5)
+    assert sum(limiter.admit().allowed for _ in range(25)) == 20
 
 
 @pytest.mark.parametrize(

@@ -14,12 +14,12 @@ import pytest
 from helpers import by_id, open_image, read_manifest, run_cli, write_jobs
 
 from pmock_batch.config import RunConfig
-from pmock_batch.engine import run_batch
+from pmock_batch.engine import commit, run_batch
 from pmock_batch.errors import LockedError
 from pmock_batch.jobs import iter_jobs, scan
 from pmock_batch.lock import run_lock
 from pmock_batch.mock import MockOptions
-from pmock_batch.output import write_atomic
+from pmock_batch.output import ImageSink
 from pmock_batch.retry import RetryPolicy
 
 KEY = "sk-resume-test-key"
@@ -41,7 +41,7 @@ async def _noop_sleep(_: float) -> None:
     return None
 
 
-async def _batch(tmp_path: Path, base_url: str, *, writer=write_atomic, resume=True, verify=False):
+async def _batch(tmp_path: Path, base_url: str, *, writer=commit, resume=True, verify=False):
     path = tmp_path / "jobs.jsonl"
     scanned = scan(path)
     config = RunConfig(out_dir=tmp_path / "out", base_url=base_url, api_key=KEY, concurrency=2)
@@ -140,14 +140,14 @@ async def test_resume_after_a_crash(tmp_path, make_mock, when):
     write_jobs(tmp_path / "jobs.jsonl", _lines(8))
     writes = 0
 
-    async def crashing_writer(out_dir: Path, relative: str, data: bytes) -> Path:
+    async def crashing_writer(sink: ImageSink, out_dir: Path, relative: str) -> Path:
         nonlocal writes
         writes += 1
         if writes == 4:
             if when == "after_write":
-                await write_atomic(out_dir, relative, data)
+                await commit(sink, out_dir, relative)
             raise Crash
-        return await write_atomic(out_dir, relative, data)
+        return await commit(sink, out_dir, relative)
 
     with pytest.raises(Crash):
         await _batch(tmp_path, server.base_url, writer=crashing_writer)
@@ -171,12 +171,12 @@ async def test_disk_full_aborts_the_run(tmp_path, make_mock):
     write_jobs(tmp_path / "jobs.jsonl", _lines(20))
     calls = 0
 
-    async def full_disk(out_dir: Path, relative: str, data: bytes) -> Path:
+    async def full_disk(sink: ImageSink, out_dir: Path, relative: str) -> Path:
         nonlocal calls
         calls += 1
         if calls >= 3:
             raise OSError(errno.ENOSPC, "No space left on device")
-        return await write_atomic(out_dir, relative, data)
+        return await commit(sink, out_dir, relative)
 
     summary = await _batch(tmp_path, server.base_url, writer=full_disk)
     assert summary.aborted is not None
@@ -295,7 +295,9 @@ async def test_url_download_over_the_cap_fails_without_retry(tmp_path, make_mock
         reply = await client.generate({"prompt": "an owl", "response_format": "url"})
         url = reply.body.data[0].url
         assert url is not None and url.startswith("http://127.0.0.1:")
+        sink = ImageSink(tmp_path / "out", "owl")
         with pytest.raises(ResponseTooLargeError):
-            await client.download(url)
+            await client.download(url, sink)
+        await sink.discard()
         with pytest.raises(Exception, match="scheme 'file'"):
-            await client.download("file:///etc/passwd")
+            await client.download("file:///etc/passwd", sink)

@@ -22,7 +22,6 @@ import hashlib
 import hmac
 import json
 import logging
-import math
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -170,7 +169,7 @@ def _decide(
         admission = limiter.admit()
         headers.update(admission.headers())
         if not admission.allowed:
-            wait = float(math.ceil(admission.retry_after))
+            wait = admission.retry_after
             return Plan(Outcome("429", status=429, retry_after=wait), error=status_error(429))
     if not is_json:
         message = "We could not parse the JSON body of your request: it is not valid JSON."

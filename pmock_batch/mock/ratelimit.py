@@ -1,5 +1,9 @@
 """A requests-per-minute limit over a sliding window, with an injectable clock.
 
+Like OpenAI's, the limit is also enforced in shorter quanta: at most
+``ceil(limit / 60)`` requests in any one second, so 1,200 requests per minute
+means about 20 per second, not 1,200 at once followed by a minute of 429s.
+
 Every response of a limited server carries OpenAI's headers::
 
     x-ratelimit-limit-requests      the limit per minute
@@ -55,10 +59,17 @@ class RequestLimiter:
     """At most ``limit`` admitted requests in any ``window`` seconds of ``clock``."""
 
     def __init__(
-        self, limit: int, *, clock: Callable[[], float], window: float = WINDOW_SECONDS
+        self,
+        limit: int,
+        *,
+        clock: Callable[[], float],
+        window: float = WINDOW_SECONDS,
+        quantum: float = 1.0,
     ) -> None:
         self.limit = limit
         self.window = window
+        self.quantum = quantum
+        self.per_quantum = max(1, math.ceil(limit * quantum / window))
         self._clock = clock
         self._admitted: deque[float] = deque()
 
@@ -66,11 +77,21 @@ class RequestLimiter:
         while self._admitted and self._admitted[0] <= now - self.window:
             self._admitted.popleft()
 
+    def _quantum_wait(self, now: float) -> float:
+        """Seconds until the last quantum holds fewer than ``per_quantum`` admissions."""
+        if len(self._admitted) < self.per_quantum:
+            return 0.0
+        oldest_in_quantum = self._admitted[-self.per_quantum]
+        return max(0.0, oldest_in_quantum + self.quantum - now)
+
+    def _free(self, now: float) -> bool:
+        return len(self._admitted) < self.limit and self._quantum_wait(now) <= 0
+
     def admit(self) -> Admission:
         """Admit one request now if a slot is free; say so either way."""
         now = self._clock()
         self._expire(now)
-        allowed = len(self._admitted) < self.limit
+        allowed = self._free(now)
         if allowed:
             self._admitted.append(now)
         return self._answer(now, allowed=allowed)
@@ -79,7 +100,7 @@ class RequestLimiter:
         """The current state, without admitting anything."""
         now = self._clock()
         self._expire(now)
-        return self._answer(now, allowed=len(self._admitted) < self.limit)
+        return self._answer(now, allowed=self._free(now))
 
     def reset(self) -> None:
         """Forget every admitted request."""
@@ -88,5 +109,10 @@ class RequestLimiter:
     def _answer(self, now: float, *, allowed: bool) -> Admission:
         remaining = max(0, self.limit - len(self._admitted))
         reset = self._admitted[-1] + self.window - now if self._admitted else 0.0
-        retry_after = 0.0 if allowed else self._admitted[0] + self.window - now
+        retry_after = 0.0
+        if not allowed:
+            window_wait = (
+                self._admitted[0] + self.window - now if len(self._admitted) >= self.limit else 0
+            )
+            retry_after = max(window_wait, self._quantum_wait(now))
         return Admission(allowed, self.limit, remaining, max(0.0, reset), max(0.0, retry_after))

@@ -1,0 +1,619 @@
+"""The visual report: ``OUT/report.html``, built from the manifest alone.
+
+:func:`write_report` reads ``OUT/manifest.jsonl`` (torn lines skipped, the
+latest record of each job wins) and writes one self-contained page: its CSS and
+script are inline, and a Content-Security-Policy allows nothing else, so it
+opens from ``file://`` with no network. Images are shown with
+``loading="lazy"`` straight from their files, sized by CSS, so writing the
+report costs no image work at all; only ``thumbnails=True`` (for
+``pmock-batch report``) decodes images, to make small JPEGs under
+``OUT/.thumbs/``.
+
+The page has stable hooks for tests and scripts: each job is an
+``<article class="card" data-status=... data-id=...>``, cards filtered out
+carry the ``hidden`` attribute, and the fragment ``#ok``, ``#failed`` or
+``#all`` picks the filter on load (``?q=text`` pre-fills the search).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import os
+import secrets
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from html import escape
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import quote
+
+from PIL import Image
+
+from .config import MANIFEST_NAME
+from .errors import UsageError
+from .manifest import read_records
+from .models import FileRecord, JobRecord
+from .output import TMP_SUFFIX
+
+__all__ = [
+    "REPORT_NAME",
+    "THUMBS_DIR",
+    "THUMB_PX",
+    "ReportSummary",
+    "latest_records",
+    "render_report",
+    "summarize",
+    "write_report",
+]
+
+REPORT_NAME = "report.html"
+THUMBS_DIR = ".thumbs"
+THUMB_PX = 512  # longest side of a thumbnail: sharp on a 2x screen at card size
+THUMB_QUALITY = 82
+
+TIMES = "\N{MULTIPLICATION SIGN}"  # as in 1024 x 1024
+
+STATUS_LABELS = {"ok": "ok", "failed": "failed", "invalid": "invalid", "not_run": "not run"}
+
+
+# -- reading the manifest ------------------------------------------------------
+
+
+def _key(record: JobRecord) -> str:
+    """A job's identity in the manifest, as :func:`pmock_batch.manifest.compact` keys it."""
+    return record.id if record.id is not None else f"#line{record.line}"
+
+
+def latest_records(manifest: Path) -> list[JobRecord]:
+    """The latest record of every job in ``manifest``, in input-line order."""
+    latest: dict[str, JobRecord] = {}
+    for record in read_records(manifest):
+        latest[_key(record)] = record
+    return sorted(latest.values(), key=lambda r: (r.line, _key(r)))
+
+
+# -- the summary -----------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class ReportSummary:
+    """The run at a glance, computed from the records alone."""
+
+    jobs: int = 0
+    statuses: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(("ok", "failed", "invalid", "not_run"), 0)
+    )
+    images: int = 0
+    attempts: int = 0
+    ambiguous_retries: int = 0
+    job_seconds: float = 0.0  # the jobs' elapsed times added up
+    wall_seconds: float | None = None  # first start to last finish, when recorded
+    failure_kinds: dict[str, int] = field(default_factory=dict)
+    usage: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def not_ok(self) -> int:
+        """Jobs the "failed" filter shows: failed, invalid and not run."""
+        return self.jobs - self.statuses["ok"]
+
+
+def _timestamp(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return None
+
+
+def summarize(records: Iterable[JobRecord]) -> ReportSummary:
+    """Counts, attempts, times and usage totals over ``records``."""
+    summary = ReportSummary()
+    starts: list[datetime] = []
+    ends: list[datetime] = []
+    for record in records:
+        summary.jobs += 1
+        summary.statuses[record.status] = summary.statuses.get(record.status, 0) + 1
+        summary.images += len(record.files) if record.status == "ok" else 0
+        summary.attempts += record.attempts
+        summary.ambiguous_retries += record.ambiguous_retries
+        summary.job_seconds += record.elapsed_s
+        if record.status != "ok" and record.error is not None:
+            kind = record.error.kind
+            summary.failure_kinds[kind] = summary.failure_kinds.get(kind, 0) + 1
+        for key, value in (record.usage or {}).items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                summary.usage[key] = summary.usage.get(key, 0) + value
+        if (start := _timestamp(record.started_at)) is not None:
+            starts.append(start)
+        if (end := _timestamp(record.finished_at)) is not None:
+            ends.append(end)
+    if starts and ends:
+        with contextlib.suppress(TypeError):  # naive and aware timestamps mixed
+            summary.wall_seconds = max(0.0, (max(ends) - min(starts)).total_seconds())
+    return summary
+
+
+# -- formatting helpers ------------------------------------------------------------
+
+
+def _e(value: object) -> str:
+    """Escape for HTML text and attribute values alike."""
+    return escape(str(value), quote=True)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 10:
+        return f"{seconds:.2f} s"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m {secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m"
+
+
+def _number(value: float) -> str:
+    return f"{value:,}" if isinstance(value, int) or value.is_integer() else f"{value:,.2f}"
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count:,} {word}" if count == 1 else f"{count:,} {word}s"
+
+
+def _url(path: str) -> str | None:
+    """``path`` (relative to OUT, forward slashes) as a percent-encoded relative URL.
+
+    Anything that is not a plain relative path (absolute, ``..``, empty) gives
+    ``None``: the page never points outside the output directory. Every part
+    is quoted with no safe characters, so ``#``, ``?``, ``:`` and ``%`` in a
+    name cannot turn into a fragment, a query or a scheme.
+    """
+    pure = PurePosixPath(path)
+    if not path or pure.is_absolute() or any(part in ("", ".", "..") for part in pure.parts):
+        return None
+    return "/".join(_quote(part) for part in pure.parts)
+
+
+def _quote(part: str) -> str:
+    return quote(part, safe="")
+
+
+def _request_field(request: Mapping[str, Any] | None, snake: str, camel: str) -> Any:
+    if not request:
+        return None
+    return request.get(snake, request.get(camel))
+
+
+# -- rendering ---------------------------------------------------------------------
+
+
+def _media(record: JobRecord, thumbs: Mapping[str, str]) -> str:
+    if record.status == "ok" and record.files:
+        links = []
+        for number, file in enumerate(record.files, start=1):
+            href = _url(file.path)
+            if href is None:
+                continue
+            src = thumbs.get(file.path, href)
+            label = record.id or f"line {record.line}"
+            alt = label if len(record.files) == 1 else f"{label} ({number} of {len(record.files)})"
+            links.append(
+                f'<a class="shot" href="{_e(href)}" title="{_e(file.path)}">'
+                f'<img loading="lazy" src="{_e(src)}" alt="{_e(alt)}" '
+                f'width="{file.width}" height="{file.height}"></a>'
+            )
+        if links:
+            multi = " multi" if len(links) > 1 else ""
+            count = f'<span class="count">{TIMES}{len(links)}</span>' if len(links) > 1 else ""
+            return f'<div class="media{multi}">{"".join(links)}{count}</div>'
+    error = record.error
+    if error is None:
+        return '<div class="media empty"><p class="message">No image recorded.</p></div>'
+    head = " · ".join(_e(p) for p in (error.kind, error.status, error.code) if p is not None)
+    param = f'<p class="param">param: {_e(error.param)}</p>' if error.param else ""
+    return (
+        f'<div class="media failure"><p class="kind">{head}</p>'
+        f'<p class="message">{_e(error.message)}</p>{param}</div>'
+    )
+
+
+def _meta(record: JobRecord) -> str:
+    sizes = list(dict.fromkeys(f"{f.width}{TIMES}{f.height}" for f in record.files))
+    formats = list(dict.fromkeys(f.format.upper() for f in record.files))
+    if not sizes and record.request is not None:
+        sizes = [str(_request_field(record.request, "size", "size") or "auto")]
+        fmt = _request_field(record.request, "output_format", "outputFormat") or "png"
+        formats = [str(fmt).upper()]
+    items = [("size", ", ".join(sizes)), ("format", ", ".join(formats))]
+    if record.status != "invalid":
+        items += [
+            ("attempts", _plural(record.attempts, "attempt")),
+            ("time", _duration(record.elapsed_s)),
+        ]
+    if record.status != "ok":  # where to look in the job file
+        items.append(("line", f"line {record.line}"))
+    if record.ambiguous_retries:
+        items.append(("ambiguous", _plural(record.ambiguous_retries, "ambiguous retry")))
+    return "".join(f'<li data-meta="{key}">{_e(text)}</li>' for key, text in items if text)
+
+
+def _card(record: JobRecord, thumbs: Mapping[str, str]) -> str:
+    prompt = _request_field(record.request, "prompt", "prompt")
+    prompt_html = (
+        f'<p class="prompt">{_e(prompt)}</p>'
+        if isinstance(prompt, str)
+        else '<p class="prompt none">No prompt: the line was not a valid job.</p>'
+    )
+    revised = (
+        '<details class="revised"><summary>Revised prompt</summary>'
+        f"<p>{_e(record.revised_prompt)}</p></details>"
+        if record.revised_prompt
+        else ""
+    )
+    warnings = (
+        '<ul class="warnings">' + "".join(f"<li>{_e(w)}</li>" for w in record.warnings) + "</ul>"
+        if record.warnings
+        else ""
+    )
+    status = record.status
+    name = record.id if record.id is not None else f"line {record.line}"
+    return (
+        f'<article class="card" data-status="{_e(status)}" data-id="{_e(name)}" '
+        f'data-line="{record.line}">'
+        f"{_media(record, thumbs)}"
+        f'<div class="body"><div class="head"><h2 class="id">{_e(name)}</h2>'
+        f'<span class="badge {_e(status)}">{_e(STATUS_LABELS.get(status, status))}</span></div>'
+        f"{prompt_html}{revised}"
+        f'<ul class="meta">{_meta(record)}</ul>{warnings}</div></article>'
+    )
+
+
+def _stat(key: str, value: str, label: str, *, title: str = "") -> str:
+    tip = f' title="{_e(title)}"' if title else ""
+    return (
+        f'<div class="stat" data-stat="{_e(key)}"{tip}>'
+        f'<span class="value">{_e(value)}</span><span class="label">{_e(label)}</span></div>'
+    )
+
+
+def _header(summary: ReportSummary, name: str, generated_at: datetime) -> str:
+    stamp = generated_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    s = summary.statuses
+    stats = [
+        _stat("jobs", f"{summary.jobs:,}", "jobs"),
+        _stat("ok", f"{s['ok']:,}", "ok"),
+        _stat("failed", f"{s['failed']:,}", "failed"),
+        _stat("invalid", f"{s['invalid']:,}", "invalid"),
+        _stat("not_run", f"{s['not_run']:,}", "not run"),
+        _stat("images", f"{summary.images:,}", "images"),
+        _stat("attempts", f"{summary.attempts:,}", "attempts"),
+        _stat(
+            "wall",
+            _duration(summary.wall_seconds) if summary.wall_seconds is not None else "—",
+            "wall time",
+            title="from the first job's start to the last job's finish",
+        ),
+        _stat("job_time", _duration(summary.job_seconds), "job time", title="jobs' times added"),
+    ]
+    if summary.ambiguous_retries:
+        stats.append(_stat("ambiguous", f"{summary.ambiguous_retries:,}", "ambiguous retries"))
+    usage = " · ".join(f"{_e(k)} {_number(v)}" for k, v in summary.usage.items())
+    kinds = ", ".join(f"{_e(k)} {n:,}" for k, n in sorted(summary.failure_kinds.items()))
+    notes = []
+    if usage:
+        notes.append(f'<p data-note="usage"><b>Usage</b> {usage}</p>')
+    if kinds:
+        notes.append(f'<p data-note="kinds"><b>Not ok, by kind</b> {kinds}</p>')
+    return (
+        '<header class="top"><div class="title">'
+        f"<h1>pmock-batch report</h1><p>{_e(name)} · generated "
+        f'<time datetime="{_e(generated_at.astimezone(UTC).isoformat())}">{_e(stamp)}</time>'
+        f'</p></div><div class="stats">{"".join(stats)}</div>'
+        f'<div class="notes">{"".join(notes)}</div></header>'
+    )
+
+
+def _toolbar(summary: ReportSummary) -> str:
+    buttons = (
+        ("all", "All", summary.jobs),
+        ("ok", "OK", summary.statuses["ok"]),
+        ("failed", "Failed", summary.not_ok),
+    )
+    html = "".join(
+        f'<button type="button" data-filter="{key}" aria-pressed="{str(key == "all").lower()}">'
+        f'{label} <span class="n">{count:,}</span></button>'
+        for key, label, count in buttons
+    )
+    return (
+        '<nav class="toolbar" aria-label="Filter"><div class="filters" role="group">'
+        f"{html}</div>"
+        '<input id="search" type="search" placeholder="Search prompts and ids" '
+        'aria-label="Search prompts and ids" autocomplete="off">'
+        f'<span id="shown" aria-live="polite">{summary.jobs:,} of {summary.jobs:,}</span></nav>'
+    )
+
+
+_CSS = """\
+:root{color-scheme:light dark;--bg:#f4f5f7;--card:#fff;--text:#1a1d23;--muted:#5d6673;
+--line:#e2e5ea;--accent:#2563eb;--chip:#eef0f3;--check-a:#eceef1;--check-b:#fafbfc;
+--ok:#15803d;--ok-bg:#dcfce7;--bad:#b91c1c;--bad-bg:#fee2e2;--warn:#a16207;--warn-bg:#fef3c7;
+--idle:#475569;--idle-bg:#e2e8f0;--shadow:0 1px 2px rgb(15 23 42/.06),0 4px 14px rgb(15 23 42/.06)}
+@media (prefers-color-scheme:dark){:root{--bg:#0e1014;--card:#171a20;--text:#e5e7eb;
+--muted:#9aa3b2;--line:#272c35;--accent:#60a5fa;--chip:#222731;--check-a:#1d2129;
+--check-b:#242933;--ok:#4ade80;--ok-bg:#14301f;--bad:#f87171;--bad-bg:#3a1618;--warn:#fbbf24;
+--warn-bg:#382a0c;--idle:#cbd5e1;--idle-bg:#283040;--shadow:0 1px 2px rgb(0 0 0/.4)}}
+*{box-sizing:border-box}[hidden]{display:none!important}
+body{margin:0;background:var(--bg);color:var(--text);
+font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif}
+.top{padding:22px 28px 10px;display:grid;gap:14px}
+.title{display:flex;align-items:baseline;gap:14px;flex-wrap:wrap}
+h1{font-size:20px;margin:0;letter-spacing:-.01em}.title p{margin:0;color:var(--muted)}
+.stats{display:flex;flex-wrap:wrap;gap:8px}
+.stat{background:var(--card);border:1px solid var(--line);border-radius:10px;padding:8px 14px;
+min-width:88px;display:flex;flex-direction:column;box-shadow:var(--shadow)}
+.stat .value{font-size:19px;font-weight:650;font-variant-numeric:tabular-nums}
+.stat .label{font-size:11px;text-transform:uppercase;letter-spacing:.06em;color:var(--muted)}
+.stat[data-stat=ok] .value{color:var(--ok)}.stat[data-stat=failed] .value{color:var(--bad)}
+.stat[data-stat=invalid] .value{color:var(--warn)}.stat[data-stat=not_run] .value{color:var(--idle)}
+.notes{display:flex;flex-wrap:wrap;gap:4px 22px;color:var(--muted);font-size:13px}
+.notes p{margin:0}.notes b{color:var(--text);font-weight:600;margin-right:4px}
+.toolbar{position:sticky;top:0;z-index:2;display:flex;gap:12px;align-items:center;flex-wrap:wrap;
+padding:10px 28px;background:color-mix(in srgb,var(--bg) 88%,transparent);
+backdrop-filter:blur(8px);border-bottom:1px solid var(--line)}
+.filters{display:inline-flex;background:var(--chip);border-radius:9px;padding:3px;gap:2px}
+.filters button{font:inherit;border:0;background:none;color:var(--muted);padding:5px 12px;
+border-radius:7px;cursor:pointer}
+.filters button[aria-pressed=true]{background:var(--card);color:var(--text);
+box-shadow:var(--shadow)}
+.filters .n{font-variant-numeric:tabular-nums;opacity:.7;margin-left:2px}
+#search{font:inherit;flex:1 1 240px;max-width:420px;padding:7px 11px;border-radius:9px;
+border:1px solid var(--line);background:var(--card);color:var(--text)}
+#search:focus{outline:2px solid var(--accent);outline-offset:-1px}
+#shown{color:var(--muted);font-size:13px;margin-left:auto;font-variant-numeric:tabular-nums}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(250px,1fr));gap:16px;
+padding:18px 28px 40px}
+.card{background:var(--card);border:1px solid var(--line);border-radius:12px;overflow:hidden;
+display:flex;flex-direction:column;box-shadow:var(--shadow)}
+.media{position:relative;aspect-ratio:4/3;display:grid;overflow:hidden;
+grid-template-columns:minmax(0,1fr);grid-template-rows:minmax(0,1fr);
+background:repeating-conic-gradient(var(--check-a) 0 25%,var(--check-b) 0 50%) 0 0/18px 18px}
+.media.multi{grid-template-columns:repeat(2,minmax(0,1fr));grid-auto-rows:minmax(0,1fr);gap:2px;background-color:var(--line)}
+.shot{display:block;min-height:0;overflow:hidden}
+.shot img{display:block;width:100%;height:100%;object-fit:contain;transition:transform .2s}
+.shot:hover img{transform:scale(1.03)}
+.multi .shot img{object-fit:cover}
+.multi .shot:first-child:nth-last-child(even){grid-row:span 2}
+.shot:has(img.broken){display:grid;place-items:center}
+.shot:has(img.broken)::after{content:"file missing";color:var(--muted);font-size:12px}
+.shot img.broken{display:none}
+.count{position:absolute;right:8px;bottom:8px;background:rgb(0 0 0/.6);color:#fff;font-size:12px;
+padding:1px 8px;border-radius:99px}
+.media.failure,.media.empty{background:var(--bad-bg);color:var(--bad);align-content:center;
+grid-template-rows:none;padding:18px;gap:6px;overflow:auto}
+.card[data-status=invalid] .media{background:var(--warn-bg);color:var(--warn)}
+.card[data-status=not_run] .media{background:var(--idle-bg);color:var(--idle)}
+.media .kind{margin:0;font-weight:650;text-transform:uppercase;font-size:12px;letter-spacing:.05em}
+.media .message{margin:0;font-size:13px;overflow-wrap:anywhere}
+.media .param{margin:0;font-size:12px;opacity:.85}
+.body{padding:12px 14px 14px;display:flex;flex-direction:column;gap:8px;flex:1}
+.head{display:flex;align-items:flex-start;justify-content:space-between;gap:10px}
+.id{margin:0;font:600 13px/1.35 ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;
+overflow-wrap:anywhere}
+.badge{flex:none;font-size:11px;font-weight:600;padding:2px 9px;border-radius:99px;
+text-transform:uppercase;letter-spacing:.04em}
+.badge.ok{color:var(--ok);background:var(--ok-bg)}.badge.failed{color:var(--bad);background:var(--bad-bg)}
+.badge.invalid{color:var(--warn);background:var(--warn-bg)}
+.badge.not_run{color:var(--idle);background:var(--idle-bg)}
+.prompt{margin:0;display:-webkit-box;-webkit-box-orient:vertical;-webkit-line-clamp:3;
+overflow:hidden;overflow-wrap:anywhere;cursor:pointer}
+.prompt.expanded{-webkit-line-clamp:unset;display:block}
+.prompt.none{color:var(--muted);font-style:italic;cursor:auto}
+.revised{font-size:13px;color:var(--muted)}.revised summary{cursor:pointer}
+.revised p{margin:4px 0 0;overflow-wrap:anywhere}
+.meta{list-style:none;margin:auto 0 0;padding:0;display:flex;flex-wrap:wrap;gap:4px}
+.meta li{background:var(--chip);color:var(--muted);border-radius:6px;padding:1px 7px;font-size:12px;
+font-variant-numeric:tabular-nums}
+.warnings{margin:0;padding-left:18px;color:var(--warn);font-size:12px}
+.empty-state{text-align:center;color:var(--muted);padding:40px}
+"""
+
+_JS = """\
+(() => {
+  "use strict";
+  const FILTERS = ["all", "ok", "failed"];
+  const cards = Array.from(document.querySelectorAll("article.card"));
+  const texts = cards.map((card) => {
+    const prompt = card.querySelector(".prompt");
+    const revised = card.querySelector(".revised p");
+    return [card.dataset.id, prompt && prompt.textContent, revised && revised.textContent]
+      .join("\\n").toLowerCase();
+  });
+  const buttons = Array.from(document.querySelectorAll("button[data-filter]"));
+  const search = document.getElementById("search");
+  const shown = document.getElementById("shown");
+  const empty = document.getElementById("empty");
+  let filter = "all";
+
+  const fromHash = () => {
+    const name = decodeURIComponent(location.hash.slice(1)).toLowerCase();
+    return FILTERS.includes(name) ? name : "all";
+  };
+  const apply = () => {
+    const query = search.value.trim().toLowerCase();
+    let visible = 0;
+    cards.forEach((card, i) => {
+      const ok = card.dataset.status === "ok";
+      const pass = filter === "all" || (filter === "ok" ? ok : !ok);
+      card.hidden = !(pass && (!query || texts[i].includes(query)));
+      if (!card.hidden) visible += 1;
+    });
+    buttons.forEach((b) => b.setAttribute("aria-pressed", String(b.dataset.filter === filter)));
+    shown.textContent = visible.toLocaleString() + " of " + cards.length.toLocaleString();
+    empty.hidden = visible > 0;
+    document.documentElement.dataset.filter = filter;
+  };
+  const setFilter = (name, updateHash) => {
+    filter = name;
+    if (updateHash && location.hash !== "#" + name) {
+      try { history.replaceState(null, "", "#" + name); } catch (e) { location.hash = name; }
+    }
+    apply();
+  };
+
+  buttons.forEach((b) => b.addEventListener("click", () => setFilter(b.dataset.filter, true)));
+  search.addEventListener("input", apply);
+  window.addEventListener("hashchange", () => setFilter(fromHash(), false));
+  document.addEventListener("click", (event) => {
+    const prompt = event.target.closest && event.target.closest(".prompt:not(.none)");
+    if (prompt) prompt.classList.toggle("expanded");
+  });
+  const mark = (img) => img.classList.add(img.naturalWidth > 0 ? "loaded" : "broken");
+  document.addEventListener("load", (e) => {
+    if (e.target.tagName === "IMG") mark(e.target);
+  }, true);
+  document.addEventListener("error", (e) => {
+    if (e.target.tagName === "IMG") e.target.classList.add("broken");
+  }, true);
+  document.querySelectorAll("img").forEach((img) => { if (img.complete) mark(img); });
+
+  const query = new URLSearchParams(location.search).get("q");
+  if (query) search.value = query;
+  setFilter(fromHash(), false);
+})();
+"""
+
+
+def _csp_hash(text: str) -> str:
+    digest = hashlib.sha256(text.encode("utf-8")).digest()
+    return "'sha256-" + base64.b64encode(digest).decode("ascii") + "'"
+
+
+# Nothing but our own inline style and script may run, and images only from files
+# beside the page: no network, even if some text escaped its escaping.
+_CSP = (
+    "default-src 'none'; "
+    f"style-src {_csp_hash(_CSS)}; "
+    f"script-src {_csp_hash(_JS)}; "
+    "img-src 'self' file:; base-uri 'none'; form-action 'none'"
+)
+
+
+def render_report(
+    records: Sequence[JobRecord],
+    *,
+    name: str,
+    generated_at: datetime,
+    thumbs: Mapping[str, str] | None = None,
+) -> str:
+    """The report page for ``records``, as one HTML string.
+
+    ``name`` titles the page (the output directory's name). ``thumbs`` maps a
+    file's manifest path to the relative URL of its thumbnail; files without
+    one are shown full size, lazily.
+    """
+    summary = summarize(records)
+    cards = "\n".join(_card(record, thumbs or {}) for record in records)
+    return (
+        "<!DOCTYPE html>\n"
+        '<html lang="en"><head><meta charset="utf-8">'
+        f'<meta http-equiv="Content-Security-Policy" content="{_e(_CSP)}">'
+        '<meta name="viewport" content="width=device-width,initial-scale=1">'
+        '<meta name="referrer" content="no-referrer">'
+        f"<title>pmock-batch report · {_e(name)}</title>"
+        f"<style>{_CSS}</style></head>\n<body>"
+        f"{_header(summary, name, generated_at)}{_toolbar(summary)}\n"
+        f'<main class="grid" id="cards">\n{cards}\n</main>'
+        '<p class="empty-state" id="empty" hidden>No jobs match.</p>'
+        f"<script>{_JS}</script></body></html>\n"
+    )
+
+
+# -- thumbnails -------------------------------------------------------------------
+
+
+def _flatten(img: Image.Image) -> Image.Image:
+    """An RGB copy of ``img``, transparent areas on white (JPEG has no alpha)."""
+    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        flat = Image.new("RGB", rgba.size, (255, 255, 255))
+        flat.paste(rgba, mask=rgba.getchannel("A"))
+        return flat
+    return img.convert("RGB")
+
+
+def _thumbnail(out_dir: Path, file: FileRecord) -> str | None:
+    """Make (or reuse) a JPEG thumbnail of ``file``; its relative URL, or None if impossible."""
+    if _url(file.path) is None:
+        return None
+    parts = PurePosixPath(file.path).parts
+    source = out_dir.joinpath(*parts)
+    thumb_parts = (THUMBS_DIR, *parts[:-1], parts[-1] + ".jpg")
+    target = out_dir.joinpath(*thumb_parts)
+    tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}{TMP_SUFFIX}")
+    try:
+        source_mtime = source.stat().st_mtime_ns
+        with contextlib.suppress(FileNotFoundError):
+            if target.stat().st_mtime_ns >= source_mtime:
+                return "/".join(_quote(p) for p in thumb_parts)
+        with Image.open(source) as img:
+            img.draft("RGB", (THUMB_PX, THUMB_PX))  # JPEG: decode at a reduced scale
+            img.thumbnail((THUMB_PX, THUMB_PX))
+            flat = _flatten(img)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        flat.save(tmp, "JPEG", quality=THUMB_QUALITY, optimize=True)
+        os.replace(tmp, target)
+    except (OSError, ValueError, Image.DecompressionBombError):
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        return None
+    return "/".join(_quote(p) for p in thumb_parts)
+
+
+# -- writing -----------------------------------------------------------------------
+
+
+def _write_atomic(target: Path, text: str) -> None:
+    tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}{TMP_SUFFIX}")
+    try:
+        with tmp.open("w", encoding="utf-8", newline="\n") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def write_report(out_dir: Path, *, thumbnails: bool = False) -> Path:
+    """Write ``out_dir/report.html`` from ``out_dir/manifest.jsonl`` alone; return its path.
+
+    Without ``thumbnails`` no image is opened, so this is cheap enough to run
+    at the end of every batch. With it, each image gets a small JPEG under
+    ``out_dir/.thumbs/`` (reused while newer than its image), for
+    ``pmock-batch report``. The page is written to a temporary file and
+    renamed into place. Raises :class:`~pmock_batch.errors.UsageError` if
+    there is no manifest, and ``OSError`` if the page cannot be written.
+    """
+    manifest = out_dir / MANIFEST_NAME
+    if not manifest.is_file():
+        raise UsageError(f"no manifest at {manifest}: nothing to report")
+    records = latest_records(manifest)
+    thumbs: dict[str, str] = {}
+    if thumbnails:
+        for record in records:
+            for file in record.files if record.status == "ok" else ():
+                url = _thumbnail(out_dir, file)
+                if url is not None:
+                    thumbs[file.path] = url
+    name = out_dir.resolve().name or str(out_dir)
+    page = render_report(records, name=name, generated_at=datetime.now(UTC), thumbs=thumbs)
+    target = out_dir / REPORT_NAME
+    _write_atomic(target, page)
+    return target

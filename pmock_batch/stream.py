@@ -1,0 +1,208 @@
+"""Streaming decode of a JSON body's ``b64_json`` value, chunk by chunk.
+
+A 4K PNG arrives as a 10-25 MB base64 string inside JSON. Holding it whole,
+then a decoded copy, then parsing it, costs several times the image in memory.
+:class:`B64JsonScanner` instead watches the body stream by: it tracks JSON
+string state outside the value, finds the first ``"b64_json"`` key with a
+string value, and hands out the value's base64 text piece by piece while
+keeping everything else (the small remainder, with the value emptied) for a
+normal JSON parse. :class:`B64Decoder` decodes base64 incrementally with
+strict validation. Both are pure: no I/O, no event loop.
+
+The scanner is strict: inside the value it accepts the base64 alphabet and
+JSON escapes that decode to it (``\\/``, ``\\uXXXX``) or to whitespace
+(``\\n``, ``\\r``, which MIME-wrapped base64 carries); anything else raises
+:class:`~pmock_batch.errors.InvalidResponseError`. A body with no such key
+simply ends up whole in :attr:`B64JsonScanner.remainder`, and the caller
+parses that as usual.
+"""
+
+from __future__ import annotations
+
+import binascii
+from collections.abc import Iterator
+
+import pybase64
+
+from .errors import InvalidResponseError
+
+__all__ = ["B64Decoder", "B64JsonScanner"]
+
+_KEY = b"b64_json"
+_ALPHABET = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
+_WHITESPACE = frozenset(b" \t\r\n")
+_SIMPLE_ESCAPES = {ord("/"): ord("/"), ord("n"): None, ord("r"): None, ord("t"): None}
+
+# Scanner states
+_OUTSIDE = 0  # in JSON text, before the value
+_AFTER_KEY = 1  # just read the string "b64_json": expect ':'
+_AFTER_COLON = 2  # expect the value's opening quote
+_IN_VALUE = 3  # inside the value: base64 text
+_DONE = 4  # the value ended; everything else is remainder
+
+
+class B64JsonScanner:
+    """Find the first ``"b64_json": "<base64>"`` in a streamed JSON body."""
+
+    def __init__(self) -> None:
+        self.remainder = bytearray()  # the body without the value's text
+        self.found = False  # a b64_json string value was seen (and maybe finished)
+        self._state = _OUTSIDE
+        self._in_string = False
+        self._escaped = False
+        self._string = bytearray()  # the current string's raw bytes (first 9 only)
+        self._pending = bytearray()  # an escape inside the value split across chunks
+
+    @property
+    def done(self) -> bool:
+        """The value has been read to its closing quote."""
+        return self._state == _DONE
+
+    def feed(self, chunk: bytes) -> Iterator[bytes]:
+        """Consume one body chunk; yield the base64 text it holds, in order."""
+        i, n = 0, len(chunk)
+        while i < n:
+            if self._state == _IN_VALUE:
+                piece, i = self._value(chunk, i)
+                if piece:
+                    yield piece
+            elif self._state == _DONE:
+                self.remainder += chunk[i:]
+                return
+            else:
+                i = self._outside(chunk, i)
+
+    def close(self) -> None:
+        """The body has ended. Raises if it ended inside the value."""
+        if self._state == _IN_VALUE:
+            raise InvalidResponseError("the response body ended inside the b64_json value")
+
+    def _outside(self, chunk: bytes, i: int) -> int:
+        """Scan JSON text byte by byte (it is small) until the value opens."""
+        n = len(chunk)
+        while i < n:
+            c = chunk[i]
+            self.remainder.append(c)
+            i += 1
+            if self._in_string:
+                if self._escaped:
+                    self._escaped = False
+                    self._string.append(c)
+                elif c == 0x5C:  # backslash
+                    self._escaped = True
+                    self._string.append(c)
+                elif c == 0x22:  # closing quote
+                    self._in_string = False
+                    if self._state == _OUTSIDE and bytes(self._string) == _KEY:
+                        self._state = _AFTER_KEY
+                elif len(self._string) <= len(_KEY):
+                    self._string.append(c)
+                continue
+            if c in _WHITESPACE:
+                continue
+            if self._state == _AFTER_KEY:
+                self._state = _AFTER_COLON if c == 0x3A else _OUTSIDE
+                if self._state == _AFTER_COLON:
+                    continue
+            elif self._state == _AFTER_COLON:
+                if c == 0x22:
+                    self._state = _IN_VALUE
+                    self.found = True
+                    return i
+                self._state = _OUTSIDE  # b64_json: null, or a number: not ours
+            if c == 0x22:
+                self._in_string = True
+                self._string.clear()
+        return i
+
+    def _value(self, chunk: bytes, i: int) -> tuple[bytes, int]:
+        """Take base64 text from ``chunk[i:]`` up to the closing quote."""
+        out = bytearray()
+        n = len(chunk)
+        while i < n:
+            if self._pending:
+                i = self._escape(chunk, i, out)
+                continue
+            quote = chunk.find(b'"', i)
+            slash = chunk.find(b"\\", i)
+            stop = min(p for p in (quote, slash, n) if p >= 0)
+            out += chunk[i:stop]
+            i = stop
+            if i == n:
+                break
+            if chunk[i] == 0x22:  # the value ends
+                self.remainder += b'"'
+                self._state = _DONE
+                i += 1
+                self.remainder += chunk[i:]
+                i = n
+                break
+            self._pending.append(chunk[i])  # a backslash starts an escape
+            i += 1
+        return bytes(out), i
+
+    def _escape(self, chunk: bytes, i: int, out: bytearray) -> int:
+        """Continue an escape sequence that may span chunks."""
+        self._pending.append(chunk[i])
+        i += 1
+        kind = self._pending[1]
+        if kind in _SIMPLE_ESCAPES:
+            value = _SIMPLE_ESCAPES[kind]
+            if value is not None:
+                out.append(value)
+            self._pending.clear()
+            return i
+        if kind != ord("u"):
+            raise InvalidResponseError(f"unexpected escape \\{chr(kind)} inside the b64_json value")
+        if len(self._pending) < 6:
+            return i
+        try:
+            code = int(self._pending[2:6], 16)
+        except ValueError:
+            raise InvalidResponseError("bad \\u escape inside the b64_json value") from None
+        self._pending.clear()
+        if code in _ALPHABET:
+            out.append(code)
+        elif code not in _WHITESPACE:
+            raise InvalidResponseError(f"character U+{code:04X} inside the b64_json value")
+        return i
+
+
+class B64Decoder:
+    """Strict incremental base64: decode whole quanta, carry the rest to the next call."""
+
+    def __init__(self) -> None:
+        self._carry = b""
+        self._ended = False  # a padded quantum was decoded: nothing may follow
+
+    def feed(self, text: bytes) -> bytes:
+        """Decode as much of ``text`` (plus any carry) as forms whole 4-character quanta."""
+        if not text:
+            return b""
+        if self._ended:
+            raise InvalidResponseError("b64_json has data after its padding")
+        data = self._carry + text if self._carry else text
+        cut = len(data) - len(data) % 4
+        self._carry = data[cut:]
+        if not cut:
+            return b""
+        if data[cut - 1] == 0x3D:  # '=': this was the final quantum
+            self._ended = True
+        return _decode(data[:cut])
+
+    def finish(self) -> bytes:
+        """Decode what is left. Missing padding is tolerated; a lone character is not."""
+        rest, self._carry = self._carry, b""
+        if not rest:
+            return b""
+        if len(rest) == 1 or self._ended:
+            raise InvalidResponseError("b64_json is not valid base64: truncated")
+        self._ended = True
+        return _decode(rest + b"=" * (-len(rest) % 4))
+
+
+def _decode(data: bytes) -> bytes:
+    try:
+        return pybase64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidResponseError(f"b64_json is not valid base64: {exc}") from exc
