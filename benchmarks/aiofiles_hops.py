@@ -65,7 +65,7 @@ KIB = 1024
 # Defaults for a full run (about 45 s on a 2-core machine) and for --quick (about 5 s).
 FULL = {
     "reps": 3,
-    "hop_seconds": 0.5,
+    "hop_seconds": 0.4,
     "large_count": 200,
     "large_kib": 1536,
     "small_count": 2000,
@@ -100,22 +100,41 @@ class CountingExecutor(ThreadPoolExecutor):
         return super().submit(fn, *args, **kwargs)
 
 
-class Busy:
-    """A thread decoding base64 in a loop, like the engine's decode workers do.
+@dataclass(frozen=True)
+class Work:
+    """What the CPU-busy thread does, over and over, to one image's base64 text.
 
-    ``binascii`` holds the GIL for the whole decode of a blob (several ms for
-    an image), so the loop and the executor threads wait for it.
+    ``binascii`` holds the GIL for the whole decode (about 4 ms for a large
+    image); ``hashlib`` releases it while hashing a large buffer (about 1 ms).
+    decode_and_verify does both, so ``sha256=True`` is the engine's case; with
+    ``sha256=False`` the thread holds the GIL nearly all the time: the worst case.
     """
 
-    def __init__(self, blob: bytes) -> None:
-        self.blob = blob
+    blob: bytes
+    sha256: bool
+
+    @property
+    def label(self) -> str:
+        return "b64decode+sha256 thread" if self.sha256 else "b64decode-only thread"
+
+    def once(self) -> None:
+        data = base64.b64decode(self.blob, validate=True)
+        if self.sha256:
+            hashlib.sha256(data).hexdigest()
+
+
+class Busy:
+    """A thread doing :class:`Work` in a loop while the ``with`` block runs."""
+
+    def __init__(self, work: Work) -> None:
+        self.work = work
         self.decodes = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="busy-b64", daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            base64.b64decode(self.blob, validate=True)
+            self.work.once()
             self.decodes += 1
 
     def __enter__(self) -> Busy:
@@ -132,6 +151,11 @@ class Busy:
         self._thread.join()
 
 
+def busy(work: Work | None) -> contextlib.AbstractContextManager[Busy | None]:
+    """A running :class:`Busy` thread, or nothing when ``work`` is None."""
+    return Busy(work) if work is not None else contextlib.nullcontext()
+
+
 @dataclass
 class Sample:
     """One run of one variant."""
@@ -140,6 +164,7 @@ class Sample:
     ops: int  # hops, files or records done
     hops: int  # executor jobs submitted during the run
     latency: float = 0.0  # median seconds per awaited hop (benchmark 1 only)
+    latency_mean: float = 0.0  # mean of the same
     decodes: float = float("nan")  # decodes per second done by the base64 thread, if any
 
 
@@ -194,10 +219,10 @@ async def _hop_worker(path: Path, deadline: float, latencies: list[float]) -> in
     return done
 
 
-async def hop_run(path: Path, seconds: float, coroutines: int, busy_blob: bytes | None) -> Sample:
+async def hop_run(path: Path, seconds: float, coroutines: int, work: Work | None) -> Sample:
     ex = executor()
     latencies: list[float] = []
-    with Busy(busy_blob) if busy_blob is not None else contextlib.nullcontext() as busy:
+    with busy(work) as thread:
         before = ex.submitted
         start = time.perf_counter()
         deadline = start + seconds
@@ -206,64 +231,80 @@ async def hop_run(path: Path, seconds: float, coroutines: int, busy_blob: bytes 
         )
         wall = time.perf_counter() - start
         hops = ex.submitted - before
-        decodes = busy.decodes / wall if busy is not None else float("nan")
-    return Sample(wall=wall, ops=sum(counts), hops=hops, latency=median(latencies), decodes=decodes)
+        decodes = thread.decodes / wall if thread is not None else float("nan")
+    return Sample(
+        wall=wall,
+        ops=sum(counts),
+        hops=hops,
+        latency=median(latencies),
+        latency_mean=statistics.fmean(latencies),
+        decodes=decodes,
+    )
 
 
-def sync_stat_us(path: Path, busy_blob: bytes | None = None, n: int = 20000) -> float:
-    with Busy(busy_blob) if busy_blob is not None else contextlib.nullcontext():
+def sync_stat_us(path: Path, work: Work | None = None, n: int = 20000) -> float:
+    with busy(work):
         start = time.perf_counter()
         for _ in range(n):
             os.stat(path)
         return (time.perf_counter() - start) / n * 1e6
 
 
-def decode_ms(blob: bytes, n: int = 10) -> float:
+def decode_ms(work: Work, n: int = 10) -> float:
     """What decode_and_verify spends on base64 and SHA-256 for one image (stdlib only)."""
     start = time.perf_counter()
     for _ in range(n):
-        hashlib.sha256(base64.b64decode(blob, validate=True)).hexdigest()
+        work.once()
     return (time.perf_counter() - start) / n * 1e3
 
 
 async def bench_hops(root: Path, args: argparse.Namespace, blob: bytes) -> None:
     path = root / "stat-me"
     path.write_bytes(b"x")
-    await hop_run(path, 0.05, args.load_coroutines, None)  # warm up: start the executor threads
     n = args.load_coroutines
-    variants = [
-        Variant("A", "idle loop, 1 coroutine", lambda _: hop_run(path, args.hop_seconds, 1, None)),
-        Variant(
-            "B",
-            "1 coroutine + base64 thread",
-            lambda _: hop_run(path, args.hop_seconds, 1, blob),
-        ),
-        Variant("C", f"{n} coroutines", lambda _: hop_run(path, args.hop_seconds, n, None)),
-        Variant(
-            "D",
-            f"{n} coroutines + base64 thread",
-            lambda _: hop_run(path, args.hop_seconds, n, blob),
-        ),
+    await hop_run(path, 0.05, n, None)  # warm up: start the executor threads
+    verify = Work(blob, sha256=True)
+    decode = Work(blob, sha256=False)
+    loads: list[tuple[int, Work | None]] = [
+        (1, None),
+        (1, verify),
+        (1, decode),
+        (n, None),
+        (n, verify),
+        (n, decode),
     ]
+    variants = []
+    for key, (coroutines, work) in zip("ABCDEF", loads, strict=True):
+        label = f"{coroutines} coroutine{'s' if coroutines > 1 else ''}"
+        if work is not None:
+            label += f" + {work.label}"
+        elif coroutines == 1:
+            label += ", idle loop"
+        variants.append(
+            Variant(
+                key,
+                label,
+                lambda _, c=coroutines, w=work: hop_run(path, args.hop_seconds, c, w),
+            )
+        )
     await alternate(variants, args.reps)
     stat_us = median([sync_stat_us(path) for _ in range(3)])
-    stat_busy_us = median([sync_stat_us(path, blob, 2000) for _ in range(3)])
-    dec_ms = median([decode_ms(blob) for _ in range(3)])
+    stat_busy_us = median([sync_stat_us(path, decode, 2000) for _ in range(3)])
+    dec_ms = median([decode_ms(verify) for _ in range(3)])
 
     base_lat = median([s.latency for s in variants[0].samples])
     rows = []
-    for v in variants:
+    for v, (_, work) in zip(variants, loads, strict=True):
         assert all(s.hops == s.ops for s in v.samples), "a stat() that was not one hop"
-        per_hop = median([s.wall / s.ops * 1e6 for s in v.samples])
         lat = median([s.latency for s in v.samples]) * 1e6
         rows.append(
             [
                 f"{v.key}  {v.label}",
                 f"{lat:,.0f}",
+                f"{median([s.latency_mean for s in v.samples]) * 1e6:,.0f}",
                 f"{lat / (base_lat * 1e6):.1f}x",
-                f"{per_hop:,.1f}",
-                f"{median([s.ops / s.wall for s in v.samples]):,.0f}",
-                "-" if v.key in "AC" else f"{median([s.decodes for s in v.samples]):,.0f}",
+                f"{median([s.wall / s.ops * 1e6 for s in v.samples]):,.1f}",
+                "-" if work is None else f"{median([s.decodes for s in v.samples]):,.0f}",
             ]
         )
     print(
@@ -272,22 +313,22 @@ async def bench_hops(root: Path, args: argparse.Namespace, blob: bytes) -> None:
     )
     print(
         table(
-            ["variant", "latency us/hop", "vs A", "wall us/hop", "hops/s", "decodes/s"],
+            ["variant", "latency us", "mean us", "vs A", "wall us/hop", "decodes/s"],
             rows,
         )
     )
     print(
         f"  reference: sync os.stat() in the loop, no hop: {stat_us:.1f} us idle, "
-        f"{stat_busy_us:.1f} us with the base64 thread"
+        f"{stat_busy_us:.1f} us with a {decode.label}"
     )
     print(
         f"  reference: b64decode + sha256 of one {args.large_kib} KiB image (stdlib): "
         f"{dec_ms:.1f} ms = {dec_ms * 1e3 / base_lat / 1e6:,.0f} idle hops"
     )
     print(
-        "  latency = median time one 'await' takes (what a write waits);"
-        " wall = run time / hops done (throughput);\n"
-        f"  decodes/s = images the base64 thread decoded per second (alone: {1e3 / dec_ms:,.0f})"
+        "  latency, mean = median and mean time one 'await' takes (what a write waits);\n"
+        "  wall = run time / hops done (throughput); decodes/s = images the busy thread\n"
+        f"  got through per second (b64decode+sha256 alone: {1e3 / dec_ms:,.0f})"
     )
 
 
@@ -349,7 +390,7 @@ async def write_run(
     data: bytes,
     count: int,
     writers: int,
-    busy_blob: bytes | None,
+    work: Work | None,
 ) -> Sample:
     out_dir = root / name
     out_dir.mkdir()
@@ -361,7 +402,7 @@ async def write_run(
         for i in todo:
             await writer(out_dir, f"images/{i:05d}.png", data)
 
-    with Busy(busy_blob) if busy_blob is not None else contextlib.nullcontext():
+    with busy(work):
         before = ex.submitted
         start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(writers)))
@@ -379,7 +420,7 @@ async def bench_writes(
     title: str,
     count: int,
     kib: int,
-    busy_blob: bytes | None = None,
+    work: Work | None = None,
 ) -> None:
     data = os.urandom(kib * KIB)
     chunk = args.chunk_kib * KIB
@@ -397,7 +438,7 @@ async def bench_writes(
             key,
             text,
             lambda rep, key=key, fn=fn: write_run(
-                root, f"write-{key}-{rep}", fn, data, count, args.writers, busy_blob
+                root, f"write-{key}-{rep}", fn, data, count, args.writers, work
             ),
         )
         for key, text, fn in writers
@@ -419,7 +460,7 @@ async def bench_writes(
                 f"{wall / base:.2f}x",
             ]
         )
-    busy = ", while a base64 thread runs" if busy_blob is not None else ""
+    busy = f", while a {work.label} runs" if work is not None else ""
     print(
         f"\n{title}. Write {count} images of {kib} KiB{busy}, {args.writers} concurrent "
         f"writers, median of {args.reps} runs"
@@ -593,6 +634,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         help=f"large images to write while a base64 thread runs (default {FULL['busy_count']})",
     )
+    parser.add_argument(
+        "--busy-work",
+        choices=["verify", "decode"],
+        default="verify",
+        help="what the busy thread of 2.3 does: b64decode+sha256 like decode_and_verify, "
+        "or b64decode only (holds the GIL nearly all the time: the worst case)",
+    )
     parser.add_argument("--chunk-kib", type=int, default=64, help="write size of variant b")
     parser.add_argument(
         "--writers",
@@ -643,7 +691,8 @@ async def amain(args: argparse.Namespace) -> None:
         if "write" in only:
             await bench_writes(root, args, "2.1", args.large_count, args.large_kib)
             await bench_writes(root, args, "2.2", args.small_count, args.small_kib)
-            await bench_writes(root, args, "2.3", args.busy_count, args.large_kib, blob)
+            work = Work(blob, sha256=args.busy_work == "verify")
+            await bench_writes(root, args, "2.3", args.busy_count, args.large_kib, work)
         if "manifest" in only:
             await bench_manifest(root, args)
         print(f"\ntotal {time.perf_counter() - started:.1f} s")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -33,13 +34,14 @@ from .config import (
     MANIFEST_NAME,
     RunConfig,
 )
-from .engine import Engine, RunObserver, Summary, run_batch
+from .engine import Engine, Summary, run_batch
 from .errors import LockedError, UsageError
 from .jobs import Defaults, Job, ScanResult, iter_jobs, scan
 from .mock import MockOptions, MockServer, serve
 from .mock.faults import load_script, parse_fault_rates, parse_script
-from .models import BACKGROUNDS, FORMATS, MODERATIONS, QUALITIES, SIZES, JobRecord
+from .models import BACKGROUNDS, FORMATS, MODERATIONS, QUALITIES, SIZES
 from .output import EXTENSIONS
+from .progress import Reporter, make_console, render_summary, setup_logging, summary_json
 from .resume import DoneIndex
 from .retry import DEFAULT_MAX_RETRY_WAIT, RetryPolicy
 
@@ -222,7 +224,23 @@ def _build_parser() -> argparse.ArgumentParser:
     logs.add_argument(
         "-q", "--quiet", action="store_true", help="errors and the final summary only"
     )
-    logs.add_argument("-v", "--verbose", action="store_true", help="log every attempt")
+    logs.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log every attempt: status code, latency and wait (never the key)",
+    )
+    logs.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="text, or one JSON object per line for log collectors (default: text)",
+    )
+    logs.add_argument(
+        "--json",
+        action="store_true",
+        help="also print the final summary as one JSON object on stdout (default: off)",
+    )
     _add_mock_options(parser, prefix="mock-", title="mock server (with --mock)")
     return parser
 
@@ -333,46 +351,6 @@ def _err(text: str, stream: TextIO | None = None) -> None:
     print(text, file=stream or sys.stderr)
 
 
-class _ConsoleObserver(RunObserver):
-    """Prints one line per failed job; the summary comes at the end."""
-
-    def __init__(self, *, quiet: bool) -> None:
-        self.quiet = quiet
-
-    def job_done(self, record: JobRecord) -> None:
-        if record.status in ("failed", "invalid") and record.error is not None:
-            name = record.id or f"line {record.line}"
-            _err(f"{record.status.upper()} {name}: {record.error.message}")
-
-
-def _summary_text(summary: Summary, config: RunConfig) -> str:
-    parts = [f"{summary.ok} ok", f"{summary.failed} failed"]
-    if summary.invalid:
-        parts.append(f"{summary.invalid} invalid")
-    if summary.not_run:
-        parts.append(f"{summary.not_run} not run")
-    if summary.skipped:
-        parts.append(f"{summary.skipped} skipped (already done)")
-    text = (
-        f"Done: {', '.join(parts)} of {summary.jobs + summary.skipped} jobs; "
-        f"{summary.images} images, "
-        f"{summary.attempts} attempts, {summary.retries} retries"
-    )
-    if summary.ambiguous_retries:
-        text += f" ({summary.ambiguous_retries} after timeouts, possibly billed twice)"
-    if summary.rate_limited:
-        text += f", {summary.rate_limited} rate-limited (429)"
-    text += f"; {summary.elapsed_s:.1f}s, {summary.images_per_minute:.1f} images/min."
-    if summary.usage:
-        usage = ", ".join(f"{k} {v:,}" for k, v in sorted(summary.usage.items()))
-        text += f" Usage: {usage}."
-    if summary.failed_by_kind:
-        kinds = ", ".join(f"{k} {v}" for k, v in summary.failed_by_kind.most_common())
-        text += f" Failures by kind: {kinds}."
-    text += f" Images in {config.out_dir}/, manifest {config.manifest_path}."
-    return text
-
-
 def _print_problems(result: ScanResult) -> None:
     for problem in result.problems:
         _err(str(problem))
@@ -416,16 +394,6 @@ def _print_plan(result: ScanResult, args: argparse.Namespace, out_dir: Path) -> 
 # -- commands --------------------------------------------------------------------
 
 
-def _configure_logging(*, quiet: bool, verbose: bool) -> None:
-    level = logging.ERROR if quiet else logging.DEBUG if verbose else logging.WARNING
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
-    root = logging.getLogger("pmock_batch")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    root.propagate = False
-
-
 def _defaults(args: argparse.Namespace) -> Defaults:
     return Defaults(
         model=args.model,
@@ -464,10 +432,23 @@ async def _endpoint(mock: MockOptions | None, base_url: str) -> AsyncIterator[st
 
 
 async def _run(
-    args: argparse.Namespace, config: RunConfig, result: ScanResult, mock: MockOptions | None
+    args: argparse.Namespace,
+    config: RunConfig,
+    result: ScanResult,
+    mock: MockOptions | None,
+    reporter: Reporter,
 ) -> Summary:
     loop = asyncio.get_running_loop()
     engines: list[Engine] = []
+
+    def on_engine(engine: Engine) -> None:
+        engines.append(engine)
+        reporter.attach(engine)
+
+    async def ticker() -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            reporter.tick()
 
     def on_signal() -> None:
         if not engines or engines[0].stopping:
@@ -482,6 +463,8 @@ async def _run(
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, on_signal)
+    reporter.start()
+    tick_task = asyncio.create_task(ticker())
     try:
         async with _endpoint(mock, config.base_url) as base_url:
             config = replace(config, base_url=base_url)
@@ -493,12 +476,14 @@ async def _run(
                 config,
                 jobs,
                 policy=policy,
-                observer=_ConsoleObserver(quiet=args.quiet),
-                on_engine=engines.append,
+                observer=reporter,
+                on_engine=on_engine,
                 resume=not args.force,
                 verify=args.verify,
             )
     finally:
+        tick_task.cancel()
+        reporter.stop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.remove_signal_handler(sig)
@@ -516,7 +501,8 @@ def _exit_code(summary: Summary) -> int:
 
 def _main_command(argv: Sequence[str]) -> int:
     args = _build_parser().parse_args(argv)
-    _configure_logging(quiet=args.quiet, verbose=args.verbose)
+    console = make_console(sys.stderr)
+    setup_logging(console, quiet=args.quiet, verbose=args.verbose, fmt=args.log_format)
     try:
         base_url, key = _resolve_endpoint(args)
         mock = _mock_options(args) if args.mock else None
@@ -549,15 +535,24 @@ def _main_command(argv: Sequence[str]) -> int:
         rpm=args.rpm,
         field_case=args.field_case,
     )
+    if args.quiet:
+        mode = "none"
+    elif console.is_terminal and args.log_format == "text":
+        mode = "bar"
+    else:
+        mode = "lines"
+    total = result.jobs + (len(result.invalid) if args.skip_invalid else 0)
+    reporter = Reporter(console, total=total, mode=mode)
     try:
-        summary = asyncio.run(_run(args, config, result, mock))
+        summary = asyncio.run(_run(args, config, result, mock, reporter))
     except LockedError as exc:
         _err(f"pmock-batch: {exc}")
         return EXIT_LOCKED
-    if summary.aborted:
-        _err(f"pmock-batch: run aborted: {summary.aborted}. Jobs not run are recorded as not_run.")
-    _err(_summary_text(summary, config))
-    return _exit_code(summary)
+    code = _exit_code(summary)
+    render_summary(summary, config, console)
+    if args.json:
+        print(json.dumps(summary_json(summary, config, exit_code=code)))
+    return code
 
 
 def _validate_command(argv: Sequence[str]) -> int:

@@ -55,8 +55,22 @@ async def commit(sink: ImageSink, out_dir: Path, relative: str) -> Path:
     return await sink.commit(out_dir, relative)
 
 
-def _since(started: float) -> float:
-    return time.monotonic() - started
+def _log_attempt(job_id: str, attempt: int, status: int, started: float) -> None:
+    latency = time.monotonic() - started
+    log.debug(
+        "%s: attempt %d: HTTP %d in %.2fs",
+        job_id,
+        attempt,
+        status,
+        latency,
+        extra={
+            "event": "attempt",
+            "job_id": job_id,
+            "attempt": attempt,
+            "http_status": status,
+            "latency_s": round(latency, 3),
+        },
+    )
 
 
 def _now() -> str:
@@ -235,7 +249,7 @@ class Engine:
             reason = abort_reason(exc, self.config)
             self._abort_reason = reason
             self.summary.aborted = reason
-            log.error("aborting the run: %s", reason)
+            log.error("aborting the run: %s", reason, extra={"event": "abort", "reason": reason})
         self._stopping.set()
 
     @property
@@ -324,6 +338,22 @@ class Engine:
 
     async def _record(self, record: JobRecord) -> None:
         self.summary.add(record)
+        if record.status in ("failed", "invalid") and record.error is not None:
+            name = record.id or f"line {record.line}"
+            log.error(
+                "%s %s: %s",
+                record.status.upper(),
+                name,
+                record.error.message,
+                extra={
+                    "event": "job_failed",
+                    "job_id": record.id,
+                    "line": record.line,
+                    "status": record.status,
+                    "kind": record.error.kind,
+                    "http_status": record.error.status,
+                },
+            )
         try:
             await self.manifest.append(record)
         except OSError as exc:
@@ -370,7 +400,9 @@ class Engine:
                     f"asked for {job.request.format} but the server sent {image.format}; "
                     f"saved as {relative}"
                 )
-                log.warning("%s: %s", job.id, warnings[-1])
+                log.warning(
+                    "%s: %s", job.id, warnings[-1], extra={"event": "warning", "job_id": job.id}
+                )
             files.append(
                 FileRecord(
                     path=relative,
@@ -420,12 +452,19 @@ class Engine:
                 state.ambiguous += 1
             reason = str(exc) if exc is not None else "unknown"
             self.observer.retrying(job.id, retry_state.attempt_number, wait, reason)
-            log.info(
+            log.debug(
                 "%s: attempt %d failed (%s); retrying in %.1fs",
                 job.id,
                 retry_state.attempt_number,
                 reason,
                 wait,
+                extra={
+                    "event": "retry",
+                    "job_id": job.id,
+                    "attempt": retry_state.attempt_number,
+                    "wait_s": round(wait, 3),
+                    "reason": reason,
+                },
             )
 
         async for attempt in self.policy.retrying(before_sleep=before_sleep):
@@ -444,10 +483,10 @@ class Engine:
                         state.rate_limited += 1
                         asked = server_wait(exc.headers)
                         self.pacer.hold(1.0 if asked is None else asked, reason="HTTP 429")
-                    log.debug("%s: HTTP %d after %.2fs", job.id, exc.status, _since(started))
+                    _log_attempt(job.id, state.count, exc.status, started)
                     raise
                 self.pacer.observe(result[1].headers)
-                log.debug("%s: HTTP %d after %.2fs", job.id, result[1].status, _since(started))
+                _log_attempt(job.id, state.count, result[1].status, started)
                 return result
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 

@@ -171,7 +171,12 @@ class Pacer:
         if until > self.hold_until + 0.001:
             if not self.held:
                 self.holds += 1
-                log.info("pausing dispatches for %.1fs: %s", seconds, reason)
+                log.debug(
+                    "pausing dispatches for %.1fs: %s",
+                    seconds,
+                    reason,
+                    extra={"event": "hold", "wait_s": round(seconds, 3), "reason": reason},
+                )
             self.hold_until = until
         # Resume at the paced rate, not in a burst: the burst is for the start only.
         self._refill(now)
@@ -194,6 +199,7 @@ class Pacer:
                         "pacing at %.1f requests/min (the server allows %d/min)",
                         self.rate * 60.0,
                         limits.limit,
+                        extra={"event": "pacing", "rpm": round(self.rate * 60.0, 1)},
                     )
         if limits.remaining == 0 and limits.reset:
             # The budget refills gradually: wait about one slot, not the whole reset.

@@ -226,7 +226,8 @@ def _meta(record: JobRecord) -> str:
     sizes = list(dict.fromkeys(f"{f.width}{TIMES}{f.height}" for f in record.files))
     formats = list(dict.fromkeys(f.format.upper() for f in record.files))
     if not sizes and record.request is not None:
-        sizes = [str(_request_field(record.request, "size", "size") or "auto")]
+        size = str(_request_field(record.request, "size", "size") or "auto")
+        sizes = [size.replace("x", TIMES)]
         fmt = _request_field(record.request, "output_format", "outputFormat") or "png"
         formats = [str(fmt).upper()]
     items = [("size", ", ".join(sizes)), ("format", ", ".join(formats))]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -73,7 +74,9 @@ async def test_example_batch_with_mock_writes_valid_images_and_manifest(tmp_path
     assert ids["icons/home"]["files"][0]["path"] == "icons/home.png"
     assert ids["photo/fox"]["files"][0]["path"] == "photo/fox.jpg"
     assert ids["wallpaper/mountains"]["files"][0]["width"] == 2048
-    assert "ok" in result.err and "12 jobs" in result.err
+    assert re.search(r"^\| jobs +\| 12 +\|$", result.err, re.M), result.err
+    assert re.search(r"^\| ok +\| 12 +\|$", result.err, re.M)
+    assert f"| manifest               | {out}/manifest.jsonl" in result.err
     assert not list(out.rglob("*.pmock-tmp"))
 
 
@@ -195,7 +198,8 @@ async def test_wrong_key_aborts_with_exit_3(tmp_path, capsys, make_mock, monkeyp
     argv = [str(jobs), "--base-url", server.base_url, "--out", str(out), "--concurrency", "4"]
     result = await run_cli(argv, capsys)
     assert result.code == 3
-    assert "aborted" in result.err and "PMOCK_API_KEY" in result.err
+    assert "aborting the run: the server refused the API key" in result.err
+    assert "check PMOCK_API_KEY" in result.err
     assert KEY not in result.err
     assert server.stats.requests <= 4 + 4  # the first 401 plus at most what was in flight
     records = read_manifest(out)

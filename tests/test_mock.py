@@ -642,6 +642,22 @@ def test_payload_beyond_what_noise_pixels_hold_is_padded():
     assert image.size == (1024, 1024)
 
 
+async def test_image_px_draws_every_image_small_whatever_the_size(make_mock, session):
+    server = await make_mock(MockOptions(image_px=16))
+    for size in ("1024x1024", "3840x2160", "auto"):
+        answer = await post(session, server, {"prompt": "a fox", "size": size})
+        image = decode(answer)
+        assert (image.format, image.size) == ("PNG", (16, 16))
+        assert answer.body["size"] == "16x16"
+
+
+async def test_image_px_with_payload_mb_pads_the_small_image(make_mock, session):
+    server = await make_mock(MockOptions(image_px=8, payload_mb=0.1))
+    answer = await post(session, server, {"prompt": "a fox", "size": "3840x2160"})
+    assert abs(len(b64_bytes(answer)) - 100_000) <= 0.05 * 100_000
+    assert decode(answer).size == (8, 8)
+
+
 # -- option parsing ----------------------------------------------------------------------
 
 
@@ -709,6 +725,10 @@ def test_load_script_reports_a_missing_file(tmp_path):
         {"latency_jitter": float("nan")},
         {"rpm": 0},
         {"payload_mb": 0},
+        {"image_px": 0},
+        {"image_px": 4097},
+        {"image_px": 1.5},
+        {"image_px": True},
         {"fault_rates": {"500": 2}},
         {"script": {"a": ["teapot"]}},
         {"script": {"a": "500"}},

@@ -245,6 +245,8 @@ async def _success_body(
 ) -> bytes:
     options = state.options
     width, height = parse_size(req.size)
+    if options.image_px is not None:  # a small square stand-in, whatever size was asked for
+        width = height = options.image_px
     payload = round(options.payload_mb * 1_000_000) if options.payload_mb else None
     spec = ImageSpec(
         prompt=req.prompt,

@@ -13,6 +13,7 @@ __all__ = [
     "DEFAULT_HANG_SECONDS",
     "DEFAULT_LOG_LIMIT",
     "DEFAULT_RETRY_AFTER",
+    "MAX_IMAGE_PX",
     "MAX_PAYLOAD_MB",
     "MockOptions",
 ]
@@ -21,6 +22,7 @@ DEFAULT_RETRY_AFTER = 1.0  # seconds, the Retry-After of a 429 that does not nam
 DEFAULT_HANG_SECONDS = 3600.0  # far past any client timeout
 DEFAULT_LOG_LIMIT = 10_000  # received requests kept in the stats log
 MAX_PAYLOAD_MB = 256  # the largest payload_mb: noise is kept in memory
+MAX_IMAGE_PX = 4096  # the largest image_px
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -43,6 +45,7 @@ class MockOptions:
     require_key: str | None = field(default=None, repr=False)  # the only accepted bearer key
     moderation_words: Sequence[str] = ()  # a prompt with one of these gets moderation_blocked
     payload_mb: float | None = None  # pad images with noise to about this many MB (10**6 B)
+    image_px: int | None = None  # draw every image this many pixels square, whatever its size
     log_limit: int = DEFAULT_LOG_LIMIT  # received requests kept in the stats log
 
     def __post_init__(self) -> None:
@@ -57,6 +60,14 @@ class MockOptions:
         ):
             raise ValueError(
                 f"payload_mb must be above 0 and at most {MAX_PAYLOAD_MB}, not {self.payload_mb!r}"
+            )
+        if self.image_px is not None and not (
+            isinstance(self.image_px, int)
+            and not isinstance(self.image_px, bool)
+            and 1 <= self.image_px <= MAX_IMAGE_PX
+        ):
+            raise ValueError(
+                f"image_px must be a whole number from 1 to {MAX_IMAGE_PX}, not {self.image_px!r}"
             )
         if self.log_limit < 0:
             raise ValueError(f"log_limit must be >= 0, not {self.log_limit!r}")

@@ -1,0 +1,382 @@
+"""The CLI's terminal layer: logging handlers, live progress and the final summary.
+
+Only :mod:`pmock_batch.cli` uses this module; together they are the only code
+that writes to the terminal. Everything the engine reports goes through the
+stdlib ``logging`` module (logger ``pmock_batch``, with an ``event`` name and
+fields in each record's ``extra``), so library users can route it as they
+like; this module just renders it:
+
+* on a TTY, a live ``rich`` progress bar on stderr, with log lines above it;
+* without one (cron, CI, a pipe), plain lines with no control characters,
+  including a progress line every 10 s or every 5 % of the jobs;
+* with ``--log-format json``, the same events as JSON lines.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import IO, Any
+
+from rich import box
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from .config import RunConfig
+from .engine import Engine, RunObserver, Summary
+from .jobs import Job
+from .models import JobRecord
+
+__all__ = [
+    "SUMMARY_SCHEMA",
+    "Reporter",
+    "make_console",
+    "render_summary",
+    "setup_logging",
+    "summary_json",
+]
+
+SUMMARY_SCHEMA = "pmock-batch/summary/v1"
+PROGRESS_EVERY_S = 10.0
+PROGRESS_EVERY_FRACTION = 0.05
+MAX_LISTED_FAILURES = 20
+_STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
+
+
+def make_console(stream: IO[str], *, tty: bool | None = None) -> Console:
+    """A console for ``stream``: live and coloured on a TTY (unless NO_COLOR), plain otherwise."""
+    is_tty = stream.isatty() if tty is None else tty
+    if is_tty:
+        return Console(file=stream, force_terminal=True, highlight=False)
+    return Console(
+        file=stream, force_terminal=False, no_color=True, highlight=False, width=200, soft_wrap=True
+    )
+
+
+class _JsonFormatter(logging.Formatter):
+    """One JSON object per record: ts, level, event, message, and the record's fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "event": getattr(record, "event", "log"),
+            "message": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _STANDARD_ATTRS and key != "event":
+                data[key] = value
+        return json.dumps(data, ensure_ascii=False, default=str)
+
+
+class _TextFormatter(logging.Formatter):
+    """Plain text; with a UTC timestamp when not on a TTY, for cron mail and CI logs."""
+
+    def __init__(self, *, timestamps: bool) -> None:
+        super().__init__()
+        self.timestamps = timestamps
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = record.getMessage()
+        if record.levelno >= logging.WARNING and getattr(record, "event", None) != "job_failed":
+            text = f"{record.levelname.lower()}: {text}"
+        if self.timestamps:
+            stamp = datetime.fromtimestamp(record.created, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            text = f"{stamp} {text}"
+        return text
+
+
+class _ConsoleHandler(logging.Handler):
+    """Writes formatted records through the rich console, so a live bar stays intact."""
+
+    def __init__(self, console: Console) -> None:
+        super().__init__()
+        self.console = console
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.format(record)
+            if self.console.is_terminal:
+                self.console.print(text, markup=False, highlight=False, soft_wrap=True)
+            else:
+                self.console.file.write(text + "\n")
+                self.console.file.flush()
+        except Exception:  # logging must never break the run
+            self.handleError(record)
+
+
+def setup_logging(console: Console, *, quiet: bool, verbose: bool, fmt: str) -> None:
+    """Route the ``pmock_batch`` logger to ``console`` at the level the flags ask for."""
+    level = logging.ERROR if quiet else logging.DEBUG if verbose else logging.INFO
+    handler = _ConsoleHandler(console)
+    if fmt == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(_TextFormatter(timestamps=not console.is_terminal))
+    logger = logging.getLogger("pmock_batch")
+    logger.handlers[:] = [handler]
+    logger.setLevel(level)
+    logger.propagate = False
+
+
+class Reporter(RunObserver):
+    """Counts what the engine reports and shows it: a live bar, or periodic lines.
+
+    ``mode`` is ``"bar"`` (a TTY), ``"lines"`` (no TTY, or JSON logs) or
+    ``"none"`` (``--quiet``). The clock is injectable for tests.
+    """
+
+    def __init__(
+        self,
+        console: Console,
+        *,
+        total: int,
+        mode: str,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.console = console
+        self.total = total
+        self.mode = mode
+        self._clock = clock
+        self.started = clock()
+        self.done = self.ok = self.failed = self.skipped = 0
+        self.backing_off: set[str] = set()  # ids of jobs waiting to retry
+        self.images = 0
+        self._engine: Engine | None = None
+        self._last_line_at = self.started
+        self._last_line_done = 0
+        self._progress: Progress | None = None
+        self._task: TaskID | None = None
+        self._log = logging.getLogger("pmock_batch")
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def attach(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def start(self) -> None:
+        if self.mode != "bar":
+            return
+        self._progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[counts]}"),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=True,
+        )
+        self._task = self._progress.add_task("generating", total=self.total, counts="")
+        self._progress.start()
+        self._refresh()
+
+    def stop(self) -> None:
+        if self._progress is not None:
+            self._refresh()
+            self._progress.stop()
+            self._progress = None
+
+    # -- RunObserver -------------------------------------------------------
+
+    def job_done(self, record: JobRecord) -> None:
+        self.done += 1
+        if record.status == "ok":
+            self.ok += 1
+        elif record.status in ("failed", "invalid"):
+            self.failed += 1
+        self.images += len(record.files)
+        if record.id is not None:
+            self.backing_off.discard(record.id)
+        self.tick()
+
+    def job_skipped(self, job: Job) -> None:
+        self.done += 1
+        self.skipped += 1
+        self.tick()
+
+    def retrying(self, job_id: str, attempt: int, wait: float, reason: str) -> None:
+        self.backing_off.add(job_id)
+        self.tick()
+
+    # -- rendering ---------------------------------------------------------
+
+    @property
+    def images_per_minute(self) -> float:
+        elapsed = self._clock() - self.started
+        return self.images / elapsed * 60.0 if elapsed > 0 else 0.0
+
+    def eta_seconds(self) -> float | None:
+        worked = self.done - self.skipped
+        elapsed = self._clock() - self.started
+        if worked <= 0 or elapsed <= 0:
+            return None
+        return (self.total - self.done) / (worked / elapsed)
+
+    def status(self) -> str:
+        """A word on what the pool is doing now: paused, backing off, or generating."""
+        engine = self._engine
+        if engine is not None and engine.pacer.held:
+            left = engine.pacer.hold_until - engine.pacer._clock()
+            return f"paused by the rate limit ({left:.0f}s)"
+        if engine is not None and engine.stopping:
+            return "stopping"
+        if self.backing_off:
+            return f"backing off ({len(self.backing_off)} retrying)"
+        return "generating"
+
+    def counts(self) -> str:
+        return (
+            f"ok {self.ok}  failed {self.failed}  retrying {len(self.backing_off)}  "
+            f"skipped {self.skipped}  {self.images_per_minute:.1f} img/min"
+        )
+
+    def line(self) -> str:
+        """The plain progress line for logs."""
+        pct = 100.0 * self.done / self.total if self.total else 100.0
+        eta = self.eta_seconds()
+        eta_text = f", ETA {_duration(eta)}" if eta is not None and self.done < self.total else ""
+        return (
+            f"progress: {self.done}/{self.total} done ({pct:.0f}%), ok {self.ok}, "
+            f"failed {self.failed}, retrying {len(self.backing_off)}, skipped {self.skipped}, "
+            f"{self.images_per_minute:.1f} images/min{eta_text}; {self.status()}"
+        )
+
+    def tick(self) -> None:
+        """Called on every event and by a timer: refresh the bar or maybe print a line."""
+        if self.mode == "bar":
+            self._refresh()
+        elif self.mode == "lines":
+            now = self._clock()
+            step = max(1, int(self.total * PROGRESS_EVERY_FRACTION))
+            due_by_time = now - self._last_line_at >= PROGRESS_EVERY_S
+            due_by_count = self.done - self._last_line_done >= step
+            if (due_by_time and self.done < self.total) or due_by_count:
+                self._last_line_at, self._last_line_done = now, self.done
+                self._log.info(
+                    "%s",
+                    self.line(),
+                    extra={
+                        "event": "progress",
+                        "done": self.done,
+                        "total": self.total,
+                        "ok": self.ok,
+                        "failed": self.failed,
+                        "retrying": len(self.backing_off),
+                        "skipped": self.skipped,
+                        "images_per_minute": round(self.images_per_minute, 1),
+                    },
+                )
+
+    def _refresh(self) -> None:
+        if self._progress is not None and self._task is not None:
+            self._progress.update(
+                self._task, completed=self.done, description=self.status(), counts=self.counts()
+            )
+
+
+def _duration(seconds: float) -> str:
+    hours, rest = divmod(round(seconds), 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+def summary_json(summary: Summary, config: RunConfig, *, exit_code: int) -> dict[str, Any]:
+    """The summary for ``--json``: schema ``pmock-batch/summary/v1`` (see the README)."""
+    return {
+        "schema": SUMMARY_SCHEMA,
+        "exit_code": exit_code,
+        "jobs": {
+            "total": summary.jobs + summary.skipped,
+            "ok": summary.ok,
+            "failed": summary.failed,
+            "invalid": summary.invalid,
+            "not_run": summary.not_run,
+            "skipped": summary.skipped,
+        },
+        "failed_by_kind": dict(summary.failed_by_kind),
+        "images": summary.images,
+        "attempts": summary.attempts,
+        "retries": summary.retries,
+        "ambiguous_retries": summary.ambiguous_retries,
+        "rate_limited": summary.rate_limited,
+        "elapsed_s": round(summary.elapsed_s, 3),
+        "images_per_minute": round(summary.images_per_minute, 2),
+        "usage": dict(summary.usage),
+        "out_dir": str(config.out_dir),
+        "manifest": str(config.manifest_path),
+        "report": str(config.out_dir / "report.html"),
+        "aborted": summary.aborted,
+        "interrupted": summary.interrupted,
+        "failures": [{"id": i, "message": m} for i, m in summary.failures],
+    }
+
+
+def render_summary(summary: Summary, config: RunConfig, console: Console) -> None:
+    """Print the final summary table, then the failures (at most 20, then a count)."""
+    tty = console.is_terminal
+    table = Table(
+        title="pmock-batch summary",
+        box=box.ROUNDED if tty else box.ASCII,
+        show_header=False,
+        title_justify="left",
+    )
+    table.add_column("what", style="bold" if tty else "")
+    table.add_column("value", overflow="fold")
+    total = summary.jobs + summary.skipped
+    table.add_row("jobs", f"{total}")
+    table.add_row("ok", f"{summary.ok}")
+    failed = f"{summary.failed}"
+    if summary.failed_by_kind:
+        kinds = ", ".join(f"{k} {v}" for k, v in summary.failed_by_kind.most_common())
+        failed += f" ({kinds})"
+    table.add_row("failed", failed)
+    if summary.invalid:
+        table.add_row("invalid", f"{summary.invalid}")
+    table.add_row("not run", f"{summary.not_run}")
+    table.add_row("skipped (already done)", f"{summary.skipped}")
+    attempts = f"{summary.attempts} ({summary.retries} retries, {summary.rate_limited} were 429s)"
+    table.add_row("attempts", attempts)
+    if summary.ambiguous_retries:
+        table.add_row(
+            "ambiguous retries",
+            f"{summary.ambiguous_retries} after timeouts: possibly billed twice",
+        )
+    table.add_row(
+        "time",
+        f"{summary.elapsed_s:.1f}s, {summary.images} images, "
+        f"{summary.images_per_minute:.1f} images/min",
+    )
+    if summary.usage:
+        table.add_row("usage", ", ".join(f"{k} {v:,}" for k, v in sorted(summary.usage.items())))
+    table.add_row("images", f"{config.out_dir}/")
+    table.add_row("manifest", str(config.manifest_path))
+    report = config.out_dir / "report.html"
+    if report.exists():
+        table.add_row("report", str(report))
+    if summary.aborted:
+        table.add_row("ABORTED", summary.aborted)
+    elif summary.interrupted:
+        table.add_row("INTERRUPTED", f"{summary.not_run} job(s) not run; run again to finish")
+    console.print(table)
+    if summary.failures:
+        console.print("Failures:", markup=False)
+        for job_id, message in summary.failures:
+            console.print(f"  {job_id}: {message}", markup=False, soft_wrap=True)
+        hidden = summary.failed + summary.invalid - len(summary.failures)
+        if hidden > 0:
+            console.print(f"  ... and {hidden} more (see the manifest)", markup=False)
