@@ -75,13 +75,13 @@ FULL = {
 }
 QUICK = {
     "reps": 3,
-    "hop_seconds": 0.15,
-    "large_count": 30,
+    "hop_seconds": 0.1,
+    "large_count": 20,
     "large_kib": 1536,
-    "small_count": 200,
+    "small_count": 150,
     "small_kib": 20,
     "busy_count": 8,
-    "records": 1000,
+    "records": 500,
 }
 
 

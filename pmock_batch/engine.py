@@ -55,6 +55,12 @@ async def commit(sink: ImageSink, out_dir: Path, relative: str) -> Path:
     return await sink.commit(out_dir, relative)
 
 
+def _reason(exc: BaseException | None) -> str:
+    if isinstance(exc, APIStatusError):
+        return f"HTTP {exc.status}: {exc}"
+    return f"{exc}" if exc is not None else "unknown"
+
+
 def _log_attempt(job_id: str, attempt: int, status: int, started: float) -> None:
     latency = time.monotonic() - started
     log.debug(
@@ -450,7 +456,7 @@ class Engine:
             state.retries += 1
             if isinstance(exc, APITimeoutError):
                 state.ambiguous += 1
-            reason = str(exc) if exc is not None else "unknown"
+            reason = _reason(exc)
             self.observer.retrying(job.id, retry_state.attempt_number, wait, reason)
             log.debug(
                 "%s: attempt %d failed (%s); retrying in %.1fs",

@@ -1,0 +1,271 @@
+"""Progress and logs: the TTY bar, plain lines for cron and CI, JSON logs, and the summaries."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pty
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import run_cli, write_jobs
+
+from pmock_batch.config import RunConfig
+from pmock_batch.engine import Summary
+from pmock_batch.mock import MockOptions
+from pmock_batch.models import ErrorRecord, JobRecord
+from pmock_batch.progress import SUMMARY_SCHEMA, Reporter, make_console, render_summary
+
+ROOT = Path(__file__).resolve().parent.parent
+KEY = "sk-progress-test-SECRET-1234567890"
+# C0 controls other than newline and tab, DEL and C1 controls: what a cron mail must not hold.
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+@pytest.fixture(autouse=True)
+def _env(monkeypatch, tmp_path):
+    monkeypatch.setenv("PMOCK_API_KEY", KEY)
+    monkeypatch.delenv("PMOCK_BASE_URL", raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
+def _mixed_jobs(path: Path) -> Path:
+    lines: list[object] = [{"id": f"ok{i}", "prompt": f"fine {i}"} for i in range(6)]
+    lines += [{"id": "bad", "prompt": "a forbidden thing"}, {"id": "flaky", "prompt": "flaky"}]
+    return write_jobs(path, lines)
+
+
+async def _server(make_mock):
+    return await make_mock(
+        MockOptions(moderation_words=("forbidden",), script={"flaky": ["500", "ok"]})
+    )
+
+
+async def test_non_tty_output_is_plain_lines_with_no_control_characters(
+    tmp_path, capsys, make_mock
+):
+    server = await _server(make_mock)
+    jobs = _mixed_jobs(tmp_path / "jobs.jsonl")
+    argv = [
+        str(jobs),
+        "--base-url",
+        server.base_url,
+        "--out",
+        str(tmp_path / "o"),
+        "--max-attempts",
+        "2",
+    ]
+    result = await run_cli(argv, capsys)
+    assert result.code == 1
+    assert not CONTROL.search(result.err), repr(result.err)
+    lines = result.err.splitlines()
+    progress = [line for line in lines if " progress: " in line]
+    assert progress and re.match(
+        r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ progress: \d+/8 done", progress[0]
+    )
+    failed = [line for line in lines if " FAILED " in line]
+    assert (
+        len(failed) == 1
+        and failed[0].endswith(
+            "FAILED bad: Your request was rejected by the safety system. "
+            "Your prompt may contain text that is not allowed by the safety system."
+        )
+        or "FAILED bad:" in failed[0]
+    )
+    assert "| failed                 | 1 (moderation 1)" in result.err
+    assert "| attempts               | 9 (1 retries, 0 were 429s)" in result.err
+    assert "Failures:" in result.err and "  bad: " in result.err
+    assert KEY not in result.err
+
+
+async def test_quiet_shows_errors_and_the_summary_only(tmp_path, capsys, make_mock):
+    server = await _server(make_mock)
+    jobs = _mixed_jobs(tmp_path / "jobs.jsonl")
+    argv = [str(jobs), "--base-url", server.base_url, "--out", str(tmp_path / "o"), "-q"]
+    result = await run_cli(argv, capsys)
+    assert result.code == 1
+    assert "progress:" not in result.err
+    assert "FAILED bad:" in result.err
+    assert "pmock-batch summary" in result.err
+
+
+async def test_verbose_logs_every_attempt_with_status_latency_and_wait(tmp_path, capsys, make_mock):
+    server = await _server(make_mock)
+    jobs = _mixed_jobs(tmp_path / "jobs.jsonl")
+    argv = [str(jobs), "--base-url", server.base_url, "--out", str(tmp_path / "o"), "-v"]
+    result = await run_cli(argv, capsys)
+    attempts = re.findall(r"(\S+): attempt (\d+): HTTP (\d+) in \d+\.\d\ds", result.err)
+    assert ("flaky", "1", "500") in attempts and ("flaky", "2", "200") in attempts
+    assert ("bad", "1", "400") in attempts
+    assert len(attempts) == server.stats.requests == 9
+    assert re.search(r"flaky: attempt 1 failed \(.*500.*\); retrying in \d+\.\ds", result.err)
+    assert KEY not in result.err and KEY[-10:] not in result.err
+
+
+async def test_log_format_json_gives_one_object_per_line(tmp_path, capsys, make_mock):
+    server = await _server(make_mock)
+    jobs = _mixed_jobs(tmp_path / "jobs.jsonl")
+    argv = [str(jobs), "--base-url", server.base_url, "--out", str(tmp_path / "o"), "-v"]
+    result = await run_cli([*argv, "--log-format", "json"], capsys)
+    events = []
+    for line in result.err.splitlines():
+        if line.startswith("{"):
+            events.append(json.loads(line))
+    kinds = {e["event"] for e in events}
+    assert {"attempt", "retry", "job_failed", "progress"} <= kinds
+    failed = next(e for e in events if e["event"] == "job_failed")
+    assert (
+        failed["job_id"] == "bad" and failed["kind"] == "moderation" and failed["level"] == "error"
+    )
+    attempt = next(e for e in events if e["event"] == "attempt")
+    assert {"ts", "job_id", "attempt", "http_status", "latency_s"} <= attempt.keys()
+    assert not CONTROL.search(result.err)
+
+
+async def test_json_summary_on_stdout_follows_the_schema(tmp_path, capsys, make_mock):
+    server = await _server(make_mock)
+    jobs = _mixed_jobs(tmp_path / "jobs.jsonl")
+    out = tmp_path / "o"
+    result = await run_cli(
+        [str(jobs), "--base-url", server.base_url, "--out", str(out), "--json"], capsys
+    )
+    data = json.loads(result.out)
+    assert data["schema"] == SUMMARY_SCHEMA
+    assert data["exit_code"] == result.code == 1
+    assert data["jobs"] == {
+        "total": 8,
+        "ok": 7,
+        "failed": 1,
+        "invalid": 0,
+        "not_run": 0,
+        "skipped": 0,
+    }
+    assert data["failed_by_kind"] == {"moderation": 1}
+    assert data["attempts"] == 9 and data["retries"] == 1 and data["rate_limited"] == 0
+    assert data["images"] == 7 and data["ambiguous_retries"] == 0
+    assert isinstance(data["elapsed_s"], float) and data["images_per_minute"] > 0
+    assert data["usage"]["total_tokens"] > 0
+    assert data["out_dir"] == str(out) and data["manifest"] == str(out / "manifest.jsonl")
+    assert data["aborted"] is None and data["interrupted"] is False
+    assert [f["id"] for f in data["failures"]] == ["bad"]
+    expected_keys = {
+        "schema", "exit_code", "jobs", "failed_by_kind", "images", "attempts", "retries",
+        "ambiguous_retries", "rate_limited", "elapsed_s", "images_per_minute", "usage",
+        "out_dir", "manifest", "report", "aborted", "interrupted", "failures",
+    }  # fmt: skip
+    assert set(data) == expected_keys
+    again = await run_cli(
+        [str(jobs), "--base-url", server.base_url, "--out", str(out), "--json"], capsys
+    )
+    assert json.loads(again.out)["jobs"]["skipped"] == 7
+
+
+def test_reporter_bar_on_a_terminal_shows_counts_and_pause():
+    buf = io.StringIO()
+    console = make_console(buf, tty=True)
+    console.width = 160
+    assert console.is_terminal
+    now = [0.0]
+    reporter = Reporter(console, total=4, mode="bar", clock=lambda: now[0])
+    reporter.start()
+    now[0] = 30.0
+    reporter.job_done(JobRecord(id="a", line=1, status="ok", files=[]))
+    reporter.retrying("b", 1, 2.0, "HTTP 500")
+    reporter.job_done(
+        JobRecord(id="c", line=3, status="failed", error=ErrorRecord(kind="server", message="x"))
+    )
+    assert reporter.status() == "backing off (1 retrying)"
+    assert reporter.counts().startswith("ok 1  failed 1  retrying 1  skipped 0")
+    reporter.stop()
+    assert "\x1b[" in buf.getvalue()  # a live display: cursor control
+    assert "2/4" in buf.getvalue()
+
+
+def test_reporter_lines_every_5_percent_or_10_seconds(caplog):
+    now = [0.0]
+    console = make_console(io.StringIO(), tty=False)
+    reporter = Reporter(console, total=1000, mode="lines", clock=lambda: now[0])
+    with caplog.at_level("INFO", logger="pmock_batch"):
+        for i in range(120):
+            reporter.job_done(JobRecord(id=f"j{i}", line=i, status="ok"))
+        count_lines = [r for r in caplog.records if r.event == "progress"]
+        assert [r.done for r in count_lines] == [50, 100]  # every 5 % of 1,000
+        now[0] = 9.9
+        reporter.tick()
+        now[0] = 10.5
+        reporter.tick()
+        timed = [r for r in caplog.records if r.event == "progress"]
+        assert [r.done for r in timed] == [50, 100, 120]  # and after 10 s of no line
+    assert "ETA" in timed[-1].getMessage()
+
+
+def test_summary_lists_at_most_20_failures_then_a_count(tmp_path):
+    summary = Summary()
+    for i in range(25):
+        summary.add(
+            JobRecord(
+                id=f"j{i}",
+                line=i,
+                status="failed",
+                error=ErrorRecord(kind="server", message="boom"),
+            )
+        )
+    buf = io.StringIO()
+    render_summary(summary, RunConfig(out_dir=tmp_path), make_console(buf, tty=False))
+    text = buf.getvalue()
+    assert text.count(": boom") == 20
+    assert "... and 5 more (see the manifest)" in text
+    assert not CONTROL.search(text)
+
+
+def test_tty_run_in_a_real_pty_draws_a_bar_and_no_color_is_honoured(tmp_path):
+    jobs = write_jobs(
+        tmp_path / "jobs.jsonl", [{"id": f"j{i}", "prompt": f"p {i}"} for i in range(6)]
+    )
+
+    def run(extra_env: dict[str, str]) -> str:
+        master, slave = pty.openpty()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PMOCK_")}
+        env.update(
+            {"PYTHONPATH": str(ROOT), "TERM": "xterm-256color", "COLUMNS": "120"}, **extra_env
+        )
+        env.pop("NO_COLOR", None) if "NO_COLOR" not in extra_env else None
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "pmock_batch",
+                str(jobs),
+                "--mock",
+                "--out",
+                str(tmp_path / "o"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=slave,
+            env=env,
+        )
+        os.close(slave)
+        chunks = []
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:
+                break
+            if not data:
+                break
+            chunks.append(data)
+        proc.wait(timeout=60)
+        os.close(master)
+        assert proc.returncode == 0
+        return b"".join(chunks).decode("utf-8", "replace")
+
+    colored = run({"FORCE_COLOR": "1"})
+    assert "\x1b[" in colored  # the live bar moves the cursor
+    assert "╭" in colored  # the rounded summary table
+    assert "progress:" not in colored  # no plain progress lines on a TTY
+    plain = run({"NO_COLOR": "1"})
+    assert not re.search(r"\x1b\[[0-9;]*3[0-9](;[0-9]+)*m", plain)  # no foreground colors
