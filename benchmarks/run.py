@@ -48,6 +48,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import version
@@ -266,16 +267,20 @@ class Mock:
 
     def warm(self, prompts: list[str], size: str) -> None:
         """Have the mock draw each distinct picture once, so no timed run pays for it."""
-        body = {"model": MODEL, "size": size}
-        for prompt in prompts:
+
+        def draw(prompt: str) -> None:
+            body = {"model": MODEL, "size": size, "prompt": prompt}
             while True:
                 try:
-                    self._call("POST", "/v1/images/generations", {**body, "prompt": prompt})
-                    break
+                    self._call("POST", "/v1/images/generations", body)
+                    return
                 except urllib.error.HTTPError as exc:
                     if exc.code != 429:
                         raise
                     time.sleep(float(exc.headers.get("Retry-After", "1")))
+
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(draw, prompts))
         self.reset()
 
     def cpu_s(self) -> float:
@@ -800,8 +805,16 @@ def report(results: list[Result], params: Params, started: datetime, seconds: fl
         "# pmock-batch vs. the plain openai-SDK script",
         "",
         f"Measured {started:%Y-%m-%d %H:%M} UTC at commit {commit()}, "
-        f"{params.reps} rep(s) per side{' (--quick: shrunk counts)' if params.quick else ''}; "
-        f"the whole run took {seconds / 60:.1f} min.",
+        f"{params.reps} rep(s) per side; the whole run took {seconds / 60:.1f} min.",
+        *(
+            [
+                "",
+                "**--quick: counts are shrunk for a smoke run, so the targets below are only "
+                "indicative; fixed costs such as start-up weigh far more than at full size.**",
+            ]
+            if params.quick
+            else []
+        ),
         "",
         *machine(),
         "",
