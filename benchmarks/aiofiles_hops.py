@@ -5,11 +5,12 @@ Every aiofiles call is one job handed to the event loop's default executor
 for the loop to pick up the result. This script measures, in one run:
 
 1. ``hop``: one ``await aiofiles.os.stat()`` with the loop idle and under load
-   (64 coroutines doing hops, and a thread decoding base64 as the engine's
-   decode workers do), in microseconds per hop.
+   (64 coroutines doing hops, and/or a thread decoding base64 as
+   ``decode_and_verify`` does, with or without hashing), in microseconds per hop.
 2. ``write``: writing N images three ways: (a) ``pmock_batch.output.write_atomic``
    as it is, (b) the same steps with many small aiofiles writes, (c) one
-   ``asyncio.to_thread`` call doing write, fsync and rename synchronously.
+   ``asyncio.to_thread`` call doing write, fsync and rename synchronously;
+   with the loop idle, and while a base64 thread runs.
 3. ``manifest``: appending N records with ``ManifestWriter.append`` against a
    plain synchronous write and flush per record, and one ``to_thread`` each.
 
@@ -601,9 +602,8 @@ async def bench_manifest(root: Path, args: argparse.Namespace) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0] if __doc__ else None,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--quick", action="store_true", help="small sizes: about 5 s")
+    parser.add_argument("--quick", action="store_true", help=f"small sizes, about 5 s: {QUICK}")
     parser.add_argument(
         "--only",
         choices=["hop", "write", "manifest"],
@@ -616,7 +616,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         help=f"seconds per hop run (default {FULL['hop_seconds']})",
     )
-    parser.add_argument("--load-coroutines", type=int, default=64, help="coroutines under load")
+    parser.add_argument(
+        "--load-coroutines",
+        type=int,
+        default=64,
+        help="coroutines under load (default %(default)s)",
+    )
     parser.add_argument(
         "--large-count", type=int, help=f"large images to write (default {FULL['large_count']})"
     )
@@ -639,14 +644,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=["verify", "decode"],
         default="verify",
         help="what the busy thread of 2.3 does: b64decode+sha256 like decode_and_verify, "
-        "or b64decode only (holds the GIL nearly all the time: the worst case)",
+        "or b64decode only (holds the GIL nearly all the time: the worst case); "
+        "default %(default)s",
     )
-    parser.add_argument("--chunk-kib", type=int, default=64, help="write size of variant b")
+    parser.add_argument(
+        "--chunk-kib", type=int, default=64, help="write size of variant b (default %(default)s)"
+    )
     parser.add_argument(
         "--writers",
         type=int,
         default=DEFAULT_CONCURRENCY,
-        help="concurrent image writers (the engine's default concurrency)",
+        help="concurrent image writers (default %(default)s, the engine's default concurrency)",
     )
     parser.add_argument(
         "--records", type=int, help=f"manifest records to append (default {FULL['records']})"

@@ -10,7 +10,6 @@ aiofiles with few, large calls (see ``benchmarks/aiofiles_hops.py``).
 
 from __future__ import annotations
 
-import base64
 import binascii
 import contextlib
 import hashlib
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import aiofiles
 import aiofiles.os
+import pybase64
 from aiofiles.threadpool.binary import AsyncBufferedIOBase
 from PIL import Image, UnidentifiedImageError
 
@@ -137,7 +137,7 @@ def verify_image(data: bytes) -> VerifiedImage:
 def decode_and_verify(b64: str) -> VerifiedImage:
     """Decode strict base64 and verify the image. Meant to run in a worker thread."""
     try:
-        data = base64.b64decode(b64, validate=True)
+        data = pybase64.b64decode(b64, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise InvalidResponseError(f"b64_json is not valid base64: {exc}") from exc
     return verify_image(data)
