@@ -5,7 +5,8 @@ mock-server``) as its own process on a free loopback port, then runs
 pmock-batch (A) and ``benchmarks/baseline.py`` (B) in turn, A B A B ..., for
 ``--reps`` repetitions. Each run is a fresh child process in a fresh output
 directory, measured from the outside: wall time around the child, and its
-user+sys CPU seconds and peak RSS from ``os.wait4``. The mock's counters are
+user+sys CPU seconds and peak RSS as GNU ``/usr/bin/time`` reports them (see
+:func:`run_child` for why not ``os.wait4`` directly). The mock's counters are
 zeroed (``POST /_mock/reset``) before each run and read (``GET /_mock/stats``)
 after it, for the requests and 429s the server saw. Jobs ok are counted as
 image files on disk, not taken from either tool's report.
@@ -39,6 +40,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -61,6 +63,7 @@ PYTHON = sys.executable
 BASELINE = HERE / "baseline.py"
 MODEL = "gpt-image-2"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+GNU_TIME = "/usr/bin/time"  # GNU time; on Debian/Ubuntu: apt-get install time
 CHILD_TIMEOUT = 1800.0  # seconds; a child still running then is killed and the run fails
 MB = 1024 * 1024  # peak RSS is reported in MiB
 OURS = "pmock-batch"
@@ -109,24 +112,44 @@ class Sample:
         return {**asdict(self), "cpu_s": round(self.cpu_s, 3)}
 
 
-def run_child(cmd: list[str], *, env: dict[str, str]) -> tuple[int, float, Any, str, str]:
-    """Run ``cmd`` to the end: (exit code, wall seconds, rusage, stdout, stderr)."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+@dataclass(frozen=True)
+class Usage:
+    user_s: float
+    sys_s: float
+    peak_rss_kb: int
+
+
+def run_child(cmd: list[str], *, env: dict[str, str]) -> tuple[int, float, Usage, str, str]:
+    """Run ``cmd`` to the end: (exit code, wall seconds, its CPU and peak RSS, stdout, stderr).
+
+    The child is started by GNU time, which forks it from its own tiny process and
+    reports its rusage. Taking ``ru_maxrss`` from our own ``wait4`` would be wrong:
+    Linux carries the high-water RSS of the process that forked over ``exec``, so
+    every child would look at least as big as this script.
+    """
+    with (
+        tempfile.TemporaryFile() as out,
+        tempfile.TemporaryFile() as err,
+        tempfile.NamedTemporaryFile("r", suffix=".time") as report,
+    ):
+        timed = [GNU_TIME, "-f", "%U %S %M", "-o", report.name, *cmd]
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, cwd=ROOT)
-        killer = threading.Timer(CHILD_TIMEOUT, proc.kill)
+        proc = subprocess.Popen(
+            timed, stdout=out, stderr=err, env=env, cwd=ROOT, start_new_session=True
+        )
+        killer = threading.Timer(CHILD_TIMEOUT, os.killpg, (proc.pid, signal.SIGKILL))
         killer.start()
         try:
-            _, status, usage = os.wait4(proc.pid, 0)
+            code = proc.wait()
         finally:
             killer.cancel()
         wall = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        user, system, rss = report.read().strip().splitlines()[-1].split()
         out.seek(0)
         err.seek(0)
         stdout = out.read().decode("utf-8", "replace")
         stderr = err.read().decode("utf-8", "replace")
-    return proc.returncode, wall, usage, stdout, stderr
+    return code, wall, Usage(float(user), float(system), int(rss)), stdout, stderr
 
 
 def child_env() -> dict[str, str]:
@@ -380,9 +403,9 @@ class Runner:
             jobs=njobs,
             exit_code=code,
             wall_s=round(wall, 3),
-            user_s=round(usage.ru_utime, 3),
-            sys_s=round(usage.ru_stime, 3),
-            peak_rss_mb=round(usage.ru_maxrss * 1024 / MB, 1),
+            user_s=round(usage.user_s, 3),
+            sys_s=round(usage.sys_s, 3),
+            peak_rss_mb=round(usage.peak_rss_kb * 1024 / MB, 1),
             files_ok=count_images(out),
             requests=int(stats["requests"]),
             r429=int(stats["outcomes"].get("429", 0)),
@@ -800,11 +823,13 @@ def commit() -> str:
     return head + (" plus uncommitted changes in pmock_batch/" if dirty else "")
 
 
-def report(results: list[Result], params: Params, started: datetime, seconds: float) -> str:
+def report(
+    results: list[Result], params: Params, started: datetime, seconds: float, commits: str
+) -> str:
     parts = [
         "# pmock-batch vs. the plain openai-SDK script",
         "",
-        f"Measured {started:%Y-%m-%d %H:%M} UTC at commit {commit()}, "
+        f"Measured {started:%Y-%m-%d %H:%M} UTC at commit {commits}, "
         f"{params.reps} rep(s) per side; the whole run took {seconds / 60:.1f} min.",
         *(
             [
@@ -865,6 +890,8 @@ def main() -> int:
     )
     args = parser.parse_args()
     params = Params(reps=args.reps or (1 if args.quick else 3), quick=args.quick)
+    if not os.access(GNU_TIME, os.X_OK):
+        parser.error(f"{GNU_TIME} (GNU time) is needed; on Debian/Ubuntu: apt-get install time")
     chosen = args.scenario or list(SCENARIOS)
     runs: dict[str, Callable[[], Result]] = {
         "rate-limited": lambda: rate_limited(params),
@@ -875,6 +902,7 @@ def main() -> int:
         "resume": lambda: resume(params),
     }
     started = datetime.now(UTC)
+    first_commit = commit()
     t0 = time.perf_counter()
     results = []
     for name in SCENARIOS:
@@ -885,13 +913,14 @@ def main() -> int:
         result = runs[name]()
         result.seconds = time.perf_counter() - t
         results.append(result)
-    text = report(results, params, started, time.perf_counter() - t0)
+    commits = first_commit if commit() == first_commit else f"{first_commit} -> {commit()}"
+    text = report(results, params, started, time.perf_counter() - t0, commits)
     print(text)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text, encoding="utf-8")
     raw = {
         "started": started.isoformat(),
-        "commit": commit(),
+        "commit": commits,
         "params": asdict(params),
         "scenarios": {
             r.name: {

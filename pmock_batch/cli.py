@@ -37,11 +37,13 @@ from .config import (
 from .engine import Engine, Summary, run_batch
 from .errors import LockedError, UsageError
 from .jobs import Defaults, Job, ScanResult, iter_jobs, scan
+from .lock import run_lock
 from .mock import MockOptions, MockServer, serve
 from .mock.faults import load_script, parse_fault_rates, parse_script
 from .models import BACKGROUNDS, FORMATS, MODERATIONS, QUALITIES, SIZES
 from .output import EXTENSIONS
 from .progress import Reporter, make_console, render_summary, setup_logging, summary_json
+from .report import write_report
 from .resume import DoneIndex
 from .retry import DEFAULT_MAX_RETRY_WAIT, RetryPolicy
 
@@ -62,7 +64,6 @@ EXIT_ABORTED = 3
 EXIT_LOCKED = 4
 EXIT_INTERRUPTED = 130
 
-SUBCOMMANDS = ("mock-server", "validate")
 MAX_PLAN_FILES = 50
 
 log = logging.getLogger("pmock_batch")
@@ -116,9 +117,11 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Turn a JSONL file of prompts into images on disk, with a manifest.",
         epilog=(
             "other commands: 'pmock-batch validate JOBS' checks a job file; "
+            "'pmock-batch report OUT' regenerates OUT/report.html; "
             "'pmock-batch mock-server' runs the built-in mock server. "
             "Exit codes: 0 all ok, 1 some jobs not ok, 2 usage error or invalid job file, "
-            "3 run aborted (bad key, wrong URL, no quota), 130 interrupted."
+            "3 run aborted (bad key, wrong URL, no quota, disk full), 4 output directory "
+            "locked by another run, 130 interrupted."
         ),
     )
     parser.add_argument("--version", action="version", version=f"pmock-batch {__version__}")
@@ -574,6 +577,34 @@ def _validate_command(argv: Sequence[str]) -> int:
     return EXIT_OK
 
 
+def _report_command(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="pmock-batch report",
+        description="Regenerate OUT/report.html from OUT/manifest.jsonl alone.",
+    )
+    parser.add_argument("out", type=Path, metavar="OUT", help="the output directory of a run")
+    parser.add_argument(
+        "--thumbnails",
+        action="store_true",
+        help="also make small JPEG thumbnails under OUT/.thumbs/ (default: full images, lazily)",
+    )
+    args = parser.parse_args(argv)
+    if not (args.out / MANIFEST_NAME).is_file():
+        _err(f"pmock-batch report: error: no {MANIFEST_NAME} in {args.out}")
+        return EXIT_USAGE
+    try:
+        with run_lock(args.out):
+            path = write_report(args.out, thumbnails=args.thumbnails)
+    except LockedError as exc:
+        _err(f"pmock-batch report: {exc}")
+        return EXIT_LOCKED
+    except (UsageError, OSError, ValueError) as exc:
+        _err(f"pmock-batch report: error: {exc}")
+        return EXIT_USAGE
+    _err(f"Wrote {path}")
+    return EXIT_OK
+
+
 def _mock_server_command(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="pmock-batch mock-server",
@@ -605,6 +636,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _mock_server_command(args[1:])
         if args and args[0] == "validate":
             return _validate_command(args[1:])
+        if args and args[0] == "report":
+            return _report_command(args[1:])
         return _main_command(args)
     except SystemExit as exc:  # argparse: --help exits 0, a bad flag exits 2
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE

@@ -38,6 +38,7 @@ from .manifest import ManifestWriter, compact
 from .models import ErrorRecord, FileRecord, JobRecord, JobStatus
 from .output import ImageInfo, ImageSink, decode_and_verify, remove_stray_temps
 from .pacing import Pacer
+from .report import write_report
 from .resume import DoneIndex
 from .retry import Decision, RetryPolicy, classify, server_wait
 
@@ -590,4 +591,12 @@ async def run_batch(
                 on_engine(engine)
             summary = await engine.run(jobs)
         await asyncio.to_thread(compact, config.manifest_path, engine.skipped_lines)
+        try:
+            await asyncio.to_thread(write_report, config.out_dir)
+        except (OSError, PmockBatchError, ValueError) as exc:  # the images matter more
+            log.warning(
+                "could not write the report: %s",
+                exc,
+                extra={"event": "warning", "reason": str(exc)},
+            )
     return summary

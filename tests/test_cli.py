@@ -457,3 +457,27 @@ def test_sigint_exits_130_with_consistent_manifest(tmp_path):
     for r in done:
         assert open_image(out / r["files"][0]["path"]).size == (1024, 1024)
     assert not list(out.rglob("*.pmock-tmp"))
+
+
+async def test_every_run_writes_a_report_and_report_regenerates_it(tmp_path, capsys):
+    out = tmp_path / "o"
+    jobs = write_jobs(tmp_path / "jobs.jsonl", [{"id": "a/b", "prompt": "a <b> & c"}])
+    result = await run_cli([str(jobs), "--mock", "--out", str(out)], capsys)
+    assert result.code == 0
+    report = out / "report.html"
+    html = report.read_text()
+    assert 'data-id="a/b"' in html and "a &lt;b&gt; &amp; c" in html
+    assert f"| report                 | {report}" in result.err
+    report.unlink()
+    again = await run_cli(["report", str(out)], capsys)
+    assert again.code == 0
+
+    def undated(text: str) -> str:
+        return re.sub(r"\d{4}-\d\d-\d\d[T ][0-9:.]+(\+00:00| UTC)?", "", text)
+
+    assert undated(report.read_text()) == undated(html)
+    assert (await run_cli(["report", str(tmp_path / "nowhere")], capsys)).code == 2
+    from pmock_batch.lock import run_lock
+
+    with run_lock(out):
+        assert (await run_cli(["report", str(out)], capsys)).code == 4
