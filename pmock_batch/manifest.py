@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from aiofiles.threadpool.text import AsyncTextIOWrapper
 
 from .models import JobRecord
 
-__all__ = ["ManifestWriter", "compact", "read_records"]
+__all__ = ["ManifestWriter", "compact", "latest_records", "read_records"]
 
 
 class ManifestWriter:
@@ -90,34 +91,64 @@ def read_records(path: Path) -> Iterator[JobRecord]:
             yield JobRecord.model_validate(data)
 
 
-def compact(path: Path, current_lines: Mapping[str, int] | None = None) -> None:
-    """Rewrite the log as one line per job (its latest record), sorted by input line.
+@dataclass(frozen=True, slots=True, order=True)
+class _Entry:
+    """Where a job's latest record sits in the log: enough to read it back, nothing more."""
 
-    ``current_lines`` gives the line number, in the job file as it is now, of
-    jobs this run skipped as already done; their records get that line.
-    Memory stays small: only byte offsets are kept per job, never whole records.
-    Records of ids no longer in the job file are kept, in their old line order.
+    line: int
+    offset: int
+    length: int
+    key: str
+
+
+def _latest_entries(path: Path, moved: Mapping[str, int]) -> list[_Entry]:
+    """Each job's latest record, as byte offsets, sorted by input line.
+
+    Memory stays small: only offsets are kept per job, never whole records.
     """
-    moved = current_lines or {}
-    if not path.exists():
-        return
-    latest: dict[str, tuple[int, int, int, bool]] = {}  # key -> (line, offset, length, moved)
+    latest: dict[str, _Entry] = {}
     for offset, raw in _raw_lines(path):
         data = _load(raw)
         if data is None:
             continue
         key = str(data.get("id")) if data.get("id") is not None else f"#line{data.get('line')}"
         line = moved.get(key, data.get("line"))
-        latest[key] = (line if isinstance(line, int) else 0, offset, len(raw), key in moved)
-    ordered = sorted(latest.values())
+        latest[key] = _Entry(line if isinstance(line, int) else 0, offset, len(raw), key)
+    return sorted(latest.values())
+
+
+def latest_records(path: Path) -> Iterator[JobRecord]:
+    """The latest record of every job, in input-line order, read one at a time."""
+    if not path.exists():
+        return
+    entries = _latest_entries(path, {})
+    with path.open("rb") as src:
+        for entry in entries:
+            src.seek(entry.offset)
+            data = _load(src.read(entry.length))
+            if data is not None:
+                yield JobRecord.model_validate(data)
+
+
+def compact(path: Path, current_lines: Mapping[str, int] | None = None) -> None:
+    """Rewrite the log as one line per job (its latest record), sorted by input line.
+
+    ``current_lines`` gives the line number, in the job file as it is now, of
+    jobs this run skipped as already done; their records get that line.
+    Records of ids no longer in the job file are kept, in their old line order.
+    """
+    moved = current_lines or {}
+    if not path.exists():
+        return
+    entries = _latest_entries(path, moved)
     tmp = path.with_name(f".{path.name}.compact.tmp")
     with path.open("rb") as src, tmp.open("wb") as dst:
-        for line, offset, length, was_moved in ordered:
-            src.seek(offset)
-            chunk = src.read(length)
-            data = _load(chunk) if was_moved else None
-            if data is not None and data.get("line") != line:
-                data["line"] = line
+        for entry in entries:
+            src.seek(entry.offset)
+            chunk = src.read(entry.length)
+            data = _load(chunk) if entry.key in moved else None
+            if data is not None and data.get("line") != entry.line:
+                data["line"] = entry.line
                 chunk = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
             dst.write(chunk if chunk.endswith(b"\n") else chunk + b"\n")
         dst.flush()

@@ -22,7 +22,7 @@ import contextlib
 import hashlib
 import os
 import secrets
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from html import escape
@@ -34,7 +34,7 @@ from PIL import Image
 
 from .config import MANIFEST_NAME
 from .errors import UsageError
-from .manifest import read_records
+from .manifest import latest_records
 from .models import FileRecord, JobRecord
 from .output import TMP_SUFFIX
 
@@ -60,19 +60,6 @@ STATUS_LABELS = {"ok": "ok", "failed": "failed", "invalid": "invalid", "not_run"
 
 
 # -- reading the manifest ------------------------------------------------------
-
-
-def _key(record: JobRecord) -> str:
-    """A job's identity in the manifest, as :func:`pmock_batch.manifest.compact` keys it."""
-    return record.id if record.id is not None else f"#line{record.line}"
-
-
-def latest_records(manifest: Path) -> list[JobRecord]:
-    """The latest record of every job in ``manifest``, in input-line order."""
-    latest: dict[str, JobRecord] = {}
-    for record in read_records(manifest):
-        latest[_key(record)] = record
-    return sorted(latest.values(), key=lambda r: (r.line, _key(r)))
 
 
 # -- the summary -----------------------------------------------------------------
@@ -112,8 +99,8 @@ def _timestamp(text: str | None) -> datetime | None:
 def summarize(records: Iterable[JobRecord]) -> ReportSummary:
     """Counts, attempts, times and usage totals over ``records``."""
     summary = ReportSummary()
-    starts: list[datetime] = []
-    ends: list[datetime] = []
+    first: datetime | None = None
+    last: datetime | None = None
     for record in records:
         summary.jobs += 1
         summary.statuses[record.status] = summary.statuses.get(record.status, 0) + 1
@@ -127,13 +114,14 @@ def summarize(records: Iterable[JobRecord]) -> ReportSummary:
         for key, value in (record.usage or {}).items():
             if isinstance(value, int | float) and not isinstance(value, bool):
                 summary.usage[key] = summary.usage.get(key, 0) + value
-        if (start := _timestamp(record.started_at)) is not None:
-            starts.append(start)
-        if (end := _timestamp(record.finished_at)) is not None:
-            ends.append(end)
-    if starts and ends:
         with contextlib.suppress(TypeError):  # naive and aware timestamps mixed
-            summary.wall_seconds = max(0.0, (max(ends) - min(starts)).total_seconds())
+            if (start := _timestamp(record.started_at)) is not None:
+                first = start if first is None else min(first, start)
+            if (end := _timestamp(record.finished_at)) is not None:
+                last = end if last is None else max(last, end)
+    if first is not None and last is not None:
+        with contextlib.suppress(TypeError):
+            summary.wall_seconds = max(0.0, (last - first).total_seconds())
     return summary
 
 
@@ -517,9 +505,16 @@ def render_report(
     file's manifest path to the relative URL of its thumbnail; files without
     one are shown full size, lazily.
     """
-    summary = summarize(records)
-    cards = "\n".join(_card(record, thumbs or {}) for record in records)
-    return (
+    thumbs = thumbs or {}
+    cards = (_card(record, thumbs) for record in records)
+    return "".join(_page(summarize(records), cards, name=name, generated_at=generated_at))
+
+
+def _page(
+    summary: ReportSummary, cards: Iterable[str], *, name: str, generated_at: datetime
+) -> Iterator[str]:
+    """The page in pieces, so that a 100,000-job report never sits in memory whole."""
+    yield (
         "<!DOCTYPE html>\n"
         '<html lang="en"><head><meta charset="utf-8">'
         f'<meta http-equiv="Content-Security-Policy" content="{_e(_CSP)}">'
@@ -528,7 +523,12 @@ def render_report(
         f"<title>pmock-batch report · {_e(name)}</title>"
         f"<style>{_CSS}</style></head>\n<body>"
         f"{_header(summary, name, generated_at)}{_toolbar(summary)}\n"
-        f'<main class="grid" id="cards">\n{cards}\n</main>'
+        '<main class="grid" id="cards">\n'
+    )
+    for card in cards:
+        yield card + "\n"
+    yield (
+        "</main>"
         '<p class="empty-state" id="empty" hidden>No jobs match.</p>'
         f"<script>{_JS}</script></body></html>\n"
     )
@@ -578,11 +578,12 @@ def _thumbnail(out_dir: Path, file: FileRecord) -> str | None:
 # -- writing -----------------------------------------------------------------------
 
 
-def _write_atomic(target: Path, text: str) -> None:
+def _write_atomic(target: Path, parts: Iterable[str]) -> None:
     tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}{TMP_SUFFIX}")
     try:
         with tmp.open("w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
+            for part in parts:
+                fh.write(part)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, target)
@@ -605,16 +606,18 @@ def write_report(out_dir: Path, *, thumbnails: bool = False) -> Path:
     manifest = out_dir / MANIFEST_NAME
     if not manifest.is_file():
         raise UsageError(f"no manifest at {manifest}: nothing to report")
-    records = latest_records(manifest)
-    thumbs: dict[str, str] = {}
-    if thumbnails:
-        for record in records:
-            for file in record.files if record.status == "ok" else ():
+    summary = summarize(latest_records(manifest))  # a first pass: the header needs totals
+
+    def cards() -> Iterator[str]:
+        for record in latest_records(manifest):  # a second pass, one record at a time
+            thumbs: dict[str, str] = {}
+            for file in record.files if thumbnails and record.status == "ok" else ():
                 url = _thumbnail(out_dir, file)
                 if url is not None:
                     thumbs[file.path] = url
+            yield _card(record, thumbs)
+
     name = out_dir.resolve().name or str(out_dir)
-    page = render_report(records, name=name, generated_at=datetime.now(UTC), thumbs=thumbs)
     target = out_dir / REPORT_NAME
-    _write_atomic(target, page)
+    _write_atomic(target, _page(summary, cards(), name=name, generated_at=datetime.now(UTC)))
     return target
