@@ -133,7 +133,9 @@ def _build_parser() -> argparse.ArgumentParser:
         help="run the valid lines, record invalid ones in the manifest, exit 1 (default: off)",
     )
     inp.add_argument(
-        "--dry-run", action="store_true", help="validate and print the plan; send nothing"
+        "--dry-run",
+        action="store_true",
+        help="validate and print the plan; send nothing (default: off)",
     )
     inp.add_argument(
         "--force",
@@ -155,7 +157,7 @@ def _build_parser() -> argparse.ArgumentParser:
     end.add_argument(
         "--mock",
         action="store_true",
-        help="run against a built-in mock server on loopback: offline, no key needed",
+        help="run against a built-in mock server on loopback: offline, no key (default: off)",
     )
     end.add_argument(
         "--field-case",
@@ -308,16 +310,33 @@ def _add_mock_options(parser: argparse.ArgumentParser, *, prefix: str, title: st
         metavar="S",
         help="Retry-After of a 429 fault (default: 1)",
     )
-    add("rpm", type=_positive_int, default=None, metavar="N", help="requests-per-minute limit")
-    add("require-key", default=None, metavar="KEY", help="answer 401 unless this bearer key")
+    add(
+        "rpm",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="requests-per-minute limit (default: none)",
+    )
+    add(
+        "require-key",
+        default=None,
+        metavar="KEY",
+        help="answer 401 unless this bearer key (default: none)",
+    )
     add(
         "moderation-word",
         action="append",
         default=[],
         metavar="WORD",
-        help="prompts with this word get moderation_blocked; repeatable",
+        help="prompts with this word get moderation_blocked; repeatable (default: none)",
     )
-    add("payload-mb", type=_positive_float, default=None, metavar="MB", help="pad images to ~MB")
+    add(
+        "payload-mb",
+        type=_positive_float,
+        default=None,
+        metavar="MB",
+        help="pad images to ~MB (default: off)",
+    )
     add(
         "revised-prompt",
         action="store_true",
@@ -358,7 +377,7 @@ def _print_problems(result: ScanResult) -> None:
     for problem in result.problems:
         _err(str(problem))
     shown = len(result.problems)
-    total = sum(m.message.count("; ") + 1 for m in result.invalid.values())
+    total = result.problem_count
     if total > shown:
         _err(f"... and {total - shown} more problem(s)")
     _err(f"{result.file}: {len(result.invalid)} invalid line(s); nothing was sent.")
@@ -551,6 +570,12 @@ def _main_command(argv: Sequence[str]) -> int:
     except LockedError as exc:
         _err(f"pmock-batch: {exc}")
         return EXIT_LOCKED
+    except OSError as exc:  # the output directory itself is unusable
+        _err(
+            f"pmock-batch: run aborted: cannot use the output directory {config.out_dir}: "
+            f"{exc}. Check that it is a writable directory with free space."
+        )
+        return EXIT_ABORTED
     code = _exit_code(summary)
     render_summary(summary, config, console)
     if args.json:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -55,9 +56,23 @@ def redact(text: str, secret: str | None) -> str:
     if not secret:
         return text
     text = text.replace(secret, "[redacted]")
-    if len(secret) > 12:  # servers often echo a prefix and suffix: "sk-abc...wxyz"
-        text = text.replace(secret[:8], "[redacted]").replace(secret[-4:], "[redacted]")
+    if len(secret) > 12:
+        # Servers echo a key's ends: "sk-abc123**********wxyz" or "sk-abc12...wxyz".
+        text = re.sub(re.escape(secret[:8]) + r"\S*", "[redacted]", text)
+        text = re.sub(r"[*.\u2026]{3,}" + re.escape(secret[-4:]), "[redacted]", text)
     return text
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes:
+    """Read a body up to ``cap`` bytes, however it is split into packets."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(_STREAM_CHUNK):
+        chunks.append(chunk[: cap - size])
+        size += len(chunk)
+        if size >= cap:
+            break
+    return b"".join(chunks)
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +195,7 @@ class ImagesClient:
             async with self.session.post(cfg.endpoint, json=body, headers=self._auth) as resp:
                 status, headers = resp.status, dict(resp.headers)
                 if status >= 300:
-                    raw = await resp.content.read(_MAX_ERROR_BODY)
+                    raw = await _read_capped(resp, _MAX_ERROR_BODY)
                 elif sink is None:
                     raw = await resp.read()
                 else:
@@ -197,7 +212,10 @@ class ImagesClient:
 
     async def download(self, url: str, sink: BodySink) -> None:
         """Stream an image the server returned as a URL (http or https only) into ``sink``."""
-        scheme = urlsplit(url).scheme.lower()
+        try:
+            scheme = urlsplit(url).scheme.lower()
+        except ValueError as exc:
+            raise InvalidResponseError(f"the image URL is malformed: {exc}") from exc
         if scheme not in ("http", "https"):
             raise InvalidResponseError(f"refusing to download an image URL with scheme {scheme!r}")
         with _mapped("GET image URL", self._config.timeout):

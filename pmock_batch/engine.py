@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,6 +47,7 @@ __all__ = ["Engine", "RunObserver", "Summary", "error_record", "run_batch"]
 log = logging.getLogger("pmock_batch")
 
 MAX_LISTED_FAILURES = 20
+_RECORD_BATCH = 500  # records written per manifest write when recording leftovers
 
 Writer = Callable[[ImageSink, Path, str], Awaitable[Path]]
 
@@ -233,16 +234,23 @@ class Engine:
         self.verify = verify
         self.writer = writer
         self.skipped_lines: dict[str, int] = {}  # id -> current line, for jobs already done
+        self.keys: set[str] = set()  # every job of this file, as the manifest keys it
         if self.policy.sleep is None:
             self.policy.sleep = self._sleep
         self.pacer = pacer or Pacer(
-            rpm=config.rpm, burst=min(config.concurrency, 4), sleep=self._sleep
+            rpm=config.rpm,
+            burst=min(config.concurrency, 4),
+            sleep=self._sleep,
+            stopping=self._stopping.is_set,
         )
 
     async def _sleep(self, seconds: float) -> None:
-        """A retry wait that ends early when the run stops, so Ctrl-C is never ignored."""
+        """A wait that ends early when the run stops, so Ctrl-C is never ignored."""
+        if self._stopping.is_set():
+            return
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+            async with asyncio.timeout(seconds):
+                await self._stopping.wait()
 
     # -- control ---------------------------------------------------------
 
@@ -279,22 +287,17 @@ class Engine:
             for item in iterator:
                 if isinstance(item, InvalidLine):
                     await self._record(self._invalid_record(item))
+                elif await self._already_done(item):
+                    self._skip(item)
                 elif self.stopping:
                     await self._record(self._not_run_record(item))
                     break
-                elif await self._already_done(item):
-                    self._skip(item)
                 else:
                     await queue.put(item)
             for _ in workers:
                 await queue.put(None)
             await asyncio.gather(*workers)
-            # Whatever is left of the file was never dispatched.
-            for item in iterator:
-                if isinstance(item, InvalidLine):
-                    await self._record(self._invalid_record(item))
-                else:
-                    await self._record(self._not_run_record(item))
+            await self._record_leftovers(iterator)
         finally:
             for task in (*workers, *self._in_flight, watcher):
                 task.cancel()
@@ -308,11 +311,12 @@ class Engine:
         if self.verify:  # hashing files: off the event loop
             return await asyncio.to_thread(self.done.is_done, job, self.config.out_dir, verify=True)
         done = self.done.is_done(job, self.config.out_dir)
-        if len(self.skipped_lines) % 256 == 255:
+        if len(self.skipped_lines) % 64 == 63:
             await asyncio.sleep(0)  # a long run of skips must not starve jobs in flight
         return done
 
     def _skip(self, job: Job) -> None:
+        self.keys.add(job.id)
         self.summary.skipped += 1
         self.skipped_lines[job.id] = job.line
         self.observer.job_skipped(job)
@@ -343,7 +347,49 @@ class Engine:
             else:
                 await self._record(task.result())
 
+    async def _record_leftovers(self, iterator: Iterator[Job | InvalidLine]) -> None:
+        """Record what is left of the file after a stop: done jobs stay done, the rest not run.
+
+        Records are written in batches, so stopping a 100,000-line run is quick.
+        """
+        batch: list[JobRecord] = []
+        for item in iterator:
+            if isinstance(item, InvalidLine):
+                batch.append(self._invalid_record(item))
+            elif await self._already_done(item):
+                self._skip(item)
+            else:
+                batch.append(self._not_run_record(item))
+            if len(batch) >= _RECORD_BATCH:
+                await self._record_many(batch)
+                batch = []
+        await self._record_many(batch)
+
+    async def _record_many(self, records: list[JobRecord]) -> None:
+        if not records:
+            return
+        for record in records:
+            self._note(record)
+        try:
+            await self.manifest.append_many(records)
+        except OSError as exc:
+            self._manifest_failed(exc)
+
+    def _manifest_failed(self, exc: OSError) -> None:
+        self._abort(
+            OSError(exc.errno, f"cannot write the manifest {self.manifest.path}: {exc.strerror}")
+        )
+
     async def _record(self, record: JobRecord) -> None:
+        self._note(record)
+        try:
+            await self.manifest.append(record)
+        except OSError as exc:
+            self._manifest_failed(exc)
+
+    def _note(self, record: JobRecord) -> None:
+        """Count, log and show one finished record (its manifest line is written separately)."""
+        self.keys.add(record.id if record.id is not None else f"#line{record.line}")
         self.summary.add(record)
         if record.status in ("failed", "invalid") and record.error is not None:
             name = record.id or f"line {record.line}"
@@ -360,14 +406,6 @@ class Engine:
                     "kind": record.error.kind,
                     "http_status": record.error.status,
                 },
-            )
-        try:
-            await self.manifest.append(record)
-        except OSError as exc:
-            self._abort(
-                OSError(
-                    exc.errno, f"cannot write the manifest {self.manifest.path}: {exc.strerror}"
-                )
             )
         self.observer.job_done(record)
 
@@ -390,9 +428,11 @@ class Engine:
                 status = "not_run" if not files else "failed"
                 error = ErrorRecord(kind="not_run", message=self._abort_reason or "interrupted")
                 break
-            except (PmockBatchError, OSError) as exc:
+            except Exception as exc:  # a job's failure, even an unexpected one, is a record
                 if classify(exc) is Decision.ABORT:
                     self._abort(exc)
+                if not isinstance(exc, PmockBatchError | OSError):
+                    log.exception("%s: unexpected error", job.id, extra={"event": "internal"})
                 error = error_record(exc)
                 too_long = self.policy.wait_too_long(exc)
                 if too_long is not None:
@@ -489,7 +529,8 @@ class Engine:
                     if exc.status == 429:
                         state.rate_limited += 1
                         asked = server_wait(exc.headers)
-                        self.pacer.hold(1.0 if asked is None else asked, reason="HTTP 429")
+                        if self.policy.wait_too_long(exc) is None:  # else this job gives up
+                            self.pacer.hold(1.0 if asked is None else asked, reason="HTTP 429")
                     _log_attempt(job.id, state.count, exc.status, started)
                     raise
                 self.pacer.observe(result[1].headers)
@@ -590,7 +631,16 @@ async def run_batch(
             if on_engine is not None:
                 on_engine(engine)
             summary = await engine.run(jobs)
-        await asyncio.to_thread(compact, config.manifest_path, engine.skipped_lines)
+        try:
+            await asyncio.to_thread(
+                compact, config.manifest_path, engine.skipped_lines, keep=engine.keys
+            )
+        except OSError as exc:  # e.g. the disk is full: the log is still valid as it is
+            log.warning(
+                "could not compact the manifest (it stays a valid log): %s",
+                exc,
+                extra={"event": "warning", "reason": str(exc)},
+            )
         try:
             await asyncio.to_thread(write_report, config.out_dir)
         except (OSError, PmockBatchError, ValueError) as exc:  # the images matter more

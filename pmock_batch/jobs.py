@@ -101,6 +101,7 @@ class ScanResult:
     jobs: int = 0
     images: int = 0
     problems: list[Problem] = field(default_factory=list)  # the first few, for display
+    problem_count: int = 0  # all of them
     invalid: dict[int, InvalidLine] = field(default_factory=dict)  # by line number
     warnings: list[str] = field(default_factory=list)
 
@@ -244,6 +245,7 @@ def scan(path: Path, *, defaults: Defaults | None = None) -> ScanResult:
             job_id = parsed.id
             message = _join(parsed_problems)
             result.invalid[number] = InvalidLine(line=number, id=job_id, message=message)
+            result.problem_count += len(parsed_problems)
             for fld, msg in parsed_problems:
                 if len(result.problems) < MAX_REPORTED_PROBLEMS:
                     result.problems.append(Problem(str(path), number, fld, msg))

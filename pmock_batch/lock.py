@@ -24,7 +24,7 @@ def run_lock(out_dir: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``out_dir`` for the block; raise LockedError if taken."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Set
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,9 +44,13 @@ class ManifestWriter:
             self._fh = None
 
     async def append(self, record: JobRecord) -> None:
+        await self.append_many([record])
+
+    async def append_many(self, records: list[JobRecord]) -> None:
+        """Append records in one write and one flush."""
         if self._fh is None:
             raise RuntimeError("ManifestWriter is not open; use 'async with'")
-        await self._fh.write(record.model_dump_json() + "\n")
+        await self._fh.write("".join(r.model_dump_json() + "\n" for r in records))
         await self._fh.flush()
 
 
@@ -130,17 +134,25 @@ def latest_records(path: Path) -> Iterator[JobRecord]:
                 yield JobRecord.model_validate(data)
 
 
-def compact(path: Path, current_lines: Mapping[str, int] | None = None) -> None:
+def compact(
+    path: Path,
+    current_lines: Mapping[str, int] | None = None,
+    *,
+    keep: Set[str] | None = None,
+) -> None:
     """Rewrite the log as one line per job (its latest record), sorted by input line.
 
     ``current_lines`` gives the line number, in the job file as it is now, of
     jobs this run skipped as already done; their records get that line.
-    Records of ids no longer in the job file are kept, in their old line order.
+    ``keep``, when given, is every job of the job file as it is now: records
+    of other jobs (lines since removed, or whose id-less name changed) go.
     """
     moved = current_lines or {}
     if not path.exists():
         return
     entries = _latest_entries(path, moved)
+    if keep is not None:
+        entries = [entry for entry in entries if entry.key in keep]
     tmp = path.with_name(f".{path.name}.compact.tmp")
     with path.open("rb") as src, tmp.open("wb") as dst:
         for entry in entries:

@@ -40,6 +40,7 @@ __all__ = [
     "safe_path",
     "sniff_format",
     "verify_image",
+    "webp_size",
     "write_atomic",
 ]
 
@@ -112,6 +113,11 @@ def inspect_image(head: bytes, tail: bytes, size: int) -> tuple[str, int, int]:
         raise InvalidResponseError("the JPEG image is truncated (no end-of-image marker)")
     if fmt == "webp" and int.from_bytes(head[4:8], "little") + 8 > size:
         raise InvalidResponseError("the WebP image is truncated")
+    if fmt == "webp":  # Pillow's WebP decoder wants the whole file; the header is enough
+        dims = webp_size(head)
+        if dims is None:
+            raise InvalidResponseError("the webp image header is unreadable")
+        return fmt, dims[0], dims[1]
     try:
         with Image.open(io.BytesIO(head)) as img:  # reads the header only
             width, height = img.size
@@ -121,6 +127,26 @@ def inspect_image(head: bytes, tail: bytes, size: int) -> tuple[str, int, int]:
     if actual != fmt or width <= 0 or height <= 0:
         raise InvalidResponseError(f"the {fmt} image header is inconsistent")
     return fmt, width, height
+
+
+def webp_size(head: bytes) -> tuple[int, int] | None:
+    """Width and height from a WebP header (VP8, VP8L or VP8X), or None."""
+    if len(head) < 30:
+        return None
+    chunk = head[12:16]
+    if chunk == b"VP8X":
+        width = int.from_bytes(head[24:27], "little") + 1
+        height = int.from_bytes(head[27:30], "little") + 1
+    elif chunk == b"VP8 " and head[23:26] == b"\x9d\x01\x2a":
+        width = int.from_bytes(head[26:28], "little") & 0x3FFF
+        height = int.from_bytes(head[28:30], "little") & 0x3FFF
+    elif chunk == b"VP8L" and head[20] == 0x2F:
+        bits = int.from_bytes(head[21:25], "little")
+        width = (bits & 0x3FFF) + 1
+        height = ((bits >> 14) & 0x3FFF) + 1
+    else:
+        return None
+    return (width, height) if width > 0 and height > 0 else None
 
 
 def verify_image(data: bytes) -> VerifiedImage:

@@ -51,6 +51,8 @@ class Decision(enum.Enum):
 def classify(exc: BaseException) -> Decision:
     """Decide what a failed attempt means. Pure: it looks only at the exception."""
     if isinstance(exc, APIStatusError):
+        if exc.status == 404 and exc.code == "model_not_found":
+            return Decision.FAIL  # one job's model is wrong; the endpoint is fine
         if exc.status in ABORT_STATUSES:
             return Decision.ABORT
         if exc.status == 429 and exc.code == "insufficient_quota":

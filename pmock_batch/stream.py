@@ -31,6 +31,7 @@ __all__ = ["B64Decoder", "B64JsonScanner"]
 _KEY = b"b64_json"
 _ALPHABET = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
 _WHITESPACE = frozenset(b" \t\r\n")
+_HEX = frozenset(b"0123456789abcdefABCDEF")
 _SIMPLE_ESCAPES = {ord("/"): ord("/"), ord("n"): None, ord("r"): None, ord("t"): None}
 
 # Scanner states
@@ -78,26 +79,37 @@ class B64JsonScanner:
             raise InvalidResponseError("the response body ended inside the b64_json value")
 
     def _outside(self, chunk: bytes, i: int) -> int:
-        """Scan JSON text byte by byte (it is small) until the value opens."""
-        n = len(chunk)
+        """Scan JSON text until the value opens; keep it all in the remainder.
+
+        Strings are skipped with ``bytes.find``; only the few bytes between
+        them (punctuation, numbers, literals) are looked at one by one.
+        """
+        start, n = i, len(chunk)
         while i < n:
-            c = chunk[i]
-            self.remainder.append(c)
-            i += 1
             if self._in_string:
                 if self._escaped:
                     self._escaped = False
-                    self._string.append(c)
-                elif c == 0x5C:  # backslash
+                    self._keep(chunk[i : i + 1])
+                    i += 1
+                    continue
+                quote = chunk.find(b'"', i)
+                slash = chunk.find(b"\\", i)
+                stop = min(p for p in (quote, slash, n) if p >= 0)
+                self._keep(chunk[i:stop])
+                i = stop
+                if i == n:
+                    break
+                i += 1
+                if chunk[i - 1] == 0x5C:  # a backslash: the next byte is escaped
                     self._escaped = True
-                    self._string.append(c)
-                elif c == 0x22:  # closing quote
-                    self._in_string = False
-                    if self._state == _OUTSIDE and bytes(self._string) == _KEY:
-                        self._state = _AFTER_KEY
-                elif len(self._string) <= len(_KEY):
-                    self._string.append(c)
+                    self._keep(b"\\")
+                    continue
+                self._in_string = False  # the closing quote
+                if self._state == _OUTSIDE and bytes(self._string) == _KEY:
+                    self._state = _AFTER_KEY
                 continue
+            c = chunk[i]
+            i += 1
             if c in _WHITESPACE:
                 continue
             if self._state == _AFTER_KEY:
@@ -108,12 +120,19 @@ class B64JsonScanner:
                 if c == 0x22:
                     self._state = _IN_VALUE
                     self.found = True
-                    return i
+                    break
                 self._state = _OUTSIDE  # b64_json: null, or a number: not ours
             if c == 0x22:
                 self._in_string = True
                 self._string.clear()
+        self.remainder += chunk[start:i]
         return i
+
+    def _keep(self, data: bytes) -> None:
+        """Note a string's first bytes: enough to tell whether it is the key."""
+        room = len(_KEY) + 1 - len(self._string)
+        if room > 0:
+            self._string += data[:room]
 
     def _value(self, chunk: bytes, i: int) -> tuple[bytes, int]:
         """Take base64 text from ``chunk[i:]`` up to the closing quote."""
@@ -156,10 +175,10 @@ class B64JsonScanner:
             raise InvalidResponseError(f"unexpected escape \\{chr(kind)} inside the b64_json value")
         if len(self._pending) < 6:
             return i
-        try:
-            code = int(self._pending[2:6], 16)
-        except ValueError:
-            raise InvalidResponseError("bad \\u escape inside the b64_json value") from None
+        digits = bytes(self._pending[2:6])
+        if not all(c in _HEX for c in digits):
+            raise InvalidResponseError("bad \\u escape inside the b64_json value")
+        code = int(digits, 16)
         self._pending.clear()
         if code in _ALPHABET:
             out.append(code)

@@ -53,6 +53,27 @@ def by_id(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {r["id"]: r for r in records}
 
 
+class Clock:
+    """A fake clock whose sleep moves time forward instead of waiting."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+    async def sleep(self, seconds: float) -> None:
+        """Virtual time: yield first, so sleepers that start together end together."""
+        self.sleeps.append(seconds)
+        target = self.now + seconds
+        await asyncio.sleep(0)
+        self.now = max(self.now, target)
+
+
 def open_image(path: Path) -> Image.Image:
     """Open and fully decode an image file (so a truncated file fails here)."""
     img = Image.open(io.BytesIO(path.read_bytes()))

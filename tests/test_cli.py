@@ -481,3 +481,25 @@ async def test_every_run_writes_a_report_and_report_regenerates_it(tmp_path, cap
 
     with run_lock(out):
         assert (await run_cli(["report", str(out)], capsys)).code == 4
+
+
+async def test_wrong_base_url_aborts_with_exit_3(tmp_path, capsys, make_mock, monkeypatch):
+    server = await make_mock(MockOptions())
+    monkeypatch.setenv("PMOCK_API_KEY", KEY)
+    jobs = write_jobs(
+        tmp_path / "jobs.jsonl", [{"id": f"j{i}", "prompt": f"p{i}"} for i in range(20)]
+    )
+    argv = [str(jobs), "--base-url", server.url + "/wrong/v1", "--out", str(tmp_path / "o")]
+    result = await run_cli([*argv, "--concurrency", "2"], capsys)
+    assert result.code == 3
+    assert "was not found (HTTP 404" in result.err and "check --base-url" in result.err
+    assert server.stats.requests == 0  # the generation route never saw a request
+
+
+async def test_an_unusable_output_directory_exits_3(tmp_path, capsys):
+    (tmp_path / "afile").write_text("not a directory")
+    jobs = write_jobs(tmp_path / "jobs.jsonl", [{"prompt": "a"}])
+    result = await run_cli([str(jobs), "--mock", "--out", str(tmp_path / "afile" / "sub")], capsys)
+    assert result.code == 3
+    assert "cannot use the output directory" in result.err
+    assert "Traceback" not in result.err

@@ -7,12 +7,13 @@ import random
 from pathlib import Path
 
 import pytest
-from helpers import by_id, open_image, read_manifest, write_jobs
+from helpers import Clock, by_id, open_image, read_manifest, write_jobs
 
 from pmock_batch.config import RunConfig
 from pmock_batch.engine import Engine, RunObserver, run_batch
 from pmock_batch.jobs import iter_jobs, scan
 from pmock_batch.mock import MockOptions
+from pmock_batch.pacing import Pacer
 from pmock_batch.retry import RetryPolicy
 
 
@@ -41,10 +42,12 @@ def _config(tmp_path: Path, base_url: str, **kwargs) -> RunConfig:
 async def _run(tmp_path, server, lines, *, policy=None, **config):
     sleep = FakeSleep()
     policy = policy or RetryPolicy(max_attempts=6, sleep=sleep, rng=random.Random(1))
+    clock = Clock()  # the pacer's holds after a 429 pass on a fake clock, not for real
     summary = await run_batch(
         _config(tmp_path, server.base_url, **config),
         _jobs(tmp_path / "jobs.jsonl", lines),
         policy=policy,
+        pacer=Pacer(clock=clock, sleep=clock.sleep),
     )
     return summary, by_id(read_manifest(tmp_path / "out")), policy.sleep
 

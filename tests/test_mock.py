@@ -386,7 +386,7 @@ async def test_hang_ends_when_the_server_stops(make_mock, session):
         ("503", 503, None, "server_error"),
         ("400", 400, None, "invalid_request_error"),
         ("401", 401, "invalid_api_key", "invalid_request_error"),
-        ("404", 404, "model_not_found", "invalid_request_error"),
+        ("404", 404, None, "invalid_request_error"),
         ("408", 408, "timeout", "invalid_request_error"),
         ("409", 409, "conflict", "invalid_request_error"),
         ("quota", 429, "insufficient_quota", "insufficient_quota"),

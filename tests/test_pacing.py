@@ -8,7 +8,7 @@ import random
 from pathlib import Path
 
 import pytest
-from helpers import read_manifest, write_jobs
+from helpers import Clock, read_manifest, write_jobs
 
 from pmock_batch.config import RunConfig
 from pmock_batch.engine import run_batch
@@ -16,27 +16,6 @@ from pmock_batch.jobs import iter_jobs, scan
 from pmock_batch.mock import MockOptions
 from pmock_batch.pacing import Limits, Pacer, parse_duration, parse_limits
 from pmock_batch.retry import RetryPolicy
-
-
-class Clock:
-    """A fake clock whose sleep moves time forward instead of waiting."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-    async def sleep(self, seconds: float) -> None:
-        """Virtual time: yield first, so sleepers that start together end together."""
-        self.sleeps.append(seconds)
-        target = self.now + seconds
-        await asyncio.sleep(0)
-        self.now = max(self.now, target)
 
 
 @pytest.mark.parametrize(

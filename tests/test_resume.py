@@ -302,3 +302,69 @@ async def test_url_download_over_the_cap_fails_without_retry(tmp_path, make_mock
         await sink.discard()
         with pytest.raises(Exception, match="scheme 'file'"):
             await client.download("file:///etc/passwd", sink)
+
+
+async def test_an_abort_keeps_earlier_finished_jobs_done(tmp_path, make_mock, capsys):
+    server = await make_mock(MockOptions(script={"new 0": ["401"]}))
+    old = _lines(6)
+    jobs = write_jobs(tmp_path / "jobs.jsonl", old)
+    argv = [str(jobs), "--base-url", server.base_url, "--out", str(tmp_path / "out")]
+    assert (await run_cli(argv, capsys)).code == 0
+    write_jobs(jobs, [{"id": f"n{i}", "prompt": f"new {i}"} for i in range(3)] + old)
+    assert (await run_cli([*argv, "--concurrency", "1"], capsys)).code == 3
+    records = by_id(read_manifest(tmp_path / "out"))
+    assert {records[f"j{i}"]["status"] for i in range(6)} == {"ok"}
+    dry = await run_cli([*argv, "--dry-run"], capsys)
+    assert "6 already done, 3 to run" in dry.out
+
+
+async def test_records_of_lines_no_longer_in_the_file_are_dropped(tmp_path, make_mock, capsys):
+    server = await make_mock(MockOptions())
+    jobs = write_jobs(tmp_path / "jobs.jsonl", [*_lines(2), "an id-less prompt", {"prompt": ""}])
+    argv = [str(jobs), "--base-url", server.base_url, "--out", str(tmp_path / "out")]
+    assert (await run_cli([*argv, "--skip-invalid"], capsys)).code == 1
+    assert len(read_manifest(tmp_path / "out")) == 4
+    write_jobs(jobs, [*_lines(2), "an edited id-less prompt", {"prompt": "fixed"}])
+    assert (await run_cli(argv, capsys)).code == 0
+    records = read_manifest(tmp_path / "out")
+    assert [r["status"] for r in records] == ["ok"] * 4
+    assert [r["line"] for r in records] == [1, 2, 3, 4]
+    assert not any(r["request"]["prompt"] == "an id-less prompt" for r in records)
+
+
+async def test_a_long_retry_after_fails_its_job_without_holding_the_others(tmp_path, make_mock):
+    server = await make_mock(MockOptions(script={"prompt 0": ["429:5000"]}))
+    write_jobs(tmp_path / "jobs.jsonl", _lines(4))
+    summary = await asyncio.wait_for(_batch(tmp_path, server.base_url), 20)
+    assert summary.failed == 1 and summary.ok == 3
+    records = by_id(read_manifest(tmp_path / "out"))
+    assert "more than --max-retry-wait" in records["j0"]["error"]["message"]
+    assert all(records[f"j{i}"]["elapsed_s"] < 5 for i in range(1, 4))
+
+
+async def test_stop_during_a_pool_hold_ends_promptly(tmp_path, make_mock):
+    """A 429 holds the pool for 60 s; a stop must not wait that out (nor spin)."""
+    from pmock_batch.engine import Engine
+
+    server = await make_mock(MockOptions(script={"prompt 0": ["429:60", "ok"]}))
+    write_jobs(tmp_path / "jobs.jsonl", _lines(5))
+    path = tmp_path / "jobs.jsonl"
+    config = RunConfig(
+        out_dir=tmp_path / "out", base_url=server.base_url, api_key=KEY, concurrency=1, grace=0.1
+    )
+    engines: list[Engine] = []
+
+    async def stop_when_held() -> None:
+        while not engines or not engines[0].pacer.held:  # noqa: ASYNC110 - polls the pacer
+            await asyncio.sleep(0.01)
+        engines[0].stop()
+
+    stopper = asyncio.create_task(stop_when_held())
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    summary = await asyncio.wait_for(
+        run_batch(config, iter_jobs(path, scan(path)), on_engine=engines.append), 10
+    )
+    await stopper
+    assert loop.time() - started < 5
+    assert summary.interrupted and summary.not_run >= 4

@@ -452,3 +452,9 @@ async def test_before_sleep_is_told_about_each_retry() -> None:
                 raise status_error(502)
     assert seen == [(1, 1.0), (2, 2.0)]
     assert sleep.waits == [1.0, 2.0]
+
+
+def test_a_404_model_not_found_fails_only_that_job() -> None:
+    exc = APIStatusError("The model 'x' does not exist", status=404, code="model_not_found")
+    assert classify(exc) is Decision.FAIL
+    assert classify(APIStatusError("Not Found", status=404)) is Decision.ABORT

@@ -174,3 +174,25 @@ async def test_image_sink_discard_removes_the_temp_file(tmp_path: Path) -> None:
         await sink.verify()
     await sink.discard()
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("lossless", [False, True])
+async def test_image_sink_verifies_a_large_webp_from_its_header(tmp_path: Path, lossless) -> None:
+    """Pillow cannot open a WebP from its first bytes; the sink reads the header itself."""
+    import io
+
+    from PIL import Image
+
+    img = Image.frombytes("RGB", (1200, 900), os.urandom(1200 * 900 * 3))
+    buf = io.BytesIO()
+    img.save(buf, "WEBP", lossless=lossless, quality=100)
+    webp = buf.getvalue()
+    assert len(webp) > 1_000_000
+    body = json.dumps({"data": [{"b64_json": base64.b64encode(webp).decode()}]}).encode()
+    sink = ImageSink(tmp_path, "pic")
+    for i in range(0, len(body), 100_000):
+        await sink.feed_json(body[i : i + 100_000])
+    await sink.end_json()
+    info = await sink.verify()
+    assert (info.format, info.width, info.height, info.bytes) == ("webp", 1200, 900, len(webp))
+    await sink.discard()

@@ -29,7 +29,7 @@ _STATUS_ERRORS: dict[int, tuple[str, str | None, str]] = {
     400: ("invalid_request_error", None, "Bad request (scripted by the mock)."),
     401: ("invalid_request_error", "invalid_api_key", INVALID_KEY_MESSAGE),
     403: ("invalid_request_error", "unsupported_country_region_territory", "Forbidden."),
-    404: ("invalid_request_error", "model_not_found", "The requested resource does not exist."),
+    404: ("invalid_request_error", None, "The requested resource does not exist."),
     408: ("invalid_request_error", "timeout", "Request timed out."),
     409: ("invalid_request_error", "conflict", "Conflict; please try again."),
     429: ("requests", "rate_limit_exceeded", RATE_LIMIT_MESSAGE),
