@@ -310,12 +310,12 @@ async def test_an_abort_keeps_earlier_finished_jobs_done(tmp_path, make_mock, ca
     jobs = write_jobs(tmp_path / "jobs.jsonl", old)
     argv = [str(jobs), "--base-url", server.base_url, "--out", str(tmp_path / "out")]
     assert (await run_cli(argv, capsys)).code == 0
-    write_jobs(jobs, [{"id": f"n{i}", "prompt": f"new {i}"} for i in range(3)] + old)
+    write_jobs(jobs, [{"id": f"n{i}", "prompt": f"new {i}"} for i in range(10)] + old)
     assert (await run_cli([*argv, "--concurrency", "1"], capsys)).code == 3
     records = by_id(read_manifest(tmp_path / "out"))
     assert {records[f"j{i}"]["status"] for i in range(6)} == {"ok"}
     dry = await run_cli([*argv, "--dry-run"], capsys)
-    assert "6 already done, 3 to run" in dry.out
+    assert "6 already done, 10 to run" in dry.out
 
 
 async def test_records_of_lines_no_longer_in_the_file_are_dropped(tmp_path, make_mock, capsys):
