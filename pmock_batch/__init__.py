@@ -11,8 +11,9 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from .batch import run_batch
 from .config import RunConfig
-from .engine import Engine, RunObserver, Summary, run_batch
+from .engine import Engine, RunObserver, Summary
 from .errors import (
     APIConnectionError,
     APIError,

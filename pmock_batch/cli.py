@@ -21,6 +21,7 @@ from typing import Any, TextIO, TypeVar
 from urllib.parse import urlsplit
 
 from . import __version__
+from .batch import run_batch
 from .config import (
     API_KEY_ENV,
     BASE_URL_ENV,
@@ -34,7 +35,7 @@ from .config import (
     MANIFEST_NAME,
     RunConfig,
 )
-from .engine import Engine, Summary, run_batch
+from .engine import Engine, Summary
 from .errors import LockedError, UsageError
 from .jobs import Defaults, Job, ScanResult, iter_jobs, scan
 from .lock import run_lock

@@ -33,16 +33,14 @@ from .errors import (
     PmockBatchError,
 )
 from .jobs import InvalidLine, Job
-from .lock import run_lock
-from .manifest import ManifestWriter, compact
+from .manifest import ManifestWriter
 from .models import ErrorRecord, FileRecord, JobRecord, JobStatus
-from .output import ImageInfo, ImageSink, decode_and_verify, remove_stray_temps
+from .output import ImageInfo, ImageSink, decode_and_verify
 from .pacing import Pacer
-from .report import write_report
 from .resume import DoneIndex
 from .retry import Decision, RetryPolicy, classify, server_wait
 
-__all__ = ["Engine", "RunObserver", "Summary", "error_record", "run_batch"]
+__all__ = ["Engine", "RunObserver", "Summary", "Writer", "commit", "error_record"]
 
 log = logging.getLogger("pmock_batch")
 
@@ -148,7 +146,7 @@ class Summary:
     ambiguous_retries: int = 0  # retries after a timeout: the first try may have been billed
     rate_limited: int = 0  # 429 answers seen
     elapsed_s: float = 0.0
-    usage: dict[str, int] = field(default_factory=dict)
+    usage: dict[str, Any] = field(default_factory=dict)
     failed_by_kind: Counter[str] = field(default_factory=Counter)
     failures: list[tuple[str, str]] = field(default_factory=list)  # (id, reason), the first few
     aborted: str | None = None  # why the run stopped early, if it did
@@ -174,9 +172,7 @@ class Summary:
             self.failed_by_kind[record.error.kind] += 1
             if len(self.failures) < MAX_LISTED_FAILURES:
                 self.failures.append((record.id or f"line {record.line}", record.error.message))
-        for key, value in (record.usage or {}).items():
-            if isinstance(value, int) and not isinstance(value, bool):
-                self.usage[key] = self.usage.get(key, 0) + value
+        add_usage(self.usage, record.usage)
 
 
 class RunObserver:
@@ -460,7 +456,7 @@ class Engine:
                     height=image.height,
                 )
             )
-            _add_usage(usage, reply.body.usage)
+            add_usage(usage, reply.body.usage)
             revised = revised or reply.body.data[0].revised_prompt
         self.summary.retries += state.retries
         self.summary.ambiguous_retries += state.ambiguous
@@ -583,70 +579,8 @@ class Engine:
         )
 
 
-def _add_usage(total: dict[str, Any], usage: dict[str, Any] | None) -> None:
+def add_usage(total: dict[str, Any], usage: dict[str, Any] | None) -> None:
+    """Add a response's (or record's) integer usage fields into ``total``."""
     for key, value in (usage or {}).items():
         if isinstance(value, int) and not isinstance(value, bool):
             total[key] = total.get(key, 0) + value
-
-
-async def run_batch(
-    config: RunConfig,
-    jobs: Iterable[Job | InvalidLine],
-    *,
-    policy: RetryPolicy | None = None,
-    observer: RunObserver | None = None,
-    on_engine: Callable[[Engine], None] | None = None,
-    resume: bool = True,
-    verify: bool = False,
-    writer: Writer = commit,
-    pacer: Pacer | None = None,
-) -> Summary:
-    """Run a batch end to end, holding the output directory's lock.
-
-    It removes temporary files a crashed run left, skips jobs a previous run
-    finished (unless ``resume`` is False, i.e. ``--force``), runs the rest,
-    and compacts the manifest. ``on_engine`` receives the engine before it
-    starts, so a caller can wire signals to :meth:`Engine.stop`. ``writer``
-    is injectable so tests can simulate a full disk or a crash mid-write.
-    Raises :class:`~pmock_batch.errors.LockedError` if another run holds the lock.
-    """
-    with run_lock(config.out_dir):
-        await asyncio.to_thread(remove_stray_temps, config.out_dir)
-        done = await asyncio.to_thread(DoneIndex.load, config.manifest_path) if resume else None
-        async with (
-            ImagesClient(config) as client,
-            ManifestWriter(config.manifest_path) as manifest,
-        ):
-            engine = Engine(
-                config,
-                client,
-                manifest,
-                policy=policy,
-                observer=observer,
-                done=done,
-                verify=verify,
-                writer=writer,
-                pacer=pacer,
-            )
-            if on_engine is not None:
-                on_engine(engine)
-            summary = await engine.run(jobs)
-        try:
-            await asyncio.to_thread(
-                compact, config.manifest_path, engine.skipped_lines, keep=engine.keys
-            )
-        except OSError as exc:  # e.g. the disk is full: the log is still valid as it is
-            log.warning(
-                "could not compact the manifest (it stays a valid log): %s",
-                exc,
-                extra={"event": "warning", "reason": str(exc)},
-            )
-        try:
-            await asyncio.to_thread(write_report, config.out_dir)
-        except (OSError, PmockBatchError, ValueError) as exc:  # the images matter more
-            log.warning(
-                "could not write the report: %s",
-                exc,
-                extra={"event": "warning", "reason": str(exc)},
-            )
-    return summary

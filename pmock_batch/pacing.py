@@ -133,6 +133,11 @@ class Pacer:
         return min(rpms) / 60.0 if rpms else None
 
     @property
+    def hold_remaining(self) -> float:
+        """Seconds until the pool may dispatch again (0 when it is not held)."""
+        return max(0.0, self.hold_until - self._clock())
+
+    @property
     def held(self) -> bool:
         """Whether the pool is held right now (for a progress display)."""
         return self._clock() < self.hold_until

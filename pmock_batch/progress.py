@@ -50,7 +50,6 @@ __all__ = [
 SUMMARY_SCHEMA = "pmock-batch/summary/v1"
 PROGRESS_EVERY_S = 10.0
 PROGRESS_EVERY_FRACTION = 0.05
-MAX_LISTED_FAILURES = 20
 _STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
 
 
@@ -227,7 +226,7 @@ class Reporter(RunObserver):
         """A word on what the pool is doing now: paused, backing off, or generating."""
         engine = self._engine
         if engine is not None and engine.pacer.held:
-            left = engine.pacer.hold_until - engine.pacer._clock()
+            left = engine.pacer.hold_remaining
             return f"paused by the rate limit ({left:.0f}s)"
         if engine is not None and engine.stopping:
             return "stopping"

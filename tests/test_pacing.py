@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from helpers import Clock, read_manifest, write_jobs
 
+from pmock_batch.batch import run_batch
 from pmock_batch.config import RunConfig
-from pmock_batch.engine import run_batch
 from pmock_batch.jobs import iter_jobs, scan
 from pmock_batch.mock import MockOptions
 from pmock_batch.pacing import Limits, Pacer, parse_duration, parse_limits

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 from helpers import by_id, open_image, read_manifest, run_cli, write_jobs
 
+from pmock_batch.batch import run_batch
 from pmock_batch.config import RunConfig
-from pmock_batch.engine import commit, run_batch
+from pmock_batch.engine import commit
 from pmock_batch.errors import LockedError
 from pmock_batch.jobs import iter_jobs, scan
 from pmock_batch.lock import run_lock

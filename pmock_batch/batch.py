@@ -1,0 +1,93 @@
+"""One batch run end to end: lock, clean up, resume, run, compact, report.
+
+The engine (:mod:`pmock_batch.engine`) is the worker pool; this module puts
+it between the output directory's lock, the cleanup of a crashed run's
+temporary files, the resume index, and the manifest compaction and report
+that follow a run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable
+
+from .client import ImagesClient
+from .config import RunConfig
+from .engine import Engine, RunObserver, Summary, Writer, commit
+from .errors import PmockBatchError
+from .jobs import InvalidLine, Job
+from .lock import run_lock
+from .manifest import ManifestWriter, compact
+from .output import remove_stray_temps
+from .pacing import Pacer
+from .report import write_report
+from .resume import DoneIndex
+from .retry import RetryPolicy
+
+__all__ = ["run_batch"]
+
+log = logging.getLogger("pmock_batch")
+
+
+async def run_batch(
+    config: RunConfig,
+    jobs: Iterable[Job | InvalidLine],
+    *,
+    policy: RetryPolicy | None = None,
+    observer: RunObserver | None = None,
+    on_engine: Callable[[Engine], None] | None = None,
+    resume: bool = True,
+    verify: bool = False,
+    writer: Writer = commit,
+    pacer: Pacer | None = None,
+) -> Summary:
+    """Run a batch end to end, holding the output directory's lock.
+
+    It removes temporary files a crashed run left, skips jobs a previous run
+    finished (unless ``resume`` is False, i.e. ``--force``), runs the rest,
+    and compacts the manifest. ``on_engine`` receives the engine before it
+    starts, so a caller can wire signals to :meth:`Engine.stop`. ``writer``
+    is injectable so tests can simulate a full disk or a crash mid-write.
+    Raises :class:`~pmock_batch.errors.LockedError` if another run holds the lock.
+    """
+    with run_lock(config.out_dir):
+        await asyncio.to_thread(remove_stray_temps, config.out_dir)
+        done = await asyncio.to_thread(DoneIndex.load, config.manifest_path) if resume else None
+        async with (
+            ImagesClient(config) as client,
+            ManifestWriter(config.manifest_path) as manifest,
+        ):
+            engine = Engine(
+                config,
+                client,
+                manifest,
+                policy=policy,
+                observer=observer,
+                done=done,
+                verify=verify,
+                writer=writer,
+                pacer=pacer,
+            )
+            if on_engine is not None:
+                on_engine(engine)
+            summary = await engine.run(jobs)
+        try:
+            await asyncio.to_thread(
+                compact, config.manifest_path, engine.skipped_lines, keep=engine.keys
+            )
+        except OSError as exc:  # e.g. the disk is full: the log is still valid as it is
+            log.warning(
+                "could not compact the manifest (it stays a valid log): %s",
+                exc,
+                extra={"event": "warning", "reason": str(exc)},
+            )
+        try:
+            await asyncio.to_thread(write_report, config.out_dir)
+        except (OSError, PmockBatchError, ValueError) as exc:  # the images matter more
+            log.warning(
+                "could not write the report: %s",
+                exc,
+                extra={"event": "warning", "reason": str(exc)},
+            )
+    return summary
