@@ -25,7 +25,7 @@ import pybase64
 from aiofiles.threadpool.binary import AsyncBufferedIOBase
 from PIL import Image, UnidentifiedImageError
 
-from .errors import InvalidResponseError, OutputPathError
+from .errors import InvalidResponseError, OutputPathError, ResponseTooLargeError
 from .stream import B64Decoder, B64JsonScanner
 
 __all__ = [
@@ -54,6 +54,7 @@ _HEAD = 64 * 1024  # bytes kept from the start of a streamed image, for its head
 _HEAD_MORE = 1 << 20  # re-read this much from disk when a header is larger than _HEAD
 _TAIL = 64  # bytes kept from its end, for the end marker
 _FLUSH = 1 << 20  # streamed bytes are written to disk in writes of about this size
+MAX_IMAGE_BYTES = 512 * 1024 * 1024  # a streamed image larger than this is refused
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,6 +267,10 @@ class ImageSink:
     async def _take(self, data: bytes) -> None:
         if not data:
             return
+        if self.size + len(data) > MAX_IMAGE_BYTES:
+            raise ResponseTooLargeError(
+                f"the image is larger than {MAX_IMAGE_BYTES:,} bytes; refused"
+            )
         self._sha.update(data)
         if len(self._head) < _HEAD:
             self._head += data[: _HEAD - len(self._head)]
