@@ -17,7 +17,7 @@ import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, TextIO, TypeVar
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 from urllib.parse import urlsplit
 
 from . import __version__
@@ -39,14 +39,15 @@ from .engine import Engine, Summary
 from .errors import LockedError, UsageError
 from .jobs import Defaults, Job, ScanResult, iter_jobs, scan
 from .lock import run_lock
-from .mock import MockOptions, MockServer, serve
-from .mock.faults import load_script, parse_fault_rates, parse_script
 from .models import BACKGROUNDS, FORMATS, MODERATIONS, QUALITIES, SIZES
 from .output import EXTENSIONS
 from .progress import Reporter, make_console, render_summary, setup_logging, summary_json
 from .report import write_report
 from .resume import DoneIndex
 from .retry import DEFAULT_MAX_RETRY_WAIT, RetryPolicy
+
+if TYPE_CHECKING:  # the mock (and aiohttp.web) is imported only when it is used
+    from .mock import MockOptions
 
 __all__ = [
     "EXIT_ABORTED",
@@ -264,6 +265,18 @@ def _checked(parse: Callable[[str], T]) -> Callable[[str], T]:
     return wrapped
 
 
+def _lazy_parser(name: str) -> Callable[[str], Any]:
+    """A mock flag's parser, importing the mock only when such a flag is given."""
+
+    def parse(text: str) -> Any:
+        from .mock import faults
+
+        return getattr(faults, name)(text)
+
+    parse.__name__ = name
+    return parse
+
+
 def _add_mock_options(parser: argparse.ArgumentParser, *, prefix: str, title: str) -> None:
     """The mock's behaviour flags: ``--latency`` on mock-server, ``--mock-latency`` with --mock."""
     group = parser.add_argument_group(title)
@@ -281,7 +294,7 @@ def _add_mock_options(parser: argparse.ArgumentParser, *, prefix: str, title: st
     )
     add(
         "fault-rate",
-        type=_checked(parse_fault_rates),
+        type=_checked(_lazy_parser("parse_fault_rates")),
         default={},
         metavar="KIND=P,...",
         help="random faults, e.g. 500=0.1,503=0.05,429=0.1,drop=0.05,truncate=0.05,"
@@ -290,7 +303,7 @@ def _add_mock_options(parser: argparse.ArgumentParser, *, prefix: str, title: st
     add("seed", type=int, default=None, help="seed for faults and jitter (default: random)")
     add(
         "script",
-        type=_checked(parse_script),
+        type=_checked(_lazy_parser("parse_script")),
         action="append",
         default=[],
         metavar="PROMPT=OUTCOME,...",
@@ -299,7 +312,7 @@ def _add_mock_options(parser: argparse.ArgumentParser, *, prefix: str, title: st
     )
     add(
         "script-file",
-        type=_checked(load_script),
+        type=_checked(_lazy_parser("load_script")),
         default=None,
         metavar="FILE",
         help='scripted outcomes as JSON: {"a cat": ["500", "ok"]} (default: none)',
@@ -346,6 +359,8 @@ def _add_mock_options(parser: argparse.ArgumentParser, *, prefix: str, title: st
 
 
 def _mock_options(args: argparse.Namespace) -> MockOptions:
+    from .mock import MockOptions
+
     script: dict[str, tuple[str, ...]] = {}
     for part in [*args.mock_script, args.mock_script_file or {}]:
         script.update(part)
@@ -450,6 +465,8 @@ async def _endpoint(mock: MockOptions | None, base_url: str) -> AsyncIterator[st
     if mock is None:
         yield base_url
         return
+    from .mock import MockServer
+
     async with MockServer(mock) as server:
         yield server.base_url
 
@@ -648,6 +665,8 @@ def _mock_server_command(argv: Sequence[str]) -> int:
 
     def ready(url: str) -> None:
         _err(f"pmock-batch mock server listening on {url} (base URL {url}/v1); Ctrl-C stops it")
+
+    from .mock import serve
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(options, host=args.host, port=args.port, on_ready=ready))

@@ -226,6 +226,9 @@ class Engine:
         self._stopping = asyncio.Event()
         self._abort_reason: str | None = None
         self._in_flight: set[asyncio.Task[JobRecord]] = set()
+        # At most `concurrency` requests at the server. There are twice as many
+        # workers, so that verifying and writing one image overlaps the next request.
+        self._slots = asyncio.Semaphore(config.concurrency)
         self.done = done
         self.verify = verify
         self.writer = writer
@@ -275,7 +278,7 @@ class Engine:
         queue: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=self.config.concurrency * 2)
         workers = [
             asyncio.create_task(self._worker(queue), name=f"pmock-worker-{i}")
-            for i in range(self.config.concurrency)
+            for i in range(self.config.concurrency * 2)
         ]
         watcher = asyncio.create_task(self._cancel_after_grace(), name="pmock-grace")
         iterator = iter(jobs)
@@ -512,48 +515,56 @@ class Engine:
 
         async for attempt in self.policy.retrying(before_sleep=before_sleep):
             with attempt:
-                await self.pacer.acquire()
-                if self.stopping:
-                    raise _Aborted
-                state.count += 1
-                started = time.monotonic()
+                sink = ImageSink(self.config.out_dir, stem)
                 try:
-                    result = await self._attempt(body, stem)
-                except APIStatusError as exc:
-                    state.http_status = exc.status
-                    self.pacer.observe(exc.headers)
-                    if exc.status == 429:
-                        state.rate_limited += 1
-                        asked = server_wait(exc.headers)
-                        if self.policy.wait_too_long(exc) is None:  # else this job gives up
-                            self.pacer.hold(1.0 if asked is None else asked, reason="HTTP 429")
-                    _log_attempt(job.id, state.count, exc.status, started)
-                    raise
-                self.pacer.observe(result[1].headers)
-                _log_attempt(job.id, state.count, result[1].status, started)
-                return result
+                    # The slot covers the HTTP exchange only: verifying and committing
+                    # the image happen outside it, while the next request goes out.
+                    async with self._slots:
+                        await self.pacer.acquire()
+                        if self.stopping:
+                            raise _Aborted
+                        state.count += 1
+                        started = time.monotonic()
+                        try:
+                            reply = await self._request(body, sink)
+                        except APIStatusError as exc:
+                            self._note_status_error(job, exc, state, started)
+                            raise
+                    self.pacer.observe(reply.headers)
+                    _log_attempt(job.id, state.count, reply.status, started)
+                    image = await sink.verify()
+                    relative = f"{stem}.{image.extension}"
+                    await self.writer(sink, self.config.out_dir, relative)
+                    return image, reply, relative
+                finally:
+                    await sink.discard()
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
-    async def _attempt(self, body: dict[str, Any], stem: str) -> tuple[ImageInfo, Reply, str]:
-        """One request: stream the image to a temporary file, verify it, commit it."""
-        sink = ImageSink(self.config.out_dir, stem)
-        try:
-            reply = await self.client.generate(body, sink)
-            item = reply.body.data[0]
-            if not sink.streamed:
-                if item.url:
-                    await self.client.download(item.url, sink)
-                elif item.b64_json:  # an unusual body the scanner left whole
-                    image = await asyncio.to_thread(decode_and_verify, item.b64_json)
-                    await sink.feed_raw(image.data)
-                else:
-                    raise InvalidResponseError("the server's answer has neither b64_json nor url")
-            image_info = await sink.verify()
-            relative = f"{stem}.{image_info.extension}"
-            await self.writer(sink, self.config.out_dir, relative)
-            return image_info, reply, relative
-        finally:
-            await sink.discard()
+    def _note_status_error(
+        self, job: Job, exc: APIStatusError, state: _Attempts, started: float
+    ) -> None:
+        state.http_status = exc.status
+        self.pacer.observe(exc.headers)
+        if exc.status == 429:
+            state.rate_limited += 1
+            asked = server_wait(exc.headers)
+            if self.policy.wait_too_long(exc) is None:  # else this job gives up
+                self.pacer.hold(1.0 if asked is None else asked, reason="HTTP 429")
+        _log_attempt(job.id, state.count, exc.status, started)
+
+    async def _request(self, body: dict[str, Any], sink: ImageSink) -> Reply:
+        """One HTTP exchange: the image streams into ``sink`` (or is downloaded into it)."""
+        reply = await self.client.generate(body, sink)
+        item = reply.body.data[0]
+        if not sink.streamed:
+            if item.url:
+                await self.client.download(item.url, sink)
+            elif item.b64_json:  # an unusual body the scanner left whole
+                image = await asyncio.to_thread(decode_and_verify, item.b64_json)
+                await sink.feed_raw(image.data)
+            else:
+                raise InvalidResponseError("the server's answer has neither b64_json nor url")
+        return reply
 
     # -- records for jobs that never ran ---------------------------------
 
