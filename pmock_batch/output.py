@@ -274,7 +274,7 @@ class ImageSink:
         self._sha.update(data)
         if len(self._head) < _HEAD:
             self._head += data[: _HEAD - len(self._head)]
-        self._tail = (self._tail + data)[-_TAIL:] if len(data) < _TAIL else data[-_TAIL:]
+        self._tail = (self._tail + data)[-_TAIL:] if len(data) < _TAIL else bytes(data[-_TAIL:])
         self.size += len(data)
         self._buf += data
         if len(self._buf) >= _FLUSH:
@@ -287,8 +287,8 @@ class ImageSink:
             self._tmp = target.parent / f".{target.name}.{secrets.token_hex(4)}{TMP_SUFFIX}"
             self._fh = await aiofiles.open(self._tmp, "wb")
         if self._buf:
-            await self._fh.write(bytes(self._buf))
-            self._buf.clear()
+            buf, self._buf = self._buf, bytearray()  # hand it over; no copy
+            await self._fh.write(buf)
 
     async def verify(self) -> ImageInfo:
         """Check the received bytes are a whole PNG, JPEG or WebP image."""
