@@ -229,13 +229,16 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     logs = parser.add_argument_group("logging")
     logs.add_argument(
-        "-q", "--quiet", action="store_true", help="errors and the final summary only"
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="errors and the final summary only (default: off)",
     )
     logs.add_argument(
         "-v",
         "--verbose",
         action="store_true",
-        help="log every attempt: status code, latency and wait (never the key)",
+        help="log every attempt: status code, latency and wait; never the key (default: off)",
     )
     logs.add_argument(
         "--log-format",

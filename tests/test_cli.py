@@ -503,3 +503,13 @@ async def test_an_unusable_output_directory_exits_3(tmp_path, capsys):
     assert result.code == 3
     assert "cannot use the output directory" in result.err
     assert "Traceback" not in result.err
+
+
+def test_every_flag_in_help_has_an_explanation_and_a_default():
+    from pmock_batch.cli import _build_parser
+
+    for action in _build_parser()._actions:
+        if action.dest in ("help", "version", "jobs"):
+            continue
+        assert action.help, action.option_strings
+        assert "default" in action.help, action.option_strings
