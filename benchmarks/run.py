@@ -22,7 +22,7 @@ Scenarios (``--scenario NAME``, repeatable; all by default)::
 
 Usage::
 
-    .venv/bin/python benchmarks/run.py                 # everything, about 15 minutes
+    .venv/bin/python benchmarks/run.py                 # every scenario, about 13 minutes on 2 cores
     .venv/bin/python benchmarks/run.py --quick         # a smoke run, under a minute
     .venv/bin/python benchmarks/run.py --scenario cpu --reps 5
 

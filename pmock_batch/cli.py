@@ -355,6 +355,13 @@ def _add_mock_options(parser: argparse.ArgumentParser, *, prefix: str, title: st
         help="pad images to ~MB (default: off)",
     )
     add(
+        "image-px",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="draw every image N x N pixels, whatever size was asked (default: as asked)",
+    )
+    add(
         "revised-prompt",
         action="store_true",
         help="add a revised_prompt to every image (default: off)",
@@ -380,6 +387,7 @@ def _mock_options(args: argparse.Namespace) -> MockOptions:
             moderation_words=tuple(args.mock_moderation_word),
             payload_mb=args.mock_payload_mb,
             revised_prompt=args.mock_revised_prompt,
+            image_px=args.mock_image_px,
         )
     except ValueError as exc:
         raise UsageError(f"mock server: {exc}") from exc

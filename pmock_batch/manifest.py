@@ -9,6 +9,7 @@ record), in input order.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from collections.abc import Iterator, Mapping, Set
@@ -31,6 +32,9 @@ class ManifestWriter:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._fh: AsyncTextIOWrapper | None = None
+        # aiofiles runs each call in a worker thread, and a text file is not
+        # thread-safe: concurrent appends from many workers must take turns.
+        self._lock = asyncio.Lock()
 
     async def __aenter__(self) -> ManifestWriter:
         await aiofiles.os.makedirs(self.path.parent, exist_ok=True)
@@ -50,8 +54,10 @@ class ManifestWriter:
         """Append records in one write and one flush."""
         if self._fh is None:
             raise RuntimeError("ManifestWriter is not open; use 'async with'")
-        await self._fh.write("".join(r.model_dump_json() + "\n" for r in records))
-        await self._fh.flush()
+        text = "".join(r.model_dump_json() + "\n" for r in records)
+        async with self._lock:
+            await self._fh.write(text)
+            await self._fh.flush()
 
 
 async def _heal_torn_tail(path: Path) -> None:

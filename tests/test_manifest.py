@@ -174,3 +174,24 @@ async def test_compact_after_a_run_then_append_again(tmp_path: Path) -> None:
     async with ManifestWriter(path) as writer:
         await writer.append(record("c", 3))
     assert statuses(path) == [("a", 1, "ok"), ("b", 2, "ok"), ("c", 3, "ok")]
+
+
+async def test_concurrent_appends_lose_no_record(tmp_path: Path) -> None:
+    """Many workers append at once; aiofiles writes from threads, so they must take turns."""
+    import asyncio
+
+    path = tmp_path / "manifest.jsonl"
+    prompt = "x" * 2000
+
+    async def worker(writer: ManifestWriter, w: int) -> None:
+        for i in range(50):
+            await writer.append(
+                JobRecord(id=f"w{w}-{i}", line=w * 100 + i, status="ok", request={"prompt": prompt})
+            )
+
+    async with ManifestWriter(path) as writer:
+        await asyncio.gather(*(worker(writer, w) for w in range(64)))
+    records = list(read_records(path))
+    assert len(records) == 64 * 50
+    assert len({r.id for r in records}) == 64 * 50
+    assert len(path.read_text(encoding="utf-8").splitlines()) == 64 * 50
