@@ -1,11 +1,14 @@
 """The worker pool: jobs in, manifest records out.
 
-``concurrency`` workers take jobs from a small bounded queue fed by a single
-producer that streams the job file, so memory does not grow with the file.
-A job's failure becomes a ``failed`` record, never an exception that stops
-the others. A failure that every job would share (a bad key, a wrong base
-URL, no quota) aborts the run: dispatching stops and the jobs not run are
-recorded as ``not_run``.
+Workers take jobs from a small bounded queue fed by a single producer that
+streams the job file, so memory does not grow with the file. A semaphore of
+``concurrency`` slots bounds the requests at the server; there are twice as
+many workers, so that verifying and writing one image overlaps the next
+request. Every attempt also waits its turn at the shared
+:class:`~pmock_batch.pacing.Pacer`. A job's failure becomes a ``failed``
+record, never an exception that stops the others. A failure that every job
+would share (a bad key, a wrong base URL, no quota, a full disk) aborts the
+run: dispatching stops and the jobs not run are recorded as ``not_run``.
 """
 
 from __future__ import annotations
