@@ -600,6 +600,22 @@ def latency_bound(params: Params) -> Result:
     return result
 
 
+def check_half_of_baseline(result: Result, key: str, what: str, unit: str, *, digits: int) -> None:
+    """Every job ok, and our median of ``key`` at most half the baseline's."""
+    ours, base = result.of(OURS), result.of(BASE)
+    text, ok = all_ok(ours)
+    result.checks.append(Check("every job ok", text, ok))
+    value, baseline = med(ours, key), med(base, key)
+    result.checks.append(
+        Check(
+            f"{what} <= 0.5 x baseline's {baseline:.{digits}f} {unit} "
+            f"= {0.5 * baseline:.{digits}f} {unit}",
+            f"{value:.{digits}f} {unit} ({value / baseline:.2f} x)",
+            value <= 0.5 * baseline,
+        )
+    )
+
+
 def cpu_per_image(params: Params) -> Result:
     concurrency, payload = 8, 1.5
     njobs = 40 if params.quick else 200
@@ -618,17 +634,7 @@ def cpu_per_image(params: Params) -> Result:
         distinct=16,
         params=params,
     )
-    ours, base = result.of(OURS), result.of(BASE)
-    text, ok = all_ok(ours)
-    result.checks.append(Check("every job ok", text, ok))
-    cpu, cpu_base = med(ours, "cpu_s"), med(base, "cpu_s")
-    result.checks.append(
-        Check(
-            f"user+sys CPU <= 0.5 x baseline's {cpu_base:.2f} s = {0.5 * cpu_base:.2f} s",
-            f"{cpu:.2f} s ({cpu / cpu_base:.2f} x)",
-            cpu <= 0.5 * cpu_base,
-        )
-    )
+    check_half_of_baseline(result, "cpu_s", "user+sys CPU", "s", digits=2)
     return result
 
 
@@ -649,17 +655,7 @@ def memory_4k(params: Params) -> Result:
         distinct=8,
         params=params,
     )
-    ours, base = result.of(OURS), result.of(BASE)
-    text, ok = all_ok(ours)
-    result.checks.append(Check("every job ok", text, ok))
-    rss, rss_base = med(ours, "peak_rss_mb"), med(base, "peak_rss_mb")
-    result.checks.append(
-        Check(
-            f"peak RSS <= 0.5 x baseline's {rss_base:.0f} MiB = {0.5 * rss_base:.0f} MiB",
-            f"{rss:.0f} MiB ({rss / rss_base:.2f} x)",
-            rss <= 0.5 * rss_base,
-        )
-    )
+    check_half_of_baseline(result, "peak_rss_mb", "peak RSS", "MiB", digits=0)
     return result
 
 
