@@ -369,3 +369,15 @@ async def test_stop_during_a_pool_hold_ends_promptly(tmp_path, make_mock):
     await stopper
     assert loop.time() - started < 5
     assert summary.interrupted and summary.not_run >= 4
+
+
+async def test_a_malformed_image_url_is_an_invalid_response(tmp_path, make_mock):
+    from pmock_batch.client import ImagesClient
+    from pmock_batch.errors import InvalidResponseError
+
+    server = await make_mock(MockOptions())
+    config = RunConfig(out_dir=tmp_path / "out", base_url=server.base_url, api_key=KEY)
+    sink = ImageSink(tmp_path / "out", "x")
+    async with ImagesClient(config) as client:
+        with pytest.raises(InvalidResponseError, match="malformed"):
+            await client.download("http://[bad", sink)
