@@ -540,7 +540,7 @@ class Engine:
                     await self.writer(sink, self.config.out_dir, relative)
                     return image, reply, relative
                 finally:
-                    await sink.discard()
+                    sink.discard()
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
     def _note_status_error(

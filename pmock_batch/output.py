@@ -10,6 +10,7 @@ aiofiles with few, large calls (see ``benchmarks/aiofiles_hops.py``).
 
 from __future__ import annotations
 
+import asyncio
 import binascii
 import contextlib
 import hashlib
@@ -18,11 +19,11 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import aiofiles
 import aiofiles.os
 import pybase64
-from aiofiles.threadpool.binary import AsyncBufferedIOBase
 from PIL import Image, UnidentifiedImageError
 
 from .errors import InvalidResponseError, OutputPathError, ResponseTooLargeError
@@ -221,6 +222,36 @@ def remove_stray_temps(out_dir: Path) -> int:
     return removed
 
 
+def _create(tmp: Path, data: bytes | bytearray) -> BinaryIO:
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    fh = tmp.open("wb")
+    try:
+        fh.write(data)
+    except BaseException:
+        fh.close()
+        raise
+    return fh
+
+
+def _read_start(fh: BinaryIO, tmp: Path, count: int) -> bytes:
+    fh.flush()
+    with tmp.open("rb") as src:
+        return src.read(count)
+
+
+def _finish(fh: BinaryIO | None, tmp: Path, data: bytes | bytearray, target: Path) -> None:
+    """Write the last bytes, fsync, close and rename into place. Runs in a worker thread."""
+    if fh is None:
+        fh = _create(tmp, data)
+        data = b""
+    with fh:  # closed whatever happens
+        if data:
+            fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, target)
+
+
 class ImageSink:
     """Receives one image as it streams in and writes it to a temporary file.
 
@@ -242,7 +273,7 @@ class ImageSink:
         self._head = bytearray()
         self._tail = b""
         self._buf = bytearray()
-        self._fh: AsyncBufferedIOBase | None = None
+        self._fh: BinaryIO | None = None  # written only from worker threads
         self._tmp: Path | None = None
 
     @property
@@ -281,14 +312,17 @@ class ImageSink:
             await self._flush()
 
     async def _flush(self) -> None:
+        """Write the buffered bytes: one thread hop, which also creates the file the first time."""
+        buf, self._buf = self._buf, bytearray()  # hand it over; no copy
         if self._fh is None:
-            target = safe_path(self.out_dir, self.stem)
-            await aiofiles.os.makedirs(target.parent, exist_ok=True)
-            self._tmp = target.parent / f".{target.name}.{secrets.token_hex(4)}{TMP_SUFFIX}"
-            self._fh = await aiofiles.open(self._tmp, "wb")
-        if self._buf:
-            buf, self._buf = self._buf, bytearray()  # hand it over; no copy
-            await self._fh.write(buf)
+            self._tmp = self._tmp_path()
+            self._fh = await asyncio.to_thread(_create, self._tmp, buf)
+        elif buf:
+            await asyncio.to_thread(self._fh.write, buf)
+
+    def _tmp_path(self) -> Path:
+        target = safe_path(self.out_dir, self.stem)
+        return target.parent / f".{target.name}.{secrets.token_hex(4)}{TMP_SUFFIX}"
 
     async def verify(self) -> ImageInfo:
         """Check the received bytes are a whole PNG, JPEG or WebP image."""
@@ -307,30 +341,35 @@ class ImageSink:
     async def _read_head(self, count: int) -> bytes:
         await self._flush()
         assert self._fh is not None and self._tmp is not None
-        await self._fh.flush()
-        async with aiofiles.open(self._tmp, "rb") as fh:
-            return await fh.read(count)
+        return await asyncio.to_thread(_read_start, self._fh, self._tmp, count)
 
     async def commit(self, out_dir: Path, relative: str) -> Path:
-        """Flush, fsync and rename the image to ``out_dir/relative``."""
+        """Write what is left, fsync, close and rename to ``out_dir/relative``: one thread hop.
+
+        An image under 1 MB was never written yet: then this one hop also
+        creates the file. Few, large hops: see ``benchmarks/aiofiles_hops.py``.
+        """
         target = safe_path(out_dir, relative)
-        await self._flush()
-        assert self._fh is not None and self._tmp is not None
-        await self._fh.flush()
-        await aiofiles.os.wrap(os.fsync)(self._fh.fileno())
-        await self._fh.close()
-        self._fh = None
-        await aiofiles.os.replace(self._tmp, target)
+        buf, self._buf = self._buf, bytearray()
+        if self._tmp is None:
+            self._tmp = self._tmp_path()
+        fh, self._fh = self._fh, None
+        tmp = self._tmp
+        await asyncio.to_thread(_finish, fh, tmp, buf, target)
         self._tmp = None
         return target
 
-    async def discard(self) -> None:
-        """Remove the temporary file, if any. Safe to call more than once."""
+    def discard(self) -> None:
+        """Close and remove the temporary file, if any. Safe to call more than once.
+
+        Synchronous on purpose: it runs on error and cancellation paths, where
+        an ``await`` could be interrupted and leave the file open.
+        """
         if self._fh is not None:
             with contextlib.suppress(OSError):
-                await self._fh.close()
+                self._fh.close()
             self._fh = None
         if self._tmp is not None:
             with contextlib.suppress(OSError):
-                await aiofiles.os.remove(self._tmp)
+                os.unlink(self._tmp)
             self._tmp = None

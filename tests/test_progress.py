@@ -41,7 +41,9 @@ def _mixed_jobs(path: Path) -> Path:
 
 async def _server(make_mock):
     return await make_mock(
-        MockOptions(moderation_words=("forbidden",), script={"flaky": ["500", "ok"]})
+        MockOptions(
+            moderation_words=("forbidden",), script={"flaky": ["500:0", "ok"]}
+        )  # 500 with Retry-After 0: a retry, no real backoff
     )
 
 

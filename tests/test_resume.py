@@ -300,7 +300,7 @@ async def test_url_download_over_the_cap_fails_without_retry(tmp_path, make_mock
         sink = ImageSink(tmp_path / "out", "owl")
         with pytest.raises(ResponseTooLargeError):
             await client.download(url, sink)
-        await sink.discard()
+        sink.discard()
         with pytest.raises(Exception, match="scheme 'file'"):
             await client.download("file:///etc/passwd", sink)
 

@@ -162,7 +162,7 @@ async def test_image_sink_streams_a_large_image_to_a_temp_file(tmp_path: Path) -
     path = await sink.commit(tmp_path, "big/pic.png")
     assert path.read_bytes() == png
     assert not list((tmp_path / "big").glob("*.pmock-tmp"))
-    await sink.discard()  # after commit: nothing left to remove
+    sink.discard()  # after commit: nothing left to remove
     assert path.exists()
 
 
@@ -172,7 +172,7 @@ async def test_image_sink_discard_removes_the_temp_file(tmp_path: Path) -> None:
     assert list(tmp_path.glob(".x.*.pmock-tmp"))
     with pytest.raises(InvalidResponseError):
         await sink.verify()
-    await sink.discard()
+    sink.discard()
     assert not list(tmp_path.iterdir())
 
 
@@ -195,4 +195,4 @@ async def test_image_sink_verifies_a_large_webp_from_its_header(tmp_path: Path, 
     await sink.end_json()
     info = await sink.verify()
     assert (info.format, info.width, info.height, info.bytes) == ("webp", 1200, 900, len(webp))
-    await sink.discard()
+    sink.discard()
