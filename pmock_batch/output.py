@@ -4,8 +4,9 @@ The engine streams each image through an :class:`ImageSink`: the base64
 text is decoded as it arrives, hashed, and written to a temporary file in
 about 1 MB writes, then verified from its head and tail and renamed into
 place. :func:`verify_image`, :func:`decode_and_verify` and
-:func:`write_atomic` do the same for bytes already in memory. File I/O uses
-aiofiles with few, large calls (see ``benchmarks/aiofiles_hops.py``).
+:func:`write_atomic` do the same for bytes already in memory, with aiofiles.
+Thread hops are kept few and large (see ``benchmarks/aiofiles_hops.py``): the
+sink writes ~1 MB at a time and commits (fsync, close, rename) in one hop.
 """
 
 from __future__ import annotations
