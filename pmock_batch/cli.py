@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 from . import __version__
 from .batch import run_batch
+from .capabilities import Capabilities, load_capabilities
 from .config import (
     API_KEY_ENV,
     BASE_URL_ENV,
@@ -39,7 +40,7 @@ from .engine import Engine, Summary
 from .errors import LockedError, UsageError
 from .jobs import Defaults, Job, ScanResult, iter_jobs, scan
 from .lock import run_lock
-from .models import BACKGROUNDS, FORMATS, MODERATIONS, QUALITIES, SIZES
+from .models import FORMATS, RESPONSE_FORMATS
 from .output import EXTENSIONS
 from .progress import Reporter, make_console, render_summary, setup_logging, summary_json
 from .report import write_report
@@ -98,18 +99,35 @@ def _add_request_defaults(parser: argparse.ArgumentParser) -> None:
         "request defaults", "used for fields a job line leaves out; a value on the line wins"
     )
     group.add_argument("--model", help=f"model name (default: {DEFAULT_MODEL})")
-    group.add_argument("--size", choices=SIZES, help="image size (default: the server's)")
-    group.add_argument("--quality", choices=QUALITIES, help="quality (default: the server's)")
+    group.add_argument(
+        "--size", metavar="WxH", help="image size, checked per model (default: the server's)"
+    )
+    group.add_argument(
+        "--quality", metavar="Q", help="quality, checked per model (default: the server's)"
+    )
     group.add_argument(
         "--output-format", choices=FORMATS, help="image format (default: the server's, png)"
     )
-    group.add_argument("--background", choices=BACKGROUNDS, help="background (default: server's)")
-    group.add_argument("--moderation", choices=MODERATIONS, help="moderation (default: server's)")
+    group.add_argument("--background", metavar="B", help="background (default: server's)")
+    group.add_argument("--moderation", metavar="M", help="moderation (default: server's)")
+    group.add_argument(
+        "--response-format",
+        choices=RESPONSE_FORMATS,
+        help="sent only to models that accept it (dall-e-2/3); GPT image models always "
+        "return b64_json (default: not sent)",
+    )
     group.add_argument(
         "--output-compression",
         type=_compression,
         metavar="0-100",
         help="jpeg/webp compression, applied only to jpeg and webp jobs (default: server's)",
+    )
+    group.add_argument(
+        "--capabilities",
+        type=Path,
+        metavar="FILE",
+        help="a TOML capability table merged over the shipped one, for new models "
+        "(default: the shipped table)",
     )
 
 
@@ -366,6 +384,14 @@ def _add_mock_options(parser: argparse.ArgumentParser, *, prefix: str, title: st
         action="store_true",
         help="add a revised_prompt to every image (default: off)",
     )
+    add(
+        "dialect",
+        choices=("pmock", "openai"),
+        default="pmock",
+        help="pmock: the seed's rules; openai: the real API's rules per model, from the "
+        "capability table (400 unknown_parameter, n up to 10, gpt-image-2 sizes) "
+        "(default: pmock)",
+    )
 
 
 def _mock_options(args: argparse.Namespace) -> MockOptions:
@@ -388,6 +414,7 @@ def _mock_options(args: argparse.Namespace) -> MockOptions:
             payload_mb=args.mock_payload_mb,
             revised_prompt=args.mock_revised_prompt,
             image_px=args.mock_image_px,
+            dialect=args.mock_dialect,
         )
     except ValueError as exc:
         raise UsageError(f"mock server: {exc}") from exc
@@ -410,12 +437,14 @@ def _print_problems(result: ScanResult) -> None:
     _err(f"{result.file}: {len(result.invalid)} invalid line(s); nothing was sent.")
 
 
-def _print_plan(result: ScanResult, args: argparse.Namespace, out_dir: Path) -> None:
+def _print_plan(
+    result: ScanResult, args: argparse.Namespace, out_dir: Path, caps: Capabilities
+) -> None:
     path = args.jobs
     done = DoneIndex() if args.force else DoneIndex.load(out_dir / MANIFEST_NAME)
     finished = 0
     todo: list[Job] = []
-    for item in iter_jobs(path, result, defaults=_defaults(args)):
+    for item in iter_jobs(path, result, defaults=_defaults(args), caps=caps):
         if not isinstance(item, Job):
             continue
         if done.is_done(item, out_dir, verify=args.verify):
@@ -452,7 +481,13 @@ def _defaults(args: argparse.Namespace) -> Defaults:
         background=args.background,
         moderation=args.moderation,
         output_compression=args.output_compression,
+        response_format=args.response_format,
     )
+
+
+def _capabilities(args: argparse.Namespace) -> Capabilities:
+    """The capability table for this run (raises UsageError for a bad --capabilities)."""
+    return load_capabilities(args.capabilities)
 
 
 def _resolve_endpoint(args: argparse.Namespace) -> tuple[str, str | None]:
@@ -488,6 +523,7 @@ async def _run(
     result: ScanResult,
     mock: MockOptions | None,
     reporter: Reporter,
+    caps: Capabilities,
 ) -> Summary:
     loop = asyncio.get_running_loop()
     engines: list[Engine] = []
@@ -519,7 +555,7 @@ async def _run(
     try:
         async with _endpoint(mock, config.base_url) as base_url:
             config = replace(config, base_url=base_url)
-            jobs = iter_jobs(args.jobs, result, defaults=_defaults(args))
+            jobs = iter_jobs(args.jobs, result, defaults=_defaults(args), caps=caps)
             policy = RetryPolicy(
                 max_attempts=config.max_attempts, max_retry_wait=args.max_retry_wait
             )
@@ -557,6 +593,7 @@ def _main_command(argv: Sequence[str]) -> int:
     try:
         base_url, key = _resolve_endpoint(args)
         mock = _mock_options(args) if args.mock else None
+        caps = _capabilities(args)
     except UsageError as exc:
         _err(f"pmock-batch: error: {exc}")
         return EXIT_USAGE
@@ -564,7 +601,7 @@ def _main_command(argv: Sequence[str]) -> int:
         _err(f"pmock-batch: error: {args.jobs}: no such file")
         return EXIT_USAGE
     defaults = _defaults(args)
-    result = scan(args.jobs, defaults=defaults)
+    result = scan(args.jobs, defaults=defaults, caps=caps)
     for warning in result.warnings:
         log.warning("%s", warning)
     out_dir = args.out or Path("out") / args.jobs.stem
@@ -572,7 +609,7 @@ def _main_command(argv: Sequence[str]) -> int:
         _print_problems(result)
         return EXIT_USAGE
     if args.dry_run:
-        _print_plan(result, args, out_dir)
+        _print_plan(result, args, out_dir, caps)
         return EXIT_OK
     config = RunConfig(
         out_dir=out_dir,
@@ -595,7 +632,7 @@ def _main_command(argv: Sequence[str]) -> int:
     total = result.jobs + (len(result.invalid) if args.skip_invalid else 0)
     reporter = Reporter(console, total=total, mode=mode)
     try:
-        summary = asyncio.run(_run(args, config, result, mock, reporter))
+        summary = asyncio.run(_run(args, config, result, mock, reporter, caps))
     except LockedError as exc:
         _err(f"pmock-batch: {exc}")
         return EXIT_LOCKED
@@ -623,7 +660,14 @@ def _validate_command(argv: Sequence[str]) -> int:
     if not args.jobs.is_file():
         _err(f"pmock-batch: error: {args.jobs}: no such file")
         return EXIT_USAGE
-    result = scan(args.jobs, defaults=_defaults(args))
+    try:
+        caps = _capabilities(args)
+    except UsageError as exc:
+        _err(f"pmock-batch: error: {exc}")
+        return EXIT_USAGE
+    result = scan(args.jobs, defaults=_defaults(args), caps=caps)
+    for warning in result.warnings:
+        _err(f"warning: {warning}")
     if result.invalid:
         _print_problems(result)
         return EXIT_USAGE

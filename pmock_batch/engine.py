@@ -420,7 +420,7 @@ class Engine:
         warnings: list[str] = []
         usage: dict[str, Any] = {}
         revised: str | None = None
-        body = job.request.wire_body(self.config.field_case)
+        body = job.wire_body(self.config.field_case)
         error: ErrorRecord | None = None
         status: JobStatus = "ok"
         for stem in job.stems:
@@ -588,7 +588,7 @@ class Engine:
             line=job.line,
             status="not_run",
             error=ErrorRecord(kind="not_run", message=self._abort_reason or "interrupted"),
-            request=job.request.wire_body(self.config.field_case),
+            request=job.wire_body(self.config.field_case),
             fingerprint=job.fingerprint,
         )
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from .capabilities import Capabilities, shipped_capabilities
 from .errors import Problem
 from .models import (
     COMPRESSIBLE_FORMATS,
@@ -47,6 +48,7 @@ class Defaults:
     background: str | None = None
     moderation: str | None = None
     output_compression: int | None = None
+    response_format: str | None = None
 
     def fill(self, values: dict[str, Any]) -> dict[str, Any]:
         """Return ``values`` with every default the line did not set filled in.
@@ -76,6 +78,12 @@ class Job:
     request: ImageRequest
     fingerprint: str
     named: bool = True  # False when the id is a slug of the prompt
+    unsent: tuple[str, ...] = ()  # fields set but not sent: the model's entry says so
+    notes: tuple[tuple[str, str], ...] = ()  # (key, warning) from the capability check
+
+    def wire_body(self, field_case: str = "snake") -> dict[str, Any]:
+        """The JSON body of each of this job's requests, as sent."""
+        return self.request.wire_body(field_case, unsent=self.unsent)
 
     @property
     def stems(self) -> list[str]:
@@ -171,7 +179,9 @@ class _Rejected:
     id: str | None = None  # the line's id, when it had a valid one
 
 
-def parse_line(text: str, *, defaults: Defaults) -> Job | _Rejected | None:
+def parse_line(
+    text: str, *, defaults: Defaults, caps: Capabilities | None = None
+) -> Job | _Rejected | None:
     """Parse one line. Returns a Job, its problems, or None for a blank or comment line."""
     stripped = text.strip()
     if not stripped or stripped.startswith("#"):
@@ -198,6 +208,8 @@ def parse_line(text: str, *, defaults: Defaults) -> Job | _Rejected | None:
     except ValidationError as exc:
         problems += [(prefix + name, msg) for name, msg in describe_errors(exc)]
         return _Rejected(problems, job_id)
+    checked = (caps or shipped_capabilities()).check(request)
+    problems += [(prefix + name, msg) for name, msg in checked.problems]
     if problems:
         return _Rejected(problems, job_id)
     digest = fingerprint(request)
@@ -207,6 +219,8 @@ def parse_line(text: str, *, defaults: Defaults) -> Job | _Rejected | None:
         request=request,
         fingerprint=digest,
         named=job_id is not None,
+        unsent=checked.unsent,
+        notes=tuple(checked.notes),
     )
 
 
@@ -222,22 +236,31 @@ def _read_lines(path: Path) -> Iterator[tuple[int, str | None]]:
                 yield number, None
 
 
-def _parse(number: int, text: str | None, defaults: Defaults) -> Job | _Rejected | None:
+def _parse(
+    number: int, text: str | None, defaults: Defaults, caps: Capabilities | None
+) -> Job | _Rejected | None:
     if text is None:
         return _Rejected([("", "not valid UTF-8")])
-    result = parse_line(text, defaults=defaults)
+    result = parse_line(text, defaults=defaults, caps=caps)
     if isinstance(result, Job):
         return replace(result, line=number)
     return result
 
 
-def scan(path: Path, *, defaults: Defaults | None = None) -> ScanResult:
-    """Validate every line of ``path``; collect problems instead of raising."""
+def scan(
+    path: Path, *, defaults: Defaults | None = None, caps: Capabilities | None = None
+) -> ScanResult:
+    """Validate every line of ``path``; collect problems instead of raising.
+
+    Each kind of capability warning (a field not sent, an unknown model) is
+    reported once, for the first line it applies to.
+    """
     defaults = defaults or Defaults()
     result = ScanResult(file=str(path))
     seen: dict[str, tuple[int, str]] = {}  # casefolded stem -> (line, stem)
+    warned: set[str] = set()
     for number, text in _read_lines(path):
-        parsed = _parse(number, text, defaults)
+        parsed = _parse(number, text, defaults, caps)
         if parsed is None:
             continue
         parsed_problems = _collisions(parsed, seen) if isinstance(parsed, Job) else parsed.problems
@@ -253,11 +276,10 @@ def scan(path: Path, *, defaults: Defaults | None = None) -> ScanResult:
         assert isinstance(parsed, Job)
         result.jobs += 1
         result.images += parsed.request.count
-        if parsed.request.input_fidelity is not None and not result.warnings:
-            result.warnings.append(
-                f"{path}:{number}: input_fidelity only affects image edits; "
-                "generations ignore it (it is still sent)"
-            )
+        for key, note in parsed.notes:
+            if key not in warned:
+                warned.add(key)
+                result.warnings.append(f"{path}:{number}: {note}")
     return result
 
 
@@ -302,7 +324,11 @@ def _collisions(job: Job, seen: dict[str, tuple[int, str]]) -> list[tuple[str, s
 
 
 def iter_jobs(
-    path: Path, scanned: ScanResult, *, defaults: Defaults | None = None
+    path: Path,
+    scanned: ScanResult,
+    *,
+    defaults: Defaults | None = None,
+    caps: Capabilities | None = None,
 ) -> Iterator[Job | InvalidLine]:
     """Stream the file again, yielding each valid Job and each invalid line in order.
 
@@ -314,7 +340,7 @@ def iter_jobs(
         if number in scanned.invalid:
             yield scanned.invalid[number]
             continue
-        parsed = _parse(number, text, defaults)
+        parsed = _parse(number, text, defaults, caps)
         if parsed is None:
             continue
         if isinstance(parsed, Job):

@@ -10,22 +10,27 @@ import difflib
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from .config import DEFAULT_MODEL
 
 __all__ = [
-    "BACKGROUNDS",
     "CAMEL_FIELDS",
     "FIELD_NAMES",
     "FORMATS",
     "MAX_PROMPT_CHARS",
-    "QUALITIES",
-    "SIZES",
+    "RESPONSE_FORMATS",
     "ErrorRecord",
     "FileRecord",
     "ImageData",
@@ -33,6 +38,7 @@ __all__ = [
     "ImagesResponse",
     "JobRecord",
     "describe_errors",
+    "did_you_mean",
     "fingerprint",
     "normalize_fields",
     "to_camel",
@@ -40,33 +46,21 @@ __all__ = [
 
 MAX_PROMPT_CHARS = 32_000
 
-Background = Literal["transparent", "opaque", "auto"]
-Moderation = Literal["auto", "low"]
-OutputFormat = Literal["png", "jpeg", "webp"]
-Quality = Literal["auto", "low", "medium", "high", "standard"]
-ResponseFormat = Literal["url", "b64_json"]
-Size = Literal[
-    "auto",
-    "1024x1024",
-    "1024x1536",
-    "1536x1024",
-    "2048x2048",
-    "2048x1152",
-    "3840x2160",
-    "2160x3840",
-]
-InputFidelity = Literal["high", "low"]
+OutputFormat = Literal["png", "jpeg", "webp"]  # what the writer can verify and save
+ResponseFormat = Literal["url", "b64_json"]  # what the client can receive
 
-BACKGROUNDS: tuple[str, ...] = get_args(Background)
-MODERATIONS: tuple[str, ...] = get_args(Moderation)
 FORMATS: tuple[str, ...] = get_args(OutputFormat)
-QUALITIES: tuple[str, ...] = get_args(Quality)
 RESPONSE_FORMATS: tuple[str, ...] = get_args(ResponseFormat)
-SIZES: tuple[str, ...] = get_args(Size)
-INPUT_FIDELITIES: tuple[str, ...] = get_args(InputFidelity)
+_SIZE_TEXT = re.compile(r"(auto|[0-9]{1,5}x[0-9]{1,5})\Z")
 
 COMPRESSIBLE_FORMATS = ("jpeg", "webp")
 ALPHA_FORMATS = ("png", "webp")
+
+
+def did_you_mean(value: str, allowed: Iterable[str]) -> str:
+    """``"; did you mean 'jpeg'?"`` for a close match among ``allowed``, else ``""``."""
+    close = difflib.get_close_matches(value, list(allowed), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def to_camel(name: str) -> str:
@@ -79,24 +73,40 @@ class ImageRequest(BaseModel):
     """One image-generation request, validated strictly.
 
     Fields are snake_case here; :func:`normalize_fields` maps camelCase input
-    onto them first. Fields left ``None`` were not set and are not sent.
+    onto them first. Fields left ``None`` were not set and are not sent. The
+    values a model accepts (enums, sizes, the largest ``n``) are data, checked
+    by :mod:`pmock_batch.capabilities`; this model checks types and what the
+    tool itself needs (a format it can verify, a response it can read).
     """
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
     prompt: Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CHARS)]
     model: Annotated[str, Field(min_length=1)] = DEFAULT_MODEL
-    background: Background | None = None
-    moderation: Moderation | None = None
+    background: str | None = None
+    moderation: str | None = None
     n: Annotated[int, Field(ge=1)] | None = None
     output_compression: Annotated[int, Field(ge=0, le=100)] | None = None
     output_format: OutputFormat | None = None
     partial_images: Annotated[int, Field(ge=0, le=3)] | None = None
-    quality: Quality | None = None
-    response_format: ResponseFormat = "b64_json"
-    size: Size | None = None
-    input_fidelity: InputFidelity | None = None
+    quality: str | None = None
+    response_format: ResponseFormat | None = None
+    size: str | None = None
+    input_fidelity: str | None = None
     user: str | None = None
+    safety_identifier: str | None = None
+    extra_body: dict[str, Any] | None = None  # sent as is, like the OpenAI SDK's extra_body
+
+    @field_validator("size")
+    @classmethod
+    def _size_text(cls, size: str | None) -> str | None:
+        if size is not None and not _SIZE_TEXT.match(size):
+            raise PydanticCustomError(
+                "size_text",
+                "{size} is not a size: use WxH, such as 1024x1024, or auto",
+                {"size": repr(size)},
+            )
+        return size
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> ImageRequest:
@@ -126,15 +136,26 @@ class ImageRequest(BaseModel):
         return self.n or 1
 
     def canonical(self) -> dict[str, Any]:
-        """The request as a snake_case dict of the fields that are set (plus the defaults sent)."""
-        return self.model_dump(exclude_none=True)
+        """What the job asks for, as a snake_case dict of the fields that are set.
 
-    def wire_body(self, field_case: str = "snake") -> dict[str, Any]:
-        """The JSON body of one single-image request. ``n`` is fanned out by the client."""
-        body = self.canonical()
-        body.pop("n", None)
+        ``response_format`` counts as ``b64_json`` when unset, since that is
+        what the job gets either way; so fingerprints (and the file names of
+        id-less jobs) stay what they were when it was always sent.
+        """
+        body = self.model_dump(exclude_none=True)
+        body.setdefault("response_format", "b64_json")
+        return body
+
+    def wire_body(self, field_case: str = "snake", *, unsent: Iterable[str] = ()) -> dict[str, Any]:
+        """The JSON body of one single-image request. ``n`` is fanned out by the client.
+
+        ``unsent`` names fields the model's capability entry says not to send.
+        ``extra_body`` is merged in last, as is, whatever ``field_case`` says.
+        """
+        body = self.model_dump(exclude_none=True, exclude={"n", "extra_body", *unsent})
         if field_case == "camel":
-            return {to_camel(k): v for k, v in body.items()}
+            body = {to_camel(k): v for k, v in body.items()}
+        body.update(self.extra_body or {})
         return body
 
 
@@ -169,9 +190,7 @@ def normalize_fields(
             continue
         name = key if key in FIELD_NAMES else CAMEL_FIELDS.get(key)
         if name is None:
-            close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            problems.append((repr(key), f"unknown field{hint}"))
+            problems.append((repr(key), f"unknown field{did_you_mean(key, known)}"))
             continue
         if name in spelled:
             problems.append((name, f"given twice, as {spelled[name]!r} and {key!r}; use one"))
@@ -208,7 +227,8 @@ def describe_errors(exc: ValidationError) -> list[tuple[str, str]]:
             msg = "required"
         elif kind == "literal_error":
             allowed = ", ".join(re.findall(r"'([^']*)'", str(ctx.get("expected", ""))))
-            msg = f"{_show(value)} is not one of {allowed}"
+            hint = did_you_mean(value, allowed.split(", ")) if isinstance(value, str) else ""
+            msg = f"{_show(value)} is not one of {allowed}{hint}"
         elif kind in _TYPE_NAMES:
             msg = f"expected {_TYPE_NAMES[kind]}, got {_show(value)}"
         elif kind == "string_too_short":

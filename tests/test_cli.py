@@ -30,12 +30,23 @@ def _isolated_env(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
 
 
-async def test_example_batch_with_mock_writes_valid_images_and_manifest(tmp_path, capsys):
+@pytest.mark.parametrize("dialect", ["pmock", "openai"])
+async def test_example_batch_with_mock_writes_valid_images_and_manifest(
+    tmp_path, capsys, make_mock, monkeypatch, dialect
+):
+    server = await make_mock(MockOptions(dialect=dialect))
+    monkeypatch.setenv("PMOCK_API_KEY", KEY)
     out = tmp_path / "out"
-    result = await run_cli(
-        [str(EXAMPLE), "--concurrency", "8", "--mock", "--out", str(out)], capsys
-    )
+    argv = [str(EXAMPLE), "--concurrency", "8", "--base-url", server.base_url, "--out", str(out)]
+    result = await run_cli(argv, capsys)
     assert result.code == 0, result.err
+    # No request carried a field the dialect refuses: every answer was a 200.
+    assert set(server.stats.outcomes) == {"ok"}, server.stats.outcomes
+    assert server.stats.downloads == 1  # url/owl: dall-e-2 with response_format url
+    sent = [entry.body for entry in server.stats.log]
+    assert all("input_fidelity" not in b and "partial_images" not in b for b in sent)
+    gpt = [b for b in sent if b["model"] == "gpt-image-2"]
+    assert gpt and all("response_format" not in b and "responseFormat" not in b for b in gpt)
     records = read_manifest(out)
     scanned = scan(EXAMPLE)
     assert len(records) == scanned.jobs == 12
@@ -44,8 +55,11 @@ async def test_example_batch_with_mock_writes_valid_images_and_manifest(tmp_path
     for record in records:
         assert record["status"] == "ok", record
         request = record["request"]
-        assert request["model"] == "gpt-image-2"
-        assert request["response_format"] in ("b64_json", "url")
+        if record["id"] == "url/owl":
+            assert request["model"] == "dall-e-2" and request["response_format"] == "url"
+        else:
+            assert request["model"] == "gpt-image-2"
+            assert "response_format" not in request
         assert len(record["fingerprint"]) == 64
         assert record["error"] is None
         assert record["attempts"] >= len(record["files"]) >= 1
@@ -104,9 +118,9 @@ async def test_invalid_file_exits_2_and_sends_nothing(tmp_path, capsys, make_moc
     lines = result.err.splitlines()
     assert f"{jobs}:2: 'quailty': unknown field; did you mean 'quality'?" in lines
     assert any(line.startswith(f"{jobs}:3: not valid JSON") for line in lines)
-    assert any(
-        line.startswith(f"{jobs}:4: size: '1000x1000' is not one of auto, 1024x1024")
-        for line in lines
+    assert (
+        f"{jobs}:4: size: '1000x1000' is not allowed for gpt-image-2: both edges must be multiples of 16"
+        in lines
     )
     assert "Traceback" not in result.err
     assert server.stats.requests == 0
@@ -137,7 +151,7 @@ async def test_skip_invalid_runs_the_rest_and_exits_1(tmp_path, capsys, make_moc
     assert records["bad"]["status"] == "invalid"
     assert records["bad"]["line"] == 2
     assert records["bad"]["error"]["kind"] == "invalid"
-    assert "size: '9x9' is not one of" in records["bad"]["error"]["message"]
+    assert "size: '9x9' is not allowed for gpt-image-2" in records["bad"]["error"]["message"]
     assert server.stats.requests == 1
 
 
@@ -227,14 +241,12 @@ async def test_field_case_camel_and_snake_on_the_wire(tmp_path, capsys, make_moc
         "model": "gpt-image-2",
         "output_format": "webp",
         "output_compression": 50,
-        "response_format": "b64_json",
     }
     assert camel == {
         "prompt": "a cat",
         "model": "gpt-image-2",
         "outputFormat": "webp",
         "outputCompression": 50,
-        "responseFormat": "b64_json",
     }
     assert open_image(tmp_path / "c" / "a.webp").format == "WEBP"
 
@@ -302,10 +314,12 @@ async def test_url_response_format_downloads_the_image(tmp_path, capsys, make_mo
     monkeypatch.setenv("PMOCK_API_KEY", KEY)
     out = tmp_path / "o"
     jobs = write_jobs(
-        tmp_path / "jobs.jsonl", [{"id": "owl", "prompt": "an owl", "response_format": "url"}]
+        tmp_path / "jobs.jsonl",
+        [{"id": "owl", "prompt": "an owl", "response_format": "url", "model": "dall-e-2"}],
     )
     result = await run_cli([str(jobs), "--base-url", server.base_url, "--out", str(out)], capsys)
     assert result.code == 0, result.err
+    assert server.stats.log[0].body["response_format"] == "url"
     assert server.stats.downloads == 1
     assert open_image(out / "owl.png").size == (1024, 1024)
 

@@ -28,15 +28,14 @@ from pmock_batch.jobs import (
     slug,
 )
 
-SIZES_TEXT = "auto, 1024x1024, 1024x1536, 1536x1024, 2048x2048, 2048x1152, 3840x2160, 2160x3840"
+NOT_A_SIZE = "is not a size: use WxH, such as 1024x1024, or auto"
 UNSAFE_NAME = "is not a safe name: each '/'-separated part must match [A-Za-z0-9_][A-Za-z0-9._-]*"
 SAME_REQUEST = (
     "prompt: same request as line {line}, so it would overwrite the same file; to get "
     'variants of one prompt set n (e.g. "n": 2), or give each line its own id'
 )
 FIDELITY_WARNING = (
-    "{path}:{line}: input_fidelity only affects image edits; "
-    "generations ignore it (it is still sent)"
+    "{path}:{line}: input_fidelity only affects image edits; it is not sent to generations"
 )
 SAFE_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*(/[A-Za-z0-9_][A-Za-z0-9._-]*)*\Z")
 
@@ -126,17 +125,23 @@ INVALID_LINES = [
     ),
     ('{"prompt": "p", "model": ""}', "model: must not be empty"),
     # enum values list what is allowed
-    ('{"prompt": "p", "size": "1000x1000"}', f"size: '1000x1000' is not one of {SIZES_TEXT}"),
-    ('{"prompt": "p", "size": 1024}', f"size: 1024 is not one of {SIZES_TEXT}"),
+    (
+        '{"prompt": "p", "size": "1000x1000"}',
+        "size: '1000x1000' is not allowed for gpt-image-2: both edges must be multiples of 16",
+    ),
+    ('{"prompt": "p", "size": 1024}', "size: expected a string, got 1024"),
     (
         '{"prompt": "p", "quality": "ultra"}',
-        "quality: 'ultra' is not one of auto, low, medium, high, standard",
+        "quality: 'ultra' is not one of auto, low, medium, high for gpt-image-2",
     ),
     (
         '{"prompt": "p", "background": "clear"}',
-        "background: 'clear' is not one of transparent, opaque, auto",
+        "background: 'clear' is not one of transparent, opaque, auto for gpt-image-2",
     ),
-    ('{"prompt": "p", "moderation": "high"}', "moderation: 'high' is not one of auto, low"),
+    (
+        '{"prompt": "p", "moderation": "high"}',
+        "moderation: 'high' is not one of auto, low for gpt-image-2",
+    ),
     (
         '{"prompt": "p", "outputFormat": "gif"}',
         "output_format: 'gif' is not one of png, jpeg, webp",
@@ -200,7 +205,7 @@ def test_one_line_with_several_problems_reports_each(tmp_path: Path) -> None:
     result = scan(path)
     id_msg = "id: '../x' contains '..'; output must stay in the output directory"
     n_msg = "n: expected an integer, got '2'"
-    size_msg = f"size: 'bad' is not one of {SIZES_TEXT}"
+    size_msg = f"size: 'bad' {NOT_A_SIZE}"
     assert problems(result) == [f"{path}:1: {m}" for m in (id_msg, n_msg, size_msg)]
     assert result.invalid[1].message == f"{id_msg}; {n_msg}; {size_msg}"
 
@@ -451,7 +456,7 @@ BATCH = {"custom_id": "j", "method": "POST", "url": "/v1/images/generations"}
 INVALID_BATCH_LINES: list[tuple[dict[str, Any], list[str]]] = [
     (
         {**BATCH, "body": {"prompt": "p", "size": "1"}},
-        [f"body.size: '1' is not one of {SIZES_TEXT}"],
+        [f"body.size: '1' {NOT_A_SIZE}"],
     ),
     ({**BATCH, "body": {"prompt": ""}}, ["body.prompt: must not be empty"]),
     ({**BATCH, "body": {"size": "auto"}}, ["body.prompt: required"]),
@@ -486,7 +491,7 @@ INVALID_BATCH_LINES: list[tuple[dict[str, Any], list[str]]] = [
         [
             "method: 'GET' is not POST",
             "url: '/x' is not /v1/images/generations",
-            f"body.size: '1' is not one of {SIZES_TEXT}",
+            f"body.size: '1' {NOT_A_SIZE}",
         ],
     ),
 ]
@@ -518,7 +523,7 @@ def test_bom_crlf_blank_and_comment_lines(tmp_path: Path) -> None:
         b'{"id": "c", "prompt": "third", "size": "bad"}\r\n'
     )
     result = scan(path)
-    assert problems(result) == [f"{path}:8: size: 'bad' is not one of {SIZES_TEXT}"]
+    assert problems(result) == [f"{path}:8: size: 'bad' {NOT_A_SIZE}"]
     items = list(iter_jobs(path, result))
     assert [(type(i).__name__, i.line) for i in items] == [
         ("Job", 3),
@@ -673,7 +678,7 @@ def test_defaults_change_the_fingerprint(tmp_path: Path) -> None:
 def test_invalid_default_is_reported_on_the_line(tmp_path: Path) -> None:
     path = write(tmp_path, '"p"')
     assert problems(scan(path, defaults=Defaults(size="big"))) == [
-        f"{path}:1: size: 'big' is not one of {SIZES_TEXT}"
+        f"{path}:1: size: 'big' {NOT_A_SIZE}"
     ]
 
 
@@ -693,7 +698,8 @@ def test_input_fidelity_warns_once(tmp_path: Path) -> None:
     assert result.ok
     assert result.warnings == [FIDELITY_WARNING.format(path=path, line=2)]
     [_, a, *_] = jobs_of(path, result)
-    assert a.request.wire_body()["input_fidelity"] == "high"  # still sent
+    assert "input_fidelity" not in a.wire_body()  # an edits field: never sent to generations
+    assert a.request.input_fidelity == "high"  # but still part of what the job asked for
 
 
 def test_no_warning_without_input_fidelity(tmp_path: Path) -> None:

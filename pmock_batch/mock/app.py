@@ -174,7 +174,7 @@ def _decide(
     if not is_json:
         message = "We could not parse the JSON body of your request: it is not valid JSON."
         return Plan(Outcome("400", status=400), error=error_body(message, code="invalid_json"))
-    parsed = parse_request(entry.body)
+    parsed = parse_request(entry.body, dialect=options.dialect)
     if isinstance(parsed, Rejection):
         return Plan(Outcome("400", status=400), error=parsed.body())
     lowered = parsed.prompt.lower()
@@ -274,7 +274,7 @@ async def _success_body(
     quality = req.quality if req.quality not in (None, "auto") else "medium"
     body = {
         "created": int(time.time()),
-        "data": [item],
+        "data": [item] * req.count,  # n > 1 passes validation only in the openai dialect
         "background": "transparent" if spec.transparent else "opaque",
         "output_format": spec.format,
         "quality": quality,

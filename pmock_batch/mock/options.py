@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from .faults import check_fault_rates, check_script
+from .validation import DIALECTS
 
 __all__ = [
     "DEFAULT_HANG_SECONDS",
@@ -47,6 +48,7 @@ class MockOptions:
     payload_mb: float | None = None  # pad images with noise to about this many MB (10**6 B)
     image_px: int | None = None  # draw every image this many pixels square, whatever its size
     log_limit: int = DEFAULT_LOG_LIMIT  # received requests kept in the stats log
+    dialect: str = "pmock"  # "pmock": the seed's rules; "openai": the real API's, per model
 
     def __post_init__(self) -> None:
         for name in ("latency", "latency_jitter", "retry_after", "hang_seconds"):
@@ -69,6 +71,8 @@ class MockOptions:
             raise ValueError(
                 f"image_px must be a whole number from 1 to {MAX_IMAGE_PX}, not {self.image_px!r}"
             )
+        if self.dialect not in DIALECTS:
+            raise ValueError(f"dialect must be one of {', '.join(DIALECTS)}, not {self.dialect!r}")
         if self.log_limit < 0:
             raise ValueError(f"log_limit must be >= 0, not {self.log_limit!r}")
         if isinstance(self.moderation_words, str):

@@ -1,8 +1,18 @@
-"""Validate a request body with the client's own model, and word the rejection like OpenAI.
+"""Validate a request body with the client's own model and capability table, and word the
+rejection like OpenAI.
 
-The mock accepts exactly what :class:`pmock_batch.models.ImageRequest` accepts
-(camelCase or snake_case keys), except that ``n`` must be absent or 1, as on
-the real endpoint.
+Two dialects:
+
+``pmock``
+    what pmock documents (``../shared/seed``): camelCase or snake_case keys,
+    the seed's enums and sizes (the capability table's ``[default]`` entry),
+    any model name, and ``n`` absent or 1.
+``openai``
+    what OpenAI's API does, per model, from the capability table: snake_case
+    keys only; 400 ``unknown_parameter`` for any field the model's entry does
+    not list (``response_format`` for GPT image models, ``input_fidelity`` for
+    generations, any unknown key); the model's enums, size rule and ``n`` up
+    to its maximum; an unknown model is ``invalid_value``.
 """
 
 from __future__ import annotations
@@ -13,10 +23,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ..models import ImageRequest, describe_errors, normalize_fields
+from ..capabilities import Capabilities, shipped_capabilities
+from ..models import FIELD_NAMES, ImageRequest, describe_errors, normalize_fields
 from .responses import error_body
 
-__all__ = ["Rejection", "parse_request"]
+__all__ = ["DIALECTS", "Rejection", "parse_request"]
+
+DIALECTS = ("pmock", "openai")
+_CLIENT_ONLY = "extra_body"  # the client merges it into the body; never a wire field
 
 _CODES = {
     "missing": "missing_required_parameter",
@@ -36,10 +50,13 @@ class Rejection:
     problems: tuple[tuple[str, str], ...]  # (field, problem) in the order found
     param: str | None
     code: str | None
+    text: str | None = None  # the message, when it is worded as OpenAI words it
 
     @property
     def message(self) -> str:
         """All problems as ``field: problem``, joined by ``; ``."""
+        if self.text is not None:
+            return self.text
         return "; ".join(f"{field}: {problem}" for field, problem in self.problems)
 
     def body(self) -> dict[str, Any]:
@@ -58,12 +75,28 @@ def _unquote(field: str) -> str:
     return field
 
 
-def parse_request(body: Any) -> ImageRequest | Rejection:
+def _unknown(param: str) -> Rejection:
+    problem = ((param, "unknown parameter"),)
+    return Rejection(
+        problem, param=param, code="unknown_parameter", text=f"Unknown parameter: {param!r}."
+    )
+
+
+def parse_request(
+    body: Any, *, dialect: str = "pmock", caps: Capabilities | None = None
+) -> ImageRequest | Rejection:
     """The validated request, or a :class:`Rejection` naming every problem."""
     if not isinstance(body, dict):
         kind = type(body).__name__ if body is not None else "null"
         wrong = ("body", f"expected a JSON object, got {kind}")
         return Rejection((wrong,), param=None, code="invalid_type")
+    caps = caps or shipped_capabilities()
+    if dialect == "openai":
+        for key in body:
+            if key not in FIELD_NAMES or key == _CLIENT_ONLY:
+                return _unknown(str(key))
+    elif _CLIENT_ONLY in body:
+        return _unknown(_CLIENT_ONLY)
     fields, found = normalize_fields(body)
     problems: list[tuple[str, str]] = []
     params: list[tuple[str, str]] = []  # (param, code), parallel to problems
@@ -78,7 +111,19 @@ def parse_request(body: Any) -> ImageRequest | Rejection:
         for err, (field, problem) in zip(exc.errors(), describe_errors(exc), strict=True):
             problems.append((field, problem))
             params.append((field, _CODES.get(err["type"], "invalid_value")))
-    if request is not None and request.n is not None and request.n != 1:
+    if request is not None and not problems:
+        entry = caps.lookup(request.model) if dialect == "openai" else caps.default
+        if not entry.known and dialect == "openai":
+            known = ", ".join(repr(e.name) for e in caps.models)
+            text = f"Invalid value: {request.model!r}. Supported values are: {known}."
+            return Rejection((("model", text),), param="model", code="invalid_value", text=text)
+        checked = caps.check(request, mode="server", entry=entry)
+        for field, problem in checked.problems:
+            if problem.startswith("not accepted"):
+                return _unknown(field)
+            problems.append((field, problem))
+            params.append((field, "invalid_value"))
+    if dialect == "pmock" and request is not None and request.n not in (None, 1):
         problems.append(("n", f"{request.n} is not supported; only 1 image per request"))
         params.append(("n", "invalid_value"))
     if request is not None and not problems:
