@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -25,6 +26,7 @@ from .errors import (
     APIConnectionError,
     APIStatusError,
     APITimeoutError,
+    CannotConnectError,
     InvalidResponseError,
     ResponseTooLargeError,
 )
@@ -129,20 +131,35 @@ def _status_error(
 
 
 @contextmanager
-def _mapped(what: str, timeout: float) -> Iterator[None]:
+def _mapped(what: str, timeout: float, url: str) -> Iterator[None]:
     """Translate aiohttp and asyncio failures into the project's exception tree."""
     try:
         yield
     except aiohttp.ConnectionTimeoutError as exc:  # never reached the server: not billed
-        raise APIConnectionError(f"{what}: could not connect in time") from exc
+        parts = urlsplit(url)
+        raise CannotConnectError(
+            f"{what}: could not connect in time",
+            host=parts.hostname or url,
+            port=parts.port or (443 if parts.scheme == "https" else 80),
+            reason="connect timeout",
+        ) from exc
     except TimeoutError as exc:  # includes aiohttp's read timeouts; the work may be billed
         raise APITimeoutError(f"{what}: no complete answer within {timeout:g}s") from exc
     except aiohttp.ClientPayloadError as exc:
         raise APIConnectionError(f"{what}: the answer was cut off mid-transfer") from exc
     except aiohttp.ServerDisconnectedError as exc:
         raise APIConnectionError(f"{what}: the server closed the connection") from exc
-    except aiohttp.ClientConnectorError as exc:
-        raise APIConnectionError(f"{what}: cannot connect to {exc.host}:{exc.port}") from exc
+    except aiohttp.ClientConnectorError as exc:  # refused, DNS, TLS: nothing reached the server
+        err = exc.os_error
+        # "Connection refused" reads better than asyncio's "Connect call failed (...)".
+        reason = os.strerror(err.errno) if err.errno and err.errno > 0 else ""
+        reason = reason or err.strerror or str(err) or type(err).__name__
+        raise CannotConnectError(
+            f"{what}: cannot connect to {exc.host}:{exc.port} ({reason})",
+            host=exc.host,
+            port=exc.port,
+            reason=reason,
+        ) from exc
     except aiohttp.ClientError as exc:
         raise APIConnectionError(f"{what}: {type(exc).__name__}: {exc}") from exc
     except ConnectionError as exc:
@@ -191,7 +208,7 @@ class ImagesClient:
         the whole body is read and parsed.
         """
         cfg = self._config
-        with _mapped("POST /images/generations", cfg.timeout):
+        with _mapped("POST /images/generations", cfg.timeout, cfg.endpoint):
             async with self.session.post(cfg.endpoint, json=body, headers=self._auth) as resp:
                 status, headers = resp.status, dict(resp.headers)
                 if status >= 300:
@@ -218,7 +235,7 @@ class ImagesClient:
             raise InvalidResponseError(f"the image URL is malformed: {exc}") from exc
         if scheme not in ("http", "https"):
             raise InvalidResponseError(f"refusing to download an image URL with scheme {scheme!r}")
-        with _mapped("GET image URL", self._config.timeout):
+        with _mapped("GET image URL", self._config.timeout, url):
             # The key is for the API, not for wherever the image is hosted: not sent here.
             async with self.session.get(url) as resp:
                 if resp.status >= 300:

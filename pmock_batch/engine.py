@@ -32,6 +32,7 @@ from .errors import (
     APIError,
     APIStatusError,
     APITimeoutError,
+    CannotConnectError,
     InvalidResponseError,
     PmockBatchError,
 )
@@ -42,6 +43,7 @@ from .output import ImageInfo, ImageSink, decode_and_verify
 from .pacing import Pacer
 from .resume import DoneIndex
 from .retry import Decision, RetryPolicy, classify, server_wait
+from .tripwire import Tripwire
 
 __all__ = ["Engine", "RunObserver", "Summary", "Writer", "commit", "error_record"]
 
@@ -235,6 +237,7 @@ class Engine:
         self.done = done
         self.verify = verify
         self.writer = writer
+        self.tripwire = Tripwire()  # aborts early when every job would fail the same way
         self.skipped_lines: dict[str, int] = {}  # id -> current line, for jobs already done
         self.keys: set[str] = set()  # every job of this file, as the manifest keys it
         if self.policy.sleep is None:
@@ -262,8 +265,10 @@ class Engine:
         self._stopping.set()
 
     def _abort(self, exc: BaseException) -> None:
+        self._abort_with(abort_reason(exc, self.config))
+
+    def _abort_with(self, reason: str) -> None:
         if self._abort_reason is None:
-            reason = abort_reason(exc, self.config)
             self._abort_reason = reason
             self.summary.aborted = reason
             log.error("aborting the run: %s", reason, extra={"event": "abort", "reason": reason})
@@ -431,8 +436,13 @@ class Engine:
                 error = ErrorRecord(kind="not_run", message=self._abort_reason or "interrupted")
                 break
             except Exception as exc:  # a job's failure, even an unexpected one, is a record
-                if classify(exc) is Decision.ABORT:
+                decision = classify(exc)
+                if decision is Decision.ABORT:
                     self._abort(exc)
+                elif isinstance(exc, APIStatusError):
+                    tripped = self.tripwire.rejected(job.id, exc)
+                    if tripped is not None:
+                        self._abort_with(tripped)
                 if not isinstance(exc, PmockBatchError | OSError):
                     log.exception("%s: unexpected error", job.id, extra={"event": "internal"})
                 error = error_record(exc)
@@ -533,6 +543,12 @@ class Engine:
                         except APIStatusError as exc:
                             self._note_status_error(job, exc, state, started)
                             raise
+                        except CannotConnectError as exc:
+                            tripped = self.tripwire.connect_failed(exc)
+                            if tripped is not None:
+                                self._abort_with(tripped)
+                            raise
+                    self.tripwire.succeeded()
                     self.pacer.observe(reply.headers)
                     _log_attempt(job.id, state.count, reply.status, started)
                     image = await sink.verify()
@@ -547,6 +563,7 @@ class Engine:
         self, job: Job, exc: APIStatusError, state: _Attempts, started: float
     ) -> None:
         state.http_status = exc.status
+        self.tripwire.answered()
         self.pacer.observe(exc.headers)
         if exc.status == 429:
             state.rate_limited += 1

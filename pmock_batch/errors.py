@@ -10,6 +10,7 @@
     └── APIError                   anything that went wrong talking to the server
         ├── APIStatusError         the server answered with a non-2xx status
         ├── APIConnectionError     no usable answer: refused, reset, dropped, cut off
+        │   ├── CannotConnectError never reached the server: refused, DNS, TLS, connect timeout
         │   └── APITimeoutError    the request timed out (it may have been billed)
         ├── InvalidResponseError   a 2xx whose body or image is unusable (retried)
         └── ResponseTooLargeError  an image download over the size cap (not retried)
@@ -32,6 +33,7 @@ __all__ = [
     "APIError",
     "APIStatusError",
     "APITimeoutError",
+    "CannotConnectError",
     "InvalidResponseError",
     "JobFileError",
     "LockedError",
@@ -125,6 +127,25 @@ class APIConnectionError(APIError):
     """No usable answer: connection refused, reset or dropped, or a body cut off."""
 
     kind = "connection"
+
+
+class CannotConnectError(APIConnectionError):
+    """No connection could be opened: refused, a DNS failure, a TLS failure, a connect timeout.
+
+    Nothing reached the server, so nothing was billed. ``host`` and ``port``
+    say where it tried; ``reason`` is the operating system's word for it.
+    """
+
+    def __init__(self, message: str, *, host: str, port: int | None, reason: str) -> None:
+        super().__init__(message)
+        self.host = host
+        self.port = port
+        self.reason = reason
+
+    @property
+    def where(self) -> str:
+        """``host:port``, as tried."""
+        return f"{self.host}:{self.port}" if self.port is not None else self.host
 
 
 class APITimeoutError(APIConnectionError):
