@@ -124,7 +124,7 @@ CHECKS = [
         ),
     ),
     ({"prompt": "p", "model": "some-new-model", "quality": "standard"}, None),
-    ({"prompt": "p", "extra_body": "x"}, 'extra_body: expected an object, got "x"'),
+    ({"prompt": "p", "extra_body": "x"}, "extra_body: expected an object, got 'x'"),
 ]
 
 
