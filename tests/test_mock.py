@@ -773,3 +773,88 @@ async def test_openai_sdk_is_compatible(make_mock):
             await wrong.images.generate(model="gpt-image-2", prompt="a fox")
     finally:
         await wrong.close()
+
+
+# -- the openai dialect -------------------------------------------------------------------
+
+
+@pytest.fixture
+async def openai_mock(make_mock):
+    return await make_mock(MockOptions(dialect="openai"))
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"prompt": "a fox", "response_format": "b64_json"}, "response_format"),
+        ({"prompt": "a fox", "model": "gpt-image-1", "response_format": "url"}, "response_format"),
+        ({"prompt": "a fox", "input_fidelity": "high"}, "input_fidelity"),
+        ({"prompt": "a fox", "colour": "red"}, "colour"),
+        ({"prompt": "a fox", "outputFormat": "png"}, "outputFormat"),
+        ({"prompt": "a fox", "extra_body": {}}, "extra_body"),
+        ({"prompt": "a fox", "model": "dall-e-3", "background": "opaque"}, "background"),
+    ],
+)
+async def test_openai_dialect_refuses_what_the_model_does_not_accept(
+    openai_mock, session, body, param
+):
+    answer = await post(session, openai_mock, body)
+    error = assert_error(answer, 400, code="unknown_parameter", param=param)
+    assert error["message"] == f"Unknown parameter: {param!r}."
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"prompt": "a fox", "n": 11}, "n"),
+        ({"prompt": "a fox", "size": "1000x1000"}, "size"),
+        ({"prompt": "a fox", "model": "gpt-image-1", "size": "2048x2048"}, "size"),
+        ({"prompt": "a fox", "quality": "standard"}, "quality"),
+        ({"prompt": "a fox", "model": "dall-e-3", "n": 2}, "n"),
+        ({"prompt": "a fox", "model": "no-such-model"}, "model"),
+    ],
+)
+async def test_openai_dialect_checks_values_per_model(openai_mock, session, body, param):
+    assert_error(await post(session, openai_mock, body), 400, code="invalid_value", param=param)
+
+
+async def test_openai_dialect_accepts_what_the_real_api_does(openai_mock, mock_server, session):
+    three = await post(session, openai_mock, {"prompt": "a fox", "n": 3})
+    assert three.status == 200 and len(three.body["data"]) == 3
+    wide = {"prompt": "a fox", "size": "1536x864", "safety_identifier": "user-1"}
+    assert decode(await post(session, openai_mock, wide)).size == (1536, 864)
+    dalle = {"prompt": "a fox", "model": "dall-e-3", "quality": "hd", "response_format": "url"}
+    answer = await post(session, openai_mock, dalle)
+    assert answer.status == 200 and answer.body["data"][0]["url"].startswith("http://127.0.0.1")
+    # The pmock dialect keeps the seed's rules: its size list, n of 1, camelCase.
+    assert_error(await post(session, mock_server, wide), 400, code="invalid_value", param="size")
+    assert_error(
+        await post(session, mock_server, {"prompt": "a fox", "n": 3}),
+        400,
+        code="invalid_value",
+        param="n",
+    )
+    camel = await post(session, mock_server, {"prompt": "a fox", "responseFormat": "b64_json"})
+    assert camel.status == 200
+
+
+async def test_openai_sdk_gets_a_bad_request_for_response_format_with_gpt_image_2(make_mock):
+    server = await make_mock(MockOptions(dialect="openai"))
+    client = openai.AsyncOpenAI(base_url=server.base_url, api_key="test", max_retries=0)
+    try:
+        with pytest.raises(openai.BadRequestError) as bad:
+            await client.images.generate(
+                model="gpt-image-2", prompt="a fox", response_format="b64_json"
+            )
+        assert (bad.value.code, bad.value.param) == ("unknown_parameter", "response_format")
+        result = await client.images.generate(model="gpt-image-2", prompt="a fox", n=2)
+        assert result.data is not None and len(result.data) == 2
+        assert all(item.b64_json for item in result.data)
+    finally:
+        await client.close()
+    assert server.stats.log[0].body["response_format"] == "b64_json"
+
+
+def test_an_unknown_dialect_is_refused() -> None:
+    with pytest.raises(ValueError, match="dialect must be one of pmock, openai"):
+        MockOptions(dialect="azure")
