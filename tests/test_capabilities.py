@@ -331,3 +331,22 @@ async def test_extra_body_reaches_the_server(tmp_path, capsys, make_mock, monkey
     assert records["b"]["error"]["code"] == "unknown_parameter"
     assert records["b"]["error"]["param"] == "colour"
     assert json.loads(json.dumps(records["b"]["request"]))["colour"] == "red"
+
+
+async def test_mock_dialect_flag_runs_the_in_process_mock_as_openai(tmp_path, capsys):
+    jobs = write_jobs(
+        tmp_path / "jobs.jsonl",
+        [
+            {"id": "a", "prompt": "a cat", "response_format": "b64_json", "size": "1536x864"},
+            {"id": "b", "prompt": "a dog", "model": "dall-e-2", "size": "512x512"},
+        ],
+    )
+    out = tmp_path / "out"
+    argv = [str(jobs), "--mock", "--mock-dialect", "openai", "--out", str(out)]
+    result = await run_cli([*argv, "--response-format", "url"], capsys)
+    assert result.code == 0, result.err
+    assert "gpt-image-2 always returns b64_json; response_format is not sent" in result.err
+    records = {r["id"]: r for r in read_manifest(out)}
+    assert "response_format" not in records["a"]["request"]
+    assert records["b"]["request"]["response_format"] == "url"  # from the flag
+    assert (records["a"]["files"][0]["width"], records["b"]["files"][0]["width"]) == (1536, 512)
