@@ -33,6 +33,15 @@ __all__ = ["MAX_ID_CHARS", "Defaults", "InvalidLine", "Job", "ScanResult", "iter
 MAX_ID_CHARS = 200
 MAX_REPORTED_PROBLEMS = 20
 _SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*\Z")
+# Names the tool itself writes at the top of OUT: an id may not claim them.
+RESERVED_NAMES = frozenset({"manifest.jsonl", "report.html", ".lock", ".thumbs", ".rejected"})
+# Windows refuses these as file names, with or without an extension; OUT is copied between
+# machines and CI runs on Windows runners too.
+WINDOWS_RESERVED = frozenset(
+    {"CON", "PRN", "AUX", "NUL"} | {f"{p}{i}" for p in ("COM", "LPT") for i in range(1, 10)}
+)
+# Every extension an image of a job may get (the server may send another format than asked).
+_ALL_EXTENSIONS = ("png", "jpg", "webp")
 _BATCH_KEYS = ("custom_id", "method", "url", "body")
 _SLUG_CHARS = 40
 
@@ -128,7 +137,7 @@ def _check_id(value: Any) -> str:
         raise ValueError(f"is {len(value)} characters long; at most {MAX_ID_CHARS} are allowed")
     if value.startswith("/") or value.startswith("\\") or re.match(r"[A-Za-z]:", value):
         raise ValueError(f"{value!r} is an absolute path; ids are relative to the output directory")
-    for segment in value.split("/"):
+    for index, segment in enumerate(value.split("/")):
         if segment == "..":
             raise ValueError(f"{value!r} contains '..'; output must stay in the output directory")
         if not _SEGMENT.match(segment):
@@ -136,6 +145,15 @@ def _check_id(value: Any) -> str:
                 f"{value!r} is not a safe name: each '/'-separated part must match "
                 "[A-Za-z0-9_][A-Za-z0-9._-]*"
             )
+        if segment.endswith("."):
+            raise ValueError(f"{value!r}: a part may not end in a dot (Windows drops it)")
+        if segment.split(".")[0].upper() in WINDOWS_RESERVED:
+            raise ValueError(
+                f"{value!r}: {segment!r} is a reserved device name on Windows "
+                "(CON, PRN, AUX, NUL, COM1-9, LPT1-9)"
+            )
+        if index == 0 and segment.casefold() in RESERVED_NAMES:
+            raise ValueError(f"{value!r}: {segment!r} is a name pmock-batch writes in OUT")
     return value
 
 
@@ -173,6 +191,41 @@ def _split_line(obj: Any) -> tuple[Any, dict[str, Any], str, list[tuple[str, str
     return values.pop("id", None), values, "", []
 
 
+class _DuplicateKeyError(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json.loads``' object hook: a key given twice is an error, not "the last one wins"."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKeyError(key)
+        out[key] = value
+    return out
+
+
+def _lone_surrogate(obj: Any) -> str | None:
+    """The field (or ``""``) holding a string with a lone surrogate, or None. Iterative."""
+    stack: list[tuple[str, Any]] = [("", obj)]
+    while stack:
+        where, item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return where.encode("utf-8", "backslashreplace").decode("utf-8")
+        elif isinstance(item, dict):
+            for key, value in item.items():
+                stack.append((where or key, key))
+                stack.append((where or key, value))
+        elif isinstance(item, list):
+            stack.extend((where, value) for value in item)
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class _Rejected:
     problems: list[tuple[str, str]]  # (field, problem)
@@ -187,9 +240,18 @@ def parse_line(
     if not stripped or stripped.startswith("#"):
         return None
     try:
-        obj = json.loads(stripped)
+        obj = json.loads(stripped, object_pairs_hook=_no_duplicates)
     except json.JSONDecodeError as exc:
         return _Rejected([("", f"not valid JSON: {exc.msg} (column {exc.colno})")])
+    except _DuplicateKeyError as exc:
+        return _Rejected([(repr(exc.key), "given twice on the line; use it once")])
+    except RecursionError:
+        return _Rejected([("", "nested too deeply to be a job")])
+    bad_text = _lone_surrogate(obj)
+    if bad_text is not None:
+        return _Rejected(
+            [(bad_text, "contains a lone surrogate (\\ud800-\\udfff): not valid Unicode")]
+        )
     raw_id, raw_fields, prefix, problems = _split_line(obj)
     if problems and not raw_fields:
         return _Rejected(problems)
@@ -257,7 +319,7 @@ def scan(
     """
     defaults = defaults or Defaults()
     result = ScanResult(file=str(path))
-    seen: dict[str, tuple[int, str]] = {}  # casefolded stem -> (line, stem)
+    seen = _Names()
     warned: set[str] = set()
     for number, text in _read_lines(path):
         parsed = _parse(number, text, defaults, caps)
@@ -287,40 +349,86 @@ def _join(problems: list[tuple[str, str]]) -> str:
     return "; ".join(f"{f}: {m}" if f else m for f, m in problems)
 
 
-def _collisions(job: Job, seen: dict[str, tuple[int, str]]) -> list[tuple[str, str]]:
+@dataclass(slots=True)
+class _Names:
+    """The output names of the lines read so far, casefolded (macOS and Windows ignore case)."""
+
+    stems: dict[str, tuple[int, str]] = field(default_factory=dict)  # stem -> (line, stem)
+    folders: dict[str, tuple[int, str]] = field(default_factory=dict)  # folder -> (line, id)
+
+
+def _folders(job_id: str) -> list[str]:
+    """The folders an id's file sits in: ``a/b/c`` -> ``a``, ``a/b``."""
+    parts = job_id.split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def _collisions(job: Job, seen: _Names) -> list[tuple[str, str]]:
     """Report output names this job shares with an earlier line; register its own."""
-    problems: list[tuple[str, str]] = []
+    problems = _same_names(job, seen.stems) or _file_and_folder(job, seen)
+    if not problems:
+        for stem in job.stems:
+            seen.stems[stem.casefold()] = (job.line, stem)
+        for folder in _folders(job.id):
+            seen.folders.setdefault(folder.casefold(), (job.line, job.id))
+    return problems
+
+
+def _file_and_folder(job: Job, seen: _Names) -> list[tuple[str, str]]:
+    """A file of one line that would have to be a folder of another (``x`` and ``x.png/y``)."""
     for stem in job.stems:
-        key = stem.casefold()
-        if key in seen:
-            other_line, other_stem = seen[key]
-            if other_stem == stem and not job.named:
-                problems.append(
-                    (
-                        "prompt",
-                        f"same request as line {other_line}, so it would overwrite the same "
-                        'file; to get variants of one prompt set n (e.g. "n": 2), '
-                        "or give each line its own id",
-                    )
-                )
-            elif other_stem == stem and stem == job.id:
-                problems.append(("id", f"duplicate id {stem!r} (first used on line {other_line})"))
-            elif other_stem == stem:
-                problems.append(
-                    ("id", f"output name {stem!r} (from n) is already used on line {other_line}")
-                )
-            else:
-                problems.append(
+        for ext in _ALL_EXTENSIONS:
+            other = seen.folders.get(f"{stem}.{ext}".casefold())
+            if other is not None:
+                return [
                     (
                         "id",
-                        f"output name {stem!r} collides with {other_stem!r} on line {other_line} "
-                        "on case-insensitive file systems",
+                        f"its file {stem}.{ext} would be the folder that line {other[0]}'s id "
+                        f"{other[1]!r} needs",
                     )
+                ]
+    for folder in _folders(job.id):
+        base, dot, ext = folder.rpartition(".")
+        other = seen.stems.get(base.casefold()) if dot and ext.lower() in _ALL_EXTENSIONS else None
+        if other is not None:
+            return [
+                (
+                    "id",
+                    f"its folder {folder!r} would be the file that line {other[0]} "
+                    f"({other[1]!r}) writes",
                 )
-            return problems
+            ]
+    return []
+
+
+def _same_names(job: Job, seen: dict[str, tuple[int, str]]) -> list[tuple[str, str]]:
+    """Output names this job shares with an earlier line."""
     for stem in job.stems:
-        seen[stem.casefold()] = (job.line, stem)
-    return problems
+        key = stem.casefold()
+        if key not in seen:
+            continue
+        other_line, other_stem = seen[key]
+        if other_stem == stem and not job.named:
+            return [
+                (
+                    "prompt",
+                    f"same request as line {other_line}, so it would overwrite the same "
+                    'file; to get variants of one prompt set n (e.g. "n": 2), '
+                    "or give each line its own id",
+                )
+            ]
+        if other_stem == stem and stem == job.id:
+            return [("id", f"duplicate id {stem!r} (first used on line {other_line})")]
+        if other_stem == stem:
+            return [("id", f"output name {stem!r} (from n) is already used on line {other_line}")]
+        return [
+            (
+                "id",
+                f"output name {stem!r} collides with {other_stem!r} on line {other_line} "
+                "on case-insensitive file systems",
+            )
+        ]
+    return []
 
 
 def iter_jobs(

@@ -817,3 +817,96 @@ def test_any_prompt_round_trips_through_a_bare_string_line(
     assert SAFE_ID.match(job.id), job.id
     assert _check_id(job.id) == job.id
     assert job.id.endswith("-" + job.fingerprint[:8])
+
+
+# --- hostile job files (issue 9) ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("[" * 100_000, "nested too deeply to be a job"),
+        ('{"prompt": "a", "user": "\\ud800"}', "user: contains a lone surrogate"),
+        ('"\\udfff lone"', "contains a lone surrogate"),
+        ('{"prompt": "a", "extra_body": {"k": ["\\ud800"]}}', "extra_body: contains a lone"),
+        ('{"id": "b", "id": "c", "prompt": "p"}', "'id': given twice on the line; use it once"),
+        ('{"prompt": "p", "extra_body": {"x": 1, "x": 2}}', "'x': given twice on the line"),
+    ],
+)
+def test_hostile_lines_are_per_line_errors(tmp_path: Path, line: str, expected: str) -> None:
+    path = write(tmp_path, '"fine"', line)
+    result = scan(path)
+    assert list(result.invalid) == [2]
+    [problem] = problems(result)
+    assert problem.startswith(f"{path}:2: {expected}"), problem
+
+
+@pytest.mark.parametrize(
+    ("job_id", "expected"),
+    [
+        ("manifest.jsonl", "'manifest.jsonl' is a name pmock-batch writes in OUT"),
+        ("Report.html/x", "'Report.html' is a name pmock-batch writes in OUT"),
+        ("CON", "'CON' is a reserved device name on Windows"),
+        ("icons/nul.txt", "'nul.txt' is a reserved device name on Windows"),
+        ("lpt9", "'lpt9' is a reserved device name on Windows"),
+        ("com1/x", "'com1' is a reserved device name on Windows"),
+        ("name.", "a part may not end in a dot"),
+        ("a./b", "a part may not end in a dot"),
+        ("a b", "is not a safe name"),
+        (".rejected/x", "is not a safe name"),
+    ],
+)
+def test_ids_that_cannot_be_files_everywhere_are_refused(tmp_path, job_id, expected) -> None:
+    path = write(tmp_path, {"id": job_id, "prompt": "p"})
+    assert expected in problems(scan(path))[0]
+
+
+@pytest.mark.parametrize("job_id", ["console", "com10", "lpt", "nul_map", "auxiliary/x", "a.b"])
+def test_names_close_to_reserved_ones_are_fine(tmp_path, job_id) -> None:
+    assert scan(write(tmp_path, {"id": job_id, "prompt": "p"})).ok
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "expected"),
+    [
+        ({"id": "x", "prompt": "p"}, {"id": "x.png/y", "prompt": "q"}, "its folder 'x.png'"),
+        ({"id": "x.png/y", "prompt": "q"}, {"id": "x", "prompt": "p"}, "its file x.png would be"),
+        (
+            {"id": "a/x", "prompt": "p", "output_format": "jpeg"},
+            {"id": "A/X.JPG/y", "prompt": "q"},
+            "its folder 'A/X.JPG'",
+        ),
+        ({"id": "v", "prompt": "p", "n": 2}, {"id": "v-2.webp/z", "prompt": "q"}, "v-2.webp"),
+    ],
+)
+def test_a_file_that_another_line_needs_as_a_folder_is_refused(tmp_path, first, second, expected):
+    path = write(tmp_path, first, second)
+    result = scan(path)
+    assert list(result.invalid) == [2]
+    assert expected in problems(result)[0]
+
+
+def test_folders_shared_by_many_ids_are_fine(tmp_path) -> None:
+    path = write(
+        tmp_path,
+        {"id": "a/b", "prompt": "p"},
+        {"id": "a/c", "prompt": "q"},
+        {"id": "a", "prompt": "r"},
+    )
+    assert scan(path).ok
+
+
+async def test_validate_reports_hostile_lines_with_exit_2(tmp_path, capsys) -> None:
+    from helpers import run_cli
+
+    path = write(tmp_path, '"fine"', "[" * 100_000, '{"prompt":"a","user":"\\ud800"}')
+    for argv in (["validate", str(path)], [str(path), "--mock", "--skip-invalid", "--dry-run"]):
+        result = await run_cli(argv, capsys)
+        assert "Traceback" not in result.err
+        if argv[0] == "validate":
+            assert result.code == 2
+            assert f"{path}:2: nested too deeply to be a job" in result.err
+            assert f"{path}:3: user: contains a lone surrogate" in result.err
+        else:
+            assert result.code == 0
+            assert "2 invalid line(s) would be skipped" in result.out
