@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 from urllib.parse import urlsplit
 
 from . import __version__
-from .batch import run_batch
+from .batch import run_batch, stale_files
 from .capabilities import Capabilities, load_capabilities
 from .config import (
     API_KEY_ENV,
@@ -161,6 +161,12 @@ def _build_parser() -> argparse.ArgumentParser:
         "--force",
         action="store_true",
         help="regenerate every job, even those a previous run finished (default: resume)",
+    )
+    inp.add_argument(
+        "--prune",
+        action="store_true",
+        help="drop the manifest records of jobs no longer in JOBS and delete their files "
+        "(default: keep them; with --dry-run: list them)",
     )
     inp.add_argument(
         "--verify",
@@ -444,7 +450,9 @@ def _print_plan(
     done = DoneIndex() if args.force else DoneIndex.load(out_dir / MANIFEST_NAME)
     finished = 0
     todo: list[Job] = []
+    current: set[str] = set()
     for item in iter_jobs(path, result, defaults=_defaults(args), caps=caps):
+        current.add(item.id if item.id is not None else f"#line{item.line}")
         if not isinstance(item, Job):
             continue
         if done.is_done(item, out_dir, verify=args.verify):
@@ -466,6 +474,12 @@ def _print_plan(
             shown += 1
     if result.jobs - finished > len(todo) or shown > MAX_PLAN_FILES:
         print("  ... and more")
+    if args.prune:
+        stale = stale_files(out_dir, current)
+        print(f"--prune would remove {len(stale)} job(s) no longer in {path}:")
+        for name, paths in stale:
+            files = ", ".join(str(p) for p in paths) or "no files"
+            print(f"  {name}: {files}")
     print("Nothing was sent (--dry-run).")
 
 
@@ -567,6 +581,7 @@ async def _run(
                 on_engine=on_engine,
                 resume=not args.force,
                 verify=args.verify,
+                prune=args.prune,
             )
     finally:
         tick_task.cancel()

@@ -23,7 +23,7 @@ from aiofiles.threadpool.text import AsyncTextIOWrapper
 
 from .models import JobRecord
 
-__all__ = ["ManifestWriter", "compact", "latest_records", "read_records"]
+__all__ = ["ManifestWriter", "compact", "latest_records", "read_records", "stale_records"]
 
 
 class ManifestWriter:
@@ -140,25 +140,51 @@ def latest_records(path: Path) -> Iterator[JobRecord]:
                 yield JobRecord.model_validate(data)
 
 
+def stale_records(path: Path, current: Set[str]) -> list[dict[str, Any]]:
+    """The latest records of jobs not in ``current`` (every job of the job file as it is now).
+
+    They belong to lines since removed, or to id-less jobs whose request (and
+    so whose name) changed. Raw dicts, so a damaged record is still listed.
+    """
+    if not path.exists():
+        return []
+    out: list[dict[str, Any]] = []
+    with path.open("rb") as src:
+        for entry in _latest_entries(path, {}):
+            if entry.key in current:
+                continue
+            src.seek(entry.offset)
+            data = _load(src.read(entry.length))
+            if data is not None:
+                out.append(data)
+    return out
+
+
 def compact(
     path: Path,
     current_lines: Mapping[str, int] | None = None,
     *,
-    keep: Set[str] | None = None,
+    current: Set[str] | None = None,
+    prune: bool = False,
 ) -> None:
     """Rewrite the log as one line per job (its latest record), sorted by input line.
 
     ``current_lines`` gives the line number, in the job file as it is now, of
     jobs this run skipped as already done; their records get that line.
-    ``keep``, when given, is every job of the job file as it is now: records
-    of other jobs (lines since removed, or whose id-less name changed) go.
+    ``current``, when given, is every job of the job file as it is now. The
+    records of other jobs (lines since removed, id-less jobs whose name
+    changed) are kept, after the current ones, so that an empty or truncated
+    job file never wipes the manifest; with ``prune`` they are dropped.
     """
     moved = current_lines or {}
     if not path.exists():
         return
     entries = _latest_entries(path, moved)
-    if keep is not None:
-        entries = [entry for entry in entries if entry.key in keep]
+    if current is not None:
+        stale = [entry for entry in entries if entry.key not in current]
+        entries = [entry for entry in entries if entry.key in current]
+        if not prune:
+            entries += stale
     tmp = path.with_name(f".{path.name}.compact.tmp")
     with path.open("rb") as src, tmp.open("wb") as dst:
         for entry in entries:

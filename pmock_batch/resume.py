@@ -1,24 +1,22 @@
 """Resume: which jobs a previous run already finished, so a re-run does only the rest.
 
 A job is done when its latest manifest record is ``ok`` for the same request
-fingerprint and every file it recorded still exists with the recorded size
-(and, with ``verify``, the recorded SHA-256). The index keeps only those
+fingerprint and every file it recorded is still a regular file inside OUT
+with the recorded size (and, with ``verify``, the recorded SHA-256). The index keeps only those
 facts per job, never whole records, so it stays small for large batches.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from .files import contained_file, sha256_of
 from .jobs import Job
 
 __all__ = ["DoneIndex"]
-
-_HASH_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,20 +81,15 @@ class DoneIndex:
         if len(done.files) != job.request.count:
             return False
         for relative, size, sha256 in done.files:
-            target = out_dir / relative
+            # A record is text anyone may edit: only regular files inside OUT count.
+            target = contained_file(out_dir, relative)
+            if target is None:
+                return False
             try:
                 if target.stat().st_size != size:
                     return False
             except OSError:
                 return False
-            if verify and _sha256(target) != sha256:
+            if verify and sha256_of(target, size) != sha256:
                 return False
         return True
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()

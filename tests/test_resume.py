@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import hashlib
 import json
 import os
 import re
@@ -319,18 +320,56 @@ async def test_an_abort_keeps_earlier_finished_jobs_done(tmp_path, make_mock, ca
     assert "6 already done, 10 to run" in dry.out
 
 
-async def test_records_of_lines_no_longer_in_the_file_are_dropped(tmp_path, make_mock, capsys):
+async def test_records_of_lines_no_longer_in_the_file_are_kept_until_prune(
+    tmp_path, make_mock, capsys
+):
     server = await make_mock(MockOptions())
+    out = tmp_path / "out"
     jobs = write_jobs(tmp_path / "jobs.jsonl", [*_lines(2), "an id-less prompt", {"prompt": ""}])
-    argv = [str(jobs), "--base-url", server.base_url, "--out", str(tmp_path / "out")]
+    argv = [str(jobs), "--base-url", server.base_url, "--out", str(out)]
     assert (await run_cli([*argv, "--skip-invalid"], capsys)).code == 1
-    assert len(read_manifest(tmp_path / "out")) == 4
+    assert len(read_manifest(out)) == 4
+    [old] = [r for r in read_manifest(out) if r["id"] and r["id"].startswith("an-id-less")]
+    old_file = out / old["files"][0]["path"]
     write_jobs(jobs, [*_lines(2), "an edited id-less prompt", {"prompt": "fixed"}])
     assert (await run_cli(argv, capsys)).code == 0
-    records = read_manifest(tmp_path / "out")
-    assert [r["status"] for r in records] == ["ok"] * 4
+    records = read_manifest(out)
+    # The current jobs first, in line order; then what is no longer in the file, kept.
+    assert [r["status"] for r in records] == ["ok"] * 4 + ["ok", "invalid"]
+    assert [r["line"] for r in records[:4]] == [1, 2, 3, 4]
+    assert records[4]["id"] == old["id"] and old_file.is_file()
+    plan = await run_cli([*argv, "--dry-run", "--prune"], capsys)
+    assert plan.code == 0
+    assert "--prune would remove 2 job(s) no longer in" in plan.out
+    assert f"  {old['id']}: {old_file}" in plan.out
+    assert old_file.is_file() and len(read_manifest(out)) == 6
+    requests = server.stats.requests
+    pruned = await run_cli([*argv, "--prune"], capsys)
+    assert pruned.code == 0, pruned.err
+    assert (
+        f"pruned {old['id']} (no longer in the job file): {old['files'][0]['path']}" in pruned.err
+    )
+    assert server.stats.requests == requests  # pruning sends nothing
+    assert not old_file.exists()
+    records = read_manifest(out)
     assert [r["line"] for r in records] == [1, 2, 3, 4]
     assert not any(r["request"]["prompt"] == "an id-less prompt" for r in records)
+
+
+async def test_an_empty_job_file_never_wipes_the_manifest(tmp_path, make_mock, capsys):
+    server = await make_mock(MockOptions())
+    out = tmp_path / "out"
+    jobs = write_jobs(tmp_path / "jobs.jsonl", _lines(3))
+    argv = [str(jobs), "--base-url", server.base_url, "--out", str(out)]
+    assert (await run_cli(argv, capsys)).code == 0
+    before = (out / "manifest.jsonl").read_bytes()
+    jobs.write_text("", encoding="utf-8")
+    assert (await run_cli(argv, capsys)).code == 0
+    assert (out / "manifest.jsonl").read_bytes() == before
+    write_jobs(jobs, _lines(3))
+    requests = server.stats.requests
+    assert (await run_cli(argv, capsys)).code == 0
+    assert server.stats.requests == requests  # nothing paid for twice
 
 
 async def test_a_long_retry_after_fails_its_job_without_holding_the_others(tmp_path, make_mock):
@@ -381,3 +420,53 @@ async def test_a_malformed_image_url_is_an_invalid_response(tmp_path, make_mock)
     async with ImagesClient(config) as client:
         with pytest.raises(InvalidResponseError, match="malformed"):
             await client.download("http://[bad", sink)
+
+
+def _point_record_at(out: Path, job_id: str, path: str, data: bytes) -> None:
+    """Edit the manifest as an attacker would: job_id's file is now ``path`` with ``data``."""
+    records = read_manifest(out)
+    for record in records:
+        if record["id"] == job_id:
+            record["files"][0].update(
+                path=path, bytes=len(data), sha256=hashlib.sha256(data).hexdigest()
+            )
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    (out / "manifest.jsonl").write_text(text, encoding="utf-8")
+
+
+@pytest.mark.parametrize("verify", [False, True])
+@pytest.mark.parametrize("where", ["outside", "absolute", "device", "link"])
+async def test_resume_counts_only_regular_files_inside_out(
+    tmp_path, make_mock, capsys, where, verify
+):
+    server = await make_mock(MockOptions())
+    out = tmp_path / "out"
+    jobs = write_jobs(tmp_path / "jobs.jsonl", _lines(2))
+    argv = [str(jobs), "--base-url", server.base_url, "--out", str(out)]
+    if verify:
+        argv.append("--verify")
+    assert (await run_cli(argv, capsys)).code == 0
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"top secret")
+    if where == "outside":
+        _point_record_at(out, "j0", "../secret.txt", secret.read_bytes())
+    elif where == "absolute":
+        _point_record_at(out, "j0", str(secret), secret.read_bytes())
+    elif where == "device":
+        _point_record_at(out, "j0", "/dev/zero", b"\0" * 1000)
+    else:  # a link inside OUT to a file outside it, recorded with that file's size and hash
+        (out / "j0.png").unlink()
+        (out / "j0.png").symlink_to(secret)
+        _point_record_at(out, "j0", "j0.png", secret.read_bytes())
+    requests = server.stats.requests
+    result = await asyncio.wait_for(run_cli(argv, capsys), 20)  # /dev/zero must not spin
+    assert server.stats.requests == requests + 1  # j0 was not done; j1 was
+    assert secret.read_bytes() == b"top secret"
+    [record] = [r for r in read_manifest(out) if r["id"] == "j0"]
+    if where == "link":  # never written through: the job fails (see the output tests)
+        assert (result.code, record["status"]) == (1, "failed")
+        assert (out / "j0.png").is_symlink()
+    else:
+        assert result.code == 0, result.err
+        assert record["files"][0]["path"] == "j0.png"
+        assert (out / "j0.png").is_file()
