@@ -106,12 +106,19 @@ def test_verify_image_rejects_what_is_not_a_raster_image(data: bytes) -> None:
 
 
 def test_verify_image_rejects_an_unreadable_header() -> None:
+    broken = b"\xff\xd8\xff\x00" + bytes(40) + b"\xff\xd9"  # SOI and EOI, no header between
+    with pytest.raises(InvalidResponseError) as caught:
+        verify_image(broken)
+    assert str(caught.value).startswith("the jpeg image header is unreadable: ")
+    assert isinstance(caught.value.__cause__, Exception)
+
+
+def test_verify_image_rejects_a_png_whose_first_chunk_is_not_ihdr() -> None:
     png = make_image("png")
     broken = png[:8] + b"\x00\x00\x00\x0dJUNK" + png[16:]  # IHDR renamed
     with pytest.raises(InvalidResponseError) as caught:
         verify_image(broken)
-    assert str(caught.value).startswith("the png image header is unreadable: ")
-    assert isinstance(caught.value.__cause__, Exception)
+    assert str(caught.value) == "the PNG image is corrupt (its first chunk is JUNK, not IHDR)"
 
 
 def test_verified_image_extension_differs_from_format_for_jpeg() -> None:
