@@ -156,7 +156,8 @@ def image_warnings(info: ImageInfo, *, size: str | None) -> list[str]:
     warnings: list[str] = []
     if info.trailing:
         warnings.append(
-            f"{info.trailing:,} bytes after {END_MARKERS[info.format]}; "
+            f"{info.trailing:,} byte{'s' if info.trailing != 1 else ''} after "
+            f"{END_MARKERS[info.format]}; "
             "decoders ignore them and the file is kept as received"
         )
     if size and size != "auto":
