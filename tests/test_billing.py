@@ -8,6 +8,7 @@ failed download of a URL image retries the GET alone.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import random
@@ -40,6 +41,14 @@ class FakeSleep:
 
     async def __call__(self, seconds: float) -> None:
         self.waits.append(seconds)
+
+
+@pytest.fixture
+def cli_sleep(monkeypatch) -> FakeSleep:
+    """The CLI's retry policy gets an injected sleep: no test waits through real backoff."""
+    sleep = FakeSleep()
+    monkeypatch.setattr("pmock_batch.cli.RetryPolicy", functools.partial(RetryPolicy, sleep=sleep))
+    return sleep
 
 
 async def _batch(tmp_path: Path, base_url: str, lines, **policy):
@@ -132,7 +141,9 @@ async def test_a_size_not_as_asked_is_a_warning(tmp_path, make_mock, capsys):
 # --- billed retries ----------------------------------------------------------------------
 
 
-async def test_corrupt_twice_is_two_posts_and_both_answers_are_kept(tmp_path, make_mock, capsys):
+async def test_corrupt_twice_is_two_posts_and_both_answers_are_kept(
+    tmp_path, make_mock, capsys, cli_sleep
+):
     server = await make_mock(MockOptions(script={"a fox": ["corrupt", "corrupt"]}))
     write_jobs(tmp_path / "jobs.jsonl", [{"id": "pets/fox", "prompt": "a fox"}])
     out = tmp_path / "out"
@@ -152,6 +163,7 @@ async def test_corrupt_twice_is_two_posts_and_both_answers_are_kept(tmp_path, ma
         assert "truncated" in entry["reason"]
     summary = json.loads(result.out)
     assert summary["billed_retries"] == 1 and summary["retries"] == 1
+    assert len(cli_sleep.waits) == 1
     assert "billed retries" in result.err
     assert not (out / "pets" / "fox.png").exists()
     assert not list(out.rglob("*.pmock-tmp"))
@@ -191,7 +203,7 @@ async def test_a_later_run_never_overwrites_kept_bytes(tmp_path, make_mock):
 
 
 @pytest.mark.parametrize(("cap", "posts", "status"), [(0, 1, "failed"), (2, 3, "ok")])
-async def test_max_billed_retries_flag(tmp_path, make_mock, capsys, cap, posts, status):
+async def test_max_billed_retries_flag(tmp_path, make_mock, capsys, cli_sleep, cap, posts, status):
     server = await make_mock(MockOptions(script={"a fox": ["corrupt", "corrupt"]}))
     write_jobs(tmp_path / "jobs.jsonl", [{"id": "fox", "prompt": "a fox"}])
     result = await run_cli(_argv(tmp_path, server, "--max-billed-retries", str(cap)), capsys)
@@ -201,6 +213,7 @@ async def test_max_billed_retries_flag(tmp_path, make_mock, capsys, cap, posts, 
     assert record["status"] == status
     assert record["billed_retries"] == posts - 1
     assert len(record["rejected"]) == min(posts, 2)
+    assert len(cli_sleep.waits) == posts - 1
 
 
 @pytest.mark.parametrize(
@@ -232,8 +245,10 @@ async def test_what_counts_as_billed(tmp_path, make_mock, script, posts, status,
 # --- URL downloads -----------------------------------------------------------------------
 
 
-async def test_a_failed_download_retries_the_get_not_the_post(tmp_path, make_mock, capsys):
-    server = await make_mock(MockOptions(download_script=("500", "drop", "truncate")))
+async def test_a_failed_download_retries_the_get_not_the_post(
+    tmp_path, make_mock, capsys, cli_sleep
+):
+    server = await make_mock(MockOptions(download_script=("500", "truncate", "404")))
     write_jobs(
         tmp_path / "jobs.jsonl", [{"id": "owl", "prompt": "an owl", "response_format": "url"}]
     )
@@ -242,6 +257,7 @@ async def test_a_failed_download_retries_the_get_not_the_post(tmp_path, make_moc
     assert server.stats.requests == 1  # one POST: one billed generation
     assert sum(server.stats.download_attempts.values()) == 4
     assert server.stats.downloads == 1
+    assert len(cli_sleep.waits) == 3  # the GETs' backoff, through the injected sleep
     record = read_manifest(tmp_path / "out")[0]
     assert record["status"] == "ok" and record["attempts"] == 1
     assert record["billed_retries"] == 0 and record["rejected"] == []
