@@ -1,10 +1,14 @@
 """The writer: decode base64, verify the image, write it atomically.
 
 The engine streams each image through an :class:`ImageSink`: the base64
-text is decoded as it arrives, hashed, and written to a temporary file in
-about 1 MB writes, then verified from its head and tail and renamed into
-place. :func:`verify_image`, :func:`decode_and_verify` and
-:func:`write_atomic` do the same for bytes already in memory, with aiofiles.
+text is decoded as it arrives, hashed, walked to find where the image ends
+(:mod:`pmock_batch.framing`), and written to a temporary file in about 1 MB
+writes, then verified from its head and that walk and renamed into place.
+Bytes after the image's end do not fail it (decoders ignore them); the file
+is kept as received. An image that fails can be kept instead, as received,
+under ``.rejected/`` (:func:`rejected_path`, :meth:`ImageSink.keep`).
+:func:`verify_image`, :func:`decode_and_verify` and :func:`write_atomic` do
+the same for bytes already in memory, with aiofiles.
 Thread hops are kept few and large (see ``benchmarks/aiofiles_hops.py``): the
 sink writes ~1 MB at a time and commits (fsync, close, rename) in one hop.
 """
@@ -311,8 +315,9 @@ class ImageSink:
     ``b64_json`` value is decoded as it arrives and written in ~1 MB writes,
     hashed on the way, so neither the base64 text nor the image is ever held
     whole. :meth:`feed_raw` takes image bytes directly (URL downloads). Then
-    :meth:`verify` checks the image from its head and tail, and
-    :meth:`commit` renames it into place; :meth:`discard` removes it.
+    :meth:`verify` checks the image from its head and the walk of its
+    structure, :meth:`commit` renames it into place (:meth:`keep` into
+    ``.rejected/``); :meth:`discard` removes it.
     """
 
     def __init__(self, out_dir: Path, stem: str) -> None:

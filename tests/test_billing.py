@@ -217,15 +217,15 @@ async def test_max_billed_retries_flag(tmp_path, make_mock, capsys, cli_sleep, c
 
 
 @pytest.mark.parametrize(
-    ("script", "posts", "status", "billed"),
+    ("script", "posts", "status", "billed", "kept"),
     [
-        (["truncate", "truncate"], 2, "failed", 1),  # a 200 cut mid-body was billed too
-        (["bad_base64", "ok"], 2, "ok", 1),
-        (["500", "503", "corrupt", "drop", "502", "ok"], 6, "ok", 1),  # others: normal budget
-        (["500", "corrupt", "500", "corrupt", "ok"], 4, "failed", 1),
+        (["truncate", "truncate"], 2, "failed", 1, 2),  # a 200 cut mid-body was billed too
+        (["bad_base64", "ok"], 2, "ok", 1, 0),  # billed, but no image bytes to keep
+        (["500", "503", "corrupt", "drop", "502", "ok"], 6, "ok", 1, 1),  # others: normal budget
+        (["500", "corrupt", "500", "corrupt", "ok"], 4, "failed", 1, 2),
     ],
 )
-async def test_what_counts_as_billed(tmp_path, make_mock, script, posts, status, billed):
+async def test_what_counts_as_billed(tmp_path, make_mock, script, posts, status, billed, kept):
     server = await make_mock(MockOptions(script={"a fox": script}))
     summary, records, sleep = await _batch(
         tmp_path, server.base_url, [{"id": "fox", "prompt": "a fox"}], max_attempts=6
@@ -238,6 +238,7 @@ async def test_what_counts_as_billed(tmp_path, make_mock, script, posts, status,
         billed,
     )
     assert record["ambiguous_retries"] == 0
+    assert len(record["rejected"]) == kept
     assert summary.billed_retries == billed
     assert len(sleep.waits) == posts - 1
 
