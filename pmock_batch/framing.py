@@ -23,7 +23,15 @@ from __future__ import annotations
 
 import zlib
 
-__all__ = ["JPEG_MAGIC", "PNG_MAGIC", "FrameWalker", "JpegWalker", "PngWalker", "sniff"]
+__all__ = [
+    "END_MARKERS",
+    "JPEG_MAGIC",
+    "PNG_MAGIC",
+    "FrameWalker",
+    "JpegWalker",
+    "PngWalker",
+    "sniff",
+]
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"
