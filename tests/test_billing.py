@@ -251,7 +251,8 @@ async def test_a_failed_download_retries_the_get_not_the_post(
 ):
     server = await make_mock(MockOptions(download_script=("500", "truncate", "404")))
     write_jobs(
-        tmp_path / "jobs.jsonl", [{"id": "owl", "prompt": "an owl", "response_format": "url"}]
+        tmp_path / "jobs.jsonl",
+        [{"id": "owl", "prompt": "an owl", "response_format": "url", "model": "dall-e-2"}],
     )
     result = await run_cli(_argv(tmp_path, server, "--json"), capsys)
     assert result.code == 0, result.err
@@ -270,7 +271,7 @@ async def test_downloads_that_keep_failing_cost_one_more_post_at_most(tmp_path, 
     summary, records, sleep = await _batch(
         tmp_path,
         server.base_url,
-        [{"id": "owl", "prompt": "an owl", "response_format": "url"}],
+        [{"id": "owl", "prompt": "an owl", "response_format": "url", "model": "dall-e-2"}],
         download_attempts=3,
     )
     record = records["owl"]
