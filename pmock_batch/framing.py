@@ -139,7 +139,7 @@ class PngWalker:
         elif kind in _CHECKED and (
             length > _CHECKED[kind] or (kind == b"IHDR" and length != _CHECKED[kind])
         ):
-            self.error = f"the PNG image is corrupt (a {name} chunk of {length} bytes)"
+            self.error = f"the PNG image is corrupt (its {name} chunk is {length} bytes long)"
         if self.error is not None:
             return
         self._type = kind

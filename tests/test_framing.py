@@ -140,11 +140,11 @@ def test_a_minimal_png_is_whole_and_pillow_agrees() -> None:
         ),
         (
             b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", bytes(12)) + minimal_png()[33:],
-            "the PNG image is corrupt (a IHDR chunk of 12 bytes)",
+            "the PNG image is corrupt (its IHDR chunk is 12 bytes long)",
         ),
         (
             minimal_png()[:33] + png_chunk(b"PLTE", bytes(771)) + minimal_png()[33:],
-            "the PNG image is corrupt (a PLTE chunk of 771 bytes)",
+            "the PNG image is corrupt (its PLTE chunk is 771 bytes long)",
         ),
         (b"\x89PNG\r\n\x1a\x00" + minimal_png()[8:], "the data is not a PNG image (bad signature)"),
     ],
