@@ -31,6 +31,7 @@ from .config import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_GRACE,
     DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_MAX_BILLED_RETRIES,
     DEFAULT_MODEL,
     DEFAULT_TIMEOUT,
     MANIFEST_NAME,
@@ -77,6 +78,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
     return value
 
 
@@ -227,6 +235,14 @@ def _build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_MAX_ATTEMPTS,
         metavar="N",
         help=f"attempts per image, first try included (default: {DEFAULT_MAX_ATTEMPTS})",
+    )
+    pool.add_argument(
+        "--max-billed-retries",
+        type=_count,
+        default=DEFAULT_MAX_BILLED_RETRIES,
+        metavar="N",
+        help="new generations after a 200 whose image is unusable, each one billed "
+        f"(default: {DEFAULT_MAX_BILLED_RETRIES})",
     )
     pool.add_argument(
         "--max-retry-wait",
@@ -386,6 +402,20 @@ def _add_mock_options(parser: argparse.ArgumentParser, *, prefix: str, title: st
         help="draw every image N x N pixels, whatever size was asked (default: as asked)",
     )
     add(
+        "trailing-bytes",
+        type=_count,
+        default=0,
+        metavar="N",
+        help="append N bytes after each image's end (PNG IEND, JPEG EOI, WebP RIFF) (default: 0)",
+    )
+    add(
+        "download-script",
+        default="",
+        metavar="OUTCOME,...",
+        help="outcomes of each url image's GETs by attempt, e.g. '500,drop,truncate' "
+        "(default: all ok)",
+    )
+    add(
         "revised-prompt",
         action="store_true",
         help="add a revised_prompt to every image (default: off)",
@@ -421,6 +451,8 @@ def _mock_options(args: argparse.Namespace) -> MockOptions:
             revised_prompt=args.mock_revised_prompt,
             image_px=args.mock_image_px,
             dialect=args.mock_dialect,
+            trailing_bytes=args.mock_trailing_bytes,
+            download_script=args.mock_download_script,
         )
     except ValueError as exc:
         raise UsageError(f"mock server: {exc}") from exc
@@ -571,7 +603,9 @@ async def _run(
             config = replace(config, base_url=base_url)
             jobs = iter_jobs(args.jobs, result, defaults=_defaults(args), caps=caps)
             policy = RetryPolicy(
-                max_attempts=config.max_attempts, max_retry_wait=args.max_retry_wait
+                max_attempts=config.max_attempts,
+                max_retry_wait=args.max_retry_wait,
+                max_billed_retries=args.max_billed_retries,
             )
             return await run_batch(
                 config,

@@ -27,6 +27,7 @@ from .errors import (
     APIStatusError,
     APITimeoutError,
     CannotConnectError,
+    DownloadError,
     InvalidResponseError,
     ResponseTooLargeError,
 )
@@ -239,7 +240,9 @@ class ImagesClient:
             # The key is for the API, not for wherever the image is hosted: not sent here.
             async with self.session.get(url) as resp:
                 if resp.status >= 300:
-                    raise InvalidResponseError(f"downloading the image URL answered {resp.status}")
+                    raise DownloadError(
+                        f"downloading the image URL answered {resp.status}", status=resp.status
+                    )
                 if (resp.content_length or 0) > self._max_download:
                     raise self._too_large(resp.content_length or 0)
                 size = 0

@@ -11,8 +11,10 @@ __all__ = [
     "DEFAULT_BASE_URL",
     "DEFAULT_CONCURRENCY",
     "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_DOWNLOAD_ATTEMPTS",
     "DEFAULT_GRACE",
     "DEFAULT_MAX_ATTEMPTS",
+    "DEFAULT_MAX_BILLED_RETRIES",
     "DEFAULT_MODEL",
     "DEFAULT_TIMEOUT",
     "INITIAL_RETRY_DELAY",
@@ -27,6 +29,8 @@ DEFAULT_CONCURRENCY = 4
 DEFAULT_TIMEOUT = 600.0  # seconds per request: high-quality 4K generations take minutes
 DEFAULT_CONNECT_TIMEOUT = 10.0  # seconds to open a connection
 DEFAULT_MAX_ATTEMPTS = 6
+DEFAULT_MAX_BILLED_RETRIES = 1  # new generations after a billed 200 whose image was unusable
+DEFAULT_DOWNLOAD_ATTEMPTS = 4  # GETs of a 200's image URL, before the POST counts as failed
 INITIAL_RETRY_DELAY = 1.0  # seconds, the first backoff ceiling
 MAX_RETRY_DELAY = 60.0  # seconds, the largest backoff ceiling
 DEFAULT_GRACE = 10.0  # seconds that jobs in flight get to finish after Ctrl-C or an abort

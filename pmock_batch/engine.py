@@ -38,11 +38,11 @@ from .errors import (
 )
 from .jobs import InvalidLine, Job
 from .manifest import ManifestWriter
-from .models import ErrorRecord, FileRecord, JobRecord, JobStatus
-from .output import ImageInfo, ImageSink, decode_and_verify
+from .models import ErrorRecord, FileRecord, JobRecord, JobStatus, RejectedFile
+from .output import ImageInfo, ImageSink, decode_and_verify, image_warnings, rejected_path
 from .pacing import Pacer
 from .resume import DoneIndex
-from .retry import Decision, RetryPolicy, classify, server_wait
+from .retry import Decision, RetryPolicy, billed, classify, server_wait
 from .tripwire import Tripwire
 
 __all__ = ["Engine", "RunObserver", "Summary", "Writer", "commit", "error_record"]
@@ -149,6 +149,8 @@ class Summary:
     attempts: int = 0
     retries: int = 0
     ambiguous_retries: int = 0  # retries after a timeout: the first try may have been billed
+    billed_retries: int = 0  # retries after a 2xx whose image was unusable: each one was billed
+    warnings: int = 0  # warnings in the records (sizes not as asked, bytes after the end...)
     rate_limited: int = 0  # 429 answers seen
     elapsed_s: float = 0.0
     usage: dict[str, Any] = field(default_factory=dict)
@@ -173,6 +175,7 @@ class Summary:
             self.not_run += 1
         self.images += len(record.files)
         self.attempts += record.attempts
+        self.warnings += len(record.warnings)
         if record.error is not None and record.status in ("failed", "invalid"):
             self.failed_by_kind[record.error.kind] += 1
             if len(self.failures) < MAX_LISTED_FAILURES:
@@ -202,8 +205,10 @@ class _Attempts:
     count: int = 0
     retries: int = 0
     ambiguous: int = 0
+    billed: int = 0
     rate_limited: int = 0
     http_status: int | None = None
+    rejected: list[RejectedFile] = field(default_factory=list)
 
 
 class Engine:
@@ -462,6 +467,11 @@ class Engine:
                 log.warning(
                     "%s: %s", job.id, warnings[-1], extra={"event": "warning", "job_id": job.id}
                 )
+            for warning in image_warnings(image, size=job.request.size):
+                warnings.append(f"{relative}: {warning}")
+                log.warning(
+                    "%s: %s", job.id, warnings[-1], extra={"event": "warning", "job_id": job.id}
+                )
             files.append(
                 FileRecord(
                     path=relative,
@@ -476,6 +486,7 @@ class Engine:
             revised = revised or reply.body.data[0].revised_prompt
         self.summary.retries += state.retries
         self.summary.ambiguous_retries += state.ambiguous
+        self.summary.billed_retries += state.billed
         self.summary.rate_limited += state.rate_limited
         record = JobRecord(
             id=job.id,
@@ -494,6 +505,8 @@ class Engine:
             finished_at=_now(),
             warnings=warnings,
             ambiguous_retries=state.ambiguous,
+            billed_retries=state.billed,
+            rejected=state.rejected,
         )
         return record
 
@@ -507,7 +520,9 @@ class Engine:
             exc = outcome.exception() if outcome is not None else None
             wait = retry_state.upcoming_sleep
             state.retries += 1
-            if isinstance(exc, APITimeoutError):
+            if exc is not None and billed(exc):
+                state.billed += 1
+            elif isinstance(exc, APITimeoutError):
                 state.ambiguous += 1
             reason = _reason(exc)
             self.observer.retrying(job.id, retry_state.attempt_number, wait, reason)
@@ -555,6 +570,10 @@ class Engine:
                     relative = f"{stem}.{image.extension}"
                     await self.writer(sink, self.config.out_dir, relative)
                     return image, reply, relative
+                except APIError as exc:
+                    if billed(exc) and sink.size:
+                        await self._keep_rejected(job, sink, stem, exc, state)
+                    raise
                 finally:
                     sink.discard()
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
@@ -572,19 +591,76 @@ class Engine:
                 self.pacer.hold(1.0 if asked is None else asked, reason="HTTP 429")
         _log_attempt(job.id, state.count, exc.status, started)
 
+    async def _keep_rejected(
+        self, job: Job, sink: ImageSink, stem: str, exc: APIError, state: _Attempts
+    ) -> None:
+        """Move a billed answer's unusable bytes to ``.rejected/``, as received; note it."""
+        out = self.config.out_dir
+        size, sha256 = sink.size, sink.sha256
+        try:
+            relative = await asyncio.to_thread(rejected_path, out, stem, state.count)
+            await sink.keep(out, relative)
+        except (OSError, PmockBatchError) as err:  # the job's own error matters more
+            log.warning(
+                "%s: could not keep the rejected image: %s",
+                job.id,
+                err,
+                extra={"event": "warning", "job_id": job.id},
+            )
+            return
+        reason = _reason(exc)
+        state.rejected.append(RejectedFile(path=relative, bytes=size, sha256=sha256, reason=reason))
+        log.warning(
+            "%s: the server's 200 was billed but unusable (%s); its %d bytes are kept as %s",
+            job.id,
+            reason,
+            size,
+            relative,
+            extra={"event": "rejected", "job_id": job.id, "path": relative, "bytes": size},
+        )
+
     async def _request(self, body: dict[str, Any], sink: ImageSink) -> Reply:
-        """One HTTP exchange: the image streams into ``sink`` (or is downloaded into it)."""
-        reply = await self.client.generate(body, sink)
+        """One HTTP exchange: the image streams into ``sink`` (or is downloaded into it).
+
+        An error after a 2xx had started to arrive is marked ``answered``: billed.
+        """
+        try:
+            reply = await self.client.generate(body, sink)
+        except APIError as exc:
+            exc.answered = exc.answered or sink.answered
+            raise
         item = reply.body.data[0]
-        if not sink.streamed:
-            if item.url:
-                await self.client.download(item.url, sink)
-            elif item.b64_json:  # an unusual body the scanner left whole
-                image = await asyncio.to_thread(decode_and_verify, item.b64_json)
-                await sink.feed_raw(image.data)
-            else:
-                raise InvalidResponseError("the server's answer has neither b64_json nor url")
+        try:
+            if not sink.streamed:
+                if item.url:
+                    await self._download(item.url, sink)
+                elif item.b64_json:  # an unusual body the scanner left whole
+                    image = await asyncio.to_thread(decode_and_verify, item.b64_json)
+                    await sink.feed_raw(image.data)
+                else:
+                    raise InvalidResponseError("the server's answer has neither b64_json nor url")
+        except APIError as exc:
+            exc.answered = True  # the POST was answered 2xx
+            raise
         return reply
+
+    async def _download(self, url: str, sink: ImageSink) -> None:
+        """GET a 2xx's image URL, retrying the GET alone: a new POST would be billed again."""
+
+        def before_sleep(retry_state: RetryCallState) -> None:
+            outcome = retry_state.outcome
+            exc = outcome.exception() if outcome is not None else None
+            log.debug(
+                "downloading the image failed (%s); retrying the GET in %.1fs",
+                _reason(exc),
+                retry_state.upcoming_sleep,
+                extra={"event": "download_retry", "attempt": retry_state.attempt_number},
+            )
+
+        async for get in self.policy.download_retrying(before_sleep=before_sleep):
+            with get:
+                sink.restart()
+                await self.client.download(url, sink)
 
     # -- records for jobs that never ran ---------------------------------
 

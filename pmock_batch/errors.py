@@ -13,6 +13,7 @@
         │   ├── CannotConnectError never reached the server: refused, DNS, TLS, connect timeout
         │   └── APITimeoutError    the request timed out (it may have been billed)
         ├── InvalidResponseError   a 2xx whose body or image is unusable (retried)
+        │   └── DownloadError      a 2xx's image URL answered a non-2xx status
         └── ResponseTooLargeError  an image download over the size cap (not retried)
 
 Disk-full and permission errors on the output directory stay ``OSError``;
@@ -21,6 +22,9 @@ Disk-full and permission errors on the output directory stay ``OSError``;
 Foreign exceptions (aiohttp, asyncio timeouts, JSON and base64 errors) are
 translated into this tree in exactly one place, :mod:`pmock_batch.client`,
 always with ``raise ... from exc`` so the cause is kept.
+
+An :class:`APIError` with ``answered`` set came after the server had answered
+2xx: that attempt was billed (see :func:`pmock_batch.retry.billed`).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ __all__ = [
     "APIStatusError",
     "APITimeoutError",
     "CannotConnectError",
+    "DownloadError",
     "InvalidResponseError",
     "JobFileError",
     "LockedError",
@@ -90,6 +95,7 @@ class APIError(PmockBatchError):
     """Something went wrong talking to the image server."""
 
     kind: str = "api"
+    answered: bool = False  # the server had answered 2xx (and billed) before this went wrong
 
 
 class APIStatusError(APIError):
@@ -158,6 +164,15 @@ class InvalidResponseError(APIError):
     """A 2xx answer whose body is not JSON, has no image, or whose image is unusable."""
 
     kind = "invalid_response"
+    answered = True  # always: it is about a 2xx's body
+
+
+class DownloadError(InvalidResponseError):
+    """Downloading the image URL of a 2xx answered with a non-2xx status (retried alone)."""
+
+    def __init__(self, message: str, *, status: int) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class ResponseTooLargeError(APIError):

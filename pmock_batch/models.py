@@ -37,6 +37,7 @@ __all__ = [
     "ImageRequest",
     "ImagesResponse",
     "JobRecord",
+    "RejectedFile",
     "describe_errors",
     "did_you_mean",
     "fingerprint",
@@ -283,6 +284,15 @@ class FileRecord(BaseModel):
     height: int
 
 
+class RejectedFile(BaseModel):
+    """The bytes of a billed answer whose image failed verification, kept under ``.rejected/``."""
+
+    path: str  # relative to the output directory: .rejected/<id>.<attempt>.bin
+    bytes: int
+    sha256: str
+    reason: str  # why the image was rejected
+
+
 class ErrorRecord(BaseModel):
     """Why a job did not finish ok."""
 
@@ -317,3 +327,5 @@ class JobRecord(BaseModel):
     finished_at: str | None = None
     warnings: list[str] = Field(default_factory=list)
     ambiguous_retries: int = 0  # retries after a timeout, when the first try may have been billed
+    billed_retries: int = 0  # retries after a 2xx whose image was unusable: each one was billed
+    rejected: list[RejectedFile] = Field(default_factory=list)  # kept bytes of billed failures

@@ -1,10 +1,14 @@
 """The writer: decode base64, verify the image, write it atomically.
 
 The engine streams each image through an :class:`ImageSink`: the base64
-text is decoded as it arrives, hashed, and written to a temporary file in
-about 1 MB writes, then verified from its head and tail and renamed into
-place. :func:`verify_image`, :func:`decode_and_verify` and
-:func:`write_atomic` do the same for bytes already in memory, with aiofiles.
+text is decoded as it arrives, hashed, walked to find where the image ends
+(:mod:`pmock_batch.framing`), and written to a temporary file in about 1 MB
+writes, then verified from its head and that walk and renamed into place.
+Bytes after the image's end do not fail it (decoders ignore them); the file
+is kept as received. An image that fails can be kept instead, as received,
+under ``.rejected/`` (:func:`rejected_path`, :meth:`ImageSink.keep`).
+:func:`verify_image`, :func:`decode_and_verify` and :func:`write_atomic` do
+the same for bytes already in memory, with aiofiles.
 Thread hops are kept few and large (see ``benchmarks/aiofiles_hops.py``): the
 sink writes ~1 MB at a time and commits (fsync, close, rename) in one hop.
 """
@@ -28,16 +32,22 @@ import pybase64
 from PIL import Image, UnidentifiedImageError
 
 from .errors import InvalidResponseError, OutputPathError, ResponseTooLargeError
+from .framing import END_MARKERS, FrameWalker, sniff
 from .stream import B64Decoder, B64JsonScanner
 
 __all__ = [
     "EXTENSIONS",
+    "REJECTED_DIR",
     "TMP_SUFFIX",
     "ImageInfo",
     "ImageSink",
     "VerifiedImage",
+    "check_frame",
     "decode_and_verify",
+    "image_warnings",
     "inspect_image",
+    "read_header",
+    "rejected_path",
     "remove_stray_temps",
     "safe_path",
     "sniff_format",
@@ -48,13 +58,15 @@ __all__ = [
 
 EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 TMP_SUFFIX = ".pmock-tmp"
-_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-_PNG_END = b"IEND\xae\x42\x60\x82"
-_JPEG_MAGIC = b"\xff\xd8\xff"
+REJECTED_DIR = ".rejected"  # images that failed verification, kept as received; never output
+_TRUNCATED = {
+    "png": "the PNG image is truncated (no IEND chunk)",
+    "jpeg": "the JPEG image is truncated (no end-of-image marker)",
+    "webp": "the WebP image is truncated",
+}
 _PIL_FORMATS = {"PNG": "png", "JPEG": "jpeg", "WEBP": "webp"}
 _HEAD = 64 * 1024  # bytes kept from the start of a streamed image, for its header
 _HEAD_MORE = 1 << 20  # re-read this much from disk when a header is larger than _HEAD
-_TAIL = 64  # bytes kept from its end, for the end marker
 _FLUSH = 1 << 20  # streamed bytes are written to disk in writes of about this size
 MAX_IMAGE_BYTES = 512 * 1024 * 1024  # a streamed image larger than this is refused
 
@@ -76,13 +88,7 @@ class VerifiedImage:
 
 def sniff_format(data: bytes) -> str | None:
     """The raster format named by the magic bytes, or None."""
-    if data.startswith(_PNG_MAGIC):
-        return "png"
-    if data.startswith(_JPEG_MAGIC):
-        return "jpeg"
-    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "webp"
-    return None
+    return sniff(data)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,33 +100,47 @@ class ImageInfo:
     height: int
     sha256: str
     bytes: int
+    trailing: int = 0  # bytes after the image's end marker, kept in the file as received
 
     @property
     def extension(self) -> str:
         return EXTENSIONS[self.format]
 
 
-def inspect_image(head: bytes, tail: bytes, size: int) -> tuple[str, int, int]:
-    """Check an image from its first bytes, its last bytes and its size.
+def inspect_image(head: bytes, frame: FrameWalker) -> tuple[str, int, int, int]:
+    """Check an image from its first bytes and the walk of all of them.
 
-    Returns ``(format, width, height)``. Checks the magic bytes, that the
-    header parses, and that the image ends where it should (PNG ``IEND``, JPEG
-    end-of-image, WebP's RIFF length). Raises :class:`InvalidResponseError`.
+    Returns ``(format, width, height, trailing)``. Checks the magic bytes, that
+    the structure is sound and the image ends (PNG ``IEND``, JPEG end-of-image,
+    WebP's RIFF length), and that the header parses. ``trailing`` counts the
+    bytes after the end: decoders ignore them, so they do not fail the image.
+    Raises :class:`InvalidResponseError`.
     """
-    fmt = sniff_format(head)
+    fmt = check_frame(frame)
+    width, height = read_header(fmt, head)
+    return fmt, width, height, frame.trailing
+
+
+def check_frame(frame: FrameWalker) -> str:
+    """The format of a walked image, if it is whole. Raises :class:`InvalidResponseError`."""
+    frame.finish()
+    fmt = frame.format
     if fmt is None:
         raise InvalidResponseError("the image data is not a PNG, JPEG or WebP image")
-    if fmt == "png" and not tail.rstrip(b"\x00").endswith(_PNG_END):
-        raise InvalidResponseError("the PNG image is truncated (no IEND chunk)")
-    if fmt == "jpeg" and b"\xff\xd9" not in tail[-64:]:
-        raise InvalidResponseError("the JPEG image is truncated (no end-of-image marker)")
-    if fmt == "webp" and int.from_bytes(head[4:8], "little") + 8 > size:
-        raise InvalidResponseError("the WebP image is truncated")
+    if frame.error is not None:
+        raise InvalidResponseError(frame.error)
+    if frame.end is None:
+        raise InvalidResponseError(_TRUNCATED[fmt])
+    return fmt
+
+
+def read_header(fmt: str, head: bytes) -> tuple[int, int]:
+    """Width and height from an image's first bytes. Raises :class:`InvalidResponseError`."""
     if fmt == "webp":  # Pillow's WebP decoder wants the whole file; the header is enough
         dims = webp_size(head)
         if dims is None:
             raise InvalidResponseError("the webp image header is unreadable")
-        return fmt, dims[0], dims[1]
+        return dims
     try:
         with Image.open(io.BytesIO(head)) as img:  # reads the header only
             width, height = img.size
@@ -129,7 +149,27 @@ def inspect_image(head: bytes, tail: bytes, size: int) -> tuple[str, int, int]:
         raise InvalidResponseError(f"the {fmt} image header is unreadable: {exc}") from exc
     if actual != fmt or width <= 0 or height <= 0:
         raise InvalidResponseError(f"the {fmt} image header is inconsistent")
-    return fmt, width, height
+    return width, height
+
+
+def image_warnings(info: ImageInfo, *, size: str | None) -> list[str]:
+    """What is odd about a good image: bytes after its end, or dimensions not as asked.
+
+    ``size`` is the request's ``WxH`` (``auto`` or None: any dimensions will do).
+    """
+    warnings: list[str] = []
+    if info.trailing:
+        warnings.append(
+            f"{info.trailing:,} byte{'s' if info.trailing != 1 else ''} after "
+            f"{END_MARKERS[info.format]}; "
+            "decoders ignore them and the file is kept as received"
+        )
+    if size and size != "auto":
+        asked = size.lower().partition("x")
+        got = f"{info.width}x{info.height}"
+        if (asked[0], asked[2]) != (str(info.width), str(info.height)):
+            warnings.append(f"asked for size {size} but the image is {got}")
+    return warnings
 
 
 def webp_size(head: bytes) -> tuple[int, int] | None:
@@ -157,7 +197,9 @@ def verify_image(data: bytes) -> VerifiedImage:
 
     Raises :class:`InvalidResponseError` for bytes that are not a whole raster image.
     """
-    fmt, width, height = inspect_image(data, data[-_TAIL:], len(data))
+    frame = FrameWalker()
+    frame.feed(data)
+    fmt, width, height, _ = inspect_image(data, frame)
     return VerifiedImage(
         data=data, format=fmt, width=width, height=height, sha256=hashlib.sha256(data).hexdigest()
     )
@@ -170,6 +212,19 @@ def decode_and_verify(b64: str) -> VerifiedImage:
     except (binascii.Error, ValueError) as exc:
         raise InvalidResponseError(f"b64_json is not valid base64: {exc}") from exc
     return verify_image(data)
+
+
+def rejected_path(out_dir: Path, stem: str, attempt: int) -> str:
+    """Where to keep attempt ``attempt``'s rejected bytes: ``.rejected/<stem>.<attempt>.bin``.
+
+    A name an earlier run already used gets ``-2``, ``-3``... so nothing kept
+    is ever overwritten. Relative to ``out_dir``, with forward slashes.
+    """
+    base = f"{REJECTED_DIR}/{stem}.{attempt}"
+    name, more = f"{base}.bin", 2
+    while (out_dir / name).exists():
+        name, more = f"{base}-{more}.bin", more + 1
+    return name
 
 
 def safe_path(out_dir: Path, relative: str) -> Path:
@@ -260,8 +315,9 @@ class ImageSink:
     ``b64_json`` value is decoded as it arrives and written in ~1 MB writes,
     hashed on the way, so neither the base64 text nor the image is ever held
     whole. :meth:`feed_raw` takes image bytes directly (URL downloads). Then
-    :meth:`verify` checks the image from its head and tail, and
-    :meth:`commit` renames it into place; :meth:`discard` removes it.
+    :meth:`verify` checks the image from its head and the walk of its
+    structure, :meth:`commit` renames it into place (:meth:`keep` into
+    ``.rejected/``); :meth:`discard` removes it.
     """
 
     def __init__(self, out_dir: Path, stem: str) -> None:
@@ -272,7 +328,8 @@ class ImageSink:
         self._decoder = B64Decoder()
         self._sha = hashlib.sha256()
         self._head = bytearray()
-        self._tail = b""
+        self._frame = FrameWalker()  # finds the image's end as the bytes pass
+        self._answered = False
         self._buf = bytearray()
         self._fh: BinaryIO | None = None  # written only from worker threads
         self._tmp: Path | None = None
@@ -282,12 +339,19 @@ class ImageSink:
         """The JSON body held a ``b64_json`` string, which went to the file."""
         return self._scanner.found
 
+    @property
+    def answered(self) -> bool:
+        """Some of a 2xx answer's body arrived: the server did (and billed) the work."""
+        return self._answered
+
     async def feed_json(self, chunk: bytes) -> None:
+        self._answered = True
         for text in self._scanner.feed(chunk):
             await self._take(self._decoder.feed(text))
 
     async def end_json(self) -> bytes:
         """The body has ended: flush the decoder; return the JSON without the image."""
+        self._answered = True
         self._scanner.close()
         if self._scanner.found:
             await self._take(self._decoder.finish())
@@ -306,7 +370,7 @@ class ImageSink:
         self._sha.update(data)
         if len(self._head) < _HEAD:
             self._head += data[: _HEAD - len(self._head)]
-        self._tail = (self._tail + data)[-_TAIL:] if len(data) < _TAIL else bytes(data[-_TAIL:])
+        self._frame.feed(data)
         self.size += len(data)
         self._buf += data
         if len(self._buf) >= _FLUSH:
@@ -330,14 +394,17 @@ class ImageSink:
         if not self.size:
             raise InvalidResponseError("the server's answer holds an empty image")
         head = bytes(self._head)
+        fmt = check_frame(self._frame)
         try:
-            fmt, width, height = inspect_image(head, self._tail, self.size)
+            width, height = read_header(fmt, head)
         except InvalidResponseError:
-            if self.size <= _HEAD or sniff_format(head) is None:
+            if self.size <= _HEAD:
                 raise
             head = await self._read_head(_HEAD_MORE)  # a JPEG with large metadata up front
-            fmt, width, height = inspect_image(head, self._tail, self.size)
-        return ImageInfo(fmt, width, height, self._sha.hexdigest(), self.size)
+            width, height = read_header(fmt, head)
+        return ImageInfo(
+            fmt, width, height, self._sha.hexdigest(), self.size, trailing=self._frame.trailing
+        )
 
     async def _read_head(self, count: int) -> bytes:
         await self._flush()
@@ -359,6 +426,29 @@ class ImageSink:
         await asyncio.to_thread(_finish, fh, tmp, buf, target)
         self._tmp = None
         return target
+
+    @property
+    def sha256(self) -> str:
+        """The SHA-256 of the bytes received so far."""
+        return self._sha.hexdigest()
+
+    def restart(self) -> None:
+        """Drop the image bytes received so far, to receive them again (a retried download)."""
+        self.discard()
+        self.size = 0
+        self._sha = hashlib.sha256()
+        self._head = bytearray()
+        self._buf = bytearray()
+        self._frame = FrameWalker()
+
+    async def keep(self, out_dir: Path, relative: str) -> Path:
+        """Move what was received, as it is, to ``out_dir/relative`` (a rejected image).
+
+        Like :meth:`commit`, but the target may be in another folder (``.rejected/``).
+        """
+        target = safe_path(out_dir, relative)
+        await asyncio.to_thread(target.parent.mkdir, parents=True, exist_ok=True)
+        return await self.commit(out_dir, relative)
 
     def discard(self) -> None:
         """Close and remove the temporary file, if any. Safe to call more than once.

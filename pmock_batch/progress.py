@@ -312,6 +312,8 @@ def summary_json(summary: Summary, config: RunConfig, *, exit_code: int) -> dict
         "attempts": summary.attempts,
         "retries": summary.retries,
         "ambiguous_retries": summary.ambiguous_retries,
+        "billed_retries": summary.billed_retries,
+        "warnings": summary.warnings,
         "rate_limited": summary.rate_limited,
         "elapsed_s": round(summary.elapsed_s, 3),
         "images_per_minute": round(summary.images_per_minute, 2),
@@ -355,6 +357,14 @@ def render_summary(summary: Summary, config: RunConfig, console: Console) -> Non
             "ambiguous retries",
             f"{summary.ambiguous_retries} after timeouts: possibly billed twice",
         )
+    if summary.billed_retries:
+        table.add_row(
+            "billed retries",
+            f"{summary.billed_retries} after unusable 200s: each was billed "
+            "(the bytes are kept under .rejected/)",
+        )
+    if summary.warnings:
+        table.add_row("warnings", f"{summary.warnings} (see the manifest)")
     table.add_row(
         "time",
         f"{summary.elapsed_s:.1f}s, {summary.images} images, "

@@ -5,6 +5,12 @@ headers, error body and exception type), whether to retry the attempt, fail
 the job, or abort the whole run. :func:`server_wait` reads how long the
 server asked us to wait. :func:`backoff` is exponential backoff with full
 jitter. :class:`RetryPolicy` plugs the three into tenacity.
+
+A failure after the server answered 2xx is :func:`billed`: the generation was
+done and paid for, so it is retried (with a new, paid generation) at most
+``max_billed_retries`` times per image, whatever ``max_attempts`` allows.
+A failed download of a 2xx's image URL is retried alone, a GET and not a
+new POST (:func:`download_retryable`, :meth:`RetryPolicy.download_retrying`).
 """
 
 from __future__ import annotations
@@ -22,8 +28,20 @@ from tenacity import AsyncRetrying, RetryCallState, stop_after_attempt
 from tenacity.retry import retry_base
 from tenacity.wait import wait_base
 
-from .config import DEFAULT_MAX_ATTEMPTS, INITIAL_RETRY_DELAY, MAX_RETRY_DELAY
-from .errors import APIConnectionError, APIStatusError, InvalidResponseError
+from .config import (
+    DEFAULT_DOWNLOAD_ATTEMPTS,
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_MAX_BILLED_RETRIES,
+    INITIAL_RETRY_DELAY,
+    MAX_RETRY_DELAY,
+)
+from .errors import (
+    APIConnectionError,
+    APIError,
+    APIStatusError,
+    DownloadError,
+    InvalidResponseError,
+)
 
 __all__ = [
     "DEFAULT_MAX_RETRY_WAIT",
@@ -31,7 +49,9 @@ __all__ = [
     "Decision",
     "RetryPolicy",
     "backoff",
+    "billed",
     "classify",
+    "download_retryable",
     "server_wait",
 ]
 
@@ -70,6 +90,20 @@ def classify(exc: BaseException) -> Decision:
     if isinstance(exc, OSError) and exc.errno in ABORT_ERRNOS:
         return Decision.ABORT
     return Decision.FAIL
+
+
+def billed(exc: BaseException) -> bool:
+    """The attempt failed after the server answered 2xx, so it was paid for.
+
+    That is any unusable 2xx body or image (:class:`InvalidResponseError`),
+    and a connection cut or a timeout once a 2xx body had started (``answered``).
+    """
+    return isinstance(exc, APIError) and exc.answered
+
+
+def download_retryable(exc: BaseException) -> bool:
+    """A failed GET of an image URL worth trying again: cut, refused, timed out, or non-2xx."""
+    return isinstance(exc, APIConnectionError | DownloadError)
 
 
 def server_wait(headers: Mapping[str, str], *, now: float | None = None) -> float | None:
@@ -128,6 +162,8 @@ class RetryPolicy:
     cap: float = MAX_RETRY_DELAY
     rng: random.Random = field(default_factory=random.Random)
     sleep: Callable[[float], Awaitable[None]] | None = None
+    max_billed_retries: int = DEFAULT_MAX_BILLED_RETRIES
+    download_attempts: int = DEFAULT_DOWNLOAD_ATTEMPTS
 
     def wait_for(self, exc: BaseException, attempt: int) -> float:
         """How long to wait before the next attempt after ``exc`` ended attempt ``attempt``."""
@@ -145,22 +181,53 @@ class RetryPolicy:
                 return asked
         return None
 
-    def should_retry(self, exc: BaseException) -> bool:
-        return classify(exc) is Decision.RETRY and self.wait_too_long(exc) is None
+    def should_retry(self, exc: BaseException, *, billed_retries: int = 0) -> bool:
+        """Retry after ``exc``? ``billed_retries``: billed failures this image already retried."""
+        if classify(exc) is not Decision.RETRY or self.wait_too_long(exc) is not None:
+            return False
+        return not billed(exc) or billed_retries < self.max_billed_retries
 
     def retrying(
         self, *, before_sleep: Callable[[RetryCallState], Awaitable[None] | None] | None = None
     ) -> AsyncRetrying:
         """A fresh tenacity controller for one image's attempts."""
         policy = self
+        billed_retries = 0  # of this image: tenacity asks once per failed attempt
 
         class _Retry(retry_base):
             def __call__(self, retry_state: RetryCallState) -> bool:
+                nonlocal billed_retries
                 outcome = retry_state.outcome
                 if outcome is None or not outcome.failed:
                     return False
                 exc = outcome.exception()
-                return exc is not None and policy.should_retry(exc)
+                if exc is None or not policy.should_retry(exc, billed_retries=billed_retries):
+                    return False
+                billed_retries += billed(exc)
+                return True
+
+        return self._controller(self.max_attempts, _Retry(), before_sleep)
+
+    def download_retrying(
+        self, *, before_sleep: Callable[[RetryCallState], Awaitable[None] | None] | None = None
+    ) -> AsyncRetrying:
+        """A fresh tenacity controller for the GETs of one image URL (no new POST)."""
+
+        class _Retry(retry_base):
+            def __call__(self, retry_state: RetryCallState) -> bool:
+                outcome = retry_state.outcome
+                exc = outcome.exception() if outcome is not None and outcome.failed else None
+                return exc is not None and download_retryable(exc)
+
+        return self._controller(self.download_attempts, _Retry(), before_sleep)
+
+    def _controller(
+        self,
+        attempts: int,
+        retry: retry_base,
+        before_sleep: Callable[[RetryCallState], Awaitable[None] | None] | None,
+    ) -> AsyncRetrying:
+        policy = self
 
         class _Wait(wait_base):
             def __call__(self, retry_state: RetryCallState) -> float:
@@ -174,9 +241,9 @@ class RetryPolicy:
         if self.sleep is not None:
             kwargs["sleep"] = self.sleep
         return AsyncRetrying(
-            stop=stop_after_attempt(self.max_attempts),
+            stop=stop_after_attempt(attempts),
             wait=_Wait(),
-            retry=_Retry(),
+            retry=retry,
             reraise=True,
             before_sleep=before_sleep,
             **kwargs,  # type: ignore[arg-type]

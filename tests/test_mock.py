@@ -458,6 +458,43 @@ async def test_corrupt_is_base64_of_a_broken_image(make_mock, session):
         base64.b64decode(answer.body["data"][0]["b64_json"], validate=True)
 
 
+@pytest.mark.parametrize(("fmt", "end"), [("png", b"IEND\xaeB`\x82"), ("jpeg", b"\xff\xd9")])
+async def test_trailing_bytes_follow_the_images_end(make_mock, session, fmt, end):
+    server = await make_mock(MockOptions(trailing_bytes=50))
+    data = b64_bytes(await post(session, server, {"prompt": "a fox", "output_format": fmt}))
+    assert data[-50:] == b"pmock trailing bytes; pmock trailing bytes; pmock "
+    assert data[:-50].endswith(end)
+    image = Image.open(io.BytesIO(data))
+    image.load()  # decoders stop at the end and ignore what follows
+    assert image.size == (1024, 1024)
+
+
+async def test_trailing_bytes_follow_the_webp_riff_data(make_mock, session):
+    server = await make_mock(MockOptions(trailing_bytes=7))
+    data = b64_bytes(await post(session, server, {"prompt": "a fox", "output_format": "webp"}))
+    assert int.from_bytes(data[4:8], "little") + 8 == len(data) - 7
+    Image.open(io.BytesIO(data)).load()
+
+
+async def test_download_script_fails_each_files_gets_by_attempt(make_mock, session):
+    server = await make_mock(MockOptions(download_script=("503", "truncate")))
+    answer = await post(session, server, {"prompt": "a fox", "response_format": "url"})
+    url = answer.body["data"][0]["url"]
+    async with session.get(url) as resp:
+        assert resp.status == 503
+    async with session.get(url) as resp:
+        assert resp.status == 200
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await resp.read()
+    async with session.get(url) as resp:
+        assert resp.status == 200
+        assert Image.open(io.BytesIO(await resp.read())).size == (1024, 1024)
+    name = url.rpartition("/")[2]
+    assert server.stats.download_attempts == {name: 3}
+    assert server.stats.downloads == 1
+    assert server.stats.requests == 1
+
+
 async def test_hang_outlasts_the_client_timeout(make_mock, session):
     server = await make_mock(MockOptions(script={"a fox": ["hang"]}))
     started = time.perf_counter()
@@ -733,6 +770,13 @@ def test_load_script_reports_a_missing_file(tmp_path):
         {"script": {"a": ["teapot"]}},
         {"script": {"a": "500"}},
         {"moderation_words": "word"},
+        {"trailing_bytes": -1},
+        {"trailing_bytes": 16 * 1024 * 1024 + 1},
+        {"trailing_bytes": 1.5},
+        {"trailing_bytes": True},
+        {"download_script": ["corrupt"]},
+        {"download_script": ["teapot"]},
+        {"download_script": "ok,hang"},
     ],
 )
 def test_options_are_checked_on_creation(kwargs):

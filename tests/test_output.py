@@ -16,8 +16,12 @@ from PIL import Image
 from pmock_batch.errors import InvalidResponseError, OutputPathError
 from pmock_batch.output import (
     TMP_SUFFIX,
+    ImageInfo,
+    ImageSink,
     VerifiedImage,
     decode_and_verify,
+    image_warnings,
+    rejected_path,
     safe_path,
     sniff_format,
     verify_image,
@@ -106,12 +110,19 @@ def test_verify_image_rejects_what_is_not_a_raster_image(data: bytes) -> None:
 
 
 def test_verify_image_rejects_an_unreadable_header() -> None:
+    broken = b"\xff\xd8\xff\x00" + bytes(40) + b"\xff\xd9"  # SOI and EOI, no header between
+    with pytest.raises(InvalidResponseError) as caught:
+        verify_image(broken)
+    assert str(caught.value).startswith("the jpeg image header is unreadable: ")
+    assert isinstance(caught.value.__cause__, Exception)
+
+
+def test_verify_image_rejects_a_png_whose_first_chunk_is_not_ihdr() -> None:
     png = make_image("png")
     broken = png[:8] + b"\x00\x00\x00\x0dJUNK" + png[16:]  # IHDR renamed
     with pytest.raises(InvalidResponseError) as caught:
         verify_image(broken)
-    assert str(caught.value).startswith("the png image header is unreadable: ")
-    assert isinstance(caught.value.__cause__, Exception)
+    assert str(caught.value) == "the PNG image is corrupt (its first chunk is JUNK, not IHDR)"
 
 
 def test_verified_image_extension_differs_from_format_for_jpeg() -> None:
@@ -274,3 +285,87 @@ async def test_a_failed_rename_removes_the_temporary_file(tmp_path: Path) -> Non
         await write_atomic(out, "taken.png", b"data")
     assert files_under(out) == []
     assert sorted(os.listdir(out)) == ["taken.png"]
+
+
+# --- bytes after the end, dimensions, rejected names ----------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpeg", "webp"])
+@pytest.mark.parametrize("extra", [b"\x00" * 3, b"junk after the end" * 50])
+def test_verify_image_accepts_bytes_after_the_end(fmt: str, extra: bytes) -> None:
+    data = make_image(fmt, (9, 4)) + extra
+    image = verify_image(data)
+    assert (image.data, image.format, image.width, image.height) == (data, fmt, 9, 4)
+    Image.open(io.BytesIO(data)).load()  # as decoders do
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpeg", "webp"])
+async def test_the_sink_keeps_bytes_after_the_end_and_counts_them(tmp_path: Path, fmt: str) -> None:
+    good = make_image(fmt, (40, 30))
+    extra = b"trailing " * 1000
+    data = good + extra
+    sink = ImageSink(tmp_path, "img")
+    for i in range(0, len(data), 777):  # split anywhere, as the network does
+        await sink.feed_raw(data[i : i + 777])
+    info = await sink.verify()
+    assert (info.format, info.width, info.height) == (fmt, 40, 30)
+    assert info.trailing == len(extra)
+    assert info.bytes == len(data)
+    assert info.sha256 == hashlib.sha256(data).hexdigest()
+    path = await sink.commit(tmp_path, "img.bin")
+    assert path.read_bytes() == data  # kept exactly as received
+
+
+async def test_the_sink_rejects_a_png_cut_before_iend_even_with_bytes_after_the_cut(
+    tmp_path: Path,
+) -> None:
+    good = make_image("png", (40, 30))
+    sink = ImageSink(tmp_path, "img")
+    await sink.feed_raw(good[: len(good) // 2])
+    with pytest.raises(InvalidResponseError) as caught:
+        await sink.verify()
+    assert str(caught.value) == TRUNCATED["png"]
+    sink.discard()
+
+
+def _info(fmt: str = "png", width: int = 1024, height: int = 1024, trailing: int = 0) -> ImageInfo:
+    return ImageInfo(fmt, width, height, "0" * 64, 100, trailing=trailing)
+
+
+@pytest.mark.parametrize(
+    ("info", "size", "expected"),
+    [
+        (_info(), "1024x1024", []),
+        (_info(), "auto", []),
+        (_info(width=1, height=1), None, []),
+        (_info(width=1, height=1), "auto", []),
+        (_info(width=1, height=1), "1024x1024", ["asked for size 1024x1024 but the image is 1x1"]),
+        (_info(width=1024, height=1536), "1536x1024", [
+            "asked for size 1536x1024 but the image is 1024x1536"
+        ]),
+        (_info(trailing=12), "1024x1024", [
+            "12 bytes after IEND; decoders ignore them and the file is kept as received"
+        ]),
+        (_info("jpeg", trailing=1), None, [
+            "1 byte after the end-of-image marker; decoders ignore them and the file is kept "
+            "as received"
+        ]),
+        (_info("webp", 16, 16, trailing=2048), "1024x1024", [
+            "2,048 bytes after the RIFF data; decoders ignore them and the file is kept as "
+            "received",
+            "asked for size 1024x1024 but the image is 16x16",
+        ]),
+    ],
+)  # fmt: skip
+def test_image_warnings(info: ImageInfo, size: str | None, expected: list[str]) -> None:
+    assert image_warnings(info, size=size) == expected
+
+
+def test_rejected_path_never_reuses_a_name(tmp_path: Path) -> None:
+    assert rejected_path(tmp_path, "icons/home", 2) == ".rejected/icons/home.2.bin"
+    (tmp_path / ".rejected/icons").mkdir(parents=True)
+    (tmp_path / ".rejected/icons/home.2.bin").write_bytes(b"x")
+    assert rejected_path(tmp_path, "icons/home", 2) == ".rejected/icons/home.2-2.bin"
+    (tmp_path / ".rejected/icons/home.2-2.bin").write_bytes(b"x")
+    assert rejected_path(tmp_path, "icons/home", 2) == ".rejected/icons/home.2-3.bin"
+    assert rejected_path(tmp_path, "icons/home", 3) == ".rejected/icons/home.3.bin"

@@ -143,6 +143,7 @@ async def test_json_summary_on_stdout_follows_the_schema(tmp_path, capsys, make_
     assert data["failed_by_kind"] == {"moderation": 1}
     assert data["attempts"] == 9 and data["retries"] == 1 and data["rate_limited"] == 0
     assert data["images"] == 7 and data["ambiguous_retries"] == 0
+    assert data["billed_retries"] == 0 and data["warnings"] == 0
     assert isinstance(data["elapsed_s"], float) and data["images_per_minute"] > 0
     assert data["usage"]["total_tokens"] > 0
     assert data["out_dir"] == str(out) and data["manifest"] == str(out / "manifest.jsonl")
@@ -150,8 +151,9 @@ async def test_json_summary_on_stdout_follows_the_schema(tmp_path, capsys, make_
     assert [f["id"] for f in data["failures"]] == ["bad"]
     expected_keys = {
         "schema", "exit_code", "jobs", "failed_by_kind", "images", "attempts", "retries",
-        "ambiguous_retries", "rate_limited", "elapsed_s", "images_per_minute", "usage",
-        "out_dir", "manifest", "report", "aborted", "interrupted", "failures",
+        "ambiguous_retries", "billed_retries", "warnings", "rate_limited", "elapsed_s",
+        "images_per_minute", "usage", "out_dir", "manifest", "report", "aborted", "interrupted",
+        "failures",
     }  # fmt: skip
     assert set(data) == expected_keys
     again = await run_cli(

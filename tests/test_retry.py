@@ -19,10 +19,20 @@ from pmock_batch.errors import (
     APIConnectionError,
     APIStatusError,
     APITimeoutError,
+    DownloadError,
     InvalidResponseError,
     OutputPathError,
+    ResponseTooLargeError,
 )
-from pmock_batch.retry import Decision, RetryPolicy, backoff, classify, server_wait
+from pmock_batch.retry import (
+    Decision,
+    RetryPolicy,
+    backoff,
+    billed,
+    classify,
+    download_retryable,
+    server_wait,
+)
 
 RETRY, FAIL, ABORT = Decision.RETRY, Decision.FAIL, Decision.ABORT
 
@@ -458,3 +468,144 @@ def test_a_404_model_not_found_fails_only_that_job() -> None:
     exc = APIStatusError("The model 'x' does not exist", status=404, code="model_not_found")
     assert classify(exc) is Decision.FAIL
     assert classify(APIStatusError("Not Found", status=404)) is Decision.ABORT
+
+
+# --- billed failures: a 2xx whose image was unusable -----------------------------------------
+
+
+def cut_after_200(kind: type[APIConnectionError] = APIConnectionError) -> APIConnectionError:
+    """A connection cut (or timeout) after a 2xx body had started: marked answered."""
+    exc = kind("the answer was cut off mid-transfer")
+    exc.answered = True
+    return exc
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (InvalidResponseError("the PNG image is truncated (no IEND chunk)"), True),
+        (DownloadError("downloading the image URL answered 500", status=500), True),
+        (ResponseTooLargeError("too large"), False),
+        (cut_after_200(), True),
+        (cut_after_200(APITimeoutError), True),
+        (APIConnectionError("refused"), False),
+        (APITimeoutError("no answer"), False),  # ambiguous, not known to be billed
+        (status_error(500), False),
+        (status_error(429), False),
+        (OSError(errno.ENOSPC, "full"), False),
+        (ValueError("x"), False),
+    ],
+    ids=[
+        "invalid",
+        "download",
+        "too-large",
+        "cut-after-200",
+        "timeout-after-200",
+        "refused",
+        "timeout",
+        "500",
+        "429",
+        "disk",
+        "ValueError",
+    ],
+)
+def test_billed(error: BaseException, expected: bool) -> None:
+    assert billed(error) is expected
+
+
+BILLED = InvalidResponseError("the PNG image is truncated (no IEND chunk)")
+
+SHOULD_RETRY_ROWS = [
+    # (error, billed retries so far, max_billed_retries, retry?)
+    (BILLED, 0, 1, True),
+    (BILLED, 1, 1, False),
+    (BILLED, 0, 0, False),
+    (BILLED, 2, 3, True),
+    (BILLED, 3, 3, False),
+    (cut_after_200(), 1, 1, False),
+    (status_error(500), 1, 1, True),  # not billed: the normal budget
+    (status_error(500), 9, 0, True),
+    (APIConnectionError("refused"), 1, 1, True),
+    (APITimeoutError("no answer"), 1, 1, True),
+    (status_error(400), 0, 1, False),
+    (ResponseTooLargeError("too large"), 0, 1, False),
+]
+
+
+@pytest.mark.parametrize(("error", "so_far", "cap", "expected"), SHOULD_RETRY_ROWS)
+def test_should_retry_caps_billed_retries(
+    error: BaseException, so_far: int, cap: int, expected: bool
+) -> None:
+    policy = RetryPolicy(max_billed_retries=cap)
+    assert policy.should_retry(error, billed_retries=so_far) is expected
+
+
+@pytest.mark.parametrize(("cap", "calls"), [(0, 1), (1, 2), (2, 3)])
+async def test_billed_failures_are_retried_at_most_max_billed_retries(cap: int, calls: int) -> None:
+    sleep = SleepRecorder()
+    errors = [InvalidResponseError(f"corrupt {k}") for k in range(6)]
+    with pytest.raises(InvalidResponseError) as caught:
+        await drive(policy_with(sleep, max_attempts=6, max_billed_retries=cap), [*errors, "ok"])
+    assert caught.value is errors[calls - 1]
+    assert len(sleep.waits) == calls - 1
+
+
+async def test_other_failures_keep_their_own_budget_around_a_billed_one() -> None:
+    sleep = SleepRecorder()
+    outcomes = [
+        status_error(500),
+        status_error(503),
+        BILLED,
+        APIConnectionError("refused"),
+        status_error(502),
+        "ok",
+    ]
+    result, calls = await drive(policy_with(sleep, max_attempts=6), outcomes)
+    assert (result, calls) == ("ok", 6)
+    second_billed = [status_error(500), BILLED, status_error(500), cut_after_200(), "ok"]
+    with pytest.raises(APIConnectionError):
+        await drive(policy_with(sleep, max_attempts=6), second_billed)
+
+
+async def test_the_billed_count_is_per_image() -> None:
+    policy = policy_with(SleepRecorder(), max_billed_retries=1)
+    assert await drive(policy, [BILLED, "a"]) == ("a", 2)
+    assert await drive(policy, [BILLED, "b"]) == ("b", 2)
+
+
+# --- downloads: the GET alone ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (APIConnectionError("cut"), True),
+        (APITimeoutError("slow"), True),
+        (DownloadError("downloading the image URL answered 404", status=404), True),
+        (InvalidResponseError("the image URL is malformed"), False),
+        (ResponseTooLargeError("too large"), False),
+        (status_error(500), False),
+    ],
+)
+def test_download_retryable(error: BaseException, expected: bool) -> None:
+    assert download_retryable(error) is expected
+
+
+async def test_download_retrying_stops_after_download_attempts() -> None:
+    sleep = SleepRecorder()
+    policy = policy_with(sleep, download_attempts=3)
+    calls = 0
+    with pytest.raises(DownloadError):
+        async for get in policy.download_retrying():
+            with get:
+                calls += 1
+                raise DownloadError("answered 503", status=503)
+    assert calls == 3
+    assert sleep.waits == [1.0, 2.0]
+    calls = 0
+    with pytest.raises(InvalidResponseError):
+        async for get in policy.download_retrying():
+            with get:
+                calls += 1
+                raise InvalidResponseError("the image URL is malformed")
+    assert calls == 1

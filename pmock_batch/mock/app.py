@@ -258,6 +258,8 @@ async def _success_body(
         payload_bytes=payload,
     )
     data = await state.images.get(spec)
+    if options.trailing_bytes:  # decoders stop at the image's end and ignore these
+        data += trailing_junk(options.trailing_bytes)
     if outcome.name == "corrupt":
         data = data[: max(16, len(data) // 2)]
     item: dict[str, Any]
@@ -282,6 +284,12 @@ async def _success_body(
         "usage": usage(req.prompt, width=width, height=height, quality=str(quality)),
     }
     return json.dumps(body).encode("utf-8")
+
+
+def trailing_junk(count: int) -> bytes:
+    """``count`` bytes to put after an image's end: printable, with no marker in them."""
+    pattern = b"pmock trailing bytes; "
+    return (pattern * (count // len(pattern) + 1))[:count]
 
 
 def _token(data: bytes) -> str:
@@ -312,11 +320,14 @@ def _drop(request: web.Request) -> web.StreamResponse:
 
 
 async def _truncated(
-    request: web.Request, payload: bytes, headers: dict[str, str]
+    request: web.Request,
+    payload: bytes,
+    headers: dict[str, str],
+    content_type: str = "application/json",
 ) -> web.StreamResponse:
     """A 200 that promises ``len(payload)`` bytes but sends half, then closes."""
     response = web.StreamResponse(status=200, headers=headers)
-    response.content_type = "application/json"
+    response.content_type = content_type
     response.content_length = len(payload)
     try:
         await response.prepare(request)
@@ -338,8 +349,18 @@ async def _file(request: web.Request) -> web.StreamResponse:
     if data is None:
         body = error_body(f"No such file: {name!r} (it may have been evicted).", code="not_found")
         return web.json_response(body, status=404)
-    state.stats.downloads += 1
+    state.stats.download_attempts[name] += 1
+    attempt = state.stats.download_attempts[name]
+    script = state.options.download_script
+    outcome = parse_outcome(script[attempt - 1]) if attempt <= len(script) else parse_outcome("ok")
     content_type = CONTENT_TYPES.get(name.rpartition(".")[2], "application/octet-stream")
+    if outcome.name == "drop":
+        return _drop(request)
+    if outcome.name == "truncate":
+        return await _truncated(request, data, {}, content_type)
+    if outcome.status is not None:
+        return web.json_response(status_error(outcome.status), status=outcome.status)
+    state.stats.downloads += 1
     return web.Response(body=data, content_type=content_type)
 
 

@@ -27,6 +27,10 @@ table and in the stats:
 A script maps a prompt (or ``*`` for every prompt) to outcomes by attempt
 number: attempt *k* of that prompt gets entry *k*; after the script runs out
 the outcome is ``ok``. Prompts without a script draw from the fault rates.
+
+The GETs of an image made for ``response_format: url`` follow their own
+script (:func:`check_download_script`), by attempt for each file: ``ok``,
+``drop``, ``truncate`` (the file cut in half) or an error ``STATUS``.
 """
 
 from __future__ import annotations
@@ -39,9 +43,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
+    "DOWNLOAD_OUTCOMES",
     "NAMED_OUTCOMES",
     "WILDCARD",
     "Outcome",
+    "check_download_script",
     "check_fault_rates",
     "check_script",
     "load_script",
@@ -53,6 +59,7 @@ __all__ = [
 
 WILDCARD = "*"
 NAMED_OUTCOMES = ("ok", "drop", "truncate", "corrupt", "bad_base64", "hang", "quota", "moderation")
+DOWNLOAD_OUTCOMES = ("ok", "drop", "truncate")  # or a plain STATUS
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +216,24 @@ def check_script(script: Mapping[str, Sequence[str]]) -> dict[str, tuple[str, ..
                 raise ValueError(f"script for {prompt!r}: {exc}") from None
         out[str(prompt)] = tuple(str(o).strip() for o in outcomes)
     return out
+
+
+def check_download_script(outcomes: Sequence[str] | str) -> tuple[str, ...]:
+    """Validate the outcomes of each image file's GETs, by attempt: ``ok, drop, truncate, 500``.
+
+    A string is split at commas (the CLI's form).
+    """
+    items = outcomes.split(",") if isinstance(outcomes, str) else list(outcomes)
+    out: list[str] = []
+    for item in (str(o).strip() for o in items):
+        if not item:
+            continue
+        outcome = parse_outcome(item)
+        if outcome.name not in DOWNLOAD_OUTCOMES and not outcome.is_http_error:
+            known = ", ".join(DOWNLOAD_OUTCOMES)
+            raise ValueError(f"download outcome {item!r}: use one of {known}, or a status")
+        out.append(outcome.name)
+    return tuple(out)
 
 
 def pick_outcome(

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from .faults import check_fault_rates, check_script
+from .faults import check_download_script, check_fault_rates, check_script
 from .validation import DIALECTS
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "DEFAULT_RETRY_AFTER",
     "MAX_IMAGE_PX",
     "MAX_PAYLOAD_MB",
+    "MAX_TRAILING_BYTES",
     "MockOptions",
 ]
 
@@ -24,6 +25,7 @@ DEFAULT_HANG_SECONDS = 3600.0  # far past any client timeout
 DEFAULT_LOG_LIMIT = 10_000  # received requests kept in the stats log
 MAX_PAYLOAD_MB = 256  # the largest payload_mb: noise is kept in memory
 MAX_IMAGE_PX = 4096  # the largest image_px
+MAX_TRAILING_BYTES = 16 * 1024 * 1024  # the most trailing_bytes
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -49,6 +51,8 @@ class MockOptions:
     image_px: int | None = None  # draw every image this many pixels square, whatever its size
     log_limit: int = DEFAULT_LOG_LIMIT  # received requests kept in the stats log
     dialect: str = "pmock"  # "pmock": the seed's rules; "openai": the real API's, per model
+    trailing_bytes: int = 0  # junk after each image's end (PNG IEND, JPEG EOI, WebP RIFF data)
+    download_script: Sequence[str] = ()  # outcomes of each image file's GETs, by attempt
 
     def __post_init__(self) -> None:
         for name in ("latency", "latency_jitter", "retry_after", "hang_seconds"):
@@ -73,6 +77,16 @@ class MockOptions:
             )
         if self.dialect not in DIALECTS:
             raise ValueError(f"dialect must be one of {', '.join(DIALECTS)}, not {self.dialect!r}")
+        if not (
+            isinstance(self.trailing_bytes, int)
+            and not isinstance(self.trailing_bytes, bool)
+            and 0 <= self.trailing_bytes <= MAX_TRAILING_BYTES
+        ):
+            raise ValueError(
+                f"trailing_bytes must be a whole number from 0 to {MAX_TRAILING_BYTES}, "
+                f"not {self.trailing_bytes!r}"
+            )
+        object.__setattr__(self, "download_script", check_download_script(self.download_script))
         if self.log_limit < 0:
             raise ValueError(f"log_limit must be >= 0, not {self.log_limit!r}")
         if isinstance(self.moderation_words, str):

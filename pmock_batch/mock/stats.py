@@ -10,7 +10,8 @@ as the attributes::
       "attempts": {"a fox": 3},       requests per prompt (a string "prompt" in the body)
       "successes": {"a fox": 1},      ``ok`` answers per prompt
       "outcomes": {"ok": 10, "500": 2, "drop": 1, "429": 3},
-      "downloads": 0,                 files served from /_mock/files/
+      "downloads": 0,                 files served whole from /_mock/files/
+      "download_attempts": {"ab12.png": 2},  GETs of /_mock/files/ per file name
       "log": [{"path": "/v1/images/generations", "body": {...} or null,
                "has_authorization": true, "authorization": "Bearer sk-test",
                "outcome": "ok"}]      the latest requests, oldest first (capped)
@@ -73,6 +74,7 @@ class MockStats:
         self.successes: Counter[str] = Counter()
         self.outcomes: Counter[str] = Counter()
         self.downloads = 0
+        self.download_attempts: Counter[str] = Counter()
         self.log: deque[ReceivedRequest] = deque(maxlen=log_limit)
 
     def reset(self) -> None:
@@ -83,6 +85,7 @@ class MockStats:
         self.successes.clear()
         self.outcomes.clear()
         self.downloads = 0
+        self.download_attempts.clear()
         self.log.clear()
 
     @contextmanager
@@ -122,5 +125,6 @@ class MockStats:
             "successes": dict(self.successes),
             "outcomes": dict(self.outcomes),
             "downloads": self.downloads,
+            "download_attempts": dict(self.download_attempts),
             "log": [entry.to_json() for entry in self.log],
         }
