@@ -3,8 +3,9 @@
 A 4K PNG arrives as a 10-25 MB base64 string inside JSON. Holding it whole,
 then a decoded copy, then parsing it, costs several times the image in memory.
 :class:`B64JsonScanner` instead watches the body stream by: it tracks JSON
-string state outside the value, finds the first ``"b64_json"`` key with a
-string value, and hands out the value's base64 text piece by piece while
+string state and nesting outside the value, finds ``data[0].b64_json`` (the
+``"b64_json"`` string of the first element of the body's ``"data"`` array;
+no other ``"b64_json"`` counts), and hands out the value's base64 text piece by piece while
 keeping everything else (the small remainder, with the value emptied) for a
 normal JSON parse. :class:`B64Decoder` decodes base64 incrementally with
 strict validation. Both are pure: no I/O, no event loop.
@@ -20,6 +21,7 @@ parses that as usual.
 from __future__ import annotations
 
 import binascii
+import re
 from collections.abc import Iterator
 
 import pybase64
@@ -29,21 +31,31 @@ from .errors import InvalidResponseError
 __all__ = ["B64Decoder", "B64JsonScanner"]
 
 _KEY = b"b64_json"
+_DATA = b"data"
 _ALPHABET = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
 _WHITESPACE = frozenset(b" \t\r\n")
 _HEX = frozenset(b"0123456789abcdefABCDEF")
 _SIMPLE_ESCAPES = {ord("/"): ord("/"), ord("n"): None, ord("r"): None, ord("t"): None}
+_NOT_SPACE = re.compile(rb"[^ \t\r\n]")  # jumps over whitespace padding in one call
+_LITERAL = re.compile(rb'[^ \t\r\n"{}\[\]:,]*')  # the rest of a number, true, false, null
 
 # Scanner states
 _OUTSIDE = 0  # in JSON text, before the value
-_AFTER_KEY = 1  # just read the string "b64_json": expect ':'
-_AFTER_COLON = 2  # expect the value's opening quote
 _IN_VALUE = 3  # inside the value: base64 text
 _DONE = 4  # the value ended; everything else is remainder
 
+# How many of the open containers are on the path to the value: the body
+# object (1), its "data" array (2), the array's first element (3).
+_TOP, _ARRAY, _ITEM = 1, 2, 3
+
 
 class B64JsonScanner:
-    """Find the first ``"b64_json": "<base64>"`` in a streamed JSON body."""
+    """Find ``data[0].b64_json`` of a streamed JSON body: ``{"data": [{"b64_json": "..."}]}``.
+
+    Only that path counts: a ``"b64_json"`` key anywhere else (in another
+    object, in ``data[1]``, inside a string) is ordinary JSON, kept in the
+    remainder. :attr:`outside` counts the bytes kept, so that a caller can cap them.
+    """
 
     def __init__(self) -> None:
         self.remainder = bytearray()  # the body without the value's text
@@ -51,8 +63,15 @@ class B64JsonScanner:
         self._state = _OUTSIDE
         self._in_string = False
         self._escaped = False
-        self._string = bytearray()  # the current string's raw bytes (first 9 only)
+        self._string = bytearray()  # the current key's raw bytes (first 9 only)
+        self._is_key = False  # the current string is a key of an object on the path
         self._pending = bytearray()  # an escape inside the value split across chunks
+        self._depth = 0  # containers open
+        self._path = 0  # of which on the path: _TOP, _ARRAY, _ITEM (always the outermost)
+        self._expect_key = False  # on the path, in an object: the next string is a key
+        self._matched = False  # on the path: the last key was the one the path goes through
+        self._at_value = False  # on the path: after the matched key's ':'
+        self._first = False  # in the data array: its first element has not begun
 
     @property
     def done(self) -> bool:
@@ -81,55 +100,104 @@ class B64JsonScanner:
     def _outside(self, chunk: bytes, i: int) -> int:
         """Scan JSON text until the value opens; keep it all in the remainder.
 
-        Strings are skipped with ``bytes.find``; only the few bytes between
-        them (punctuation, numbers, literals) are looked at one by one.
+        Strings are skipped with ``bytes.find`` and whitespace with one regex
+        search; only punctuation and the first byte of a literal are looked
+        at one by one, to follow the path ``data[0].b64_json``.
         """
         start, n = i, len(chunk)
         while i < n:
             if self._in_string:
-                if self._escaped:
-                    self._escaped = False
-                    self._keep(chunk[i : i + 1])
-                    i += 1
-                    continue
-                quote = chunk.find(b'"', i)
-                slash = chunk.find(b"\\", i)
-                stop = min(p for p in (quote, slash, n) if p >= 0)
-                self._keep(chunk[i:stop])
-                i = stop
-                if i == n:
-                    break
-                i += 1
-                if chunk[i - 1] == 0x5C:  # a backslash: the next byte is escaped
-                    self._escaped = True
-                    self._keep(b"\\")
-                    continue
-                self._in_string = False  # the closing quote
-                if self._state == _OUTSIDE and bytes(self._string) == _KEY:
-                    self._state = _AFTER_KEY
+                i = self._string_part(chunk, i)
                 continue
+            found = _NOT_SPACE.search(chunk, i)
+            if found is None:
+                i = n
+                break
+            i = found.start()
             c = chunk[i]
             i += 1
-            if c in _WHITESPACE:
-                continue
-            if self._state == _AFTER_KEY:
-                self._state = _AFTER_COLON if c == 0x3A else _OUTSIDE
-                if self._state == _AFTER_COLON:
-                    continue
-            elif self._state == _AFTER_COLON:
-                if c == 0x22:
+            direct = (
+                self._depth == self._path
+            )  # directly inside the innermost container on the path
+            if c == 0x22:  # '"'
+                if direct and self._at_value and self._path == _ITEM:
                     self._state = _IN_VALUE
                     self.found = True
                     break
-                self._state = _OUTSIDE  # b64_json: null, or a number: not ours
-            if c == 0x22:
                 self._in_string = True
+                self._is_key = direct and self._expect_key and self._path in (_TOP, _ITEM)
                 self._string.clear()
+                if not self._is_key:
+                    self._value_begins(direct)
+            elif c in (0x7B, 0x5B):  # '{' or '['
+                if direct and (
+                    (c == 0x7B and self._path == 0)
+                    or (c == 0x7B and self._path == _ARRAY and self._first)
+                    or (c == 0x5B and self._path == _TOP and self._at_value)
+                ):
+                    self._path += 1
+                    self._expect_key = c == 0x7B
+                    self._first = c == 0x5B
+                    self._at_value = self._matched = False
+                else:
+                    self._value_begins(direct)
+                self._depth += 1
+            elif c in (0x7D, 0x5D):  # '}' or ']'
+                self._depth = max(0, self._depth - 1)
+                if self._path > self._depth:
+                    self._path = self._depth
+                    self._value_begins(True)  # the container just closed was a value
+            elif c == 0x3A:  # ':'
+                if direct and self._matched:
+                    self._at_value = True
+                self._matched = False
+            elif c == 0x2C:  # ','
+                if direct:
+                    self._expect_key = True
+                    self._at_value = self._matched = self._first = False
+            else:  # a number, true, false or null
+                self._value_begins(direct)
+                literal = _LITERAL.match(chunk, i)
+                if literal is not None:
+                    i = literal.end()
         self.remainder += chunk[start:i]
         return i
 
+    def _value_begins(self, direct: bool) -> None:
+        """A value starts (or a container closes) where the path might have gone on."""
+        if direct:
+            self._at_value = self._matched = self._first = self._expect_key = False
+
+    def _string_part(self, chunk: bytes, i: int) -> int:
+        """Skip string text up to its closing quote; note a key's first bytes."""
+        n = len(chunk)
+        if self._escaped:
+            self._escaped = False
+            self._keep(chunk[i : i + 1])
+            return i + 1
+        quote = chunk.find(b'"', i)
+        slash = chunk.find(b"\\", i)
+        stop = min(p for p in (quote, slash, n) if p >= 0)
+        self._keep(chunk[i:stop])
+        i = stop
+        if i == n:
+            return i
+        i += 1
+        if chunk[i - 1] == 0x5C:  # a backslash: the next byte is escaped
+            self._escaped = True
+            self._keep(b"\\")
+            return i
+        self._in_string = False  # the closing quote
+        if self._is_key:
+            self._is_key = self._expect_key = False
+            target = _DATA if self._path == _TOP else _KEY
+            self._matched = bytes(self._string) == target
+        return i
+
     def _keep(self, data: bytes) -> None:
-        """Note a string's first bytes: enough to tell whether it is the key."""
+        """Note a key's first bytes: enough to tell whether it is the one on the path."""
+        if not self._is_key:
+            return
         room = len(_KEY) + 1 - len(self._string)
         if room > 0:
             self._string += data[:room]

@@ -196,3 +196,86 @@ async def test_image_sink_verifies_a_large_webp_from_its_header(tmp_path: Path, 
     info = await sink.verify()
     assert (info.format, info.width, info.height, info.bytes) == ("webp", 1200, 900, len(webp))
     sink.discard()
+
+
+# --- issue 9 §3: data[0].b64_json and nothing else ---------------------------------------
+
+decoy_values = st.one_of(
+    st.text(alphabet="ABCD+/=", max_size=12),
+    st.integers(),
+    st.none(),
+    st.lists(st.integers(), max_size=2),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    payload=st.binary(max_size=600),
+    decoy=st.binary(min_size=1, max_size=60),
+    before=st.booleans(),
+    nested=st.sampled_from(["meta", "meta_list", "item_inner", "data1", "string"]),
+    extra=extras,
+    indent=st.sampled_from([None, 0, 2]),
+    cuts=st.lists(st.integers(min_value=0, max_value=4000), max_size=12),
+)
+def test_only_data_0_b64_json_is_taken(payload, decoy, before, nested, extra, indent, cuts):
+    """A b64_json anywhere else, before or after the real one, is ordinary JSON."""
+    image = base64.b64encode(payload).decode()
+    fake = base64.b64encode(decoy).decode()
+    item: dict[str, object] = {**extra}
+    doc: dict[str, object] = {"created": 1}
+    rest: list[object] = []
+    if nested == "meta":
+        doc["meta"] = {"b64_json": fake}
+    elif nested == "meta_list":
+        doc["meta"] = [{"b64_json": fake}, {"data": [{"b64_json": fake}]}]
+    elif nested == "item_inner":
+        item["inner"] = {"b64_json": fake, "data": [{"b64_json": fake}]}
+    elif nested == "data1":
+        rest = [{"b64_json": fake}]
+    else:
+        doc["note"] = f'"b64_json": "{fake}"'
+    item["b64_json"] = image
+    if before:  # the decoy comes first in the text
+        doc["data"] = [item, *rest]
+        body_doc = {**doc}
+    else:
+        body_doc = {"data": [item, *rest], **{k: v for k, v in doc.items()}}
+    text = json.dumps(body_doc, indent=indent)
+    body = text.encode()
+    decoded, remainder, scanner = _scan(body, cuts)
+    assert scanner.found and scanner.done
+    assert decoded == payload
+    expected = json.loads(body)
+    expected["data"][0]["b64_json"] = ""
+    assert json.loads(remainder) == expected
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"meta": {"b64_json": "QUJD"}, "data": [{"url": "http://x/y.png"}]}',
+        b'{"data": [{"url": "http://x/y.png"}, {"b64_json": "QUJD"}]}',
+        b'{"data": [null, {"b64_json": "QUJD"}]}',
+        b'{"data": [[{"b64_json": "QUJD"}]]}',
+        b'{"data": {"b64_json": "QUJD"}}',
+        b'{"data": [{"inner": {"b64_json": "QUJD"}}]}',
+        b'{"x": {"data": [{"b64_json": "QUJD"}]}}',
+        b'[{"data": [{"b64_json": "QUJD"}]}]',
+        b'{"b64_json": "QUJD", "data": []}',
+        b'{"data": "[{\\"b64_json\\": \\"QUJD\\"}]"}',
+        b'{"data": [{"b64_json": 5, "x": "b64_json"}]}',
+    ],
+)
+def test_b64_json_off_the_path_is_not_the_image(body) -> None:
+    decoded, remainder, scanner = _scan(body, [5, 17])
+    assert not scanner.found and decoded == b""
+    assert remainder == body
+
+
+def test_whitespace_padding_is_skipped_and_kept() -> None:
+    body = b" \n" * 5000 + b'{"data":\n [ {"b64_json" :  "QUJD"}]}' + b"\t" * 100
+    decoded, remainder, scanner = _scan(body, [3000, 10003])
+    assert scanner.found and decoded == b"ABC"
+    assert json.loads(remainder) == {"data": [{"b64_json": ""}]}
+    assert len(remainder) == len(body) - 4
