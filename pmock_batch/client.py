@@ -8,20 +8,24 @@ place its exceptions (and asyncio timeouts) are translated into
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import os
-import re
+import socket
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, overload
 from urllib.parse import urlsplit
 
 import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
 from pydantic import ValidationError
+from yarl import URL
 
 from . import __version__
-from .config import RunConfig
+from .addresses import AddressPolicy, address_kind, host_kind
+from .config import MAX_DOWNLOAD_REDIRECTS, MAX_RESPONSE_EXTRA_BYTES, RunConfig
 from .errors import (
     APIConnectionError,
     APIStatusError,
@@ -31,7 +35,9 @@ from .errors import (
     InvalidResponseError,
     ResponseTooLargeError,
 )
-from .models import ImagesResponse
+from .models import MAX_PROMPT_CHARS, ImagesResponse
+from .output import MAX_IMAGE_BYTES
+from .text import redact, server_text
 
 __all__ = ["BodySink", "ImagesClient", "Reply", "redact"]
 
@@ -42,6 +48,12 @@ _MAX_ERROR_CHARS = 2000
 MAX_DOWNLOAD_BYTES = 256 * 1024 * 1024  # an image URL larger than this is refused
 _STREAM_CHUNK = 256 * 1024  # the most a streamed read hands over at once
 _MAX_ERROR_BODY = 1 << 20  # an error body is read up to this size
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+# The host an image download is connecting to, and where it may connect: read by
+# _GuardedResolver, so the addresses a name resolves to are checked before any connection.
+_DOWNLOAD_GUARD: contextvars.ContextVar[tuple[str, AddressPolicy] | None] = contextvars.ContextVar(
+    "pmock_batch_download_guard", default=None
+)
 
 
 class BodySink(Protocol):
@@ -53,17 +65,10 @@ class BodySink(Protocol):
 
     async def feed_raw(self, data: bytes) -> None: ...
 
-
-def redact(text: str, secret: str | None) -> str:
-    """Remove a secret (and its common echoes) from text before it is shown or stored."""
-    if not secret:
-        return text
-    text = text.replace(secret, "[redacted]")
-    if len(secret) > 12:
-        # Servers echo a key's ends: "sk-abc123**********wxyz" or "sk-abc12...wxyz".
-        text = re.sub(re.escape(secret[:8]) + r"\S*", "[redacted]", text)
-        text = re.sub(r"[*.\u2026]{3,}" + re.escape(secret[-4:]), "[redacted]", text)
-    return text
+    @property
+    def held(self) -> int:
+        """Bytes of the body held in memory so far: all of it but the image."""
+        ...
 
 
 async def _read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes:
@@ -76,6 +81,16 @@ async def _read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes:
         if size >= cap:
             break
     return b"".join(chunks)
+
+
+def b64_size(size: int) -> int:
+    """The length of the base64 text of ``size`` bytes."""
+    return 4 * -(-size // 3)
+
+
+def _too_large(what: str, cap: int) -> InvalidResponseError:
+    """A 200 over a cap: an invalid answer (billed, so retried at most --max-billed-retries)."""
+    return InvalidResponseError(f"the server's 200 answer has more than {cap:,} bytes {what}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,20 +111,27 @@ def _parse_images(raw: bytes) -> ImagesResponse:
         raise InvalidResponseError("the server's 200 answer has no image in 'data'")
     try:
         return ImagesResponse.model_validate(data)
-    except ValidationError as exc:
+    except ValidationError as exc:  # its text echoes the values: say where and what, not them
+        problems = [
+            f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['type']}"
+            for err in exc.errors(include_url=False, include_input=False)[:3]
+        ]
         raise InvalidResponseError(
-            f"the server's 200 answer has an unexpected shape: {exc}"
-        ) from exc
+            f"the server's 200 answer has an unexpected shape ({'; '.join(problems)})"
+        ) from None
 
 
 def _status_error(
-    status: int, raw: bytes, headers: Mapping[str, str], key: str | None
+    status: int, raw: bytes, headers: Mapping[str, str], secrets: tuple[str, ...]
 ) -> APIStatusError:
-    """Build an APIStatusError from OpenAI's error shape, or from whatever text came back."""
+    """Build an APIStatusError from OpenAI's error shape, or from whatever text came back.
+
+    Every field the server wrote is made safe by :func:`_clean` before it is kept.
+    """
     message, code, type_, param = "", None, None, None
     try:
         data: Any = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         data = None
     err = data.get("error") if isinstance(data, dict) else None
     if isinstance(err, dict):
@@ -120,15 +142,24 @@ def _status_error(
     elif isinstance(err, str):
         message = err
     if not message:
-        message = raw[:_MAX_ERROR_CHARS].decode("utf-8", "replace").strip() or f"HTTP {status}"
+        message = raw.decode("utf-8", "replace").strip() or f"HTTP {status}"
     return APIStatusError(
-        redact(message[:_MAX_ERROR_CHARS], key),
+        _clean(message, secrets),
         status=status,
-        code=code,
-        type=type_,
-        param=param,
+        code=_clean(code, secrets),
+        type=_clean(type_, secrets),
+        param=_clean(param, secrets),
         headers=headers,
     )
+
+
+@overload
+def _clean(text: str, secrets: tuple[str, ...], limit: int = ...) -> str: ...
+@overload
+def _clean(text: None, secrets: tuple[str, ...], limit: int = ...) -> None: ...
+def _clean(text: str | None, secrets: tuple[str, ...], limit: int = _MAX_ERROR_CHARS) -> str | None:
+    """Where server text enters: redacted, then cut, then escaped (:func:`.text.server_text`)."""
+    return None if text is None else server_text(text, secrets, limit=limit)
 
 
 @contextmanager
@@ -167,20 +198,71 @@ def _mapped(what: str, timeout: float, url: str) -> Iterator[None]:
         raise APIConnectionError(f"{what}: {exc}") from exc
 
 
+class _GuardedResolver(AbstractResolver):
+    """Resolves names as aiohttp would, but refuses, for an image download's host,
+    any address its :class:`~pmock_batch.addresses.AddressPolicy` does not allow.
+
+    Checking the very addresses aiohttp connects to leaves no gap between a
+    check and a second lookup (DNS rebinding). IP literals are never resolved:
+    :meth:`ImagesClient.download` checks those itself, at every redirect.
+    """
+
+    def __init__(self, inner: AbstractResolver) -> None:
+        self._inner = inner
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        results = await self._inner.resolve(host, port, family)
+        guard = _DOWNLOAD_GUARD.get()
+        if guard is not None and _same_host(host, guard[0]):
+            for result in results:
+                if not guard[1].allows(result["host"]):
+                    raise InvalidResponseError(guard[1].refusal(guard[0], result["host"]))
+        return results
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+def _same_host(a: str, b: str) -> bool:
+    return a.rstrip(".").lower() == b.rstrip(".").lower()
+
+
 class ImagesClient:
     """Posts generation requests and downloads images, over one keep-alive session."""
 
-    def __init__(self, config: RunConfig, *, max_download_bytes: int = MAX_DOWNLOAD_BYTES) -> None:
+    def __init__(
+        self,
+        config: RunConfig,
+        *,
+        max_download_bytes: int = MAX_DOWNLOAD_BYTES,
+        max_image_bytes: int = MAX_IMAGE_BYTES,
+        max_extra_bytes: int = MAX_RESPONSE_EXTRA_BYTES,
+        download_policy: AddressPolicy | None = None,
+    ) -> None:
         self._config = config
         self._max_download = max_download_bytes
+        # A 200's body: at most max_extra bytes outside the image's base64, and
+        # at most the base64 of the largest image plus those in all.
+        self._max_extra = max_extra_bytes
+        self._max_body = b64_size(max_image_bytes) + max_extra_bytes
+        # Where image URLs may lead; None: worked out from the base URL at the first download.
+        self._policy = download_policy
         self._session: aiohttp.ClientSession | None = None
+        self._resolver: AbstractResolver | None = None
         # Sent with API calls only, never with image downloads, and never logged.
         self._auth = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
+        # Redacted from whatever a server writes, should it echo them.
+        self._secrets: tuple[str, ...] = (config.api_key,) if config.api_key else ()
 
     async def __aenter__(self) -> ImagesClient:
         cfg = self._config
         headers = {"User-Agent": f"pmock-batch/{__version__}", "Accept": "application/json"}
-        connector = aiohttp.TCPConnector(limit=cfg.concurrency, limit_per_host=cfg.concurrency)
+        self._resolver = _GuardedResolver(aiohttp.DefaultResolver())
+        connector = aiohttp.TCPConnector(
+            limit=cfg.concurrency, limit_per_host=cfg.concurrency, resolver=self._resolver
+        )
         self._session = aiohttp.ClientSession(
             connector=connector,
             headers=headers,
@@ -193,6 +275,9 @@ class ImagesClient:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._resolver is not None:
+            await self._resolver.close()
+            self._resolver = None
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -206,7 +291,8 @@ class ImagesClient:
         With a ``sink``, a 200's body streams through it chunk by chunk: the
         sink takes the ``b64_json`` value and hands back the small remainder,
         which is parsed here (its ``b64_json`` is then ``""``). Without one,
-        the whole body is read and parsed.
+        the whole body is read and parsed. Either way the body is capped, as
+        decompressed: see :meth:`_read_body`.
         """
         cfg = self._config
         with _mapped("POST /images/generations", cfg.timeout, cfg.endpoint):
@@ -214,45 +300,140 @@ class ImagesClient:
                 status, headers = resp.status, dict(resp.headers)
                 if status >= 300:
                     raw = await _read_capped(resp, _MAX_ERROR_BODY)
-                elif sink is None:
-                    raw = await resp.read()
                 else:
-                    async for chunk in resp.content.iter_chunked(_STREAM_CHUNK):
-                        await sink.feed_json(chunk)
-                    raw = await sink.end_json()
+                    raw = await self._read_body(resp, sink)
         if status >= 300:
-            raise _status_error(status, raw, headers, cfg.api_key)
+            raise _status_error(status, raw, headers, self._secrets)
         if len(raw) > _THREAD_PARSE_BYTES:
             parsed = await asyncio.to_thread(_parse_images, raw)
         else:
             parsed = _parse_images(raw)
+        item = parsed.data[0]  # only data[0] is read: one image per request
+        item.revised_prompt = _clean(item.revised_prompt, self._secrets, MAX_PROMPT_CHARS)
         return Reply(body=parsed, status=status, headers=headers)
 
-    async def download(self, url: str, sink: BodySink) -> None:
-        """Stream an image the server returned as a URL (http or https only) into ``sink``."""
-        try:
-            scheme = urlsplit(url).scheme.lower()
-        except ValueError as exc:
-            raise InvalidResponseError(f"the image URL is malformed: {exc}") from exc
-        if scheme not in ("http", "https"):
-            raise InvalidResponseError(f"refusing to download an image URL with scheme {scheme!r}")
-        with _mapped("GET image URL", self._config.timeout, url):
-            # The key is for the API, not for wherever the image is hosted: not sent here.
-            async with self.session.get(url) as resp:
-                if resp.status >= 300:
-                    raise DownloadError(
-                        f"downloading the image URL answered {resp.status}", status=resp.status
+    async def _read_body(self, resp: aiohttp.ClientResponse, sink: BodySink | None) -> bytes:
+        """A 200's body, through ``sink`` if there is one; capped, as decompressed.
+
+        ``resp.content`` yields the body after any ``Content-Encoding`` is
+        undone, so a gzip bomb is counted by what it expands to. The bytes held
+        in memory (all but the image) may not pass ``max_extra_bytes``, nor the
+        whole body the largest image's base64 plus those. Past a cap the body
+        is dropped (leaving the ``async with`` closes the connection) and the
+        answer is invalid: billed, so retried at most ``--max-billed-retries``.
+        """
+        if (resp.content_length or 0) > self._max_body:
+            raise _too_large("in all", self._max_body)
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in resp.content.iter_chunked(_STREAM_CHUNK):
+            size += len(chunk)
+            if size > self._max_body:
+                raise _too_large("in all", self._max_body)
+            if sink is None:  # held whole: only the whole-body cap applies
+                chunks.append(chunk)
+            else:
+                await sink.feed_json(chunk)
+                if sink.held > self._max_extra:
+                    raise _too_large("outside its image", self._max_extra)
+        return b"".join(chunks) if sink is None else await sink.end_json()
+
+    async def _download_policy(self) -> AddressPolicy:
+        """Public addresses, plus the kinds the base URL is on (worked out once)."""
+        if self._policy is None:
+            host = URL(self._config.base_url).raw_host or ""
+            kind = host_kind(host)
+            if kind is not None:
+                kinds = {kind}
+            else:  # a name: what it resolves to now; if it does not, public only
+                try:
+                    infos = await asyncio.get_running_loop().getaddrinfo(
+                        host, None, type=socket.SOCK_STREAM
                     )
-                if (resp.content_length or 0) > self._max_download:
-                    raise self._too_large(resp.content_length or 0)
-                size = 0
-                async for chunk in resp.content.iter_chunked(_STREAM_CHUNK):
-                    size += len(chunk)
-                    if size > self._max_download:
-                        raise self._too_large(size)
-                    await sink.feed_raw(chunk)
+                    kinds = {address_kind(str(info[4][0])) for info in infos}
+                except (OSError, ValueError):
+                    kinds = set()
+            self._policy = AddressPolicy.for_base(kinds)
+        return self._policy
+
+    async def download(self, url: str, sink: BodySink) -> None:
+        """Stream an image the server returned as a URL into ``sink``.
+
+        http and https only, at most 3 redirects (each checked the same way),
+        and only to addresses the :class:`AddressPolicy` allows: an IP literal
+        is checked here, a name's addresses by :class:`_GuardedResolver` as
+        they are resolved. The API key is never sent with a download.
+        """
+        policy = await self._download_policy()
+        for _ in range(MAX_DOWNLOAD_REDIRECTS + 1):
+            host = _checked_url(url, policy)
+            with _mapped("GET image URL", self._config.timeout, url):
+                token = _DOWNLOAD_GUARD.set((host, policy))
+                try:
+                    # The key is for the API, not for wherever the image is hosted: not sent here.
+                    async with self.session.get(url, allow_redirects=False) as resp:
+                        if resp.status in _REDIRECTS:
+                            url = _redirect_target(resp)
+                            continue
+                        await self._read_image(resp, sink)
+                        return
+                finally:
+                    _DOWNLOAD_GUARD.reset(token)
+        raise InvalidResponseError(
+            f"the image URL redirects more than {MAX_DOWNLOAD_REDIRECTS} times; refused"
+        )
+
+    async def _read_image(self, resp: aiohttp.ClientResponse, sink: BodySink) -> None:
+        if resp.status >= 300:
+            raise DownloadError(
+                f"downloading the image URL answered {resp.status}", status=resp.status
+            )
+        if (resp.content_length or 0) > self._max_download:
+            raise self._too_large(resp.content_length or 0)
+        size = 0
+        async for chunk in resp.content.iter_chunked(_STREAM_CHUNK):
+            size += len(chunk)
+            if size > self._max_download:
+                raise self._too_large(size)
+            await sink.feed_raw(chunk)
 
     def _too_large(self, size: int) -> ResponseTooLargeError:
         return ResponseTooLargeError(
             f"the image URL sends more than {self._max_download:,} bytes ({size:,} seen); refused"
         )
+
+
+def _checked_url(url: str, policy: AddressPolicy) -> str:
+    """The host of an image URL that may be fetched: http(s), and an allowed IP literal or a name.
+
+    Raises :class:`InvalidResponseError` (a billed answer that is unusable).
+    """
+    try:
+        parts = urlsplit(url)
+        scheme, host = parts.scheme.lower(), parts.hostname
+    except ValueError:
+        raise InvalidResponseError("the image URL is malformed") from None
+    if scheme not in ("http", "https"):
+        raise InvalidResponseError(f"refusing to download an image URL with scheme {scheme[:20]!r}")
+    if not host:
+        raise InvalidResponseError("the image URL has no host")
+    try:
+        address_kind(host)
+    except ValueError:
+        return host  # a name: _GuardedResolver checks what it resolves to
+    if not policy.allows(host):
+        raise InvalidResponseError(policy.refusal(host, host))
+    return host
+
+
+def _redirect_target(resp: aiohttp.ClientResponse) -> str:
+    location = resp.headers.get("Location")
+    if not location:
+        raise DownloadError(
+            f"downloading the image URL answered {resp.status} with no Location",
+            status=resp.status,
+        )
+    try:
+        return str(resp.url.join(URL(location)))
+    except ValueError:
+        raise InvalidResponseError("the image URL redirects to a malformed URL") from None

@@ -19,6 +19,8 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "INITIAL_RETRY_DELAY",
     "MANIFEST_NAME",
+    "MAX_DOWNLOAD_REDIRECTS",
+    "MAX_RESPONSE_EXTRA_BYTES",
     "MAX_RETRY_DELAY",
     "RunConfig",
 ]
@@ -34,6 +36,10 @@ DEFAULT_DOWNLOAD_ATTEMPTS = 4  # GETs of a 200's image URL, before the POST coun
 INITIAL_RETRY_DELAY = 1.0  # seconds, the first backoff ceiling
 MAX_RETRY_DELAY = 60.0  # seconds, the largest backoff ceiling
 DEFAULT_GRACE = 10.0  # seconds that jobs in flight get to finish after Ctrl-C or an abort
+# Bytes of a 200's body outside its b64_json value (after decompression): the rest of the
+# JSON, which is held in memory and parsed. The whole body may be the image's base64 plus this.
+MAX_RESPONSE_EXTRA_BYTES = 4 * 1024 * 1024
+MAX_DOWNLOAD_REDIRECTS = 3  # redirects an image URL may take, http(s) only
 
 API_KEY_ENV = "PMOCK_API_KEY"
 BASE_URL_ENV = "PMOCK_BASE_URL"

@@ -554,7 +554,9 @@ class Engine:
                         state.count += 1
                         started = time.monotonic()
                         try:
-                            reply = await self._request(body, sink)
+                            reply = await self._request(
+                                body, sink, url=job.request.response_format == "url"
+                            )
                         except APIStatusError as exc:
                             self._note_status_error(job, exc, state, started)
                             raise
@@ -619,10 +621,12 @@ class Engine:
             extra={"event": "rejected", "job_id": job.id, "path": relative, "bytes": size},
         )
 
-    async def _request(self, body: dict[str, Any], sink: ImageSink) -> Reply:
+    async def _request(self, body: dict[str, Any], sink: ImageSink, *, url: bool) -> Reply:
         """One HTTP exchange: the image streams into ``sink`` (or is downloaded into it).
 
-        An error after a 2xx had started to arrive is marked ``answered``: billed.
+        Only ``data[0]`` is read. Its ``url`` is followed only when the job asked
+        for ``response_format: url``. An error after a 2xx had started to arrive
+        is marked ``answered``: billed.
         """
         try:
             reply = await self.client.generate(body, sink)
@@ -632,11 +636,15 @@ class Engine:
         item = reply.body.data[0]
         try:
             if not sink.streamed:
-                if item.url:
+                if item.url and url:
                     await self._download(item.url, sink)
                 elif item.b64_json:  # an unusual body the scanner left whole
                     image = await asyncio.to_thread(decode_and_verify, item.b64_json)
                     await sink.feed_raw(image.data)
+                elif item.url:
+                    raise InvalidResponseError(
+                        "the server's answer has a url, not the b64_json that was asked for"
+                    )
                 else:
                     raise InvalidResponseError("the server's answer has neither b64_json nor url")
         except APIError as exc:

@@ -340,6 +340,11 @@ class ImageSink:
         return self._scanner.found
 
     @property
+    def held(self) -> int:
+        """Bytes of the JSON body held in memory: all of it but the ``b64_json`` value."""
+        return len(self._scanner.remainder)
+
+    @property
     def answered(self) -> bool:
         """Some of a 2xx answer's body arrived: the server did (and billed) the work."""
         return self._answered
