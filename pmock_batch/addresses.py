@@ -44,7 +44,7 @@ def address_kind(address: str) -> str:
         return "link_local"
     if ip.is_private:
         return "private"
-    if ip.is_global:
+    if ip.is_global and not ip.is_multicast:
         return "public"
     return "reserved"
 

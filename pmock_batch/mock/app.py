@@ -18,12 +18,15 @@ the answer is sent, whatever it is.
 from __future__ import annotations
 
 import base64
+import functools
+import gzip
 import hashlib
 import hmac
 import json
 import logging
 import secrets
 import time
+import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +42,8 @@ from .responses import (
     MODERATION_MESSAGE,
     QUOTA_MESSAGE,
     error_body,
+    hostile_error,
+    hostile_text,
     status_error,
     usage,
 )
@@ -231,13 +236,38 @@ async def _act(
             headers["Retry-After"] = _seconds(retry_after)
             headers["retry-after-ms"] = str(round(retry_after * 1000))
         body = plan.error or status_error(status)
+        if state.options.hostile:
+            body = hostile_error(body, _token_of(request))
         response = web.json_response(body, status=status, headers=headers)
         return await _send(request, response)
     payload = await _success_body(request, state, plan.request, outcome)
     if outcome.name == "truncate":
         return await _truncated(request, payload, headers)
     headers["Content-Type"] = "application/json"
+    padding = state.options.padding_bytes
+    if outcome.name == "padded_json":
+        payload = b" " * padding + payload
+    elif outcome.name == "gzip_bomb":  # two gzip members: the cached padding, then the JSON
+        payload = _gzip_padding(padding) + gzip.compress(payload)
+        headers["Content-Encoding"] = "gzip"
     return await _send(request, web.Response(body=payload, headers=headers))
+
+
+def _token_of(request: web.Request) -> str:
+    """The bearer key the request carried, for a hostile server to echo."""
+    return request.headers.get("Authorization", "").partition(" ")[2].strip()
+
+
+@functools.lru_cache(maxsize=4)
+def _gzip_padding(size: int) -> bytes:
+    """One gzip member of ``size`` spaces, compressed 1 MiB at a time (about 1000:1)."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)  # 31: a gzip header and trailer
+    block = b" " * (1 << 20)
+    out = []
+    for start in range(0, size, len(block)):
+        out.append(packer.compress(block[: size - start]))
+    out.append(packer.flush())
+    return b"".join(out)
 
 
 async def _success_body(
@@ -265,14 +295,17 @@ async def _success_body(
     item: dict[str, Any]
     if outcome.name == "bad_base64":
         item = {"b64_json": BAD_BASE64}
-    elif req.response_format == "url":
+    elif req.response_format == "url" or outcome.name == "url":
         name = f"{_token(data)}.{spec.format}"
         state.files.put(name, data)
-        item = {"url": f"{request.scheme}://{request.host}{FILES_PATH}/{name}"}
+        hops = f"?hops={options.url_redirects}" if options.url_redirects else ""
+        item = {"url": f"{request.scheme}://{request.host}{FILES_PATH}/{name}{hops}"}
     else:
         item = {"b64_json": base64.b64encode(data).decode("ascii")}
     if options.revised_prompt:
         item["revised_prompt"] = f"{req.prompt} (revised)"
+    if options.hostile:
+        item["revised_prompt"] = hostile_text(f"{req.prompt} (revised)", _token_of(request))
     quality = req.quality if req.quality not in (None, "auto") else "medium"
     body = {
         "created": int(time.time()),
@@ -283,6 +316,9 @@ async def _success_body(
         "size": spec.size,
         "usage": usage(req.prompt, width=width, height=height, quality=str(quality)),
     }
+    if outcome.name == "bad_shape":  # JSON, but "created" is text: not an images response
+        created = "yesterday"
+        body["created"] = hostile_text(created, _token_of(request)) if options.hostile else created
     return json.dumps(body).encode("utf-8")
 
 
@@ -345,6 +381,10 @@ async def _truncated(
 async def _file(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     name = request.match_info["name"]
+    hops = request.query.get("hops", "")
+    if hops.isdigit() and int(hops) > 0:  # url_redirects: one hop nearer the file
+        left = int(hops) - 1
+        raise web.HTTPFound(request.rel_url.with_query({"hops": str(left)} if left else {}))
     data = state.files.get(name)
     if data is None:
         body = error_body(f"No such file: {name!r} (it may have been evicted).", code="not_found")

@@ -15,6 +15,15 @@ table and in the stats:
     a 200 whose ``b64_json`` is not base64 at all.
 ``hang``
     no answer until ``hang_seconds`` pass (or the server stops), then a drop.
+``padded_json``
+    a 200 whose JSON comes after ``padding_bytes`` of whitespace (valid JSON).
+``gzip_bomb``
+    the same, gzip-encoded (``Content-Encoding: gzip``): a small body on the
+    wire that expands to ``padding_bytes`` and more.
+``bad_shape``
+    a 200 that is JSON but not an images response (``created`` is text).
+``url``
+    a 200 whose image is a URL, whatever ``response_format`` asked for.
 ``quota``
     a 429 with code ``insufficient_quota`` (retrying does not help).
 ``moderation``
@@ -58,7 +67,20 @@ __all__ = [
 ]
 
 WILDCARD = "*"
-NAMED_OUTCOMES = ("ok", "drop", "truncate", "corrupt", "bad_base64", "hang", "quota", "moderation")
+NAMED_OUTCOMES = (
+    "ok",
+    "drop",
+    "truncate",
+    "corrupt",
+    "bad_base64",
+    "hang",
+    "quota",
+    "moderation",
+    "padded_json",
+    "gzip_bomb",
+    "bad_shape",
+    "url",
+)
 DOWNLOAD_OUTCOMES = ("ok", "drop", "truncate")  # or a plain STATUS
 
 

@@ -13,8 +13,10 @@ from .validation import DIALECTS
 __all__ = [
     "DEFAULT_HANG_SECONDS",
     "DEFAULT_LOG_LIMIT",
+    "DEFAULT_PADDING_BYTES",
     "DEFAULT_RETRY_AFTER",
     "MAX_IMAGE_PX",
+    "MAX_PADDING_BYTES",
     "MAX_PAYLOAD_MB",
     "MAX_TRAILING_BYTES",
     "MockOptions",
@@ -26,6 +28,8 @@ DEFAULT_LOG_LIMIT = 10_000  # received requests kept in the stats log
 MAX_PAYLOAD_MB = 256  # the largest payload_mb: noise is kept in memory
 MAX_IMAGE_PX = 4096  # the largest image_px
 MAX_TRAILING_BYTES = 16 * 1024 * 1024  # the most trailing_bytes
+DEFAULT_PADDING_BYTES = 8 * 1024 * 1024  # whitespace of padded_json and gzip_bomb answers
+MAX_PADDING_BYTES = 4 * 1024 * 1024 * 1024  # gzip_bomb compresses it about 1000:1
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -53,6 +57,13 @@ class MockOptions:
     dialect: str = "pmock"  # "pmock": the seed's rules; "openai": the real API's, per model
     trailing_bytes: int = 0  # junk after each image's end (PNG IEND, JPEG EOI, WebP RIFF data)
     download_script: Sequence[str] = ()  # outcomes of each image file's GETs, by attempt
+    padding_bytes: int = (
+        DEFAULT_PADDING_BYTES  # whitespace before the JSON of padded_json, gzip_bomb
+    )
+    # A hostile server: every text it writes (error message, code, type, param; revised_prompt)
+    # carries the request's bearer key and terminal control sequences (see mock.responses).
+    hostile: bool = False
+    url_redirects: int = 0  # image URLs redirect this many times before the file
 
     def __post_init__(self) -> None:
         for name in ("latency", "latency_jitter", "retry_after", "hang_seconds"):
@@ -87,6 +98,10 @@ class MockOptions:
                 f"not {self.trailing_bytes!r}"
             )
         object.__setattr__(self, "download_script", check_download_script(self.download_script))
+        for name, top in (("padding_bytes", MAX_PADDING_BYTES), ("url_redirects", 20)):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= top):
+                raise ValueError(f"{name} must be a whole number from 0 to {top}, not {value!r}")
         if self.log_limit < 0:
             raise ValueError(f"log_limit must be >= 0, not {self.log_limit!r}")
         if isinstance(self.moderation_words, str):

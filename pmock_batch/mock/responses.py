@@ -8,10 +8,14 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "HOSTILE_CONTROLS",
+    "HOSTILE_CUT",
     "INVALID_KEY_MESSAGE",
     "MODERATION_MESSAGE",
     "QUOTA_MESSAGE",
     "error_body",
+    "hostile_error",
+    "hostile_text",
     "status_error",
     "usage",
 ]
@@ -42,6 +46,11 @@ _STATUS_ERRORS: dict[int, tuple[str, str | None, str]] = {
     503: ("server_error", None, "The engine is currently overloaded, please try again later."),
     504: ("server_error", None, "Gateway timeout."),
 }
+
+# What a hostile server writes into its text: clear the screen, home the cursor, set the
+# clipboard (OSC 52, ended by BEL), a C1 CSI colour, a carriage return and a backspace.
+HOSTILE_CONTROLS = "\x1b[2J\x1b[H\x1b]52;c;cHduZWQ=\x07\x9b31m\r\x08"
+HOSTILE_CUT = 2000  # a hostile message puts the key across this character: all but its last before
 
 # base output tokens of a 1024x1024 image by quality; other sizes scale by area
 _OUTPUT_TOKENS = {"low": 272, "medium": 1056, "high": 4160}
@@ -78,3 +87,24 @@ def usage(prompt: str, *, width: int, height: int, quality: str) -> dict[str, An
         "total_tokens": text_tokens + output_tokens,
         "input_tokens_details": {"text_tokens": text_tokens, "image_tokens": 0},
     }
+
+
+def hostile_text(text: str, token: str) -> str:
+    """``text`` as a hostile server writes it: with the caller's key and control sequences."""
+    return f"{text} {token} {HOSTILE_CONTROLS}"
+
+
+def hostile_error(body: dict[str, Any], token: str) -> dict[str, Any]:
+    """An error body whose every string echoes the key and holds control sequences.
+
+    The message also holds the key again across character :data:`HOSTILE_CUT`
+    (all but its last character before it), where a client that cuts before
+    it redacts would leave most of the key.
+    """
+    err = dict(body.get("error") or {})
+    head = hostile_text(str(err.get("message") or "Error."), token)
+    pad = max(1, HOSTILE_CUT - (len(token) - 1) - len(head))
+    err["message"] = head + " " * pad + token + " (end)"
+    for name in ("type", "param", "code"):
+        err[name] = hostile_text(str(err.get(name) or name), token)
+    return {"error": err}
