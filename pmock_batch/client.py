@@ -192,10 +192,10 @@ def _mapped(what: str, timeout: float, url: str) -> Iterator[None]:
             port=exc.port,
             reason=reason,
         ) from exc
-    except aiohttp.ClientError as exc:
-        raise APIConnectionError(f"{what}: {type(exc).__name__}: {exc}") from exc
+    except aiohttp.ClientError as exc:  # its text may quote the server (a URL, a header)
+        raise APIConnectionError(f"{what}: {type(exc).__name__}: {_clean(str(exc), ())}") from exc
     except ConnectionError as exc:
-        raise APIConnectionError(f"{what}: {exc}") from exc
+        raise APIConnectionError(f"{what}: {_clean(str(exc), ())}") from exc
 
 
 class _GuardedResolver(AbstractResolver):

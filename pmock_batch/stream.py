@@ -240,7 +240,8 @@ class B64JsonScanner:
             self._pending.clear()
             return i
         if kind != ord("u"):
-            raise InvalidResponseError(f"unexpected escape \\{chr(kind)} inside the b64_json value")
+            escape = "\\" + chr(kind)  # shown by repr: the byte may be a control character
+            raise InvalidResponseError(f"unexpected escape {escape!r} inside the b64_json value")
         if len(self._pending) < 6:
             return i
         digits = bytes(self._pending[2:6])
