@@ -469,3 +469,4 @@ class ImageSink:
             with contextlib.suppress(OSError):
                 os.unlink(self._tmp)
             self._tmp = None
+        self._scanner.remainder = bytearray()  # the JSON held (up to the cap) goes now, too

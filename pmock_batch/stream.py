@@ -37,6 +37,7 @@ _WHITESPACE = frozenset(b" \t\r\n")
 _HEX = frozenset(b"0123456789abcdefABCDEF")
 _SIMPLE_ESCAPES = {ord("/"): ord("/"), ord("n"): None, ord("r"): None, ord("t"): None}
 _NOT_SPACE = re.compile(rb"[^ \t\r\n]")  # jumps over whitespace padding in one call
+_STRUCTURE = re.compile(rb'["{}\[\]]')  # all that matters inside a container off the path
 _LITERAL = re.compile(rb'[^ \t\r\n"{}\[\]:,]*')  # the rest of a number, true, false, null
 
 # Scanner states
@@ -109,7 +110,8 @@ class B64JsonScanner:
             if self._in_string:
                 i = self._string_part(chunk, i)
                 continue
-            found = _NOT_SPACE.search(chunk, i)
+            # Off the path only strings and brackets matter: jump to the next one.
+            found = (_STRUCTURE if self._depth > self._path else _NOT_SPACE).search(chunk, i)
             if found is None:
                 i = n
                 break
