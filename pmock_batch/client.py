@@ -406,12 +406,13 @@ class ImagesClient:
 def _checked_url(url: str, policy: AddressPolicy) -> str:
     """The host of an image URL that may be fetched: http(s), and an allowed IP literal or a name.
 
+    The host is spelled as aiohttp will resolve it (an IDN in punycode).
     Raises :class:`InvalidResponseError` (a billed answer that is unusable).
     """
     try:
-        parts = urlsplit(url)
-        scheme, host = parts.scheme.lower(), parts.hostname
-    except ValueError:
+        parts = URL(url)
+        scheme, host = parts.scheme.lower(), parts.raw_host
+    except (ValueError, TypeError):
         raise InvalidResponseError("the image URL is malformed") from None
     if scheme not in ("http", "https"):
         raise InvalidResponseError(f"refusing to download an image URL with scheme {scheme[:20]!r}")

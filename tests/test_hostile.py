@@ -249,7 +249,7 @@ async def test_a_redirect_to_another_scheme_is_refused(tmp_path, image_host, tar
             await client.download(url, ImageSink(tmp_path, "pic"))
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "LocalHost", "[::ffff:127.0.0.1]"])
 async def test_loopback_is_refused_when_the_base_url_is_public(tmp_path, image_host, host):
     """The policy a public base URL gets: an IP literal, or a name that resolves to loopback."""
     url = f"http://{host}:{image_host.port}/img.png"
