@@ -106,7 +106,10 @@ def _parse_images(raw: bytes) -> ImagesResponse:
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidResponseError(f"the server's 200 answer is not JSON: {exc}") from exc
+        reason = _clean(str(exc), ())
+        raise InvalidResponseError(f"the server's 200 answer is not JSON: {reason}") from exc
+    except RecursionError:  # [[[[...: within the cap, but deeper than any answer
+        raise InvalidResponseError("the server's 200 answer is nested too deeply") from None
     if not isinstance(data, dict) or not data.get("data"):
         raise InvalidResponseError("the server's 200 answer has no image in 'data'")
     try:

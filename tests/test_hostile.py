@@ -22,7 +22,7 @@ from helpers import by_id, read_manifest, run_cli, write_jobs
 
 from pmock_batch.addresses import AddressPolicy, address_kind, host_kind
 from pmock_batch.batch import run_batch
-from pmock_batch.client import ImagesClient, _status_error
+from pmock_batch.client import ImagesClient, _parse_images, _status_error
 from pmock_batch.config import RunConfig
 from pmock_batch.errors import InvalidResponseError
 from pmock_batch.jobs import iter_jobs, scan
@@ -176,6 +176,20 @@ async def test_a_body_without_a_sink_is_capped(tmp_path, make_mock):
     ) as client:
         with pytest.raises(InvalidResponseError, match="in all"):
             await client.generate({"prompt": "a fox"})
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        (b'{"data": [{"b64_json": "QUJD"}], "created": \x1b[2J}', "not JSON"),
+        (b'{"data": "' + KEY.encode() + b'"}', r"unexpected shape \(data: list_type\)"),
+    ],
+)
+def test_a_malformed_200_is_described_safely(raw, message):
+    with pytest.raises(InvalidResponseError, match=message) as info:
+        _parse_images(raw)
+    assert KEY not in str(info.value) and not RAW_CONTROL.search(str(info.value))
 
 
 # --- §3: image URLs --------------------------------------------------------------------------
