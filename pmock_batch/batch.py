@@ -17,11 +17,10 @@ from .client import ImagesClient
 from .config import MANIFEST_NAME, RunConfig
 from .engine import Engine, RunObserver, Summary, Writer, commit
 from .errors import PmockBatchError
-from .files import contained_file
+from .files import check_own_file, contained_file, remove_stray_temps
 from .jobs import InvalidLine, Job
 from .lock import run_lock
 from .manifest import ManifestWriter, compact, stale_records
-from .output import remove_stray_temps
 from .pacing import Pacer
 from .report import write_report
 from .resume import DoneIndex
@@ -54,9 +53,13 @@ async def run_batch(
     :func:`prune_stale`). ``on_engine`` receives the engine before it
     starts, so a caller can wire signals to :meth:`Engine.stop`. ``writer``
     is injectable so tests can simulate a full disk or a crash mid-write.
-    Raises :class:`~pmock_batch.errors.LockedError` if another run holds the lock.
+    Raises :class:`~pmock_batch.errors.LockedError` if another run holds the
+    lock, and :class:`~pmock_batch.errors.OutputPathError`, before anything is
+    sent, if the manifest is a symbolic link (or not a regular file): nothing
+    could be recorded, and it is never written through.
     """
     with run_lock(config.out_dir):
+        check_own_file(config.out_dir, MANIFEST_NAME)
         await asyncio.to_thread(remove_stray_temps, config.out_dir)
         done = await asyncio.to_thread(DoneIndex.load, config.manifest_path) if resume else None
         async with (

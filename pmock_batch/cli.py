@@ -38,7 +38,7 @@ from .config import (
     RunConfig,
 )
 from .engine import Engine, Summary
-from .errors import LockedError, UsageError
+from .errors import LockedError, OutputPathError, UsageError
 from .jobs import Defaults, Job, ScanResult, iter_jobs, scan
 from .lock import run_lock
 from .models import FORMATS, RESPONSE_FORMATS
@@ -685,6 +685,9 @@ def _main_command(argv: Sequence[str]) -> int:
     except LockedError as exc:
         _err(f"pmock-batch: {exc}")
         return EXIT_LOCKED
+    except OutputPathError as exc:  # the manifest is a link: nothing could be recorded
+        _err(f"pmock-batch: error: {exc}; nothing was sent")
+        return EXIT_USAGE
     except OSError as exc:  # the output directory itself is unusable
         _err(
             f"pmock-batch: run aborted: cannot use the output directory {config.out_dir}: "
@@ -745,7 +748,7 @@ def _report_command(argv: Sequence[str]) -> int:
     except LockedError as exc:
         _err(f"pmock-batch report: {exc}")
         return EXIT_LOCKED
-    except (UsageError, OSError, ValueError) as exc:
+    except (UsageError, OutputPathError, OSError, ValueError) as exc:
         _err(f"pmock-batch report: error: {exc}")
         return EXIT_USAGE
     _err(f"Wrote {path}")

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
 from tenacity import RetryCallState
 
 from .client import ImagesClient, Reply
@@ -34,6 +35,7 @@ from .errors import (
     APITimeoutError,
     CannotConnectError,
     InvalidResponseError,
+    OutputPathError,
     PmockBatchError,
 )
 from .jobs import InvalidLine, Job
@@ -110,8 +112,15 @@ def error_record(exc: BaseException) -> ErrorRecord:
         )
     if isinstance(exc, APIError):
         return ErrorRecord(kind=exc.kind, message=str(exc))
+    if isinstance(exc, OutputPathError):  # outside OUT, or through a link: already says so
+        return ErrorRecord(kind="write", message=str(exc))
     if isinstance(exc, OSError):
         return ErrorRecord(kind="write", message=f"could not write the image: {exc}")
+    if isinstance(exc, Image.DecompressionBombError):  # normally mapped by the sink already
+        return ErrorRecord(kind="invalid_response", message=f"decompression bomb: {exc}")
+    if isinstance(exc, MemoryError):
+        detail = f": {exc}" if str(exc) else ""
+        return ErrorRecord(kind="memory", message=f"ran out of memory handling the image{detail}")
     return ErrorRecord(kind="internal", message=f"{type(exc).__name__}: {exc}")
 
 

@@ -4,7 +4,9 @@ While a run goes on the manifest is an append-only log: each record is
 appended and flushed as soon as its job finishes, so a crash loses at most
 the jobs in flight. A reader tolerates a torn last line. On a clean finish
 :func:`compact` rewrites it atomically as one line per job (its latest
-record), in input order.
+record), in input order. The manifest is never opened through a symbolic
+link (``O_NOFOLLOW``), and the compaction is written through
+:class:`~pmock_batch.files.AtomicFile`, which never replaces a link.
 """
 
 from __future__ import annotations
@@ -21,9 +23,17 @@ import aiofiles
 import aiofiles.os
 from aiofiles.threadpool.text import AsyncTextIOWrapper
 
+from .files import AtomicFile
 from .models import JobRecord
 
 __all__ = ["ManifestWriter", "compact", "latest_records", "read_records", "stale_records"]
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def _no_link(path: str, flags: int) -> int:
+    """An ``opener`` for :func:`open`: fail (``ELOOP``) rather than follow a link."""
+    return os.open(path, flags | _NOFOLLOW, 0o644)
 
 
 class ManifestWriter:
@@ -39,7 +49,7 @@ class ManifestWriter:
     async def __aenter__(self) -> ManifestWriter:
         await aiofiles.os.makedirs(self.path.parent, exist_ok=True)
         await _heal_torn_tail(self.path)
-        self._fh = await aiofiles.open(self.path, "a", encoding="utf-8")
+        self._fh = await aiofiles.open(self.path, "a", encoding="utf-8", opener=_no_link)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -68,7 +78,7 @@ async def _heal_torn_tail(path: Path) -> None:
         return
     if size == 0:
         return
-    async with aiofiles.open(path, "rb+") as fh:
+    async with aiofiles.open(path, "rb+", opener=_no_link) as fh:
         await fh.seek(size - 1)
         if await fh.read(1) != b"\n":
             await fh.write(b"\n")
@@ -185,8 +195,7 @@ def compact(
         entries = [entry for entry in entries if entry.key in current]
         if not prune:
             entries += stale
-    tmp = path.with_name(f".{path.name}.compact.tmp")
-    with path.open("rb") as src, tmp.open("wb") as dst:
+    with open(path, "rb", opener=_no_link) as src, AtomicFile(path.parent, path.name) as dst:
         for entry in entries:
             src.seek(entry.offset)
             chunk = src.read(entry.length)
@@ -195,6 +204,4 @@ def compact(
                 data["line"] = entry.line
                 chunk = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
             dst.write(chunk if chunk.endswith(b"\n") else chunk + b"\n")
-        dst.flush()
-        os.fsync(dst.fileno())
-    os.replace(tmp, path)
+        dst.commit()  # fsync, then rename over the log: never over a link
