@@ -266,8 +266,8 @@ async def write_atomic(out_dir: Path, relative: str, data: bytes) -> Path:
     return await asyncio.to_thread(write_atomic_sync, out_dir, relative, data)
 
 
-def _create(out_dir: Path, stem: str, data: bytes | bytearray) -> AtomicFile:
-    tmp = AtomicFile(out_dir, stem)  # in the folder of the image-to-be
+def _create(out_dir: Path, relative: str, data: bytes | bytearray) -> AtomicFile:
+    tmp = AtomicFile(out_dir, relative)  # in the folder of the image-to-be
     try:
         tmp.write(data)
     except BaseException:
@@ -276,15 +276,13 @@ def _create(out_dir: Path, stem: str, data: bytes | bytearray) -> AtomicFile:
     return tmp
 
 
-def _finish(
-    tmp: AtomicFile | None, out_dir: Path, stem: str, data: bytes | bytearray, relative: str
-) -> Path:
+def _finish(tmp: AtomicFile | None, out_dir: Path, data: bytes | bytearray, relative: str) -> Path:
     """Write the last bytes, fsync, close and rename into place. Runs in a worker thread.
 
     On failure the temporary file is removed here: the sink has handed it over.
     """
     if tmp is None:
-        tmp = _create(out_dir, stem, data)
+        tmp = _create(out_dir, relative, data)
         data = b""
     try:
         if data:
@@ -366,9 +364,14 @@ class ImageSink:
         """Write the buffered bytes: one thread hop, which also creates the file the first time."""
         buf, self._buf = self._buf, bytearray()  # hand it over; no copy
         if self._tmp is None:
-            self._tmp = await asyncio.to_thread(_create, self.out_dir, self.stem, buf)
+            self._tmp = await asyncio.to_thread(_create, self.out_dir, self._name(), buf)
         elif buf:
             await asyncio.to_thread(self._tmp.write, buf)
+
+    def _name(self) -> str:
+        """The image's likely name, from its first bytes, before it is verified (for messages)."""
+        fmt = sniff(bytes(self._head))
+        return f"{self.stem}.{EXTENSIONS[fmt]}" if fmt is not None else self.stem
 
     async def verify(self) -> ImageInfo:
         """Check the received bytes are a whole PNG, JPEG or WebP image."""
@@ -405,7 +408,7 @@ class ImageSink:
             raise ValueError(f"the sink writes under {self.out_dir}, not {out_dir}")
         buf, self._buf = self._buf, bytearray()
         tmp, self._tmp = self._tmp, None  # handed over: _finish removes it if it fails
-        return await asyncio.to_thread(_finish, tmp, self.out_dir, self.stem, buf, relative)
+        return await asyncio.to_thread(_finish, tmp, self.out_dir, buf, relative)
 
     @property
     def sha256(self) -> str:

@@ -32,7 +32,7 @@ from aiohttp import web
 
 from ..models import ImageRequest
 from .faults import Outcome, parse_outcome, pick_outcome
-from .images import CONTENT_TYPES, ImageSpec, parse_size
+from .images import CONTENT_TYPES, ImageSpec, bomb_png, parse_size
 from .options import MockOptions
 from .responses import (
     INVALID_KEY_MESSAGE,
@@ -262,6 +262,8 @@ async def _success_body(
         data += trailing_junk(options.trailing_bytes)
     if outcome.name == "corrupt":
         data = data[: max(16, len(data) // 2)]
+    elif outcome.name == "bomb":  # a sound PNG whose header claims 40,000 x 40,000 pixels
+        data = bomb_png()
     item: dict[str, Any]
     if outcome.name == "bad_base64":
         item = {"b64_json": BAD_BASE64}
