@@ -16,8 +16,8 @@ from pathlib import Path
 from .client import ImagesClient
 from .config import MANIFEST_NAME, RunConfig
 from .engine import Engine, RunObserver, Summary, Writer, commit
-from .errors import PmockBatchError
-from .files import check_own_file, contained_file, remove_stray_temps
+from .errors import OutputPathError, PmockBatchError
+from .files import check_own_file, contained_file, remove_file, remove_stray_temps
 from .jobs import InvalidLine, Job
 from .lock import run_lock
 from .manifest import ManifestWriter, compact, stale_records
@@ -134,7 +134,11 @@ def prune_stale(out_dir: Path, current: Set[str]) -> int:
     stale = stale_files(out_dir, current)
     for name, paths in stale:
         for path in paths:
-            path.unlink(missing_ok=True)
+            relative = path.relative_to(out_dir).as_posix()
+            try:  # checked again as it goes: never through a link
+                remove_file(out_dir, relative)
+            except OutputPathError as exc:  # a link appeared since: left alone
+                log.warning("%s", exc, extra={"event": "warning", "reason": str(exc)})
         shown = ", ".join(str(p.relative_to(out_dir)) for p in paths) or "no files"
         log.warning(
             "pruned %s (no longer in the job file): %s",

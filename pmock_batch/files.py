@@ -41,6 +41,7 @@ __all__ = [
     "check_own_file",
     "contained_file",
     "open_folder",
+    "remove_file",
     "remove_stray_temps",
     "sha256_of",
     "split_relative",
@@ -249,23 +250,46 @@ def write_atomic_sync(out_dir: Path, relative: str, data: bytes | bytearray) -> 
         return tmp.commit()
 
 
+def remove_file(out_dir: Path, relative: str) -> bool:
+    """Delete the regular file ``out_dir/relative``, reached through no link; True if it was there.
+
+    A link, a folder or a device at ``relative`` or on the way is left alone
+    (:class:`OutputPathError`), as is a missing file (False).
+    """
+    parts = split_relative(out_dir, relative)
+    try:
+        fd = open_folder(out_dir, parts[:-1], relative=relative, create=False)
+    except FileNotFoundError:
+        return False
+    try:
+        try:
+            _check_target(out_dir, relative, parts, fd)
+            os.unlink(parts[-1], dir_fd=fd)
+        except FileNotFoundError:
+            return False
+    finally:
+        os.close(fd)
+    return True
+
+
 def remove_stray_temps(out_dir: Path) -> int:
     """Delete temporary files a crashed run left in ``out_dir``; return how many.
 
-    Links to folders are not followed: only names below OUT itself are removed.
-    Call it only while holding the run lock, so no live run owns them.
+    Links to folders are not followed (``os.fwalk``, removing by folder
+    descriptor): only names below OUT itself are removed. Call it only while
+    holding the run lock, so no live run owns them.
     """
     if not out_dir.is_dir():
         return 0
     removed = 0
-    for folder, _, names in os.walk(out_dir):  # followlinks=False: links are not entered
-        top = Path(folder)
+    for folder, _, names, dir_fd in os.fwalk(out_dir):  # follow_symlinks=False
+        top = folder == str(out_dir)
         for name in names:
             stray = name.startswith(".") and name.endswith(TMP_SUFFIX)
-            compact = top == out_dir and name.startswith(".") and name.endswith(".compact.tmp")
+            compact = top and name.startswith(".") and name.endswith(".compact.tmp")
             if stray or compact:
                 with contextlib.suppress(FileNotFoundError):
-                    (top / name).unlink()  # a link is removed itself, never its target
+                    os.unlink(name, dir_fd=dir_fd)  # a link is removed itself, never its target
                     removed += 1
     return removed
 

@@ -31,7 +31,7 @@ from pmock_batch.errors import (
     OutputPathError,
     ResponseTooLargeError,
 )
-from pmock_batch.files import TMP_SUFFIX, AtomicFile, remove_stray_temps
+from pmock_batch.files import TMP_SUFFIX, AtomicFile, remove_file, remove_stray_temps
 from pmock_batch.jobs import iter_jobs, scan
 from pmock_batch.mock import MockOptions
 from pmock_batch.output import ImageSink
@@ -201,24 +201,27 @@ async def test_out_itself_may_be_a_link(tmp_path, make_mock, capsys):
 # --- §2: the manifest and the report -----------------------------------------------------
 
 
-async def test_a_linked_manifest_stops_the_run_before_anything_is_sent(tmp_path, make_mock, capsys):
+@pytest.mark.parametrize("name", ["manifest.jsonl", ".lock"])
+async def test_a_linked_manifest_or_lock_stops_the_run_before_anything_is_sent(
+    tmp_path, make_mock, capsys, name
+):
     server = await make_mock(MockOptions())
     write_jobs(tmp_path / "jobs.jsonl", [{"id": "a", "prompt": "a cat"}])
     outside = _outside(tmp_path)
     out = tmp_path / "out"
     out.mkdir()
-    (out / "manifest.jsonl").symlink_to(outside / "keep.txt")
+    (out / name).symlink_to(outside / "keep.txt")
     before = snapshot(outside)
     result = await run_cli(_argv(tmp_path, server, out), capsys)
     assert result.code == 2
     assert result.err.strip().endswith(
-        f"pmock-batch: error: refusing to write 'manifest.jsonl': {out}/manifest.jsonl "
+        f"pmock-batch: error: refusing to write {name!r}: {out}/{name} "
         "is a symbolic link; nothing was sent"
     )
     assert server.stats.requests == 0
     assert snapshot(outside) == before
-    assert os.readlink(out / "manifest.jsonl") == str(outside / "keep.txt")
-    assert sorted(os.listdir(out)) == [".lock", "manifest.jsonl"]
+    assert os.readlink(out / name) == str(outside / "keep.txt")
+    assert sorted(os.listdir(out)) in ([name], sorted([".lock", name]))  # no image, no report
 
 
 async def test_a_linked_report_is_skipped_with_a_warning(tmp_path, make_mock, capsys):
@@ -361,6 +364,25 @@ async def test_the_sink_never_creates_its_temporary_file_through_a_link(tmp_path
     with pytest.raises(OutputPathError, match="icons is a symbolic link"):
         await sink.feed_raw(b"\0" * (2 << 20))
     sink.discard()
+    assert snapshot(outside) == {"keep.txt": hashlib.sha256(b"not yours").hexdigest()}
+
+
+def test_remove_file_deletes_only_a_regular_file_reached_through_no_link(tmp_path):
+    out = tmp_path / "out"
+    outside = _outside(tmp_path)
+    (out / "icons").mkdir(parents=True)
+    (out / "icons" / "a.png").write_bytes(b"ours")
+    (out / "b.png").symlink_to(outside / "keep.txt")
+    (out / "linked").symlink_to(outside, target_is_directory=True)
+    assert remove_file(out, "icons/a.png") is True
+    assert not (out / "icons" / "a.png").exists()
+    assert remove_file(out, "icons/a.png") is False
+    assert remove_file(out, "nowhere/a.png") is False
+    with pytest.raises(OutputPathError, match=r"b\.png is a symbolic link"):
+        remove_file(out, "b.png")
+    with pytest.raises(OutputPathError, match="linked is a symbolic link"):
+        remove_file(out, "linked/keep.txt")
+    assert (out / "b.png").is_symlink()
     assert snapshot(outside) == {"keep.txt": hashlib.sha256(b"not yours").hexdigest()}
 
 
