@@ -6,7 +6,7 @@
     ├── UsageError                 bad flags or environment: exit 2, nothing sent
     ├── JobFileError               the job file has invalid lines: exit 2, nothing sent
     ├── LockedError                another run holds the output directory: exit 4
-    ├── OutputPathError            a path would escape the output directory
+    ├── OutputPathError            a path outside OUT, or through a link below it (kind write)
     └── APIError                   anything that went wrong talking to the server
         ├── APIStatusError         the server answered with a non-2xx status
         ├── APIConnectionError     no usable answer: refused, reset, dropped, cut off
@@ -88,7 +88,7 @@ class LockedError(PmockBatchError):
 
 
 class OutputPathError(PmockBatchError):
-    """A computed output path would leave the output directory."""
+    """An output path would leave OUT, or go through (or replace) a symbolic link below it."""
 
 
 class APIError(PmockBatchError):
