@@ -120,8 +120,8 @@ def open_folder(
                 if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
                     raise _refusal(out_dir, relative, folders[:depth], fd) from exc
                 raise
-            os.close(fd)
-            fd = child
+            fd, parent = child, fd
+            os.close(parent)
     except BaseException:
         os.close(fd)
         raise
@@ -174,16 +174,11 @@ class AtomicFile:
         self._dir: int | None = open_folder(out_dir, self._folders, relative=relative)
         self.name: str | None = f".{name}.{secrets.token_hex(4)}{TMP_SUFFIX}"
         try:
-            fd = os.open(self.name, _TMP_FLAGS, 0o644, dir_fd=self._dir)
+            fd = os.open(self.name, _TMP_FLAGS, 0o666, dir_fd=self._dir)  # umask applies
         except BaseException:
             os.close(self._dir)
             raise
         self.file: BinaryIO = os.fdopen(fd, "wb")
-
-    @property
-    def path(self) -> Path:
-        """The temporary file's path (for messages and tests)."""
-        return self.out_dir.joinpath(*self._folders, self.name or "")
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self.file.write(data)

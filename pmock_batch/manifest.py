@@ -33,7 +33,7 @@ _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 def _no_link(path: str, flags: int) -> int:
     """An ``opener`` for :func:`open`: fail (``ELOOP``) rather than follow a link."""
-    return os.open(path, flags | _NOFOLLOW, 0o644)
+    return os.open(path, flags | _NOFOLLOW, 0o666)  # as open() would: the umask applies
 
 
 class ManifestWriter:
