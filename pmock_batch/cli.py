@@ -39,6 +39,7 @@ from .config import (
 )
 from .engine import Engine, Summary
 from .errors import LockedError, OutputPathError, UsageError
+from .files import check_own_file
 from .jobs import Defaults, Job, ScanResult, iter_jobs, scan
 from .lock import run_lock
 from .models import FORMATS, RESPONSE_FORMATS
@@ -658,6 +659,11 @@ def _main_command(argv: Sequence[str]) -> int:
         _print_problems(result)
         return EXIT_USAGE
     if args.dry_run:
+        try:  # as the run would: a linked manifest is never read
+            check_own_file(out_dir, MANIFEST_NAME)
+        except OutputPathError as exc:
+            _err(f"pmock-batch: error: {exc}; nothing was sent")
+            return EXIT_USAGE
         _print_plan(result, args, out_dir, caps)
         return EXIT_OK
     config = RunConfig(

@@ -222,6 +222,10 @@ async def test_a_linked_manifest_or_lock_stops_the_run_before_anything_is_sent(
     assert snapshot(outside) == before
     assert os.readlink(out / name) == str(outside / "keep.txt")
     assert sorted(os.listdir(out)) in ([name], sorted([".lock", name]))  # no image, no report
+    if name == "manifest.jsonl":  # --dry-run says what the run would: it reads nothing through it
+        plan = await run_cli([*_argv(tmp_path, server, out), "--dry-run"], capsys)
+        assert plan.code == 2
+        assert f"{out}/manifest.jsonl is a symbolic link" in plan.err
 
 
 async def test_a_linked_report_is_skipped_with_a_warning(tmp_path, make_mock, capsys):
