@@ -23,6 +23,7 @@ from .errors import (
     JobFileError,
     OutputPathError,
     PmockBatchError,
+    UntrustedCertificateError,
     UsageError,
 )
 from .jobs import Defaults, InvalidLine, Job, ScanResult, iter_jobs, scan
@@ -48,6 +49,7 @@ __all__ = [
     "RunObserver",
     "ScanResult",
     "Summary",
+    "UntrustedCertificateError",
     "UsageError",
     "__version__",
     "iter_jobs",

@@ -27,13 +27,14 @@ from typing import Any
 from tenacity import RetryCallState
 
 from .client import ImagesClient, Reply
-from .config import API_KEY_ENV, BASE_URL_ENV, RunConfig
+from .config import BASE_URL_ENV, RunConfig
 from .errors import (
     APIError,
     APIStatusError,
     APITimeoutError,
     InvalidResponseError,
     PmockBatchError,
+    UntrustedCertificateError,
 )
 from .jobs import InvalidLine, Job
 from .manifest import ManifestWriter
@@ -122,7 +123,10 @@ def abort_reason(exc: BaseException, config: RunConfig) -> str:
         )
     if isinstance(exc, APIStatusError):
         if exc.status in (401, 403):
-            return f"the server refused the API key (HTTP {exc.status}: {exc}); check {API_KEY_ENV}"
+            return (
+                f"the server refused the API key (HTTP {exc.status}: {exc}); "
+                f"check {config.api_key_env}"
+            )
         if exc.status == 404:
             return (
                 f"{config.endpoint} was not found (HTTP 404: {exc}); check --base-url "
@@ -130,6 +134,11 @@ def abort_reason(exc: BaseException, config: RunConfig) -> str:
             )
         if exc.code == "insufficient_quota":
             return f"the account has no quota left (HTTP 429: {exc}); check its plan and billing"
+    if isinstance(exc, UntrustedCertificateError):
+        return (
+            f"{exc}; pass --ca-bundle FILE (or set SSL_CERT_FILE) with the CA that signed it, "
+            "such as your proxy's or gateway's"
+        )
     return str(exc)
 
 

@@ -10,7 +10,8 @@
     └── APIError                   anything that went wrong talking to the server
         ├── APIStatusError         the server answered with a non-2xx status
         ├── APIConnectionError     no usable answer: refused, reset, dropped, cut off
-        │   └── APITimeoutError    the request timed out (it may have been billed)
+        │   ├── APITimeoutError    the request timed out (it may have been billed)
+        │   └── UntrustedCertificateError  the server's TLS certificate is not trusted
         ├── InvalidResponseError   a 2xx whose body or image is unusable (retried)
         └── ResponseTooLargeError  an image download over the size cap (not retried)
 
@@ -39,6 +40,7 @@ __all__ = [
     "PmockBatchError",
     "Problem",
     "ResponseTooLargeError",
+    "UntrustedCertificateError",
     "UsageError",
 ]
 
@@ -131,6 +133,17 @@ class APITimeoutError(APIConnectionError):
     """The request timed out. The server may have done (and billed) the work."""
 
     kind = "timeout"
+
+
+class UntrustedCertificateError(APIConnectionError):
+    """The server's TLS certificate failed verification. Retrying would not help.
+
+    A TLS-inspecting proxy or a private gateway whose CA is not trusted: every
+    request would fail the same way, so :func:`pmock_batch.retry.classify`
+    aborts the run.
+    """
+
+    kind = "certificate"
 
 
 class InvalidResponseError(APIError):

@@ -23,7 +23,12 @@ from tenacity.retry import retry_base
 from tenacity.wait import wait_base
 
 from .config import DEFAULT_MAX_ATTEMPTS, INITIAL_RETRY_DELAY, MAX_RETRY_DELAY
-from .errors import APIConnectionError, APIStatusError, InvalidResponseError
+from .errors import (
+    APIConnectionError,
+    APIStatusError,
+    InvalidResponseError,
+    UntrustedCertificateError,
+)
 
 __all__ = [
     "DEFAULT_MAX_RETRY_WAIT",
@@ -65,6 +70,8 @@ def classify(exc: BaseException) -> Decision:
         if exc.status in RETRY_STATUSES or exc.status >= 500:
             return Decision.RETRY
         return Decision.FAIL
+    if isinstance(exc, UntrustedCertificateError):
+        return Decision.ABORT  # the trusted CAs are wrong: every request would fail the same way
     if isinstance(exc, APIConnectionError | InvalidResponseError):
         return Decision.RETRY
     if isinstance(exc, OSError) and exc.errno in ABORT_ERRNOS:

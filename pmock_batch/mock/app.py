@@ -144,7 +144,10 @@ async def _receive(request: web.Request) -> tuple[ReceivedRequest, bool]:
         body = json.loads(raw)
     except (ValueError, RecursionError):
         is_json = False
-    return ReceivedRequest(request.path, body, request.headers.get("Authorization")), is_json
+    entry = ReceivedRequest(
+        request.path, body, request.headers.get("Authorization"), headers=dict(request.headers)
+    )
+    return entry, is_json
 
 
 def _decide(
@@ -339,6 +342,7 @@ async def _file(request: web.Request) -> web.StreamResponse:
         body = error_body(f"No such file: {name!r} (it may have been evicted).", code="not_found")
         return web.json_response(body, status=404)
     state.stats.downloads += 1
+    state.stats.download_headers.append(dict(request.headers))
     content_type = CONTENT_TYPES.get(name.rpartition(".")[2], "application/octet-stream")
     return web.Response(body=data, content_type=content_type)
 
