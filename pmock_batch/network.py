@@ -203,7 +203,8 @@ def ssl_context(ca_bundle: Path | None, environ: Mapping[str, str]) -> ssl.SSLCo
 
 def _load_cas(source: str, *, cafile: Path | None, capath: Path | None) -> ssl.SSLContext:
     if cafile is not None and not cafile.is_file():
-        raise ValueError(f"{source} {cafile}: no such file")
+        problem = "not a file" if cafile.exists() else "no such file"
+        raise ValueError(f"{source} {cafile}: {problem}")
     try:
         return ssl.create_default_context(cafile=cafile, capath=capath)
     except ssl.SSLError as exc:
