@@ -23,6 +23,7 @@ from .errors import (
     JobFileError,
     OutputPathError,
     PmockBatchError,
+    ProxyRefusedError,
     UntrustedCertificateError,
     UsageError,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "JobRecord",
     "OutputPathError",
     "PmockBatchError",
+    "ProxyRefusedError",
     "RunConfig",
     "RunObserver",
     "ScanResult",

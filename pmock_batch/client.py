@@ -27,6 +27,7 @@ from .errors import (
     APIStatusError,
     APITimeoutError,
     InvalidResponseError,
+    ProxyRefusedError,
     ResponseTooLargeError,
     UntrustedCertificateError,
     UsageError,
@@ -164,8 +165,9 @@ def _mapped(what: str, timeout: float) -> Iterator[None]:
             f"{what}: cannot connect to the proxy {exc.host}:{exc.port}"
         ) from exc
     except aiohttp.ClientHttpProxyError as exc:
-        raise APIConnectionError(
-            f"{what}: the proxy refused the tunnel: HTTP {exc.status} {exc.message}"
+        raise ProxyRefusedError(
+            f"{what}: the proxy refused the tunnel: HTTP {exc.status} {exc.message}",
+            status=exc.status,
         ) from exc
     except aiohttp.ClientConnectorError as exc:
         raise APIConnectionError(f"{what}: cannot connect to {exc.host}:{exc.port}") from exc

@@ -34,6 +34,7 @@ from .errors import (
     APITimeoutError,
     InvalidResponseError,
     PmockBatchError,
+    ProxyRefusedError,
     UntrustedCertificateError,
 )
 from .jobs import InvalidLine, Job
@@ -94,6 +95,8 @@ def error_record(exc: BaseException) -> ErrorRecord:
             kind = "moderation"
         elif exc.status in (401, 403):
             kind = "auth"
+        elif exc.status == 407:
+            kind = "proxy"
         elif exc.status == 429 and exc.code == "insufficient_quota":
             kind = "quota"
         elif exc.status == 429:
@@ -121,7 +124,16 @@ def abort_reason(exc: BaseException, config: RunConfig) -> str:
             f"cannot write to the output directory {config.out_dir}: {exc.strerror or exc}; "
             "free some disk space or fix its permissions"
         )
+    if isinstance(exc, ProxyRefusedError):
+        if exc.status == 407:
+            return f"{exc}; check the user and password in --proxy or HTTPS_PROXY"
+        return f"{exc}; check that the proxy allows this host"
     if isinstance(exc, APIStatusError):
+        if exc.status == 407:
+            return (
+                f"the proxy refused the credentials (HTTP 407: {exc}); "
+                "check the user and password in --proxy or HTTP_PROXY"
+            )
         if exc.status in (401, 403):
             return (
                 f"the server refused the API key (HTTP {exc.status}: {exc}); "

@@ -11,7 +11,8 @@
         ├── APIStatusError         the server answered with a non-2xx status
         ├── APIConnectionError     no usable answer: refused, reset, dropped, cut off
         │   ├── APITimeoutError    the request timed out (it may have been billed)
-        │   └── UntrustedCertificateError  the server's TLS certificate is not trusted
+        │   ├── UntrustedCertificateError  the server's TLS certificate is not trusted
+        │   └── ProxyRefusedError  the proxy refused to open a tunnel (CONNECT)
         ├── InvalidResponseError   a 2xx whose body or image is unusable (retried)
         └── ResponseTooLargeError  an image download over the size cap (not retried)
 
@@ -39,6 +40,7 @@ __all__ = [
     "OutputPathError",
     "PmockBatchError",
     "Problem",
+    "ProxyRefusedError",
     "ResponseTooLargeError",
     "UntrustedCertificateError",
     "UsageError",
@@ -144,6 +146,21 @@ class UntrustedCertificateError(APIConnectionError):
     """
 
     kind = "certificate"
+
+
+class ProxyRefusedError(APIConnectionError):
+    """The proxy answered the CONNECT for an HTTPS URL with an error status.
+
+    407 (bad or missing credentials) and 403 (a host the proxy forbids) abort
+    the run; 502, 503 or 504 (the proxy could not reach the server) are retried.
+    A plain-HTTP request's 407 comes back as an :class:`APIStatusError`.
+    """
+
+    kind = "proxy"
+
+    def __init__(self, message: str, *, status: int) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class InvalidResponseError(APIError):

@@ -27,6 +27,7 @@ from .errors import (
     APIConnectionError,
     APIStatusError,
     InvalidResponseError,
+    ProxyRefusedError,
     UntrustedCertificateError,
 )
 
@@ -43,7 +44,7 @@ __all__ = [
 RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
 # Disk full, quota, permissions, read-only: every later write would fail the same way.
 ABORT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS})
-ABORT_STATUSES = frozenset({401, 403, 404})
+ABORT_STATUSES = frozenset({401, 403, 404, 407})  # 407: the proxy wants other credentials
 DEFAULT_MAX_RETRY_WAIT = 120.0
 
 
@@ -72,6 +73,8 @@ def classify(exc: BaseException) -> Decision:
         return Decision.FAIL
     if isinstance(exc, UntrustedCertificateError):
         return Decision.ABORT  # the trusted CAs are wrong: every request would fail the same way
+    if isinstance(exc, ProxyRefusedError) and exc.status in ABORT_STATUSES:
+        return Decision.ABORT  # the proxy refuses our credentials or the host: so it will again
     if isinstance(exc, APIConnectionError | InvalidResponseError):
         return Decision.RETRY
     if isinstance(exc, OSError) and exc.errno in ABORT_ERRNOS:

@@ -24,7 +24,12 @@ from helpers import by_id, open_image, read_manifest, run_cli, write_jobs
 
 from pmock_batch.client import _status_error
 from pmock_batch.config import RunConfig
-from pmock_batch.errors import APIConnectionError, UntrustedCertificateError
+from pmock_batch.errors import (
+    APIConnectionError,
+    APIStatusError,
+    ProxyRefusedError,
+    UntrustedCertificateError,
+)
 from pmock_batch.mock import MockOptions
 from pmock_batch.network import (
     ProxyRoutes,
@@ -246,20 +251,35 @@ async def test_https_proxy_variable_tunnels_to_a_tls_server_with_credentials(
         assert PROXY_PASSWORD not in text
 
 
-async def test_wrong_proxy_password_fails_clearly_and_is_never_shown(
-    tmp_path, capsys, make_mock, auth_proxy, tls_context, ca_pem, monkeypatch
+@pytest.mark.parametrize("tls", [True, False], ids=["https-connect", "plain-http"])
+async def test_wrong_proxy_password_aborts_at_once_and_is_never_shown(
+    tmp_path, capsys, make_mock, auth_proxy, tls_context, ca_pem, monkeypatch, tls
 ):
-    server = await make_mock(MockOptions(), ssl_context=tls_context)
+    server = await make_mock(MockOptions(), ssl_context=tls_context if tls else None)
     monkeypatch.setenv("PMOCK_API_KEY", KEY)
     wrong = "wr0ng-Pa55word"
     out = tmp_path / "o"
-    argv = [str(_jobs(tmp_path, url_job=False)), "--base-url", server.base_url, "--out", str(out)]
-    argv += ["--ca-bundle", str(ca_pem), "--max-attempts", "1", "--json"]
-    result = await run_cli([*argv, "--proxy", auth_proxy.url(f"robot:{wrong}@")], capsys)
-    assert result.code == 1, result.err
-    record = by_id(read_manifest(out))["cat"]
-    assert record["error"]["kind"] == "connection"
-    assert "the proxy refused the tunnel: HTTP 407" in record["error"]["message"]
+    jobs = write_jobs(
+        tmp_path / "jobs.jsonl", [{"id": f"j{i}", "prompt": f"p{i}"} for i in range(8)]
+    )
+    argv = [str(jobs), "--base-url", server.base_url, "--out", str(out), "--ca-bundle", str(ca_pem)]
+    started = time.monotonic()
+    result = await run_cli(
+        [*argv, "--concurrency", "1", "--json", "--proxy", auth_proxy.url(f"robot:{wrong}@")],
+        capsys,
+    )
+    assert time.monotonic() - started < 5  # not retried: the same credentials fail again
+    assert result.code == 3, result.err
+    assert "check the user and password in --proxy" in result.err
+    assert json.loads(result.out)["retries"] == 0
+    records = by_id(read_manifest(out))
+    assert records["j0"]["status"] == "failed" and records["j0"]["attempts"] == 1
+    assert records["j0"]["error"]["kind"] == "proxy"
+    if tls:
+        assert "the proxy refused the tunnel: HTTP 407" in records["j0"]["error"]["message"]
+    else:
+        assert records["j0"]["http_status"] == 407
+    assert {r["status"] for r in records.values()} == {"failed", "not_run"}
     assert server.stats.requests == 0
     for text in (result.out, result.err, (out / "manifest.jsonl").read_text()):
         assert wrong not in text
@@ -608,6 +628,10 @@ def test_ssl_context_sources(tmp_path, ca_pem):
         ssl_context(None, {"SSL_CERT_FILE": str(tmp_path / "nope.pem")})
 
 
-def test_an_untrusted_certificate_aborts_and_other_connection_errors_retry():
+def test_an_untrusted_certificate_or_a_refusing_proxy_aborts_and_the_rest_retries():
     assert classify(UntrustedCertificateError("x")) is Decision.ABORT
+    assert classify(ProxyRefusedError("x", status=407)) is Decision.ABORT
+    assert classify(ProxyRefusedError("x", status=403)) is Decision.ABORT
+    assert classify(ProxyRefusedError("x", status=502)) is Decision.RETRY
+    assert classify(APIStatusError("x", status=407)) is Decision.ABORT
     assert classify(APIConnectionError("x")) is Decision.RETRY
