@@ -280,8 +280,8 @@ def _add_network_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="URL",
         help="http://[user:password@]host:port proxy for every request, API calls and image "
-        "downloads alike (default: $HTTPS_PROXY or $HTTP_PROXY by scheme, else $ALL_PROXY, "
-        "except hosts in $NO_PROXY)",
+        "downloads alike; '' for none (default: $HTTPS_PROXY or $HTTP_PROXY by scheme, "
+        "else $ALL_PROXY, except hosts in $NO_PROXY)",
     )
     net.add_argument(
         "--ca-bundle",

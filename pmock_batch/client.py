@@ -197,11 +197,8 @@ class ImagesClient:
         if config.api_key:
             self._api_headers["Authorization"] = f"Bearer {config.api_key}"
         # Redacted from error messages, should the server echo them.
-        self._secrets = tuple(
-            value
-            for value in (config.api_key, *(v for _, v in config.headers))
-            if value and len(value) >= _MIN_REDACTED
-        )
+        values = [v for _, v in config.headers if len(v) >= _MIN_REDACTED]
+        self._secrets = tuple([config.api_key, *values] if config.api_key else values)
 
     async def __aenter__(self) -> ImagesClient:
         cfg = self._config

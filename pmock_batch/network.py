@@ -5,9 +5,9 @@ setting is a usage error before anything is sent; :mod:`pmock_batch.client`
 calls them again when it opens its session, and applies the result.
 
 - :class:`ProxyRoutes` picks the proxy for one URL: ``--proxy`` for every
-  request; else ``https_proxy`` or ``http_proxy`` by the URL's scheme, then
-  ``all_proxy``, unless ``no_proxy`` matches the host. Lower-case variables
-  win over upper-case ones, as in curl and :mod:`urllib`.
+  request (``--proxy ''`` for none); else ``https_proxy`` or ``http_proxy`` by
+  the URL's scheme, then ``all_proxy``, unless ``no_proxy`` matches the host.
+  Lower-case variables win over upper-case ones, as in curl and :mod:`urllib`.
 - :func:`ssl_context` builds the one TLS context: ``--ca-bundle``, else
   ``SSL_CERT_FILE`` and ``SSL_CERT_DIR``, else the system's CAs.
 - :func:`parse_header` and :func:`check_headers` check ``--header 'Name: value'``.
@@ -143,7 +143,13 @@ class ProxyRoutes:
 
     @classmethod
     def resolve(cls, explicit: str | None, environ: Mapping[str, str]) -> ProxyRoutes:
-        """From ``--proxy`` (which wins) or the environment. Raises ValueError."""
+        """From ``--proxy`` (which wins) or the environment. Raises ValueError.
+
+        An empty ``--proxy ''`` means "connect directly", whatever the
+        environment says, as in curl.
+        """
+        if explicit is not None and not explicit.strip():
+            return cls()
         if explicit is not None:
             return cls(explicit=check_proxy(explicit, "--proxy"))
         routes: dict[str, str | None] = {}

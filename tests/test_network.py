@@ -303,7 +303,9 @@ async def test_explicit_proxy_wins_over_the_environment(
     _assert_all_marked(server)
 
 
-async def test_no_proxy_bypasses_the_proxy_variables(tmp_path, capsys, make_mock, monkeypatch):
+async def test_no_proxy_and_an_empty_proxy_bypass_the_proxy_variables(
+    tmp_path, capsys, make_mock, monkeypatch
+):
     server = await make_mock(MockOptions())
     monkeypatch.setenv("PMOCK_API_KEY", KEY)
     dead = _dead_url()
@@ -322,7 +324,10 @@ async def test_no_proxy_bypasses_the_proxy_variables(tmp_path, capsys, make_mock
         result = await run_cli([*base, "--out", str(out)], capsys)
         assert result.code == 0, (no_proxy, result.err)
         _assert_images(out)
-    assert server.stats.requests == 9 and server.stats.downloads == 3
+    monkeypatch.delenv("no_proxy")
+    direct = await run_cli([*base, "--out", str(tmp_path / "d"), "--proxy", ""], capsys)
+    assert direct.code == 0, direct.err  # --proxy '': connect directly, as in curl
+    assert server.stats.requests == 12 and server.stats.downloads == 4
 
 
 async def test_mock_ignores_proxy_variables(tmp_path, capsys, monkeypatch):
@@ -576,6 +581,11 @@ async def test_api_key_env_is_named_when_missing_or_refused(
 )
 def test_proxy_routes_from_the_environment(environ, url, expected):
     assert ProxyRoutes.resolve(None, environ).for_url(url) == expected
+
+
+def test_empty_explicit_proxy_means_direct():
+    routes = ProxyRoutes.resolve("", {"HTTPS_PROXY": "http://x", "ALL_PROXY": "http://y"})
+    assert routes.for_url("https://a/v1") is None and routes.for_url("http://b") is None
 
 
 def test_explicit_proxy_is_used_for_every_url():
