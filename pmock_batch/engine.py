@@ -27,7 +27,7 @@ from typing import Any
 from tenacity import RetryCallState
 
 from .client import ImagesClient, Reply
-from .config import API_KEY_ENV, BASE_URL_ENV, RunConfig
+from .config import BASE_URL_ENV, RunConfig
 from .errors import (
     APIError,
     APIStatusError,
@@ -35,6 +35,8 @@ from .errors import (
     CannotConnectError,
     InvalidResponseError,
     PmockBatchError,
+    ProxyRefusedError,
+    UntrustedCertificateError,
 )
 from .jobs import InvalidLine, Job
 from .manifest import ManifestWriter
@@ -95,6 +97,8 @@ def error_record(exc: BaseException) -> ErrorRecord:
             kind = "moderation"
         elif exc.status in (401, 403):
             kind = "auth"
+        elif exc.status == 407:
+            kind = "proxy"
         elif exc.status == 429 and exc.code == "insufficient_quota":
             kind = "quota"
         elif exc.status == 429:
@@ -122,9 +126,21 @@ def abort_reason(exc: BaseException, config: RunConfig) -> str:
             f"cannot write to the output directory {config.out_dir}: {exc.strerror or exc}; "
             "free some disk space or fix its permissions"
         )
+    if isinstance(exc, ProxyRefusedError):
+        if exc.status == 407:
+            return f"{exc}; check the user and password in --proxy or HTTPS_PROXY"
+        return f"{exc}; check that the proxy allows this host"
     if isinstance(exc, APIStatusError):
+        if exc.status == 407:
+            return (
+                f"the proxy refused the credentials (HTTP 407: {exc}); "
+                "check the user and password in --proxy or HTTP_PROXY"
+            )
         if exc.status in (401, 403):
-            return f"the server refused the API key (HTTP {exc.status}: {exc}); check {API_KEY_ENV}"
+            return (
+                f"the server refused the API key (HTTP {exc.status}: {exc}); "
+                f"check {config.api_key_env}"
+            )
         if exc.status == 404:
             return (
                 f"{config.endpoint} was not found (HTTP 404: {exc}); check --base-url "
@@ -132,6 +148,11 @@ def abort_reason(exc: BaseException, config: RunConfig) -> str:
             )
         if exc.code == "insufficient_quota":
             return f"the account has no quota left (HTTP 429: {exc}); check its plan and billing"
+    if isinstance(exc, UntrustedCertificateError):
+        return (
+            f"{exc}; pass --ca-bundle FILE (or set SSL_CERT_FILE) with the CA that signed it, "
+            "such as your proxy's or gateway's"
+        )
     return str(exc)
 
 

@@ -144,7 +144,10 @@ async def _receive(request: web.Request) -> tuple[ReceivedRequest, bool]:
         body = json.loads(raw)
     except (ValueError, RecursionError):
         is_json = False
-    return ReceivedRequest(request.path, body, request.headers.get("Authorization")), is_json
+    entry = ReceivedRequest(
+        request.path, body, request.headers.get("Authorization"), headers=dict(request.headers)
+    )
+    return entry, is_json
 
 
 def _decide(
@@ -353,6 +356,7 @@ async def _file(request: web.Request) -> web.StreamResponse:
     attempt = state.stats.download_attempts[name]
     script = state.options.download_script
     outcome = parse_outcome(script[attempt - 1]) if attempt <= len(script) else parse_outcome("ok")
+    state.stats.download_headers.append(dict(request.headers))
     content_type = CONTENT_TYPES.get(name.rpartition(".")[2], "application/octet-stream")
     if outcome.name == "drop":
         return _drop(request)
