@@ -179,7 +179,11 @@ async def test_a_429_without_a_wait_holds_one_paced_slot() -> None:
 
 SIM_JOBS = 1000
 SIM_CONCURRENCY = 32
-SIM_LATENCY = 0.1  # seconds from dispatch to answer: long enough for answers to come late
+# Seconds from dispatch to answer: shorter than one 50 ms interval, so a spent budget's
+# hold still binds (the double wait shows), and long enough that an answer measured
+# from its arrival instead of its dispatch holds the pool too long (that shows too).
+SIM_LATENCY = 0.02
+SLOW_LATENCY = 0.5  # an answer that comes back long after its budget refilled
 SIM_SLOWDOWN = 1.1  # at most this times the ideal time
 SIM_REFUSED = 0.05  # at most this share of the requests answered 429
 ISSUE_MODELS = [
@@ -212,6 +216,14 @@ def test_pacing_is_near_the_mocks_limits_at_zero_latency(limiter: str) -> None:
     assert result.ok == jobs
     assert result.elapsed <= SIM_SLOWDOWN * ideal_seconds(jobs)
     assert result.refused <= 0.1 * jobs  # the benchmark's target
+
+
+@pytest.mark.parametrize("limiter", ["bucket, burst 1", "fixed 1 s window"])
+def test_late_answers_do_not_slow_the_pool(limiter: str) -> None:
+    result = simulate(limiter, "remaining 0, reset 1 interval", latency=SLOW_LATENCY)
+    assert result.ok == SIM_JOBS
+    assert result.elapsed <= SIM_SLOWDOWN * ideal_seconds(SIM_JOBS, latency=SLOW_LATENCY)
+    assert result.refused <= SIM_REFUSED * SIM_JOBS
 
 
 def test_the_simulation_is_deterministic() -> None:
@@ -264,3 +276,26 @@ async def test_batch_runs_at_the_mock_limit_not_into_it(tmp_path: Path, make_moc
     assert pacer.learned_rpm == pytest.approx(1140)
     assert elapsed <= 1.2 * (120 / 20)  # ideal: 6 s at 20 per second
     assert all(r["status"] == "ok" for r in read_manifest(tmp_path / "out"))
+
+
+async def test_batch_keeps_pace_with_a_bucket_that_answers_remaining_0(
+    tmp_path: Path, make_mock
+) -> None:
+    """The issue's case end to end: every answer says ``remaining: 0``, reset 50 ms."""
+    clock = Clock()
+    options = MockOptions(rpm=1200, limiter="bucket", burst=1)
+    server = await make_mock(options, clock=clock)
+    jobs = 60
+    path = write_jobs(tmp_path / "jobs.jsonl", [f"prompt {i}" for i in range(jobs)])
+    config = RunConfig(
+        out_dir=tmp_path / "out", base_url=server.base_url, api_key="k", concurrency=1
+    )
+    policy = RetryPolicy(sleep=clock.sleep, rng=random.Random(0))
+    pacer = Pacer(burst=1, clock=clock, sleep=clock.sleep)
+    start = clock.now
+    summary = await run_batch(config, iter_jobs(path, scan(path)), policy=policy, pacer=pacer)
+    elapsed = clock.now - start
+    assert summary.ok == jobs and summary.rate_limited == 0
+    assert pacer.holds >= jobs - 1  # every answer held the pool
+    ideal = jobs / 20
+    assert elapsed <= 1.1 * ideal  # it took twice as long when the hold and the pace added up
