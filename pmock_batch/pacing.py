@@ -28,7 +28,7 @@ __all__ = ["Limits", "Pacer", "parse_duration", "parse_limits"]
 
 log = logging.getLogger("pmock_batch")
 
-SAFETY = 0.95  # pace at this fraction of a learned limit
+SAFETY = 0.95  # pace at this fraction of a limit, learned or given
 DEFAULT_REFUSED_HOLD = 1.0  # seconds to hold after a 429 that names no wait, with no known rate
 HOLD_TOLERANCE = 0.001  # seconds: a hold this little longer does not count as a new one
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
@@ -131,7 +131,11 @@ class Pacer:
 
     @property
     def rate(self) -> float | None:
-        """Requests per second to pace at, or None for no pacing."""
+        """Requests per second to pace at, or None for no pacing.
+
+        95 % of the tighter of ``--rpm`` and the learned limit: exactly at a
+        limit, every rounding of either clock would be a 429.
+        """
         user = self.user_rpm * SAFETY if self.user_rpm else None
         rpms = [r for r in (user, self.learned_rpm) if r]
         return min(rpms) / 60.0 if rpms else None

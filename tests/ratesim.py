@@ -135,11 +135,7 @@ class HeaderStyle:
 
     limits: Callable[[Admission], dict[str, str]]  # on every answer
     refusal: Callable[[Admission], dict[str, str]]  # added to a 429
-
-    @property
-    def sends_limits(self) -> bool:
-        """Whether the client can learn the limit from the answers."""
-        return bool(self.limits(Admission(True, RPM, 1, 1.0, 0.0)))
+    sends_limits: bool = True  # whether the client can learn the limit from the answers
 
 
 def _counting_down(admission: Admission) -> dict[str, str]:
@@ -174,8 +170,8 @@ def _milliseconds(admission: Admission) -> dict[str, str]:
 STYLES: dict[str, HeaderStyle] = {
     "remaining counts down": HeaderStyle(_counting_down, _both_waits),
     "remaining 0, reset 1 interval": HeaderStyle(_always_spent, _both_waits),
-    "Retry-After only": HeaderStyle(_no_limits, _whole_seconds),
-    "retry-after-ms only": HeaderStyle(_no_limits, _milliseconds),
+    "Retry-After only": HeaderStyle(_no_limits, _whole_seconds, sends_limits=False),
+    "retry-after-ms only": HeaderStyle(_no_limits, _milliseconds, sends_limits=False),
 }
 
 
