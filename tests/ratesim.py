@@ -19,7 +19,7 @@ import asyncio
 import math
 import random
 import selectors
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -206,8 +206,8 @@ async def _simulate(
     todo = iter(range(jobs))
     started = loop.time()
 
-    async def attempt() -> Mapping[str, str] | None:
-        """One request; the 429's headers, or None when it was admitted.
+    async def attempt() -> APIStatusError | None:
+        """One request; the 429 as the client raises it, or None when it was admitted.
 
         Each worker has one request in flight at most, so ``concurrency``
         workers stand for the engine's ``concurrency`` slots.
@@ -223,19 +223,21 @@ async def _simulate(
             return None
         headers |= style.refusal(admission)
         result.refused += 1
+        exc = APIStatusError("Rate limit exceeded", status=429, headers=headers)
         # What Engine._note_status_error does with a 429.
-        pacer.observe(headers, sent_at=sent_at)
-        pacer.refused(server_wait(headers))
-        return headers
+        pacer.observe(exc.headers, sent_at=sent_at)
+        if policy.wait_too_long(exc) is None:
+            pacer.refused(server_wait(exc.headers))
+        return exc
 
     async def worker() -> None:
+        # What the engine's tenacity loop does: RetryPolicy decides and chooses the wait.
         for _ in todo:
             for number in range(1, policy.max_attempts + 1):
-                headers = await attempt()
-                if headers is None:
+                exc = await attempt()
+                if exc is None:
                     result.ok += 1
                     break
-                exc = APIStatusError("Rate limit exceeded", status=429, headers=headers)
                 if not policy.should_retry(exc) or number == policy.max_attempts:
                     result.failed += 1
                     break
