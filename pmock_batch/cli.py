@@ -71,6 +71,7 @@ EXIT_LOCKED = 4
 EXIT_INTERRUPTED = 130
 
 MAX_PLAN_FILES = 50
+MOCK_LIMITERS = ("window", "bucket")  # the mock's LIMITER_KINDS, without importing the mock
 
 log = logging.getLogger("pmock_batch")
 T = TypeVar("T")
@@ -413,6 +414,20 @@ def _add_mock_options(parser: argparse.ArgumentParser, *, prefix: str, title: st
         help="requests-per-minute limit (default: none)",
     )
     add(
+        "limiter",
+        choices=MOCK_LIMITERS,
+        default="window",
+        help=f"how --{prefix}rpm is enforced: a sliding minute with 1 s quanta, or a token "
+        "bucket refilled continuously (default: window)",
+    )
+    add(
+        "burst",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help=f"the bucket's capacity (default: one second's worth of --{prefix}rpm)",
+    )
+    add(
         "require-key",
         default=None,
         metavar="KEY",
@@ -483,6 +498,8 @@ def _mock_options(args: argparse.Namespace) -> MockOptions:
             script=script,
             retry_after=args.mock_retry_after,
             rpm=args.mock_rpm,
+            limiter=args.mock_limiter,
+            burst=args.mock_burst,
             require_key=args.mock_require_key,
             moderation_words=tuple(args.mock_moderation_word),
             payload_mb=args.mock_payload_mb,

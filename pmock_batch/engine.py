@@ -573,11 +573,11 @@ class Engine:
                         if self.stopping:
                             raise _Aborted
                         state.count += 1
-                        started = time.monotonic()
+                        started, sent_at = time.monotonic(), self.pacer.now()
                         try:
                             reply = await self._request(body, sink)
                         except APIStatusError as exc:
-                            self._note_status_error(job, exc, state, started)
+                            self._note_status_error(job, exc, state, started, sent_at)
                             raise
                         except CannotConnectError as exc:
                             tripped = self.tripwire.connect_failed(exc)
@@ -585,7 +585,7 @@ class Engine:
                                 self._abort_with(tripped)
                             raise
                     self.tripwire.succeeded()
-                    self.pacer.observe(reply.headers)
+                    self.pacer.observe(reply.headers, sent_at=sent_at)
                     _log_attempt(job.id, state.count, reply.status, started)
                     image = await sink.verify()
                     relative = f"{stem}.{image.extension}"
@@ -600,16 +600,15 @@ class Engine:
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
     def _note_status_error(
-        self, job: Job, exc: APIStatusError, state: _Attempts, started: float
+        self, job: Job, exc: APIStatusError, state: _Attempts, started: float, sent_at: float
     ) -> None:
         state.http_status = exc.status
         self.tripwire.answered()
-        self.pacer.observe(exc.headers)
+        self.pacer.observe(exc.headers, sent_at=sent_at)
         if exc.status == 429:
             state.rate_limited += 1
-            asked = server_wait(exc.headers)
             if self.policy.wait_too_long(exc) is None:  # else this job gives up
-                self.pacer.hold(1.0 if asked is None else asked, reason="HTTP 429")
+                self.pacer.refused(server_wait(exc.headers))
         _log_attempt(job.id, state.count, exc.status, started)
 
     async def _keep_rejected(

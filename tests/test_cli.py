@@ -525,3 +525,31 @@ def test_every_flag_in_help_has_an_explanation_and_a_default():
             continue
         assert action.help, action.option_strings
         assert "default" in action.help, action.option_strings
+
+
+@pytest.mark.parametrize("prefix", ["mock-", ""])
+def test_limiter_flags_reach_the_mock_options(prefix):
+    """``--mock-limiter``/``--mock-burst`` with --mock; ``--limiter``/``--burst`` on mock-server."""
+    import argparse
+
+    from pmock_batch.cli import MOCK_LIMITERS, _add_mock_options, _mock_options
+    from pmock_batch.mock.ratelimit import LIMITER_KINDS
+
+    assert MOCK_LIMITERS == LIMITER_KINDS
+    parser = argparse.ArgumentParser()
+    _add_mock_options(parser, prefix=prefix, title="mock")
+    flags = [f"--{prefix}rpm", "1200", f"--{prefix}limiter", "bucket", f"--{prefix}burst", "120"]
+    options = _mock_options(parser.parse_args(flags))
+    assert (options.rpm, options.limiter, options.burst) == (1200, "bucket", 120)
+    default = _mock_options(parser.parse_args([f"--{prefix}rpm", "1200"]))
+    assert (default.limiter, default.burst) == ("window", None)
+
+
+async def test_bad_limiter_flags_exit_2(tmp_path, capsys):
+    jobs = write_jobs(tmp_path / "jobs.jsonl", [{"prompt": "a"}])
+    leaky = await run_cli([str(jobs), "--mock", "--mock-limiter", "leaky"], capsys)
+    assert leaky.code == 2 and "invalid choice: 'leaky'" in leaky.err
+    burst = await run_cli([str(jobs), "--mock", "--mock-rpm", "60", "--mock-burst", "5"], capsys)
+    assert burst.code == 2
+    assert "burst applies to the bucket limiter only" in burst.err
+    assert "Traceback" not in burst.err

@@ -184,7 +184,9 @@ def _jobs(tmp_path: Path, *, url_job: bool = True) -> Path:
         {"id": "dog", "prompt": "a dog"},
     ]
     if url_job:
-        lines.append({"id": "owl", "prompt": "an owl", "response_format": "url", "model": "dall-e-2"})
+        lines.append(
+            {"id": "owl", "prompt": "an owl", "response_format": "url", "model": "dall-e-2"}
+        )
     return write_jobs(tmp_path / "jobs.jsonl", lines)
 
 

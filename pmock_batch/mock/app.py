@@ -6,7 +6,7 @@ Routes::
     POST /api/ai/openai/v1/images/generations   generate (pmock's path)
     GET  /_mock/files/{name}                    an image made for response_format "url"
     GET  /_mock/stats                           the stats as JSON
-    POST /_mock/reset                           zero the stats and the rate-limit window
+    POST /_mock/reset                           zero the stats and the rate limit
 
 A generation request is checked in this order; the first that applies answers:
 the API key (401), the requests-per-minute limit (429), the body (400), the
@@ -70,7 +70,7 @@ class Plan:
 def create_app(
     options: MockOptions | None = None, *, clock: Callable[[], float] = time.monotonic
 ) -> web.Application:
-    """A new mock application. ``clock`` (seconds) drives the requests-per-minute window."""
+    """A new mock application. ``clock`` (seconds) drives the requests-per-minute limit."""
     app = web.Application(middlewares=[_json_errors])
     app[STATE] = MockState(options or MockOptions(), clock=clock)
     for path in GENERATION_PATHS:
