@@ -604,6 +604,13 @@ def _resolve_endpoint(args: argparse.Namespace) -> tuple[str, str | None]:
     if not _ENV_NAME.fullmatch(name):  # not echoed: it may be the key itself, pasted by mistake
         raise UsageError("--api-key-env takes the name of an environment variable, not a key")
     key = os.environ.get(name) or None
+    if key is not None and not all(33 <= ord(ch) <= 126 for ch in key):
+        # Not echoed, not even in part: the message names the variable only.
+        raise UsageError(
+            f"the API key in {name} contains whitespace, a control character or a non-ASCII "
+            "character (a trailing newline, or a \\r from a file with Windows line endings?); "
+            "an HTTP header cannot carry it. Fix the variable. Nothing was sent."
+        )
     if key is None and not args.mock:
         raise UsageError(
             f"no API key: set {name} (or use --mock to run offline against the mock "
@@ -871,3 +878,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _main_command(args)
     except SystemExit as exc:  # argparse: --help exits 0, a bad flag exits 2
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    except BrokenPipeError:  # `pmock-batch JOBS --dry-run | head`: the reader has gone
+        _quiet_stdout()
+        return EXIT_OK
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush does not fail again."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)

@@ -553,3 +553,32 @@ async def test_bad_limiter_flags_exit_2(tmp_path, capsys):
     assert burst.code == 2
     assert "burst applies to the bucket limiter only" in burst.err
     assert "Traceback" not in burst.err
+
+
+def test_a_closed_pipe_on_stdout_exits_quietly(tmp_path):
+    """`pmock-batch JOBS --dry-run | head`: no BrokenPipeError traceback, exit 0."""
+    lines = [{"id": f"j{i}", "prompt": f"p{i}"} for i in range(60)]
+    jobs = write_jobs(tmp_path / "jobs.jsonl", lines)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pmock_batch", str(jobs), "--mock", "--dry-run"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=tmp_path,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before anything is written
+    with proc.stderr:
+        err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0, err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+@pytest.mark.parametrize("key", ["sk-abc\r\n", "sk-abc def", "sk-\x1b[2Jabc", "sk-ключ"])
+async def test_a_key_no_header_can_carry_stops_at_start_up(tmp_path, capsys, monkeypatch, key):
+    monkeypatch.setenv("PMOCK_API_KEY", key)
+    jobs = write_jobs(tmp_path / "jobs.jsonl", [{"id": "a", "prompt": "a cat"}])
+    result = await run_cli([str(jobs), "--base-url", "http://127.0.0.1:9/v1"], capsys)
+    assert result.code == 2
+    assert "the API key in PMOCK_API_KEY contains whitespace, a control character" in result.err
+    assert "abc" not in result.err + result.out and "ключ" not in result.err
+    assert not (tmp_path / "out").exists()
