@@ -582,3 +582,26 @@ async def test_a_key_no_header_can_carry_stops_at_start_up(tmp_path, capsys, mon
     assert "the API key in PMOCK_API_KEY contains whitespace, a control character" in result.err
     assert "abc" not in result.err + result.out and "ключ" not in result.err
     assert not (tmp_path / "out").exists()
+
+
+async def test_one_damaged_record_does_not_stop_the_report(tmp_path, capsys):
+    out = tmp_path / "o"
+    jobs = write_jobs(
+        tmp_path / "jobs.jsonl", [{"id": "a", "prompt": "a"}, {"id": "b", "prompt": "b"}]
+    )
+    assert (await run_cli([str(jobs), "--mock", "--out", str(out)], capsys)).code == 0
+    records = read_manifest(out)
+    del records[0]["files"][0]["width"]
+    (out / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (out / "report.html").unlink()
+    result = await run_cli(["report", str(out)], capsys)
+    assert result.code == 0, result.err
+    assert "manifest.jsonl:1: skipped a damaged record in the report: files.0.width: required" in (
+        result.err
+    )
+    assert result.err.count("skipped a damaged record") == 1
+    html = (out / "report.html").read_text()
+    assert 'data-id="b"' in html and 'data-id="a"' not in html
+    rerun = await run_cli([str(jobs), "--mock", "--out", str(out)], capsys)
+    assert "skipped a damaged record" in rerun.err
+    assert (out / "report.html").stat().st_mtime >= (out / "manifest.jsonl").stat().st_mtime
