@@ -369,14 +369,15 @@ class Engine:
                 continue
             # The job runs as its own task so that the grace period can cancel it
             # without cancelling the worker, which goes on draining the queue.
-            task = asyncio.create_task(self._run_job(job))
+            state, files = _Attempts(), list[FileRecord]()
+            task = asyncio.create_task(self._run_job(job, state, files))
             self._in_flight.add(task)
             try:
                 await asyncio.wait({task})
             finally:
                 self._in_flight.discard(task)
-            if task.cancelled():
-                await self._record(self._not_run_record(job))
+            if task.cancelled():  # after the grace period: what was sent and saved still counts
+                await self._record(self._not_run_record(job, state=state, files=files))
             else:
                 await self._record(task.result())
 
@@ -444,10 +445,9 @@ class Engine:
 
     # -- one job -----------------------------------------------------------
 
-    async def _run_job(self, job: Job) -> JobRecord:
+    async def _run_job(self, job: Job, state: _Attempts, files: list[FileRecord]) -> JobRecord:
+        """Run one job; ``state`` and ``files`` fill in as it goes, so a cancel loses neither."""
         started_at, t0 = _now(), time.monotonic()
-        state = _Attempts()
-        files: list[FileRecord] = []
         warnings: list[str] = []
         usage: dict[str, Any] = {}
         revised: str | None = None
@@ -695,14 +695,25 @@ class Engine:
             finished_at=now,
         )
 
-    def _not_run_record(self, job: Job) -> JobRecord:
+    def _not_run_record(
+        self, job: Job, *, state: _Attempts | None = None, files: list[FileRecord] | None = None
+    ) -> JobRecord:
+        """A job that did not finish. One cancelled in flight keeps its attempts (the server
+        saw them) and the images it saved (they were paid for); with images it is ``failed``."""
+        state = state or _Attempts()
         return JobRecord(
             id=job.id,
             line=job.line,
-            status="not_run",
+            status="failed" if files else "not_run",
+            files=files or [],
+            attempts=state.count,
+            http_status=state.http_status,
             error=ErrorRecord(kind="not_run", message=self._abort_reason or "interrupted"),
             request=job.wire_body(self.config.field_case),
             fingerprint=job.fingerprint,
+            ambiguous_retries=state.ambiguous,
+            billed_retries=state.billed,
+            rejected=state.rejected,
         )
 
 
