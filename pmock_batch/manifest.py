@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Iterator, Mapping, Set
+from collections.abc import Callable, Iterator, Mapping, Set
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,9 +22,10 @@ from typing import Any
 import aiofiles
 import aiofiles.os
 from aiofiles.threadpool.text import AsyncTextIOWrapper
+from pydantic import ValidationError
 
 from .files import AtomicFile
-from .models import JobRecord
+from .models import JobRecord, describe_errors
 
 __all__ = ["ManifestWriter", "compact", "latest_records", "read_records", "stale_records"]
 
@@ -93,6 +94,10 @@ def _raw_lines(path: Path) -> Iterator[tuple[int, bytes]]:
             offset += len(line)
 
 
+def _join(problems: list[tuple[str, str]]) -> str:
+    return "; ".join(f"{field}: {problem}" for field, problem in problems)
+
+
 def _load(line: bytes) -> dict[str, Any] | None:
     try:
         data = json.loads(line)
@@ -119,6 +124,7 @@ class _Entry:
     offset: int
     length: int
     key: str
+    row: int = 0  # the record's line in the manifest file, 1-based
 
 
 def _latest_entries(path: Path, moved: Mapping[str, int]) -> list[_Entry]:
@@ -127,18 +133,25 @@ def _latest_entries(path: Path, moved: Mapping[str, int]) -> list[_Entry]:
     Memory stays small: only offsets are kept per job, never whole records.
     """
     latest: dict[str, _Entry] = {}
-    for offset, raw in _raw_lines(path):
+    for row, (offset, raw) in enumerate(_raw_lines(path), start=1):
         data = _load(raw)
         if data is None:
             continue
         key = str(data.get("id")) if data.get("id") is not None else f"#line{data.get('line')}"
         line = moved.get(key, data.get("line"))
-        latest[key] = _Entry(line if isinstance(line, int) else 0, offset, len(raw), key)
+        latest[key] = _Entry(line if isinstance(line, int) else 0, offset, len(raw), key, row)
     return sorted(latest.values())
 
 
-def latest_records(path: Path) -> Iterator[JobRecord]:
-    """The latest record of every job, in input-line order, read one at a time."""
+def latest_records(
+    path: Path, *, on_bad: Callable[[int, str], None] | None = None
+) -> Iterator[JobRecord]:
+    """The latest record of every job, in input-line order, read one at a time.
+
+    A record that is JSON but not a valid record (edited by hand, or written by
+    another version) raises, unless ``on_bad`` is given: then it is told the
+    record's line in the manifest and what is wrong, and the record is skipped.
+    """
     if not path.exists():
         return
     entries = _latest_entries(path, {})
@@ -146,8 +159,16 @@ def latest_records(path: Path) -> Iterator[JobRecord]:
         for entry in entries:
             src.seek(entry.offset)
             data = _load(src.read(entry.length))
-            if data is not None:
-                yield JobRecord.model_validate(data)
+            if data is None:
+                continue
+            try:
+                record = JobRecord.model_validate(data)
+            except ValidationError as exc:
+                if on_bad is None:
+                    raise
+                on_bad(entry.row, _join(describe_errors(exc)))
+                continue
+            yield record
 
 
 def stale_records(path: Path, current: Set[str]) -> list[dict[str, Any]]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -35,6 +36,8 @@ from .errors import UsageError
 from .files import AtomicFile, check_own_file, contained_file
 from .manifest import latest_records
 from .models import FileRecord, JobRecord
+
+log = logging.getLogger("pmock_batch")
 
 __all__ = [
     "REPORT_NAME",
@@ -605,10 +608,22 @@ def write_report(out_dir: Path, *, thumbnails: bool = False) -> Path:
     check_own_file(out_dir, REPORT_NAME)  # before any work: refused anyway at the rename
     if not manifest.is_file():
         raise UsageError(f"no manifest at {manifest}: nothing to report")
-    summary = summarize(latest_records(manifest))  # a first pass: the header needs totals
+
+    def skip(row: int, problem: str) -> None:  # said once, in the first pass
+        log.warning(
+            "%s:%d: skipped a damaged record in the report: %s",
+            manifest,
+            row,
+            problem,
+            extra={"event": "warning", "reason": f"damaged manifest record on line {row}"},
+        )
+
+    # A first pass: the header needs totals.
+    summary = summarize(latest_records(manifest, on_bad=skip))
 
     def cards() -> Iterator[str]:
-        for record in latest_records(manifest):  # a second pass, one record at a time
+        # A second pass, one record at a time.
+        for record in latest_records(manifest, on_bad=lambda row, problem: None):
             thumbs: dict[str, str] = {}
             for file in record.files if thumbnails and record.status == "ok" else ():
                 url = _thumbnail(out_dir, file)

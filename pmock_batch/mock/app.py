@@ -6,7 +6,7 @@ Routes::
     POST /api/ai/openai/v1/images/generations   generate (pmock's path)
     GET  /_mock/files/{name}                    an image made for response_format "url"
     GET  /_mock/stats                           the stats as JSON
-    POST /_mock/reset                           zero the stats and the rate-limit window
+    POST /_mock/reset                           zero the stats and the rate limit
 
 A generation request is checked in this order; the first that applies answers:
 the API key (401), the requests-per-minute limit (429), the body (400), the
@@ -70,7 +70,7 @@ class Plan:
 def create_app(
     options: MockOptions | None = None, *, clock: Callable[[], float] = time.monotonic
 ) -> web.Application:
-    """A new mock application. ``clock`` (seconds) drives the requests-per-minute window."""
+    """A new mock application. ``clock`` (seconds) drives the requests-per-minute limit."""
     app = web.Application(middlewares=[_json_errors])
     app[STATE] = MockState(options or MockOptions(), clock=clock)
     for path in GENERATION_PATHS:
@@ -144,7 +144,10 @@ async def _receive(request: web.Request) -> tuple[ReceivedRequest, bool]:
         body = json.loads(raw)
     except (ValueError, RecursionError):
         is_json = False
-    return ReceivedRequest(request.path, body, request.headers.get("Authorization")), is_json
+    entry = ReceivedRequest(
+        request.path, body, request.headers.get("Authorization"), headers=dict(request.headers)
+    )
+    return entry, is_json
 
 
 def _decide(
@@ -355,6 +358,7 @@ async def _file(request: web.Request) -> web.StreamResponse:
     attempt = state.stats.download_attempts[name]
     script = state.options.download_script
     outcome = parse_outcome(script[attempt - 1]) if attempt <= len(script) else parse_outcome("ok")
+    state.stats.download_headers.append(dict(request.headers))
     content_type = CONTENT_TYPES.get(name.rpartition(".")[2], "application/octet-stream")
     if outcome.name == "drop":
         return _drop(request)
