@@ -23,6 +23,8 @@ from .errors import (
     JobFileError,
     OutputPathError,
     PmockBatchError,
+    ProxyRefusedError,
+    UntrustedCertificateError,
     UsageError,
 )
 from .jobs import Defaults, InvalidLine, Job, ScanResult, iter_jobs, scan
@@ -44,10 +46,12 @@ __all__ = [
     "JobRecord",
     "OutputPathError",
     "PmockBatchError",
+    "ProxyRefusedError",
     "RunConfig",
     "RunObserver",
     "ScanResult",
     "Summary",
+    "UntrustedCertificateError",
     "UsageError",
     "__version__",
     "iter_jobs",

@@ -16,12 +16,11 @@ from pathlib import Path
 from .client import ImagesClient
 from .config import MANIFEST_NAME, RunConfig
 from .engine import Engine, RunObserver, Summary, Writer, commit
-from .errors import PmockBatchError
-from .files import contained_file
+from .errors import OutputPathError, PmockBatchError
+from .files import check_own_file, contained_file, remove_file, remove_stray_temps
 from .jobs import InvalidLine, Job
 from .lock import run_lock
 from .manifest import ManifestWriter, compact, stale_records
-from .output import remove_stray_temps
 from .pacing import Pacer
 from .report import write_report
 from .resume import DoneIndex
@@ -54,9 +53,13 @@ async def run_batch(
     :func:`prune_stale`). ``on_engine`` receives the engine before it
     starts, so a caller can wire signals to :meth:`Engine.stop`. ``writer``
     is injectable so tests can simulate a full disk or a crash mid-write.
-    Raises :class:`~pmock_batch.errors.LockedError` if another run holds the lock.
+    Raises :class:`~pmock_batch.errors.LockedError` if another run holds the
+    lock, and :class:`~pmock_batch.errors.OutputPathError`, before anything is
+    sent, if the manifest is a symbolic link (or not a regular file): nothing
+    could be recorded, and it is never written through.
     """
     with run_lock(config.out_dir):
+        check_own_file(config.out_dir, MANIFEST_NAME)
         await asyncio.to_thread(remove_stray_temps, config.out_dir)
         done = await asyncio.to_thread(DoneIndex.load, config.manifest_path) if resume else None
         async with (
@@ -131,7 +134,11 @@ def prune_stale(out_dir: Path, current: Set[str]) -> int:
     stale = stale_files(out_dir, current)
     for name, paths in stale:
         for path in paths:
-            path.unlink(missing_ok=True)
+            relative = path.relative_to(out_dir).as_posix()
+            try:  # checked again as it goes: never through a link
+                remove_file(out_dir, relative)
+            except OutputPathError as exc:  # a link appeared since: left alone
+                log.warning("%s", exc, extra={"event": "warning", "reason": str(exc)})
         shown = ", ".join(str(p.relative_to(out_dir)) for p in paths) or "no files"
         log.warning(
             "pruned %s (no longer in the job file): %s",

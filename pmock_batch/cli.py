@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -38,10 +39,12 @@ from .config import (
     RunConfig,
 )
 from .engine import Engine, Summary
-from .errors import LockedError, UsageError
+from .errors import LockedError, OutputPathError, UsageError
+from .files import check_own_file
 from .jobs import Defaults, Job, ScanResult, iter_jobs, scan
 from .lock import run_lock
 from .models import FORMATS, RESPONSE_FORMATS
+from .network import ProxyRoutes, check_headers, parse_header, ssl_context
 from .output import EXTENSIONS
 from .progress import Reporter, make_console, render_summary, setup_logging, summary_json
 from .report import write_report
@@ -69,6 +72,7 @@ EXIT_LOCKED = 4
 EXIT_INTERRUPTED = 130
 
 MAX_PLAN_FILES = 50
+MOCK_LIMITERS = ("window", "bucket")  # the mock's LIMITER_KINDS, without importing the mock
 
 log = logging.getLogger("pmock_batch")
 T = TypeVar("T")
@@ -213,6 +217,7 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help=f"timeout to open a connection (default: {DEFAULT_CONNECT_TIMEOUT:g})",
     )
+    _add_network_options(parser)
     pool = parser.add_argument_group("concurrency and retries")
     pool.add_argument(
         "--concurrency",
@@ -295,6 +300,41 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_network_options(parser: argparse.ArgumentParser) -> None:
+    net = parser.add_argument_group("network", "proxies, CA bundles, headers and the key")
+    net.add_argument(
+        "--api-key-env",
+        default=API_KEY_ENV,
+        metavar="NAME",
+        help=f"read the API key from this environment variable (default: {API_KEY_ENV})",
+    )
+    net.add_argument(
+        "--header",
+        type=_checked(parse_header),
+        action="append",
+        default=[],
+        metavar="'NAME: VALUE'",
+        help="extra header for API calls, such as 'OpenAI-Organization: org-...'; repeatable; "
+        "values are never shown (default: none)",
+    )
+    net.add_argument(
+        "--proxy",
+        default=None,
+        metavar="URL",
+        help="http://[user:password@]host:port proxy for every request, API calls and image "
+        "downloads alike; '' for none (default: $HTTPS_PROXY or $HTTP_PROXY by scheme, "
+        "else $ALL_PROXY, except hosts in $NO_PROXY)",
+    )
+    net.add_argument(
+        "--ca-bundle",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="PEM file of the CAs to trust, instead of the system's "
+        "(default: $SSL_CERT_FILE or $SSL_CERT_DIR, else the system's)",
+    )
+
+
 def _checked(parse: Callable[[str], T]) -> Callable[[str], T]:
     """Wrap a parser so that its ValueError message reaches the user as is."""
 
@@ -375,6 +415,20 @@ def _add_mock_options(parser: argparse.ArgumentParser, *, prefix: str, title: st
         help="requests-per-minute limit (default: none)",
     )
     add(
+        "limiter",
+        choices=MOCK_LIMITERS,
+        default="window",
+        help=f"how --{prefix}rpm is enforced: a sliding minute with 1 s quanta, or a token "
+        "bucket refilled continuously (default: window)",
+    )
+    add(
+        "burst",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help=f"the bucket's capacity (default: one second's worth of --{prefix}rpm)",
+    )
+    add(
         "require-key",
         default=None,
         metavar="KEY",
@@ -445,6 +499,8 @@ def _mock_options(args: argparse.Namespace) -> MockOptions:
             script=script,
             retry_after=args.mock_retry_after,
             rpm=args.mock_rpm,
+            limiter=args.mock_limiter,
+            burst=args.mock_burst,
             require_key=args.mock_require_key,
             moderation_words=tuple(args.mock_moderation_word),
             payload_mb=args.mock_payload_mb,
@@ -536,19 +592,46 @@ def _capabilities(args: argparse.Namespace) -> Capabilities:
     return load_capabilities(args.capabilities)
 
 
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+
+
 def _resolve_endpoint(args: argparse.Namespace) -> tuple[str, str | None]:
     """The base URL and key, from flags and environment. Raises UsageError."""
     base_url = args.base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
     parts = urlsplit(base_url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise UsageError(f"--base-url must be an http(s) URL, got {base_url!r}")
-    key = os.environ.get(API_KEY_ENV) or None
+    name = args.api_key_env
+    if not _ENV_NAME.fullmatch(name):  # not echoed: it may be the key itself, pasted by mistake
+        raise UsageError("--api-key-env takes the name of an environment variable, not a key")
+    key = os.environ.get(name) or None
+    if key is not None and not all(33 <= ord(ch) <= 126 for ch in key):
+        # Not echoed, not even in part: the message names the variable only.
+        raise UsageError(
+            f"the API key in {name} contains whitespace, a control character or a non-ASCII "
+            "character (a trailing newline, or a \\r from a file with Windows line endings?); "
+            "an HTTP header cannot carry it. Fix the variable. Nothing was sent."
+        )
     if key is None and not args.mock:
         raise UsageError(
-            f"no API key: set {API_KEY_ENV} (or use --mock to run offline against the mock "
+            f"no API key: set {name} (or use --mock to run offline against the mock "
             "server). Nothing was sent."
         )
     return base_url, key
+
+
+def _check_network(args: argparse.Namespace) -> None:
+    """Check --header, the proxy and the CA bundle before anything is sent. Raises UsageError.
+
+    With --mock, proxy and CA variables are ignored: the mock is plain HTTP on loopback.
+    """
+    environ = {} if args.mock else os.environ
+    try:
+        args.header = check_headers(args.header)
+        ProxyRoutes.resolve(args.proxy, environ)
+        ssl_context(args.ca_bundle, environ)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
 
 
 @contextlib.asynccontextmanager
@@ -641,6 +724,7 @@ def _main_command(argv: Sequence[str]) -> int:
     setup_logging(console, quiet=args.quiet, verbose=args.verbose, fmt=args.log_format)
     try:
         base_url, key = _resolve_endpoint(args)
+        _check_network(args)
         mock = _mock_options(args) if args.mock else None
         caps = _capabilities(args)
     except UsageError as exc:
@@ -658,6 +742,11 @@ def _main_command(argv: Sequence[str]) -> int:
         _print_problems(result)
         return EXIT_USAGE
     if args.dry_run:
+        try:  # as the run would: a linked manifest is never read
+            check_own_file(out_dir, MANIFEST_NAME)
+        except OutputPathError as exc:
+            _err(f"pmock-batch: error: {exc}; nothing was sent")
+            return EXIT_USAGE
         _print_plan(result, args, out_dir, caps)
         return EXIT_OK
     config = RunConfig(
@@ -671,6 +760,11 @@ def _main_command(argv: Sequence[str]) -> int:
         grace=args.grace,
         rpm=args.rpm,
         field_case=args.field_case,
+        api_key_env=args.api_key_env,
+        headers=args.header,
+        proxy=args.proxy,
+        ca_bundle=args.ca_bundle,
+        trust_env=not args.mock,
     )
     if args.quiet:
         mode = "none"
@@ -685,6 +779,9 @@ def _main_command(argv: Sequence[str]) -> int:
     except LockedError as exc:
         _err(f"pmock-batch: {exc}")
         return EXIT_LOCKED
+    except OutputPathError as exc:  # the manifest is a link: nothing could be recorded
+        _err(f"pmock-batch: error: {exc}; nothing was sent")
+        return EXIT_USAGE
     except OSError as exc:  # the output directory itself is unusable
         _err(
             f"pmock-batch: run aborted: cannot use the output directory {config.out_dir}: "
@@ -745,7 +842,7 @@ def _report_command(argv: Sequence[str]) -> int:
     except LockedError as exc:
         _err(f"pmock-batch report: {exc}")
         return EXIT_LOCKED
-    except (UsageError, OSError, ValueError) as exc:
+    except (UsageError, OutputPathError, OSError, ValueError) as exc:
         _err(f"pmock-batch report: error: {exc}")
         return EXIT_USAGE
     _err(f"Wrote {path}")
@@ -790,3 +887,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _main_command(args)
     except SystemExit as exc:  # argparse: --help exits 0, a bad flag exits 2
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    except BrokenPipeError:  # `pmock-batch JOBS --dry-run | head`: the reader has gone
+        _quiet_stdout()
+        return EXIT_OK
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush does not fail again."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)

@@ -33,9 +33,13 @@ from .errors import (
     CannotConnectError,
     DownloadError,
     InvalidResponseError,
+    ProxyRefusedError,
     ResponseTooLargeError,
+    UntrustedCertificateError,
+    UsageError,
 )
 from .models import MAX_PROMPT_CHARS, ImagesResponse
+from .network import ProxyRoutes, ssl_context
 from .output import MAX_IMAGE_BYTES
 from .text import redact, server_text
 
@@ -48,6 +52,7 @@ _MAX_ERROR_CHARS = 2000
 MAX_DOWNLOAD_BYTES = 256 * 1024 * 1024  # an image URL larger than this is refused
 _STREAM_CHUNK = 256 * 1024  # the most a streamed read hands over at once
 _MAX_ERROR_BODY = 1 << 20  # an error body is read up to this size
+_MIN_REDACTED = 6  # header values shorter than this are not secrets worth redacting from text
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 # The host an image download is connecting to, and where it may connect: read by
 # _GuardedResolver, so the addresses a name resolves to are checked before any connection.
@@ -156,6 +161,14 @@ def _status_error(
     )
 
 
+def _os_reason(exc: aiohttp.ClientConnectorError) -> str:
+    """The operating system's word for a failed connection: "Connection refused", not
+    asyncio's "Connect call failed (...)"."""
+    err = exc.os_error
+    reason = os.strerror(err.errno) if err.errno and err.errno > 0 else ""
+    return reason or err.strerror or str(err) or type(err).__name__
+
+
 @overload
 def _clean(text: str, secrets: tuple[str, ...], limit: int = ...) -> str: ...
 @overload
@@ -184,11 +197,31 @@ def _mapped(what: str, timeout: float, url: str) -> Iterator[None]:
         raise APIConnectionError(f"{what}: the answer was cut off mid-transfer") from exc
     except aiohttp.ServerDisconnectedError as exc:
         raise APIConnectionError(f"{what}: the server closed the connection") from exc
+    except aiohttp.ClientConnectorCertificateError as exc:
+        cert = exc.certificate_error
+        reason = getattr(cert, "verify_message", None) or cert
+        raise UntrustedCertificateError(
+            f"{what}: the TLS certificate of {exc.host}:{exc.port} is not trusted: {reason}"
+        ) from exc
+    except aiohttp.ClientConnectorSSLError as exc:
+        raise APIConnectionError(
+            f"{what}: the TLS handshake with {exc.host}:{exc.port} failed: {exc.os_error}"
+        ) from exc
+    except aiohttp.ClientProxyConnectionError as exc:  # the proxy's address; never its password
+        raise CannotConnectError(
+            f"{what}: cannot connect to the proxy {exc.host}:{exc.port} ({_os_reason(exc)})",
+            host=exc.host,
+            port=exc.port,
+            reason=_os_reason(exc),
+            via_proxy=True,
+        ) from exc
+    except aiohttp.ClientHttpProxyError as exc:
+        raise ProxyRefusedError(
+            f"{what}: the proxy refused the tunnel: HTTP {exc.status} {exc.message}",
+            status=exc.status,
+        ) from exc
     except aiohttp.ClientConnectorError as exc:  # refused, DNS, TLS: nothing reached the server
-        err = exc.os_error
-        # "Connection refused" reads better than asyncio's "Connect call failed (...)".
-        reason = os.strerror(err.errno) if err.errno and err.errno > 0 else ""
-        reason = reason or err.strerror or str(err) or type(err).__name__
+        reason = _os_reason(exc)
         raise CannotConnectError(
             f"{what}: cannot connect to {exc.host}:{exc.port} ({reason})",
             host=exc.host,
@@ -233,7 +266,14 @@ def _same_host(a: str, b: str) -> bool:
 
 
 class ImagesClient:
-    """Posts generation requests and downloads images, over one keep-alive session."""
+    """Posts generation requests and downloads images, over one keep-alive session.
+
+    Every request, API call or image download, goes through the proxy that
+    :class:`~pmock_batch.network.ProxyRoutes` picks for its URL, and trusts the
+    CAs of :func:`~pmock_batch.network.ssl_context`. The environment is read
+    once, when the session opens, and only if ``config.trust_env``; aiohttp's
+    own ``trust_env`` stays off, so ``~/.netrc`` is never read.
+    """
 
     def __init__(
         self,
@@ -254,23 +294,37 @@ class ImagesClient:
         self._policy = download_policy
         self._session: aiohttp.ClientSession | None = None
         self._resolver: AbstractResolver | None = None
+        self._proxies = ProxyRoutes()
         # Sent with API calls only, never with image downloads, and never logged.
-        self._auth = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
-        # Redacted from whatever a server writes, should it echo them.
-        self._secrets: tuple[str, ...] = (config.api_key,) if config.api_key else ()
+        self._api_headers = dict(config.headers)
+        if config.api_key:
+            self._api_headers["Authorization"] = f"Bearer {config.api_key}"
+        # Redacted from error messages, should the server echo them.
+        values = [v for _, v in config.headers if len(v) >= _MIN_REDACTED]
+        self._secrets = tuple([config.api_key, *values] if config.api_key else values)
 
     async def __aenter__(self) -> ImagesClient:
         cfg = self._config
+        environ = os.environ if cfg.trust_env else {}
+        try:
+            self._proxies = ProxyRoutes.resolve(cfg.proxy, environ)
+            context = ssl_context(cfg.ca_bundle, environ)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from exc
         headers = {"User-Agent": f"pmock-batch/{__version__}", "Accept": "application/json"}
         self._resolver = _GuardedResolver(aiohttp.DefaultResolver())
         connector = aiohttp.TCPConnector(
-            limit=cfg.concurrency, limit_per_host=cfg.concurrency, resolver=self._resolver
+            limit=cfg.concurrency,
+            limit_per_host=cfg.concurrency,
+            resolver=self._resolver,
+            ssl=context,
         )
         self._session = aiohttp.ClientSession(
             connector=connector,
             headers=headers,
             timeout=aiohttp.ClientTimeout(total=cfg.timeout, sock_connect=cfg.connect_timeout),
             raise_for_status=False,
+            trust_env=False,
         )
         return self
 
@@ -299,7 +353,12 @@ class ImagesClient:
         """
         cfg = self._config
         with _mapped("POST /images/generations", cfg.timeout, cfg.endpoint):
-            async with self.session.post(cfg.endpoint, json=body, headers=self._auth) as resp:
+            async with self.session.post(
+                cfg.endpoint,
+                json=body,
+                headers=self._api_headers,
+                proxy=self._proxies.for_url(cfg.endpoint),
+            ) as resp:
                 status, headers = resp.status, dict(resp.headers)
                 if status >= 300:
                     raw = await _read_capped(resp, _MAX_ERROR_BODY)
@@ -374,7 +433,9 @@ class ImagesClient:
                 token = _DOWNLOAD_GUARD.set((host, policy))
                 try:
                     # The key is for the API, not for wherever the image is hosted: not sent here.
-                    async with self.session.get(url, allow_redirects=False) as resp:
+                    async with self.session.get(
+                        url, allow_redirects=False, proxy=self._proxies.for_url(url)
+                    ) as resp:
                         if resp.status in _REDIRECTS:
                             url = _redirect_target(resp)
                             continue

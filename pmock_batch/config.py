@@ -61,6 +61,13 @@ class RunConfig:
     grace: float = DEFAULT_GRACE
     rpm: float | None = None  # requests per minute to pace at; None: learn it from the server
     field_case: str = "snake"  # "snake" or "camel": the spelling of the JSON body on the wire
+    api_key_env: str = API_KEY_ENV  # the variable the key was read from, named in messages
+    # Extra headers for API calls (not image downloads); their values may be secrets.
+    headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    # The proxy for every request; wins over the environment; may hold a password.
+    proxy: str | None = field(default=None, repr=False)
+    ca_bundle: Path | None = None  # PEM CAs to trust instead of the system's
+    trust_env: bool = True  # honour HTTP(S)_PROXY, ALL_PROXY, NO_PROXY, SSL_CERT_FILE, SSL_CERT_DIR
 
     @property
     def endpoint(self) -> str:

@@ -24,17 +24,21 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
 from tenacity import RetryCallState
 
 from .client import ImagesClient, Reply
-from .config import API_KEY_ENV, BASE_URL_ENV, RunConfig
+from .config import BASE_URL_ENV, RunConfig
 from .errors import (
     APIError,
     APIStatusError,
     APITimeoutError,
     CannotConnectError,
     InvalidResponseError,
+    OutputPathError,
     PmockBatchError,
+    ProxyRefusedError,
+    UntrustedCertificateError,
 )
 from .jobs import InvalidLine, Job
 from .manifest import ManifestWriter
@@ -95,6 +99,8 @@ def error_record(exc: BaseException) -> ErrorRecord:
             kind = "moderation"
         elif exc.status in (401, 403):
             kind = "auth"
+        elif exc.status == 407:
+            kind = "proxy"
         elif exc.status == 429 and exc.code == "insufficient_quota":
             kind = "quota"
         elif exc.status == 429:
@@ -110,8 +116,15 @@ def error_record(exc: BaseException) -> ErrorRecord:
         )
     if isinstance(exc, APIError):
         return ErrorRecord(kind=exc.kind, message=str(exc))
+    if isinstance(exc, OutputPathError):  # outside OUT, or through a link: already says so
+        return ErrorRecord(kind="write", message=str(exc))
     if isinstance(exc, OSError):
         return ErrorRecord(kind="write", message=f"could not write the image: {exc}")
+    if isinstance(exc, Image.DecompressionBombError):  # normally mapped by the sink already
+        return ErrorRecord(kind="invalid_response", message=f"decompression bomb: {exc}")
+    if isinstance(exc, MemoryError):
+        detail = f": {exc}" if str(exc) else ""
+        return ErrorRecord(kind="memory", message=f"ran out of memory handling the image{detail}")
     return ErrorRecord(kind="internal", message=f"{type(exc).__name__}: {exc}")
 
 
@@ -122,9 +135,21 @@ def abort_reason(exc: BaseException, config: RunConfig) -> str:
             f"cannot write to the output directory {config.out_dir}: {exc.strerror or exc}; "
             "free some disk space or fix its permissions"
         )
+    if isinstance(exc, ProxyRefusedError):
+        if exc.status == 407:
+            return f"{exc}; check the user and password in --proxy or HTTPS_PROXY"
+        return f"{exc}; check that the proxy allows this host"
     if isinstance(exc, APIStatusError):
+        if exc.status == 407:
+            return (
+                f"the proxy refused the credentials (HTTP 407: {exc}); "
+                "check the user and password in --proxy or HTTP_PROXY"
+            )
         if exc.status in (401, 403):
-            return f"the server refused the API key (HTTP {exc.status}: {exc}); check {API_KEY_ENV}"
+            return (
+                f"the server refused the API key (HTTP {exc.status}: {exc}); "
+                f"check {config.api_key_env}"
+            )
         if exc.status == 404:
             return (
                 f"{config.endpoint} was not found (HTTP 404: {exc}); check --base-url "
@@ -132,6 +157,11 @@ def abort_reason(exc: BaseException, config: RunConfig) -> str:
             )
         if exc.code == "insufficient_quota":
             return f"the account has no quota left (HTTP 429: {exc}); check its plan and billing"
+    if isinstance(exc, UntrustedCertificateError):
+        return (
+            f"{exc}; pass --ca-bundle FILE (or set SSL_CERT_FILE) with the CA that signed it, "
+            "such as your proxy's or gateway's"
+        )
     return str(exc)
 
 
@@ -348,14 +378,15 @@ class Engine:
                 continue
             # The job runs as its own task so that the grace period can cancel it
             # without cancelling the worker, which goes on draining the queue.
-            task = asyncio.create_task(self._run_job(job))
+            state, files = _Attempts(), list[FileRecord]()
+            task = asyncio.create_task(self._run_job(job, state, files))
             self._in_flight.add(task)
             try:
                 await asyncio.wait({task})
             finally:
                 self._in_flight.discard(task)
-            if task.cancelled():
-                await self._record(self._not_run_record(job))
+            if task.cancelled():  # after the grace period: what was sent and saved still counts
+                await self._record(self._not_run_record(job, state=state, files=files))
             else:
                 await self._record(task.result())
 
@@ -423,10 +454,9 @@ class Engine:
 
     # -- one job -----------------------------------------------------------
 
-    async def _run_job(self, job: Job) -> JobRecord:
+    async def _run_job(self, job: Job, state: _Attempts, files: list[FileRecord]) -> JobRecord:
+        """Run one job; ``state`` and ``files`` fill in as it goes, so a cancel loses neither."""
         started_at, t0 = _now(), time.monotonic()
-        state = _Attempts()
-        files: list[FileRecord] = []
         warnings: list[str] = []
         usage: dict[str, Any] = {}
         revised: str | None = None
@@ -552,13 +582,13 @@ class Engine:
                         if self.stopping:
                             raise _Aborted
                         state.count += 1
-                        started = time.monotonic()
+                        started, sent_at = time.monotonic(), self.pacer.now()
                         try:
                             reply = await self._request(
                                 body, sink, url=job.request.response_format == "url"
                             )
                         except APIStatusError as exc:
-                            self._note_status_error(job, exc, state, started)
+                            self._note_status_error(job, exc, state, started, sent_at)
                             raise
                         except CannotConnectError as exc:
                             tripped = self.tripwire.connect_failed(exc)
@@ -566,7 +596,7 @@ class Engine:
                                 self._abort_with(tripped)
                             raise
                     self.tripwire.succeeded()
-                    self.pacer.observe(reply.headers)
+                    self.pacer.observe(reply.headers, sent_at=sent_at)
                     _log_attempt(job.id, state.count, reply.status, started)
                     image = await sink.verify()
                     relative = f"{stem}.{image.extension}"
@@ -581,16 +611,15 @@ class Engine:
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
     def _note_status_error(
-        self, job: Job, exc: APIStatusError, state: _Attempts, started: float
+        self, job: Job, exc: APIStatusError, state: _Attempts, started: float, sent_at: float
     ) -> None:
         state.http_status = exc.status
         self.tripwire.answered()
-        self.pacer.observe(exc.headers)
+        self.pacer.observe(exc.headers, sent_at=sent_at)
         if exc.status == 429:
             state.rate_limited += 1
-            asked = server_wait(exc.headers)
             if self.policy.wait_too_long(exc) is None:  # else this job gives up
-                self.pacer.hold(1.0 if asked is None else asked, reason="HTTP 429")
+                self.pacer.refused(server_wait(exc.headers))
         _log_attempt(job.id, state.count, exc.status, started)
 
     async def _keep_rejected(
@@ -683,14 +712,25 @@ class Engine:
             finished_at=now,
         )
 
-    def _not_run_record(self, job: Job) -> JobRecord:
+    def _not_run_record(
+        self, job: Job, *, state: _Attempts | None = None, files: list[FileRecord] | None = None
+    ) -> JobRecord:
+        """A job that did not finish. One cancelled in flight keeps its attempts (the server
+        saw them) and the images it saved (they were paid for); with images it is ``failed``."""
+        state = state or _Attempts()
         return JobRecord(
             id=job.id,
             line=job.line,
-            status="not_run",
+            status="failed" if files else "not_run",
+            files=files or [],
+            attempts=state.count,
+            http_status=state.http_status,
             error=ErrorRecord(kind="not_run", message=self._abort_reason or "interrupted"),
             request=job.wire_body(self.config.field_case),
             fingerprint=job.fingerprint,
+            ambiguous_retries=state.ambiguous,
+            billed_retries=state.billed,
+            rejected=state.rejected,
         )
 
 

@@ -6,12 +6,14 @@
     ├── UsageError                 bad flags or environment: exit 2, nothing sent
     ├── JobFileError               the job file has invalid lines: exit 2, nothing sent
     ├── LockedError                another run holds the output directory: exit 4
-    ├── OutputPathError            a path would escape the output directory
+    ├── OutputPathError            a path outside OUT, or through a link below it (kind write)
     └── APIError                   anything that went wrong talking to the server
         ├── APIStatusError         the server answered with a non-2xx status
         ├── APIConnectionError     no usable answer: refused, reset, dropped, cut off
         │   ├── CannotConnectError never reached the server: refused, DNS, TLS, connect timeout
-        │   └── APITimeoutError    the request timed out (it may have been billed)
+        │   ├── APITimeoutError    the request timed out (it may have been billed)
+        │   ├── UntrustedCertificateError  the server's TLS certificate is not trusted
+        │   └── ProxyRefusedError  the proxy refused to open a tunnel (CONNECT)
         ├── InvalidResponseError   a 2xx whose body or image is unusable (retried)
         │   └── DownloadError      a 2xx's image URL answered a non-2xx status
         └── ResponseTooLargeError  an image download over the size cap (not retried)
@@ -45,7 +47,9 @@ __all__ = [
     "OutputPathError",
     "PmockBatchError",
     "Problem",
+    "ProxyRefusedError",
     "ResponseTooLargeError",
+    "UntrustedCertificateError",
     "UsageError",
 ]
 
@@ -88,7 +92,7 @@ class LockedError(PmockBatchError):
 
 
 class OutputPathError(PmockBatchError):
-    """A computed output path would leave the output directory."""
+    """An output path would leave OUT, or go through (or replace) a symbolic link below it."""
 
 
 class APIError(PmockBatchError):
@@ -142,11 +146,14 @@ class CannotConnectError(APIConnectionError):
     say where it tried; ``reason`` is the operating system's word for it.
     """
 
-    def __init__(self, message: str, *, host: str, port: int | None, reason: str) -> None:
+    def __init__(
+        self, message: str, *, host: str, port: int | None, reason: str, via_proxy: bool = False
+    ) -> None:
         super().__init__(message)
         self.host = host
         self.port = port
         self.reason = reason
+        self.via_proxy = via_proxy  # host and port are the proxy's
 
     @property
     def where(self) -> str:
@@ -158,6 +165,32 @@ class APITimeoutError(APIConnectionError):
     """The request timed out. The server may have done (and billed) the work."""
 
     kind = "timeout"
+
+
+class UntrustedCertificateError(APIConnectionError):
+    """The server's TLS certificate failed verification. Retrying would not help.
+
+    A TLS-inspecting proxy or a private gateway whose CA is not trusted: every
+    request would fail the same way, so :func:`pmock_batch.retry.classify`
+    aborts the run.
+    """
+
+    kind = "certificate"
+
+
+class ProxyRefusedError(APIConnectionError):
+    """The proxy answered the CONNECT for an HTTPS URL with an error status.
+
+    407 (bad or missing credentials) and 403 (a host the proxy forbids) abort
+    the run; 502, 503 or 504 (the proxy could not reach the server) are retried.
+    A plain-HTTP request's 407 comes back as an :class:`APIStatusError`.
+    """
+
+    kind = "proxy"
+
+    def __init__(self, message: str, *, status: int) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class InvalidResponseError(APIError):

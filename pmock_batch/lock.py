@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import LockedError
+from .files import check_own_file
 
 __all__ = ["LOCK_NAME", "run_lock"]
 
@@ -21,8 +22,13 @@ LOCK_NAME = ".lock"
 
 @contextmanager
 def run_lock(out_dir: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``out_dir`` for the block; raise LockedError if taken."""
+    """Hold an exclusive lock on ``out_dir`` for the block; raise LockedError if taken.
+
+    A link (or anything but a regular file) at ``.lock`` raises
+    :class:`~pmock_batch.errors.OutputPathError`: it is never written through.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
+    check_own_file(out_dir, LOCK_NAME)
     path = out_dir / LOCK_NAME
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     try:

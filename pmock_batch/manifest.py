@@ -4,7 +4,9 @@ While a run goes on the manifest is an append-only log: each record is
 appended and flushed as soon as its job finishes, so a crash loses at most
 the jobs in flight. A reader tolerates a torn last line. On a clean finish
 :func:`compact` rewrites it atomically as one line per job (its latest
-record), in input order.
+record), in input order. The manifest is never opened through a symbolic
+link (``O_NOFOLLOW``), and the compaction is written through
+:class:`~pmock_batch.files.AtomicFile`, which never replaces a link.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Iterator, Mapping, Set
+from collections.abc import Callable, Iterator, Mapping, Set
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,10 +22,19 @@ from typing import Any
 import aiofiles
 import aiofiles.os
 from aiofiles.threadpool.text import AsyncTextIOWrapper
+from pydantic import ValidationError
 
-from .models import JobRecord
+from .files import AtomicFile
+from .models import JobRecord, describe_errors
 
 __all__ = ["ManifestWriter", "compact", "latest_records", "read_records", "stale_records"]
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def _no_link(path: str, flags: int) -> int:
+    """An ``opener`` for :func:`open`: fail (``ELOOP``) rather than follow a link."""
+    return os.open(path, flags | _NOFOLLOW, 0o666)  # as open() would: the umask applies
 
 
 class ManifestWriter:
@@ -39,7 +50,7 @@ class ManifestWriter:
     async def __aenter__(self) -> ManifestWriter:
         await aiofiles.os.makedirs(self.path.parent, exist_ok=True)
         await _heal_torn_tail(self.path)
-        self._fh = await aiofiles.open(self.path, "a", encoding="utf-8")
+        self._fh = await aiofiles.open(self.path, "a", encoding="utf-8", opener=_no_link)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -68,7 +79,7 @@ async def _heal_torn_tail(path: Path) -> None:
         return
     if size == 0:
         return
-    async with aiofiles.open(path, "rb+") as fh:
+    async with aiofiles.open(path, "rb+", opener=_no_link) as fh:
         await fh.seek(size - 1)
         if await fh.read(1) != b"\n":
             await fh.write(b"\n")
@@ -81,6 +92,10 @@ def _raw_lines(path: Path) -> Iterator[tuple[int, bytes]]:
         for line in fh:
             yield offset, line
             offset += len(line)
+
+
+def _join(problems: list[tuple[str, str]]) -> str:
+    return "; ".join(f"{field}: {problem}" for field, problem in problems)
 
 
 def _load(line: bytes) -> dict[str, Any] | None:
@@ -109,6 +124,7 @@ class _Entry:
     offset: int
     length: int
     key: str
+    row: int = 0  # the record's line in the manifest file, 1-based
 
 
 def _latest_entries(path: Path, moved: Mapping[str, int]) -> list[_Entry]:
@@ -117,18 +133,25 @@ def _latest_entries(path: Path, moved: Mapping[str, int]) -> list[_Entry]:
     Memory stays small: only offsets are kept per job, never whole records.
     """
     latest: dict[str, _Entry] = {}
-    for offset, raw in _raw_lines(path):
+    for row, (offset, raw) in enumerate(_raw_lines(path), start=1):
         data = _load(raw)
         if data is None:
             continue
         key = str(data.get("id")) if data.get("id") is not None else f"#line{data.get('line')}"
         line = moved.get(key, data.get("line"))
-        latest[key] = _Entry(line if isinstance(line, int) else 0, offset, len(raw), key)
+        latest[key] = _Entry(line if isinstance(line, int) else 0, offset, len(raw), key, row)
     return sorted(latest.values())
 
 
-def latest_records(path: Path) -> Iterator[JobRecord]:
-    """The latest record of every job, in input-line order, read one at a time."""
+def latest_records(
+    path: Path, *, on_bad: Callable[[int, str], None] | None = None
+) -> Iterator[JobRecord]:
+    """The latest record of every job, in input-line order, read one at a time.
+
+    A record that is JSON but not a valid record (edited by hand, or written by
+    another version) raises, unless ``on_bad`` is given: then it is told the
+    record's line in the manifest and what is wrong, and the record is skipped.
+    """
     if not path.exists():
         return
     entries = _latest_entries(path, {})
@@ -136,8 +159,16 @@ def latest_records(path: Path) -> Iterator[JobRecord]:
         for entry in entries:
             src.seek(entry.offset)
             data = _load(src.read(entry.length))
-            if data is not None:
-                yield JobRecord.model_validate(data)
+            if data is None:
+                continue
+            try:
+                record = JobRecord.model_validate(data)
+            except ValidationError as exc:
+                if on_bad is None:
+                    raise
+                on_bad(entry.row, _join(describe_errors(exc)))
+                continue
+            yield record
 
 
 def stale_records(path: Path, current: Set[str]) -> list[dict[str, Any]]:
@@ -185,8 +216,7 @@ def compact(
         entries = [entry for entry in entries if entry.key in current]
         if not prune:
             entries += stale
-    tmp = path.with_name(f".{path.name}.compact.tmp")
-    with path.open("rb") as src, tmp.open("wb") as dst:
+    with open(path, "rb", opener=_no_link) as src, AtomicFile(path.parent, path.name) as dst:
         for entry in entries:
             src.seek(entry.offset)
             chunk = src.read(entry.length)
@@ -195,6 +225,4 @@ def compact(
                 data["line"] = entry.line
                 chunk = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
             dst.write(chunk if chunk.endswith(b"\n") else chunk + b"\n")
-        dst.flush()
-        os.fsync(dst.fileno())
-    os.replace(tmp, path)
+        dst.commit()  # fsync, then rename over the log: never over a link

@@ -8,7 +8,9 @@ Bytes after the image's end do not fail it (decoders ignore them); the file
 is kept as received. An image that fails can be kept instead, as received,
 under ``.rejected/`` (:func:`rejected_path`, :meth:`ImageSink.keep`).
 :func:`verify_image`, :func:`decode_and_verify` and :func:`write_atomic` do
-the same for bytes already in memory, with aiofiles.
+the same for bytes already in memory. Every file is written through
+:class:`~pmock_batch.files.AtomicFile`: no symbolic link below OUT is ever
+followed or replaced.
 Thread hops are kept few and large (see ``benchmarks/aiofiles_hops.py``): the
 sink writes ~1 MB at a time and commits (fsync, close, rename) in one hop.
 """
@@ -17,21 +19,18 @@ from __future__ import annotations
 
 import asyncio
 import binascii
-import contextlib
 import hashlib
 import io
 import os
-import secrets
+import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
-import aiofiles
-import aiofiles.os
 import pybase64
 from PIL import Image, UnidentifiedImageError
 
 from .errors import InvalidResponseError, OutputPathError, ResponseTooLargeError
+from .files import TMP_SUFFIX, AtomicFile, remove_stray_temps, split_relative, write_atomic_sync
 from .framing import END_MARKERS, FrameWalker, sniff
 from .stream import B64Decoder, B64JsonScanner
 
@@ -57,7 +56,6 @@ __all__ = [
 ]
 
 EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
-TMP_SUFFIX = ".pmock-tmp"
 REJECTED_DIR = ".rejected"  # images that failed verification, kept as received; never output
 _TRUNCATED = {
     "png": "the PNG image is truncated (no IEND chunk)",
@@ -145,6 +143,10 @@ def read_header(fmt: str, head: bytes) -> tuple[int, int]:
         with Image.open(io.BytesIO(head)) as img:  # reads the header only
             width, height = img.size
             actual = _PIL_FORMATS.get(img.format or "")
+    except Image.DecompressionBombError as exc:  # a header that claims enormous dimensions
+        raise InvalidResponseError(
+            f"the {fmt} image is refused as a decompression bomb: {exc}"
+        ) from exc
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise InvalidResponseError(f"the {fmt} image header is unreadable: {exc}") from exc
     if actual != fmt or width <= 0 or height <= 0:
@@ -217,23 +219,39 @@ def decode_and_verify(b64: str) -> VerifiedImage:
 def rejected_path(out_dir: Path, stem: str, attempt: int) -> str:
     """Where to keep attempt ``attempt``'s rejected bytes: ``.rejected/<stem>.<attempt>.bin``.
 
-    A name an earlier run already used gets ``-2``, ``-3``... so nothing kept
-    is ever overwritten. Relative to ``out_dir``, with forward slashes.
+    A name an earlier run already used (or anything else there, a link
+    included) gets ``-2``, ``-3``... so nothing kept is ever overwritten.
+    Relative to ``out_dir``, with forward slashes.
     """
     base = f"{REJECTED_DIR}/{stem}.{attempt}"
     name, more = f"{base}.bin", 2
-    while (out_dir / name).exists():
+    while os.path.lexists(out_dir / name):
         name, more = f"{base}-{more}.bin", more + 1
     return name
 
 
 def safe_path(out_dir: Path, relative: str) -> Path:
-    """Join ``relative`` under ``out_dir``; refuse anything that would land outside it."""
-    root = out_dir.resolve()
-    target = (root / relative).resolve()
-    if not target.is_relative_to(root) or target == root:
-        raise OutputPathError(f"refusing to write {relative!r}: it is outside {out_dir}")
-    return target
+    """Join ``relative`` under ``out_dir``; refuse a path outside it or through a link below it.
+
+    ``..`` is resolved on the text (:func:`~pmock_batch.files.split_relative`);
+    each folder on the way that exists is checked with ``lstat``. ``out_dir``
+    itself may be a link. This only checks: writes go through
+    :class:`~pmock_batch.files.AtomicFile`, which checks again as it goes.
+    """
+    parts = split_relative(out_dir, relative)
+    path = out_dir
+    for depth, part in enumerate(parts, 1):
+        path = path / part
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            break
+        last = depth == len(parts)
+        if stat.S_ISLNK(mode):
+            raise OutputPathError(f"refusing to write {relative!r}: {path} is a symbolic link")
+        if not last and not stat.S_ISDIR(mode):
+            raise OutputPathError(f"refusing to write {relative!r}: {path} is not a folder")
+    return out_dir.resolve().joinpath(*parts)
 
 
 async def write_atomic(out_dir: Path, relative: str, data: bytes) -> Path:
@@ -242,70 +260,37 @@ async def write_atomic(out_dir: Path, relative: str, data: bytes) -> Path:
     A crash at any point leaves either the old file or the new one under the
     final name, never a truncated one. Temporary files are hidden dot-files
     ending in ``.pmock-tmp`` in the same directory, so the rename is atomic.
+    No link below ``out_dir`` is followed or replaced (see
+    :class:`~pmock_batch.files.AtomicFile`): one thread hop in all.
     """
-    target = safe_path(out_dir, relative)
-    await aiofiles.os.makedirs(target.parent, exist_ok=True)
-    tmp = target.parent / f".{target.name}.{secrets.token_hex(4)}{TMP_SUFFIX}"
+    return await asyncio.to_thread(write_atomic_sync, out_dir, relative, data)
+
+
+def _create(out_dir: Path, relative: str, data: bytes | bytearray) -> AtomicFile:
+    tmp = AtomicFile(out_dir, relative)  # in the folder of the image-to-be
     try:
-        async with aiofiles.open(tmp, "wb") as fh:
-            await fh.write(data)
-            await fh.flush()
-            await aiofiles.os.wrap(os.fsync)(fh.fileno())
-        await aiofiles.os.replace(tmp, target)
+        tmp.write(data)
     except BaseException:
-        with contextlib.suppress(OSError):
-            await aiofiles.os.remove(tmp)
+        tmp.discard()
         raise
-    return target
+    return tmp
 
 
-def remove_stray_temps(out_dir: Path) -> int:
-    """Delete temporary files a crashed run left in ``out_dir``; return how many.
+def _finish(tmp: AtomicFile | None, out_dir: Path, data: bytes | bytearray, relative: str) -> Path:
+    """Write the last bytes, fsync, close and rename into place. Runs in a worker thread.
 
-    Call it only while holding the run lock, so no live run owns them.
+    On failure the temporary file is removed here: the sink has handed it over.
     """
-    if not out_dir.is_dir():
-        return 0
-    removed = 0
-    for path in out_dir.rglob(f".*{TMP_SUFFIX}"):
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-            removed += 1
-    for path in out_dir.glob(".*.compact.tmp"):
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-            removed += 1
-    return removed
-
-
-def _create(tmp: Path, data: bytes | bytearray) -> BinaryIO:
-    tmp.parent.mkdir(parents=True, exist_ok=True)
-    fh = tmp.open("wb")
-    try:
-        fh.write(data)
-    except BaseException:
-        fh.close()
-        raise
-    return fh
-
-
-def _read_start(fh: BinaryIO, tmp: Path, count: int) -> bytes:
-    fh.flush()
-    with tmp.open("rb") as src:
-        return src.read(count)
-
-
-def _finish(fh: BinaryIO | None, tmp: Path, data: bytes | bytearray, target: Path) -> None:
-    """Write the last bytes, fsync, close and rename into place. Runs in a worker thread."""
-    if fh is None:
-        fh = _create(tmp, data)
+    if tmp is None:
+        tmp = _create(out_dir, relative, data)
         data = b""
-    with fh:  # closed whatever happens
+    try:
         if data:
-            fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, target)
+            tmp.write(data)
+        return tmp.commit(relative)
+    except BaseException:
+        tmp.discard()
+        raise
 
 
 class ImageSink:
@@ -331,8 +316,7 @@ class ImageSink:
         self._frame = FrameWalker()  # finds the image's end as the bytes pass
         self._answered = False
         self._buf = bytearray()
-        self._fh: BinaryIO | None = None  # written only from worker threads
-        self._tmp: Path | None = None
+        self._tmp: AtomicFile | None = None  # written only from worker threads
 
     @property
     def streamed(self) -> bool:
@@ -384,15 +368,15 @@ class ImageSink:
     async def _flush(self) -> None:
         """Write the buffered bytes: one thread hop, which also creates the file the first time."""
         buf, self._buf = self._buf, bytearray()  # hand it over; no copy
-        if self._fh is None:
-            self._tmp = self._tmp_path()
-            self._fh = await asyncio.to_thread(_create, self._tmp, buf)
+        if self._tmp is None:
+            self._tmp = await asyncio.to_thread(_create, self.out_dir, self._name(), buf)
         elif buf:
-            await asyncio.to_thread(self._fh.write, buf)
+            await asyncio.to_thread(self._tmp.write, buf)
 
-    def _tmp_path(self) -> Path:
-        target = safe_path(self.out_dir, self.stem)
-        return target.parent / f".{target.name}.{secrets.token_hex(4)}{TMP_SUFFIX}"
+    def _name(self) -> str:
+        """The image's likely name, from its first bytes, before it is verified (for messages)."""
+        fmt = sniff(bytes(self._head))
+        return f"{self.stem}.{EXTENSIONS[fmt]}" if fmt is not None else self.stem
 
     async def verify(self) -> ImageInfo:
         """Check the received bytes are a whole PNG, JPEG or WebP image."""
@@ -413,24 +397,23 @@ class ImageSink:
 
     async def _read_head(self, count: int) -> bytes:
         await self._flush()
-        assert self._fh is not None and self._tmp is not None
-        return await asyncio.to_thread(_read_start, self._fh, self._tmp, count)
+        assert self._tmp is not None
+        return await asyncio.to_thread(self._tmp.read_start, count)
 
     async def commit(self, out_dir: Path, relative: str) -> Path:
         """Write what is left, fsync, close and rename to ``out_dir/relative``: one thread hop.
 
         An image under 1 MB was never written yet: then this one hop also
         creates the file. Few, large hops: see ``benchmarks/aiofiles_hops.py``.
+        ``out_dir`` must be the sink's own. Raises
+        :class:`~pmock_batch.errors.OutputPathError` for a link (or anything but
+        a regular file) at ``relative`` or on the way to it: nothing is renamed.
         """
-        target = safe_path(out_dir, relative)
+        if out_dir != self.out_dir:
+            raise ValueError(f"the sink writes under {self.out_dir}, not {out_dir}")
         buf, self._buf = self._buf, bytearray()
-        if self._tmp is None:
-            self._tmp = self._tmp_path()
-        fh, self._fh = self._fh, None
-        tmp = self._tmp
-        await asyncio.to_thread(_finish, fh, tmp, buf, target)
-        self._tmp = None
-        return target
+        tmp, self._tmp = self._tmp, None  # handed over: _finish removes it if it fails
+        return await asyncio.to_thread(_finish, tmp, self.out_dir, buf, relative)
 
     @property
     def sha256(self) -> str:
@@ -451,8 +434,6 @@ class ImageSink:
 
         Like :meth:`commit`, but the target may be in another folder (``.rejected/``).
         """
-        target = safe_path(out_dir, relative)
-        await asyncio.to_thread(target.parent.mkdir, parents=True, exist_ok=True)
         return await self.commit(out_dir, relative)
 
     def discard(self) -> None:
@@ -461,12 +442,7 @@ class ImageSink:
         Synchronous on purpose: it runs on error and cancellation paths, where
         an ``await`` could be interrupted and leave the file open.
         """
-        if self._fh is not None:
-            with contextlib.suppress(OSError):
-                self._fh.close()
-            self._fh = None
-        if self._tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(self._tmp)
-            self._tmp = None
+        tmp, self._tmp = self._tmp, None
+        if tmp is not None:
+            tmp.discard()
         self._scanner.remainder = bytearray()  # the JSON held (up to the cap) goes now, too

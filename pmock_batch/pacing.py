@@ -28,7 +28,9 @@ __all__ = ["Limits", "Pacer", "parse_duration", "parse_limits"]
 
 log = logging.getLogger("pmock_batch")
 
-SAFETY = 0.95  # pace at this fraction of a learned limit
+SAFETY = 0.95  # pace at this fraction of a limit, learned or given
+DEFAULT_REFUSED_HOLD = 1.0  # seconds to hold after a 429 that names no wait, with no known rate
+HOLD_TOLERANCE = 0.001  # seconds: a hold this little longer does not count as a new one
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -99,9 +101,10 @@ class Pacer:
 
     A token bucket refilled at the paced rate, holding ``burst`` tokens at most
     (so a small burst goes at the start), with waiters served first come,
-    first served. A hold empties the bucket, so the pool resumes at the paced
-    rate rather than in a burst. ``stopping`` lets a run that is shutting down
-    leave the queue at once.
+    first served. A hold caps the bucket at one token, so the pool resumes at
+    the paced rate rather than in a burst, but it does not empty it: the
+    first dispatch after a hold goes when the hold ends. ``stopping`` lets a
+    run that is shutting down leave the queue at once.
     """
 
     def __init__(
@@ -128,8 +131,13 @@ class Pacer:
 
     @property
     def rate(self) -> float | None:
-        """Requests per second to pace at, or None for no pacing."""
-        rpms = [r for r in (self.user_rpm, self.learned_rpm) if r]
+        """Requests per second to pace at, or None for no pacing.
+
+        95 % of the tighter of ``--rpm`` and the learned limit: exactly at a
+        limit, every rounding of either clock would be a 429.
+        """
+        user = self.user_rpm * SAFETY if self.user_rpm else None
+        rpms = [r for r in (user, self.learned_rpm) if r]
         return min(rpms) / 60.0 if rpms else None
 
     @property
@@ -170,10 +178,16 @@ class Pacer:
         return waited
 
     def hold(self, seconds: float, *, reason: str) -> None:
-        """Hold every new dispatch for ``seconds`` (a 429's Retry-After, an empty budget)."""
+        """Hold every new dispatch for ``seconds`` (a 429's Retry-After, an empty budget).
+
+        The hold and the paced rate do not add up: the next dispatch goes when
+        the hold ends, or at its paced slot if that comes later. What the bucket
+        saved up during the hold is capped at one token, so the pool resumes at
+        the paced rate, not in a burst: the burst is for the start only.
+        """
         now = self._clock()
         until = now + max(0.0, seconds)
-        if until > self.hold_until + 0.001:
+        if until > self.hold_until + HOLD_TOLERANCE:
             if not self.held:
                 self.holds += 1
                 log.debug(
@@ -183,13 +197,28 @@ class Pacer:
                     extra={"event": "hold", "wait_s": round(seconds, 3), "reason": reason},
                 )
             self.hold_until = until
-        # Resume at the paced rate, not in a burst: the burst is for the start only.
-        self._refill(now)
-        self._tokens = 0.0
-        self._refilled_at = max(self._refilled_at, until)
+        self._refill(max(now, self.hold_until))
+        self._tokens = min(self._tokens, 1.0)
 
-    def observe(self, headers: Mapping[str, str]) -> None:
-        """Learn the rate limit from a response's headers; hold if the budget is spent."""
+    def refused(self, wait: float | None) -> None:
+        """A 429: hold the pool for the server's ``wait``, or one paced slot if it named none.
+
+        ``wait`` is what :func:`pmock_batch.retry.server_wait` read from the answer.
+        """
+        if wait is None:
+            rate = self.rate
+            wait = 1.0 / rate if rate else DEFAULT_REFUSED_HOLD
+        self.hold(wait, reason="HTTP 429")
+
+    def observe(self, headers: Mapping[str, str], *, sent_at: float | None = None) -> None:
+        """Learn the rate limit from a response's headers; hold if the budget is spent.
+
+        ``sent_at`` (on this pacer's clock) is when the request was dispatched.
+        The server counted it on arrival, so a spent budget's reset runs from
+        then, not from when the answer came back: a late answer holds the pool
+        less, or not at all, instead of holding it for a budget that has
+        already refilled.
+        """
         limits = parse_limits(headers)
         if limits.limit is not None:
             learned = limits.limit * SAFETY
@@ -209,4 +238,12 @@ class Pacer:
         if limits.remaining == 0 and limits.reset:
             # The budget refills gradually: wait about one slot, not the whole reset.
             slot = 60.0 / limits.limit if limits.limit else 1.0
-            self.hold(min(limits.reset, slot), reason="the server's rate-limit budget is spent")
+            wait = min(limits.reset, slot)
+            if sent_at is not None:
+                wait -= self._clock() - sent_at
+            if wait > 0:
+                self.hold(wait, reason="the server's rate-limit budget is spent")
+
+    def now(self) -> float:
+        """The pacer's clock: what ``sent_at`` is measured on."""
+        return self._clock()

@@ -20,8 +20,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
-import os
-import secrets
+import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -34,9 +33,11 @@ from PIL import Image
 
 from .config import MANIFEST_NAME
 from .errors import UsageError
+from .files import AtomicFile, check_own_file, contained_file
 from .manifest import latest_records
 from .models import FileRecord, JobRecord
-from .output import TMP_SUFFIX
+
+log = logging.getLogger("pmock_batch")
 
 __all__ = [
     "REPORT_NAME",
@@ -548,49 +549,45 @@ def _flatten(img: Image.Image) -> Image.Image:
 
 
 def _thumbnail(out_dir: Path, file: FileRecord) -> str | None:
-    """Make (or reuse) a JPEG thumbnail of ``file``; its relative URL, or None if impossible."""
+    """Make (or reuse) a JPEG thumbnail of ``file``; its relative URL, or None if impossible.
+
+    Only a regular file inside OUT reached through no link is read; the
+    thumbnail is written through :class:`~pmock_batch.files.AtomicFile`, so a
+    link at ``.thumbs`` or below raises :class:`~pmock_batch.errors.OutputPathError`.
+    """
     if _url(file.path) is None:
         return None
     parts = PurePosixPath(file.path).parts
-    source = out_dir.joinpath(*parts)
     thumb_parts = (THUMBS_DIR, *parts[:-1], parts[-1] + ".jpg")
-    target = out_dir.joinpath(*thumb_parts)
-    tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}{TMP_SUFFIX}")
+    url = "/".join(_quote(p) for p in thumb_parts)
+    source = contained_file(out_dir, file.path)
+    if source is None:
+        return None
     try:
         source_mtime = source.stat().st_mtime_ns
-        with contextlib.suppress(FileNotFoundError):
-            if target.stat().st_mtime_ns >= source_mtime:
-                return "/".join(_quote(p) for p in thumb_parts)
+        done = contained_file(out_dir, "/".join(thumb_parts))
+        if done is not None and done.stat().st_mtime_ns >= source_mtime:
+            return url
         with Image.open(source) as img:
             img.draft("RGB", (THUMB_PX, THUMB_PX))  # JPEG: decode at a reduced scale
             img.thumbnail((THUMB_PX, THUMB_PX))
             flat = _flatten(img)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        flat.save(tmp, "JPEG", quality=THUMB_QUALITY, optimize=True)
-        os.replace(tmp, target)
+        with AtomicFile(out_dir, "/".join(thumb_parts)) as tmp:
+            flat.save(tmp.file, "JPEG", quality=THUMB_QUALITY, optimize=True)
+            tmp.commit()
     except (OSError, ValueError, Image.DecompressionBombError):
-        with contextlib.suppress(OSError):
-            tmp.unlink()
         return None
-    return "/".join(_quote(p) for p in thumb_parts)
+    return url
 
 
 # -- writing -----------------------------------------------------------------------
 
 
-def _write_atomic(target: Path, parts: Iterable[str]) -> None:
-    tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}{TMP_SUFFIX}")
-    try:
-        with tmp.open("w", encoding="utf-8", newline="\n") as fh:
-            for part in parts:
-                fh.write(part)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+def _write_atomic(out_dir: Path, name: str, parts: Iterable[str]) -> Path:
+    with AtomicFile(out_dir, name) as tmp:
+        for part in parts:
+            tmp.write(part.encode("utf-8"))
+        return tmp.commit()
 
 
 def write_report(out_dir: Path, *, thumbnails: bool = False) -> Path:
@@ -601,15 +598,32 @@ def write_report(out_dir: Path, *, thumbnails: bool = False) -> Path:
     ``out_dir/.thumbs/`` (reused while newer than its image), for
     ``pmock-batch report``. The page is written to a temporary file and
     renamed into place. Raises :class:`~pmock_batch.errors.UsageError` if
-    there is no manifest, and ``OSError`` if the page cannot be written.
+    there is no manifest, :class:`~pmock_batch.errors.OutputPathError` if the
+    manifest, ``report.html`` or a thumbnail's path is (or goes through) a
+    symbolic link (nothing is written through one), and ``OSError`` if the
+    page cannot be written.
     """
     manifest = out_dir / MANIFEST_NAME
+    check_own_file(out_dir, MANIFEST_NAME)  # never read in place of the manifest
+    check_own_file(out_dir, REPORT_NAME)  # before any work: refused anyway at the rename
     if not manifest.is_file():
         raise UsageError(f"no manifest at {manifest}: nothing to report")
-    summary = summarize(latest_records(manifest))  # a first pass: the header needs totals
+
+    def skip(row: int, problem: str) -> None:  # said once, in the first pass
+        log.warning(
+            "%s:%d: skipped a damaged record in the report: %s",
+            manifest,
+            row,
+            problem,
+            extra={"event": "warning", "reason": f"damaged manifest record on line {row}"},
+        )
+
+    # A first pass: the header needs totals.
+    summary = summarize(latest_records(manifest, on_bad=skip))
 
     def cards() -> Iterator[str]:
-        for record in latest_records(manifest):  # a second pass, one record at a time
+        # A second pass, one record at a time.
+        for record in latest_records(manifest, on_bad=lambda row, problem: None):
             thumbs: dict[str, str] = {}
             for file in record.files if thumbnails and record.status == "ok" else ():
                 url = _thumbnail(out_dir, file)
@@ -618,6 +632,5 @@ def write_report(out_dir: Path, *, thumbnails: bool = False) -> Path:
             yield _card(record, thumbs)
 
     name = out_dir.resolve().name or str(out_dir)
-    target = out_dir / REPORT_NAME
-    _write_atomic(target, _page(summary, cards(), name=name, generated_at=datetime.now(UTC)))
-    return target
+    page = _page(summary, cards(), name=name, generated_at=datetime.now(UTC))
+    return _write_atomic(out_dir, REPORT_NAME, page)

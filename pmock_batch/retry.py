@@ -41,6 +41,8 @@ from .errors import (
     APIStatusError,
     DownloadError,
     InvalidResponseError,
+    ProxyRefusedError,
+    UntrustedCertificateError,
 )
 
 __all__ = [
@@ -58,7 +60,8 @@ __all__ = [
 RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
 # Disk full, quota, permissions, read-only: every later write would fail the same way.
 ABORT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS})
-ABORT_STATUSES = frozenset({401, 403, 404})
+ABORT_STATUSES = frozenset({401, 403, 404, 407})  # 407: the proxy wants other credentials
+PROXY_ABORT_STATUSES = frozenset({403, 407})  # a CONNECT refused for the host or credentials
 DEFAULT_MAX_RETRY_WAIT = 120.0
 
 
@@ -85,6 +88,10 @@ def classify(exc: BaseException) -> Decision:
         if exc.status in RETRY_STATUSES or exc.status >= 500:
             return Decision.RETRY
         return Decision.FAIL
+    if isinstance(exc, UntrustedCertificateError):
+        return Decision.ABORT  # the trusted CAs are wrong: every request would fail the same way
+    if isinstance(exc, ProxyRefusedError) and exc.status in PROXY_ABORT_STATUSES:
+        return Decision.ABORT  # the proxy refuses our credentials or the host: so it will again
     if isinstance(exc, APIConnectionError | InvalidResponseError):
         return Decision.RETRY
     if isinstance(exc, OSError) and exc.errno in ABORT_ERRNOS:

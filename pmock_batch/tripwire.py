@@ -46,9 +46,15 @@ class Tripwire:
         self._connect_failures += 1
         if self._connect_failures < self.after:
             return None
+        check = (
+            "--proxy or HTTPS_PROXY/HTTP_PROXY"
+            if exc.via_proxy
+            else f"--base-url or {BASE_URL_ENV}"
+        )
+        proxy = "the proxy " if exc.via_proxy else ""
         return (
-            f"cannot connect to {exc.where} ({exc.reason}): {self._connect_failures} attempts "
-            f"failed and none reached the server; check --base-url or {BASE_URL_ENV}"
+            f"cannot connect to {proxy}{exc.where} ({exc.reason}): {self._connect_failures} "
+            f"attempts failed and none reached the server; check {check}"
         )
 
     def rejected(self, job_id: str, exc: APIStatusError) -> str | None:

@@ -25,6 +25,24 @@ class FakeClock:
 
 MakeMock = Callable[..., Awaitable[MockServer]]
 
+# Variables that would route the client's loopback traffic elsewhere, or change what it trusts.
+NETWORK_ENV = (
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+    "no_proxy",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+)
+
+
+@pytest.fixture(autouse=True)
+def _no_ambient_network_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A proxy or CA bundle set on the machine (a CI runner's) never reaches a test."""
+    for name in NETWORK_ENV:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+
 
 @pytest.fixture
 async def mock_server() -> AsyncIterator[MockServer]:

@@ -525,3 +525,83 @@ def test_every_flag_in_help_has_an_explanation_and_a_default():
             continue
         assert action.help, action.option_strings
         assert "default" in action.help, action.option_strings
+
+
+@pytest.mark.parametrize("prefix", ["mock-", ""])
+def test_limiter_flags_reach_the_mock_options(prefix):
+    """``--mock-limiter``/``--mock-burst`` with --mock; ``--limiter``/``--burst`` on mock-server."""
+    import argparse
+
+    from pmock_batch.cli import MOCK_LIMITERS, _add_mock_options, _mock_options
+    from pmock_batch.mock.ratelimit import LIMITER_KINDS
+
+    assert MOCK_LIMITERS == LIMITER_KINDS
+    parser = argparse.ArgumentParser()
+    _add_mock_options(parser, prefix=prefix, title="mock")
+    flags = [f"--{prefix}rpm", "1200", f"--{prefix}limiter", "bucket", f"--{prefix}burst", "120"]
+    options = _mock_options(parser.parse_args(flags))
+    assert (options.rpm, options.limiter, options.burst) == (1200, "bucket", 120)
+    default = _mock_options(parser.parse_args([f"--{prefix}rpm", "1200"]))
+    assert (default.limiter, default.burst) == ("window", None)
+
+
+async def test_bad_limiter_flags_exit_2(tmp_path, capsys):
+    jobs = write_jobs(tmp_path / "jobs.jsonl", [{"prompt": "a"}])
+    leaky = await run_cli([str(jobs), "--mock", "--mock-limiter", "leaky"], capsys)
+    assert leaky.code == 2 and "invalid choice: 'leaky'" in leaky.err
+    burst = await run_cli([str(jobs), "--mock", "--mock-rpm", "60", "--mock-burst", "5"], capsys)
+    assert burst.code == 2
+    assert "burst applies to the bucket limiter only" in burst.err
+    assert "Traceback" not in burst.err
+
+
+def test_a_closed_pipe_on_stdout_exits_quietly(tmp_path):
+    """`pmock-batch JOBS --dry-run | head`: no BrokenPipeError traceback, exit 0."""
+    lines = [{"id": f"j{i}", "prompt": f"p{i}"} for i in range(60)]
+    jobs = write_jobs(tmp_path / "jobs.jsonl", lines)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pmock_batch", str(jobs), "--mock", "--dry-run"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=tmp_path,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before anything is written
+    with proc.stderr:
+        err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0, err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+@pytest.mark.parametrize("key", ["sk-abc\r\n", "sk-abc def", "sk-\x1b[2Jabc", "sk-ключ"])
+async def test_a_key_no_header_can_carry_stops_at_start_up(tmp_path, capsys, monkeypatch, key):
+    monkeypatch.setenv("PMOCK_API_KEY", key)
+    jobs = write_jobs(tmp_path / "jobs.jsonl", [{"id": "a", "prompt": "a cat"}])
+    result = await run_cli([str(jobs), "--base-url", "http://127.0.0.1:9/v1"], capsys)
+    assert result.code == 2
+    assert "the API key in PMOCK_API_KEY contains whitespace, a control character" in result.err
+    assert "abc" not in result.err + result.out and "ключ" not in result.err
+    assert not (tmp_path / "out").exists()
+
+
+async def test_one_damaged_record_does_not_stop_the_report(tmp_path, capsys):
+    out = tmp_path / "o"
+    jobs = write_jobs(
+        tmp_path / "jobs.jsonl", [{"id": "a", "prompt": "a"}, {"id": "b", "prompt": "b"}]
+    )
+    assert (await run_cli([str(jobs), "--mock", "--out", str(out)], capsys)).code == 0
+    records = read_manifest(out)
+    del records[0]["files"][0]["width"]
+    (out / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (out / "report.html").unlink()
+    result = await run_cli(["report", str(out)], capsys)
+    assert result.code == 0, result.err
+    assert "manifest.jsonl:1: skipped a damaged record in the report: files.0.width: required" in (
+        result.err
+    )
+    assert result.err.count("skipped a damaged record") == 1
+    html = (out / "report.html").read_text()
+    assert 'data-id="b"' in html and 'data-id="a"' not in html
+    rerun = await run_cli([str(jobs), "--mock", "--out", str(out)], capsys)
+    assert "skipped a damaged record" in rerun.err
+    assert (out / "report.html").stat().st_mtime >= (out / "manifest.jsonl").stat().st_mtime

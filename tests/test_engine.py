@@ -189,4 +189,28 @@ async def test_grace_period_cancels_jobs_still_in_flight(tmp_path, make_mock):
     summary = await asyncio.wait_for(run_batch(config, jobs, on_engine=engines.append), 10)
     await stopper
     assert summary.not_run == 5
-    assert {r["status"] for r in read_manifest(tmp_path / "out")} == {"not_run"}
+    records = by_id(read_manifest(tmp_path / "out"))
+    assert {r["status"] for r in records.values()} == {"not_run"}
+    # The two cancelled in flight were seen by the server: their attempts count.
+    assert sum(r["attempts"] for r in records.values()) == server.stats.requests == 2
+    assert sorted(r["attempts"] for r in records.values()) == [0, 0, 0, 1, 1]
+
+
+async def test_a_job_cancelled_mid_way_keeps_the_images_it_saved(tmp_path, make_mock):
+    server = await make_mock(MockOptions(script={"p": ["ok", "ok", "hang"]}))
+    config = _config(tmp_path, server.base_url, concurrency=1, grace=0.05)
+    jobs = _jobs(tmp_path / "jobs.jsonl", [{"id": "v", "prompt": "p", "n": 3}])
+    engines: list[Engine] = []
+
+    async def stop_when_third_is_in_flight() -> None:
+        while server.stats.requests < 3 or server.stats.in_flight < 1:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        engines[0].stop()
+
+    stopper = asyncio.create_task(stop_when_third_is_in_flight())
+    await asyncio.wait_for(run_batch(config, jobs, on_engine=engines.append), 10)
+    await stopper
+    record = by_id(read_manifest(tmp_path / "out"))["v"]
+    assert (record["status"], record["attempts"]) == ("failed", 3)
+    assert [f["path"] for f in record["files"]] == ["v-1.png", "v-2.png"]
+    assert all((tmp_path / "out" / f["path"]).is_file() for f in record["files"])

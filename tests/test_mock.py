@@ -33,7 +33,7 @@ from pmock_batch.mock import (
     serve,
 )
 from pmock_batch.mock.images import ImageSpec
-from pmock_batch.mock.ratelimit import RequestLimiter
+from pmock_batch.mock.ratelimit import RequestLimiter, TokenBucketLimiter
 
 PMOCK_PATH = "/api/ai/openai/v1/images/generations"
 ERROR_KEYS = {"message", "type", "param", "code"}
@@ -600,6 +600,55 @@ def test_limiter_enforces_the_limit_per_second_too(fake_clock):
     assert sum(limiter.admit().allowed for _ in range(25)) == 20
 
 
+async def test_bucket_limit_refills_continuously_with_openai_headers(
+    make_mock, session, fake_clock
+):
+    """1,200 per minute, burst 3: remaining counts down, then one token every 50 ms."""
+    server = await make_mock(MockOptions(rpm=1200, limiter="bucket", burst=3), clock=fake_clock)
+    answers = [await post(session, server, {"prompt": "a fox"}) for _ in range(4)]
+    assert [a.status for a in answers] == [200, 200, 200, 429]
+    assert [a.headers["x-ratelimit-remaining-requests"] for a in answers] == ["2", "1", "0", "0"]
+    assert {a.headers["x-ratelimit-limit-requests"] for a in answers} == {"1200"}
+    assert answers[0].headers["x-ratelimit-reset-requests"] == "50ms"  # one token short
+    assert answers[2].headers["x-ratelimit-reset-requests"] == "150ms"  # until full again
+    refused = answers[3]
+    assert_error(refused, 429, code="rate_limit_exceeded")
+    assert refused.headers["retry-after-ms"] == "50"  # the next token
+    assert refused.headers["Retry-After"] == "0.05"
+    fake_clock.advance(0.03)
+    assert (await post(session, server, {"prompt": "a fox"})).status == 429  # 0.6 of a token
+    fake_clock.advance(0.02)
+    again = await post(session, server, {"prompt": "a fox"})
+    assert again.status == 200
+    assert again.headers["x-ratelimit-remaining-requests"] == "0"
+    fake_clock.advance(60)
+    full = await post(session, server, {"prompt": "a fox"})
+    assert full.headers["x-ratelimit-remaining-requests"] == "2"  # capped at the burst
+    assert server.stats.outcomes == {"ok": 5, "429": 2}
+
+
+async def test_bucket_burst_defaults_to_one_second_and_reset_refills(
+    make_mock, session, fake_clock
+):
+    server = await make_mock(MockOptions(rpm=120, limiter="bucket"), clock=fake_clock)
+    statuses = [(await post(session, server, {"prompt": "a fox"})).status for _ in range(3)]
+    assert statuses == [200, 200, 429]  # 120 per minute: a burst of 2
+    async with session.post(server.url + "/_mock/reset") as response:
+        assert response.status == 200
+    assert (await post(session, server, {"prompt": "a fox"})).status == 200
+
+
+def test_token_bucket_limiter_alone(fake_clock):
+    bucket = TokenBucketLimiter(60, clock=fake_clock, burst=2)  # one token per second
+    assert [bucket.admit().allowed for _ in range(3)] == [True, True, False]
+    assert bucket.peek().retry_after == pytest.approx(1.0)
+    fake_clock.advance(0.999)
+    assert not bucket.admit().allowed
+    fake_clock.advance(0.001)
+    answer = bucket.admit()
+    assert (answer.allowed, answer.remaining, answer.reset) == (True, 0, pytest.approx(2.0))
+
+
 @pytest.mark.parametrize(
     ("seconds", "text"),
     [
@@ -777,6 +826,10 @@ def test_load_script_reports_a_missing_file(tmp_path):
         {"download_script": ["corrupt"]},
         {"download_script": ["teapot"]},
         {"download_script": "ok,hang"},
+        {"rpm": 60, "limiter": "leaky"},
+        {"rpm": 60, "limiter": "bucket", "burst": 0},
+        {"rpm": 60, "limiter": "bucket", "burst": 2.5},
+        {"rpm": 60, "burst": 5},  # the window limiter has no burst
     ],
 )
 def test_options_are_checked_on_creation(kwargs):

@@ -205,14 +205,19 @@ def test_safe_path_rejects_a_symlink_that_points_outside(tmp_path: Path) -> None
     (out / "link").symlink_to(outside, target_is_directory=True)
     with pytest.raises(OutputPathError) as caught:
         safe_path(out, "link/x.png")
-    assert str(caught.value) == f"refusing to write 'link/x.png': it is outside {out}"
+    assert str(caught.value) == f"refusing to write 'link/x.png': {out}/link is a symbolic link"
 
 
-def test_safe_path_allows_a_symlink_that_stays_inside(tmp_path: Path) -> None:
+def test_safe_path_refuses_a_symlink_even_when_it_stays_inside(tmp_path: Path) -> None:
     out = tmp_path / "out"
     (out / "real").mkdir(parents=True)
     (out / "link").symlink_to(out / "real", target_is_directory=True)
-    assert safe_path(out, "link/x.png") == out.resolve() / "real" / "x.png"
+    with pytest.raises(OutputPathError) as caught:
+        safe_path(out, "link/x.png")
+    assert str(caught.value) == f"refusing to write 'link/x.png': {out}/link is a symbolic link"
+    (out / "x.png").symlink_to(out / "real" / "x.png")
+    with pytest.raises(OutputPathError, match=r"x\.png is a symbolic link"):
+        safe_path(out, "x.png")
 
 
 # --- write_atomic -------------------------------------------------------------------------
@@ -278,13 +283,30 @@ async def test_write_atomic_refuses_a_symlink_escape(tmp_path: Path) -> None:
     assert list(outside.iterdir()) == []
 
 
-async def test_a_failed_rename_removes_the_temporary_file(tmp_path: Path) -> None:
+async def test_a_folder_at_the_target_is_never_replaced(tmp_path: Path) -> None:
     out = tmp_path / "out"
     (out / "taken.png").mkdir(parents=True)  # a directory where the file should go
-    with pytest.raises(IsADirectoryError):
+    with pytest.raises(OutputPathError) as caught:
         await write_atomic(out, "taken.png", b"data")
+    assert str(caught.value) == f"refusing to write 'taken.png': {out}/taken.png is a folder"
     assert files_under(out) == []
     assert sorted(os.listdir(out)) == ["taken.png"]
+
+
+async def test_a_failed_rename_removes_the_temporary_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "out"
+    await write_atomic(out, "a.png", b"old")
+
+    def broken_replace(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("pmock_batch.files.os.replace", broken_replace)
+    with pytest.raises(OSError, match="No space"):
+        await write_atomic(out, "a.png", b"new")
+    assert sorted(os.listdir(out)) == ["a.png"]
+    assert (out / "a.png").read_bytes() == b"old"
 
 
 # --- bytes after the end, dimensions, rejected names ----------------------------------------

@@ -398,11 +398,11 @@ def test_write_is_atomic(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "manifest.jsonl", REPORT_NAME]
     before = target.read_bytes()
 
-    def broken_replace(src, dst):
+    def broken_replace(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
     _write_manifest(tmp_path, [_record("b", 1, [_png(tmp_path, "b.png")]).model_dump_json()])
-    monkeypatch.setattr("pmock_batch.report.os.replace", broken_replace)
+    monkeypatch.setattr("pmock_batch.files.os.replace", broken_replace)
     with pytest.raises(OSError, match="No space"):
         write_report(tmp_path)
     assert target.read_bytes() == before

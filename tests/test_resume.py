@@ -463,8 +463,8 @@ async def test_resume_counts_only_regular_files_inside_out(
     assert server.stats.requests == requests + 1  # j0 was not done; j1 was
     assert secret.read_bytes() == b"top secret"
     [record] = [r for r in read_manifest(out) if r["id"] == "j0"]
-    if where == "link":  # never written through: the job fails (see the output tests)
-        assert (result.code, record["status"]) == (1, "failed")
+    if where == "link":  # never written through, never renamed over: the job fails
+        assert (result.code, record["status"], record["error"]["kind"]) == (1, "failed", "write")
         assert (out / "j0.png").is_symlink()
     else:
         assert result.code == 0, result.err

@@ -6,7 +6,7 @@ Routes::
     POST /api/ai/openai/v1/images/generations   generate (pmock's path)
     GET  /_mock/files/{name}                    an image made for response_format "url"
     GET  /_mock/stats                           the stats as JSON
-    POST /_mock/reset                           zero the stats and the rate-limit window
+    POST /_mock/reset                           zero the stats and the rate limit
 
 A generation request is checked in this order; the first that applies answers:
 the API key (401), the requests-per-minute limit (429), the body (400), the
@@ -35,7 +35,7 @@ from aiohttp import web
 
 from ..models import ImageRequest
 from .faults import Outcome, parse_outcome, pick_outcome
-from .images import CONTENT_TYPES, ImageSpec, parse_size
+from .images import CONTENT_TYPES, ImageSpec, bomb_png, parse_size
 from .options import MockOptions
 from .responses import (
     INVALID_KEY_MESSAGE,
@@ -75,7 +75,7 @@ class Plan:
 def create_app(
     options: MockOptions | None = None, *, clock: Callable[[], float] = time.monotonic
 ) -> web.Application:
-    """A new mock application. ``clock`` (seconds) drives the requests-per-minute window."""
+    """A new mock application. ``clock`` (seconds) drives the requests-per-minute limit."""
     app = web.Application(middlewares=[_json_errors])
     app[STATE] = MockState(options or MockOptions(), clock=clock)
     for path in GENERATION_PATHS:
@@ -149,7 +149,10 @@ async def _receive(request: web.Request) -> tuple[ReceivedRequest, bool]:
         body = json.loads(raw)
     except (ValueError, RecursionError):
         is_json = False
-    return ReceivedRequest(request.path, body, request.headers.get("Authorization")), is_json
+    entry = ReceivedRequest(
+        request.path, body, request.headers.get("Authorization"), headers=dict(request.headers)
+    )
+    return entry, is_json
 
 
 def _decide(
@@ -292,6 +295,8 @@ async def _success_body(
         data += trailing_junk(options.trailing_bytes)
     if outcome.name == "corrupt":
         data = data[: max(16, len(data) // 2)]
+    elif outcome.name == "bomb":  # a sound PNG whose header claims 40,000 x 40,000 pixels
+        data = bomb_png()
     item: dict[str, Any]
     if outcome.name == "bad_base64":
         item = {"b64_json": BAD_BASE64}
@@ -393,6 +398,7 @@ async def _file(request: web.Request) -> web.StreamResponse:
     attempt = state.stats.download_attempts[name]
     script = state.options.download_script
     outcome = parse_outcome(script[attempt - 1]) if attempt <= len(script) else parse_outcome("ok")
+    state.stats.download_headers.append(dict(request.headers))
     content_type = CONTENT_TYPES.get(name.rpartition(".")[2], "application/octet-stream")
     if outcome.name == "drop":
         return _drop(request)

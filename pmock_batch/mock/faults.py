@@ -13,6 +13,9 @@ table and in the stats:
     a 200 whose ``b64_json`` is valid base64 of a broken (cut-off) image.
 ``bad_base64``
     a 200 whose ``b64_json`` is not base64 at all.
+``bomb``
+    a 200 whose image is a whole, well-formed PNG whose header claims
+    40,000 x 40,000 pixels: a decompression bomb, which Pillow refuses to open.
 ``hang``
     no answer until ``hang_seconds`` pass (or the server stops), then a drop.
 ``padded_json``
@@ -73,6 +76,7 @@ NAMED_OUTCOMES = (
     "truncate",
     "corrupt",
     "bad_base64",
+    "bomb",
     "hang",
     "quota",
     "moderation",

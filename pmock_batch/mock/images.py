@@ -22,7 +22,9 @@ import hashlib
 import io
 import math
 import random
+import struct
 import threading
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -36,6 +38,7 @@ __all__ = [
     "DEFAULT_QUALITY",
     "ImageCache",
     "ImageSpec",
+    "bomb_png",
     "parse_size",
     "render_image",
 ]
@@ -254,3 +257,28 @@ class ImageCache:
         """Wait for renders still running, so none outlives the server."""
         if self._pending:
             await asyncio.gather(*self._pending.values(), return_exceptions=True)
+
+
+BOMB_PX = 40_000  # 1.6 billion pixels: far over Pillow's decompression-bomb limit
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    crc = zlib.crc32(kind + data)
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+
+@functools.cache
+def bomb_png(side: int = BOMB_PX) -> bytes:
+    """A small, whole, well-formed PNG whose header claims ``side`` x ``side`` pixels.
+
+    Its chunks and CRCs are all sound, but its IDAT holds a stub, not the
+    pixels: opening it is what a decompression bomb asks for, and Pillow
+    refuses (``DecompressionBombError``) from the header alone.
+    """
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)  # 8-bit greyscale
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", zlib.compress(b"\0" * 1024))
+        + _png_chunk(b"IEND", b"")
+    )

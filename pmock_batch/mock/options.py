@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from .faults import check_download_script, check_fault_rates, check_script
+from .ratelimit import LIMITER_KINDS, LimiterKind
 from .validation import DIALECTS
 
 __all__ = [
@@ -48,7 +49,9 @@ class MockOptions:
     seed: int | None = None  # makes fault draws and jitter reproducible
     retry_after: float = DEFAULT_RETRY_AFTER  # Retry-After of a 429 that names no wait
     hang_seconds: float = DEFAULT_HANG_SECONDS  # how long a ``hang`` outcome waits
-    rpm: int | None = None  # requests allowed per sliding minute; beyond: 429
+    rpm: int | None = None  # requests allowed per minute; beyond: 429
+    limiter: LimiterKind = "window"  # how rpm is enforced: sliding window or token bucket
+    burst: int | None = None  # the bucket's capacity (default: one second's worth of rpm)
     require_key: str | None = field(default=None, repr=False)  # the only accepted bearer key
     moderation_words: Sequence[str] = ()  # a prompt with one of these gets moderation_blocked
     payload_mb: float | None = None  # pad images with noise to about this many MB (10**6 B)
@@ -72,6 +75,14 @@ class MockOptions:
                 raise ValueError(f"{name} must be a finite number >= 0, not {value!r}")
         if self.rpm is not None and (not isinstance(self.rpm, int) or self.rpm < 1):
             raise ValueError(f"rpm must be a whole number >= 1, not {self.rpm!r}")
+        if self.limiter not in LIMITER_KINDS:
+            kinds = " or ".join(LIMITER_KINDS)
+            raise ValueError(f"limiter must be {kinds}, not {self.limiter!r}")
+        if self.burst is not None:
+            if isinstance(self.burst, bool) or not isinstance(self.burst, int) or self.burst < 1:
+                raise ValueError(f"burst must be a whole number >= 1, not {self.burst!r}")
+            if self.limiter != "bucket":
+                raise ValueError("burst applies to the bucket limiter only")
         if self.payload_mb is not None and not (
             isinstance(self.payload_mb, int | float) and 0 < self.payload_mb <= MAX_PAYLOAD_MB
         ):

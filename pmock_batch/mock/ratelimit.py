@@ -1,17 +1,26 @@
-"""A requests-per-minute limit over a sliding window, with an injectable clock.
+"""Requests-per-minute limiters with OpenAI's headers, on an injectable clock.
 
-Like OpenAI's, the limit is also enforced in shorter quanta: at most
-``ceil(limit / 60)`` requests in any one second, so 1,200 requests per minute
-means about 20 per second, not 1,200 at once followed by a minute of 429s.
+Two kinds, chosen with ``--limiter``:
+
+``window`` (:class:`RequestLimiter`, the default)
+    At most ``limit`` requests in any sliding 60 s, and, like OpenAI's, also in
+    shorter quanta: at most ``ceil(limit / 60)`` in any one second, so 1,200
+    requests per minute means about 20 per second, not 1,200 at once followed
+    by a minute of 429s.
+``bucket`` (:class:`TokenBucketLimiter`)
+    A token bucket refilled continuously at ``limit / 60`` per second, holding
+    ``burst`` tokens at most (one second's worth unless told). This is how
+    OpenAI's limiter behaves: a client at the limit sees ``remaining`` reach 0
+    with a reset of one interval (50 ms at 1,200 per minute).
 
 Every response of a limited server carries OpenAI's headers::
 
     x-ratelimit-limit-requests      the limit per minute
-    x-ratelimit-remaining-requests  requests left in the window after this one
-    x-ratelimit-reset-requests      time until the window is empty: 1s, 120ms, 1m30s
+    x-ratelimit-remaining-requests  requests left after this one, counting down
+    x-ratelimit-reset-requests      time until the budget is whole again: 1s, 120ms, 1m30s
 
-A request over the limit is refused with a 429 whose ``Retry-After`` is the
-number of seconds, rounded up, until the next slot frees.
+A request over the limit is refused with a 429 whose ``Retry-After`` and
+``retry-after-ms`` say when the next request would be admitted.
 """
 
 from __future__ import annotations
@@ -20,10 +29,26 @@ import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal, Protocol, get_args
 
-__all__ = ["WINDOW_SECONDS", "Admission", "RequestLimiter", "format_duration"]
+__all__ = [
+    "LIMITER_KINDS",
+    "WINDOW_SECONDS",
+    "Admission",
+    "Limiter",
+    "LimiterKind",
+    "RequestLimiter",
+    "TokenBucketLimiter",
+    "default_burst",
+    "format_duration",
+    "make_limiter",
+]
 
 WINDOW_SECONDS = 60.0
+TOKEN_TOLERANCE = 1e-9  # a token this close to whole counts as whole (float rounding)
+
+LimiterKind = Literal["window", "bucket"]
+LIMITER_KINDS: tuple[LimiterKind, ...] = get_args(LimiterKind)
 
 
 def format_duration(seconds: float) -> str:
@@ -116,3 +141,82 @@ class RequestLimiter:
             )
             retry_after = max(window_wait, self._quantum_wait(now))
         return Admission(allowed, self.limit, remaining, max(0.0, reset), max(0.0, retry_after))
+
+
+class TokenBucketLimiter:
+    """A token bucket: ``limit`` per ``window`` refilled continuously, ``burst`` tokens at most.
+
+    It starts full. ``remaining`` is the whole tokens left; the reset is the
+    time until the bucket is full again.
+    """
+
+    def __init__(
+        self,
+        limit: int,
+        *,
+        clock: Callable[[], float],
+        burst: int | None = None,
+        window: float = WINDOW_SECONDS,
+    ) -> None:
+        self.limit = limit
+        self.rate = limit / window  # tokens per second
+        self.burst = burst if burst is not None else default_burst(limit, window=window)
+        self._clock = clock
+        self._tokens = float(self.burst)
+        self._at = clock()
+
+    def _refill(self, now: float) -> None:
+        if now > self._at:
+            self._tokens = min(float(self.burst), self._tokens + (now - self._at) * self.rate)
+            self._at = now
+
+    def admit(self) -> Admission:
+        """Admit one request now if a token is there; say so either way."""
+        now = self._clock()
+        self._refill(now)
+        allowed = self._tokens >= 1.0 - TOKEN_TOLERANCE
+        if allowed:
+            self._tokens = max(0.0, self._tokens - 1.0)
+        return self._answer(allowed=allowed)
+
+    def peek(self) -> Admission:
+        """The current state, without admitting anything."""
+        self._refill(self._clock())
+        return self._answer(allowed=self._tokens >= 1.0 - TOKEN_TOLERANCE)
+
+    def reset(self) -> None:
+        """Fill the bucket again."""
+        self._tokens = float(self.burst)
+        self._at = self._clock()
+
+    def _answer(self, *, allowed: bool) -> Admission:
+        remaining = math.floor(self._tokens + TOKEN_TOLERANCE)
+        reset = (self.burst - self._tokens) / self.rate
+        retry_after = 0.0 if allowed else (1.0 - self._tokens) / self.rate
+        return Admission(allowed, self.limit, remaining, max(0.0, reset), max(0.0, retry_after))
+
+
+class Limiter(Protocol):
+    """What the mock (and the pacing simulation in the tests) needs of a limiter."""
+
+    limit: int
+
+    def admit(self) -> Admission: ...
+
+    def peek(self) -> Admission: ...
+
+    def reset(self) -> None: ...
+
+
+def default_burst(limit: int, *, window: float = WINDOW_SECONDS) -> int:
+    """A bucket's default capacity: one second's worth of the limit, at least 1."""
+    return max(1, round(limit / window))
+
+
+def make_limiter(
+    kind: LimiterKind, limit: int, *, clock: Callable[[], float], burst: int | None = None
+) -> Limiter:
+    """The mock's limiter of ``kind`` for ``limit`` requests per minute."""
+    if kind == "bucket":
+        return TokenBucketLimiter(limit, clock=clock, burst=burst)
+    return RequestLimiter(limit, clock=clock)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import Callable
 from types import TracebackType
@@ -28,6 +29,9 @@ class MockServer:
             client = AsyncOpenAI(base_url=server.base_url, api_key="test")
             ...
             assert server.stats.peak_in_flight <= 4
+
+    With an ``ssl_context`` (a server context holding a certificate and its
+    key) it serves HTTPS, and its URLs start with ``https://``.
     """
 
     def __init__(
@@ -37,9 +41,11 @@ class MockServer:
         host: str = DEFAULT_HOST,
         port: int = 0,
         clock: Callable[[], float] = time.monotonic,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.options = options or MockOptions()
         self.host = host
+        self.ssl_context = ssl_context
         self.app = create_app(self.options, clock=clock)
         self._requested_port = port
         self._port: int | None = None
@@ -59,9 +65,10 @@ class MockServer:
 
     @property
     def url(self) -> str:
-        """The root URL, such as ``http://127.0.0.1:8080``."""
+        """The root URL, such as ``http://127.0.0.1:8080`` (``https://`` with TLS)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://{host}:{self.port}"
 
     @property
     def base_url(self) -> str:
@@ -81,7 +88,9 @@ class MockServer:
         )
         await runner.setup()
         try:
-            site = web.TCPSite(runner, self.host, self._requested_port)
+            site = web.TCPSite(
+                runner, self.host, self._requested_port, ssl_context=self.ssl_context
+            )
             await site.start()
         except BaseException:
             await runner.cleanup()

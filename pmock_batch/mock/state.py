@@ -10,7 +10,7 @@ from collections.abc import Callable
 from .images import ImageCache
 from .lru import BytesLRU
 from .options import MockOptions
-from .ratelimit import RequestLimiter
+from .ratelimit import Limiter, make_limiter
 from .stats import MockStats
 
 __all__ = ["FILE_STORE_MAX_BYTES", "FILE_STORE_MAX_ENTRIES", "MockState"]
@@ -30,7 +30,11 @@ class MockState:
         self.files: BytesLRU[str] = BytesLRU(
             max_entries=FILE_STORE_MAX_ENTRIES, max_bytes=FILE_STORE_MAX_BYTES
         )
-        self.limiter = RequestLimiter(options.rpm, clock=clock) if options.rpm else None
+        self.limiter: Limiter | None = None
+        if options.rpm:
+            self.limiter = make_limiter(
+                options.limiter, options.rpm, clock=clock, burst=options.burst
+            )
         self.closing = asyncio.Event()  # set when the server shuts down: sleepers wake
         self._random = random.Random()  # used only when no seed is given
 
@@ -58,7 +62,7 @@ class MockState:
             await asyncio.wait_for(self.closing.wait(), seconds)
 
     def reset(self) -> None:
-        """Zero the stats (and so every prompt's attempt count) and the rate-limit window."""
+        """Zero the stats (and so every prompt's attempt count) and the rate limit."""
         self.stats.reset()
         if self.limiter is not None:
             self.limiter.reset()

@@ -16,6 +16,10 @@ as the attributes::
                "has_authorization": true, "authorization": "Bearer sk-test",
                "outcome": "ok"}]      the latest requests, oldest first (capped)
     }
+
+In-process tests can also read every header a request carried
+(``ReceivedRequest.headers``) and those of the latest downloads
+(``MockStats.download_headers``); the endpoint leaves them out.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from __future__ import annotations
 from collections import Counter, deque
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .options import DEFAULT_LOG_LIMIT
@@ -39,6 +43,7 @@ class ReceivedRequest:
     body: Any  # the parsed JSON body, or None when it was not JSON
     authorization: str | None  # the Authorization header exactly as received
     outcome: str | None = None  # the stats key of the answer, once decided
+    headers: dict[str, str] = field(default_factory=dict)  # every header, as received
 
     @property
     def prompt(self) -> str | None:
@@ -75,6 +80,7 @@ class MockStats:
         self.outcomes: Counter[str] = Counter()
         self.downloads = 0
         self.download_attempts: Counter[str] = Counter()
+        self.download_headers: deque[dict[str, str]] = deque(maxlen=log_limit)
         self.log: deque[ReceivedRequest] = deque(maxlen=log_limit)
 
     def reset(self) -> None:
@@ -86,6 +92,7 @@ class MockStats:
         self.outcomes.clear()
         self.downloads = 0
         self.download_attempts.clear()
+        self.download_headers.clear()
         self.log.clear()
 
     @contextmanager
