@@ -7,7 +7,7 @@ for the loop to pick up the result. This script measures, in one run:
 1. ``hop``: one ``await aiofiles.os.stat()`` with the loop idle and under load
    (64 coroutines doing hops, and/or a thread decoding base64 as
    ``decode_and_verify`` does, with or without hashing), in microseconds per hop.
-2. ``write``: writing N images three ways: (a) ``pmock_batch.output.write_atomic``
+2. ``write``: writing N images three ways: (a) ``pmock_batch.images.write_atomic``
    as it is, (b) the same steps with many small aiofiles writes, (c) one
    ``asyncio.to_thread`` call doing write, fsync and rename synchronously;
    with the loop idle, and while a base64 thread runs.
@@ -56,9 +56,9 @@ import aiofiles
 import aiofiles.os
 
 from pmock_batch.config import DEFAULT_CONCURRENCY
+from pmock_batch.images import TMP_SUFFIX, safe_path, write_atomic
 from pmock_batch.manifest import ManifestWriter
 from pmock_batch.models import JobRecord
-from pmock_batch.output import TMP_SUFFIX, safe_path, write_atomic
 
 T = TypeVar("T")
 KIB = 1024

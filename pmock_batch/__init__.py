@@ -3,15 +3,12 @@
 The data flows one way: :mod:`~pmock_batch.jobs` (JSONL -> validated jobs),
 :mod:`~pmock_batch.engine` (a bounded worker pool over
 :mod:`~pmock_batch.client`, retried by :mod:`~pmock_batch.retry`), and
-:mod:`~pmock_batch.output` plus :mod:`~pmock_batch.manifest` (images and
+:mod:`~pmock_batch.images` plus :mod:`~pmock_batch.manifest` (images and
 records on disk). :mod:`~pmock_batch.cli` is the only module that prints.
 """
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from .batch import run_batch
 from .config import RunConfig
 from .engine import Engine, RunObserver, Summary
 from .errors import (
@@ -29,6 +26,8 @@ from .errors import (
 )
 from .jobs import Defaults, InvalidLine, Job, ScanResult, iter_jobs, scan
 from .models import ImageRequest, ImagesResponse, JobRecord
+from .run import run_batch
+from .version import __version__
 
 __all__ = [
     "APIConnectionError",

@@ -21,8 +21,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 from urllib.parse import urlsplit
 
-from . import __version__
-from .batch import run_batch, stale_files
 from .capabilities import Capabilities, load_capabilities
 from .config import (
     API_KEY_ENV,
@@ -38,18 +36,20 @@ from .config import (
     MANIFEST_NAME,
     RunConfig,
 )
+from .console import Reporter, make_console, render_summary, setup_logging, summary_json
 from .engine import Engine, Summary
 from .errors import LockedError, OutputPathError, UsageError
 from .files import check_own_file
+from .images import EXTENSIONS
 from .jobs import Defaults, Job, ScanResult, iter_jobs, scan
 from .lock import run_lock
 from .models import FORMATS, RESPONSE_FORMATS
 from .network import ProxyRoutes, check_headers, parse_header, ssl_context
-from .output import EXTENSIONS
-from .progress import Reporter, make_console, render_summary, setup_logging, summary_json
 from .report import write_report
 from .resume import DoneIndex
 from .retry import DEFAULT_MAX_RETRY_WAIT, RetryPolicy
+from .run import run_batch, stale_files
+from .version import __version__
 
 if TYPE_CHECKING:  # the mock (and aiohttp.web) is imported only when it is used
     from .mock import MockOptions

@@ -23,7 +23,6 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from pydantic import ValidationError
 from yarl import URL
 
-from . import __version__
 from .addresses import AddressPolicy, address_kind, host_kind
 from .config import MAX_DOWNLOAD_REDIRECTS, MAX_RESPONSE_EXTRA_BYTES, RunConfig
 from .errors import (
@@ -38,10 +37,11 @@ from .errors import (
     UntrustedCertificateError,
     UsageError,
 )
+from .images import MAX_IMAGE_BYTES
 from .models import MAX_PROMPT_CHARS, ImagesResponse
 from .network import ProxyRoutes, ssl_context
-from .output import MAX_IMAGE_BYTES
 from .text import redact, server_text
+from .version import __version__
 
 __all__ = ["BodySink", "ImagesClient", "Reply", "redact"]
 
@@ -62,7 +62,7 @@ _DOWNLOAD_GUARD: contextvars.ContextVar[tuple[str, AddressPolicy] | None] = cont
 
 
 class BodySink(Protocol):
-    """Where a streamed image goes (see :class:`pmock_batch.output.ImageSink`)."""
+    """Where a streamed image goes (see :class:`pmock_batch.images.ImageSink`)."""
 
     async def feed_json(self, chunk: bytes) -> None: ...
 

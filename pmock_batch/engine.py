@@ -40,10 +40,10 @@ from .errors import (
     ProxyRefusedError,
     UntrustedCertificateError,
 )
+from .images import ImageInfo, ImageSink, decode_and_verify, image_warnings, rejected_path
 from .jobs import InvalidLine, Job
 from .manifest import ManifestWriter
 from .models import ErrorRecord, FileRecord, JobRecord, JobStatus, RejectedFile
-from .output import ImageInfo, ImageSink, decode_and_verify, image_warnings, rejected_path
 from .pacing import Pacer
 from .resume import DoneIndex
 from .retry import Decision, RetryPolicy, billed, classify, server_wait

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 from helpers import Clock, by_id, open_image, read_manifest, write_jobs
 
-from pmock_batch.batch import run_batch
 from pmock_batch.config import RunConfig
 from pmock_batch.engine import Engine, RunObserver
 from pmock_batch.jobs import iter_jobs, scan
 from pmock_batch.mock import MockOptions
 from pmock_batch.pacing import Pacer
 from pmock_batch.retry import RetryPolicy
+from pmock_batch.run import run_batch
 
 
 class FakeSleep:

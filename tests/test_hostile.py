@@ -21,16 +21,16 @@ from aiohttp import web
 from helpers import by_id, read_manifest, run_cli, write_jobs
 
 from pmock_batch.addresses import AddressPolicy, address_kind, host_kind
-from pmock_batch.batch import run_batch
 from pmock_batch.client import ImagesClient, _parse_images, _status_error
 from pmock_batch.config import RunConfig
 from pmock_batch.errors import InvalidResponseError
+from pmock_batch.images import ImageSink
 from pmock_batch.jobs import iter_jobs, scan
 from pmock_batch.mock import MockOptions
 from pmock_batch.mock.app import _gzip_padding, get_state
 from pmock_batch.mock.responses import HOSTILE_CONTROLS
-from pmock_batch.output import ImageSink
 from pmock_batch.retry import RetryPolicy
+from pmock_batch.run import run_batch
 from pmock_batch.text import printable, server_text
 
 KEY = "sk-hostile12"  # 12 characters: the key that straddled the cut

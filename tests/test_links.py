@@ -20,7 +20,6 @@ import pytest
 from helpers import by_id, open_image, read_manifest, run_cli, write_jobs
 from PIL import Image
 
-from pmock_batch.batch import run_batch
 from pmock_batch.config import RunConfig
 from pmock_batch.engine import commit, error_record
 from pmock_batch.errors import (
@@ -32,10 +31,11 @@ from pmock_batch.errors import (
     ResponseTooLargeError,
 )
 from pmock_batch.files import TMP_SUFFIX, AtomicFile, remove_file, remove_stray_temps
+from pmock_batch.images import ImageSink
 from pmock_batch.jobs import iter_jobs, scan
 from pmock_batch.mock import MockOptions
-from pmock_batch.output import ImageSink
 from pmock_batch.retry import RetryPolicy
+from pmock_batch.run import run_batch
 
 KEY = "sk-links-test-key"
 

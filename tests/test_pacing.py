@@ -11,12 +11,12 @@ import pytest
 from helpers import Clock, read_manifest, write_jobs
 from ratesim import STYLES, ideal_seconds, simulate
 
-from pmock_batch.batch import run_batch
 from pmock_batch.config import RunConfig
 from pmock_batch.jobs import iter_jobs, scan
 from pmock_batch.mock import MockOptions
 from pmock_batch.pacing import SAFETY, Limits, Pacer, parse_duration, parse_limits
 from pmock_batch.retry import RetryPolicy
+from pmock_batch.run import run_batch
 
 
 @pytest.mark.parametrize(

@@ -27,8 +27,8 @@ from PIL import Image
 
 from pmock_batch.cli import main
 from pmock_batch.errors import UsageError
+from pmock_batch.images import TMP_SUFFIX
 from pmock_batch.models import ErrorRecord, FileRecord, JobRecord
-from pmock_batch.output import TMP_SUFFIX
 from pmock_batch.report import REPORT_NAME, THUMB_PX, THUMBS_DIR, write_report
 
 XSS = "<script>alert(1)</script> & \"quotes\" 'single'"

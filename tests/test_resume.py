@@ -15,15 +15,15 @@ from pathlib import Path
 import pytest
 from helpers import by_id, open_image, read_manifest, run_cli, write_jobs
 
-from pmock_batch.batch import run_batch
 from pmock_batch.config import RunConfig
 from pmock_batch.engine import commit
 from pmock_batch.errors import LockedError
+from pmock_batch.images import ImageSink
 from pmock_batch.jobs import iter_jobs, scan
 from pmock_batch.lock import run_lock
 from pmock_batch.mock import MockOptions
-from pmock_batch.output import ImageSink
 from pmock_batch.retry import RetryPolicy
+from pmock_batch.run import run_batch
 
 KEY = "sk-resume-test-key"
 ROOT = Path(__file__).resolve().parent.parent

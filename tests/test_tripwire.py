@@ -8,13 +8,13 @@ import socket
 import pytest
 from helpers import Clock, by_id, read_manifest, run_cli, write_jobs
 
-from pmock_batch.batch import run_batch
 from pmock_batch.config import RunConfig
 from pmock_batch.errors import APIStatusError, CannotConnectError
 from pmock_batch.jobs import iter_jobs, scan
 from pmock_batch.mock import MockOptions
 from pmock_batch.pacing import Pacer
 from pmock_batch.retry import RetryPolicy
+from pmock_batch.run import run_batch
 from pmock_batch.tripwire import Tripwire
 
 KEY = "sk-test-0123456789abcdefTRIP"

@@ -15,10 +15,10 @@ import pytest
 from helpers import run_cli, write_jobs
 
 from pmock_batch.config import RunConfig
+from pmock_batch.console import SUMMARY_SCHEMA, Reporter, make_console, render_summary
 from pmock_batch.engine import Summary
 from pmock_batch.mock import MockOptions
 from pmock_batch.models import ErrorRecord, JobRecord
-from pmock_batch.progress import SUMMARY_SCHEMA, Reporter, make_console, render_summary
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "sk-progress-test-SECRET-1234567890"

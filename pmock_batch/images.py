@@ -29,10 +29,10 @@ from pathlib import Path
 import pybase64
 from PIL import Image, UnidentifiedImageError
 
+from .b64stream import B64Decoder, B64JsonScanner
 from .errors import InvalidResponseError, OutputPathError, ResponseTooLargeError
 from .files import TMP_SUFFIX, AtomicFile, remove_stray_temps, split_relative, write_atomic_sync
 from .framing import END_MARKERS, FrameWalker, sniff
-from .stream import B64Decoder, B64JsonScanner
 
 __all__ = [
     "EXTENSIONS",

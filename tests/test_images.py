@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from pmock_batch.errors import InvalidResponseError, OutputPathError
-from pmock_batch.output import (
+from pmock_batch.images import (
     TMP_SUFFIX,
     ImageInfo,
     ImageSink,

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pmock_batch.b64stream import B64Decoder, B64JsonScanner
 from pmock_batch.errors import InvalidResponseError
-from pmock_batch.output import ImageSink
-from pmock_batch.stream import B64Decoder, B64JsonScanner
+from pmock_batch.images import ImageSink
 
 
 def _split(data: bytes, cuts: list[int]) -> list[bytes]:
