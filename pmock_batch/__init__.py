@@ -1,8 +1,9 @@
 """pmock-batch: JSONL prompts in, verified images and a manifest out.
 
 The data flows one way: :mod:`~pmock_batch.jobs` (JSONL -> validated jobs),
-:mod:`~pmock_batch.engine` (a bounded worker pool over
-:mod:`~pmock_batch.client`, retried by :mod:`~pmock_batch.retry`), and
+:mod:`~pmock_batch.pool` (a bounded worker pool feeding
+:mod:`~pmock_batch.attempt`, over :mod:`~pmock_batch.client`, retried by
+:mod:`~pmock_batch.retry`), and
 :mod:`~pmock_batch.images` plus :mod:`~pmock_batch.manifest` (images and
 records on disk). :mod:`~pmock_batch.cli` is the only module that prints.
 """
@@ -10,7 +11,6 @@ records on disk). :mod:`~pmock_batch.cli` is the only module that prints.
 from __future__ import annotations
 
 from .config import RunConfig
-from .engine import Engine, RunObserver, Summary
 from .errors import (
     APIConnectionError,
     APIError,
@@ -26,7 +26,8 @@ from .errors import (
 )
 from .jobs import Defaults, InvalidLine, Job, ScanResult, iter_jobs, scan
 from .models import ImageRequest, ImagesResponse, JobRecord
-from .run import run_batch
+from .run import Run, RunObserver, run_batch
+from .tally import Summary
 from .version import __version__
 
 __all__ = [
@@ -35,7 +36,6 @@ __all__ = [
     "APIStatusError",
     "APITimeoutError",
     "Defaults",
-    "Engine",
     "ImageRequest",
     "ImagesResponse",
     "InvalidLine",
@@ -46,6 +46,7 @@ __all__ = [
     "OutputPathError",
     "PmockBatchError",
     "ProxyRefusedError",
+    "Run",
     "RunConfig",
     "RunObserver",
     "ScanResult",

@@ -31,13 +31,13 @@ from .config import (
     DEFAULT_GRACE,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_MAX_BILLED_RETRIES,
+    DEFAULT_MAX_RETRY_WAIT,
     DEFAULT_MODEL,
     DEFAULT_TIMEOUT,
     MANIFEST_NAME,
     RunConfig,
 )
 from .console import Reporter, make_console, render_summary, setup_logging, summary_json
-from .engine import Engine, Summary
 from .errors import LockedError, OutputPathError, UsageError
 from .files import check_own_file
 from .images import EXTENSIONS
@@ -47,8 +47,9 @@ from .models import FORMATS, RESPONSE_FORMATS
 from .network import ProxyRoutes, check_headers, parse_header, ssl_context
 from .report import write_report
 from .resume import DoneIndex
-from .retry import DEFAULT_MAX_RETRY_WAIT, RetryPolicy
-from .run import run_batch, stale_files
+from .retry import RetryPolicy
+from .run import Run, run_batch, stale_files
+from .tally import Summary
 from .version import __version__
 
 if TYPE_CHECKING:  # the mock (and aiohttp.web) is imported only when it is used
@@ -655,11 +656,11 @@ async def _run(
     caps: Capabilities,
 ) -> Summary:
     loop = asyncio.get_running_loop()
-    engines: list[Engine] = []
+    runs: list[Run] = []
 
-    def on_engine(engine: Engine) -> None:
-        engines.append(engine)
-        reporter.attach(engine)
+    def on_start(run: Run) -> None:
+        runs.append(run)
+        reporter.attach(run)
 
     async def ticker() -> None:
         while True:
@@ -667,10 +668,10 @@ async def _run(
             reporter.tick()
 
     def on_signal() -> None:
-        if not engines or engines[0].stopping:
+        if not runs or runs[0].stopping:
             _err("Interrupted again: exiting now.")
             os._exit(EXIT_INTERRUPTED)
-        engines[0].stop()
+        runs[0].stop()
         _err(
             f"Stopping: no new jobs; jobs in flight get {config.grace:g}s to finish "
             "(press Ctrl-C again to exit at once)."
@@ -695,7 +696,7 @@ async def _run(
                 jobs,
                 policy=policy,
                 observer=reporter,
-                on_engine=on_engine,
+                on_start=on_start,
                 resume=not args.force,
                 verify=args.verify,
                 prune=args.prune,

@@ -31,11 +31,13 @@ from .errors import (
     APITimeoutError,
     CannotConnectError,
     DownloadError,
+    Headers,
     InvalidResponseError,
     ProxyRefusedError,
     ResponseTooLargeError,
     UntrustedCertificateError,
     UsageError,
+    status_error,
 )
 from .images import MAX_IMAGE_BYTES
 from .models import MAX_PROMPT_CHARS, ImagesResponse
@@ -104,7 +106,7 @@ class Reply:
 
     body: ImagesResponse
     status: int
-    headers: Mapping[str, str]
+    headers: Headers  # case-insensitive
 
 
 def _parse_images(raw: bytes) -> ImagesResponse:
@@ -130,7 +132,7 @@ def _parse_images(raw: bytes) -> ImagesResponse:
 
 
 def _status_error(
-    status: int, raw: bytes, headers: Mapping[str, str], secrets: tuple[str, ...]
+    status: int, raw: bytes, headers: Headers, secrets: tuple[str, ...]
 ) -> APIStatusError:
     """Build an APIStatusError from OpenAI's error shape, or from whatever text came back.
 
@@ -151,7 +153,7 @@ def _status_error(
         message = err
     if not message:
         message = raw.decode("utf-8", "replace").strip() or f"HTTP {status}"
-    return APIStatusError(
+    return status_error(
         _clean(message, secrets),
         status=status,
         code=_clean(code, secrets),
@@ -359,7 +361,7 @@ class ImagesClient:
                 headers=self._api_headers,
                 proxy=self._proxies.for_url(cfg.endpoint),
             ) as resp:
-                status, headers = resp.status, dict(resp.headers)
+                status, headers = resp.status, resp.headers  # case-insensitive, as received
                 if status >= 300:
                     raw = await _read_capped(resp, _MAX_ERROR_BODY)
                 else:

@@ -15,6 +15,7 @@ __all__ = [
     "DEFAULT_GRACE",
     "DEFAULT_MAX_ATTEMPTS",
     "DEFAULT_MAX_BILLED_RETRIES",
+    "DEFAULT_MAX_RETRY_WAIT",
     "DEFAULT_MODEL",
     "DEFAULT_TIMEOUT",
     "INITIAL_RETRY_DELAY",
@@ -35,6 +36,7 @@ DEFAULT_MAX_BILLED_RETRIES = 1  # new generations after a billed 200 whose image
 DEFAULT_DOWNLOAD_ATTEMPTS = 4  # GETs of a 200's image URL, before the POST counts as failed
 INITIAL_RETRY_DELAY = 1.0  # seconds, the first backoff ceiling
 MAX_RETRY_DELAY = 60.0  # seconds, the largest backoff ceiling
+DEFAULT_MAX_RETRY_WAIT = 120.0  # seconds: a longer Retry-After fails the job instead
 DEFAULT_GRACE = 10.0  # seconds that jobs in flight get to finish after Ctrl-C or an abort
 # Bytes of a 200's body outside its b64_json value (after decompression): the rest of the
 # JSON, which is held in memory and parsed. The whole body may be the image's base64 plus this.

@@ -34,9 +34,10 @@ from rich.progress import (
 from rich.table import Table
 
 from .config import RunConfig
-from .engine import Engine, RunObserver, Summary
 from .jobs import Job
 from .models import JobRecord
+from .run import Run, RunObserver, RunStatus
+from .tally import Summary
 
 __all__ = [
     "SUMMARY_SCHEMA",
@@ -130,10 +131,12 @@ def setup_logging(console: Console, *, quiet: bool, verbose: bool, fmt: str) -> 
 
 
 class Reporter(RunObserver):
-    """Counts what the engine reports and shows it: a live bar, or periodic lines.
+    """Shows a run's progress: a live bar, or periodic lines.
 
-    ``mode`` is ``"bar"`` (a TTY), ``"lines"`` (no TTY, or JSON logs) or
-    ``"none"`` (``--quiet``). The clock is injectable for tests.
+    It counts nothing: the numbers come from the run's :class:`~pmock_batch.run.RunStatus`
+    (the one tally), read on every event and every tick. ``mode`` is ``"bar"``
+    (a TTY), ``"lines"`` (no TTY, or JSON logs) or ``"none"`` (``--quiet``).
+    The clock is injectable for tests.
     """
 
     def __init__(
@@ -149,10 +152,7 @@ class Reporter(RunObserver):
         self.mode = mode
         self._clock = clock
         self.started = clock()
-        self.done = self.ok = self.failed = self.skipped = 0
-        self.backing_off: set[str] = set()  # ids of jobs waiting to retry
-        self.images = 0
-        self._engine: Engine | None = None
+        self._run: Run | None = None
         self._last_line_at = self.started
         self._last_line_done = 0
         self._progress: Progress | None = None
@@ -161,8 +161,8 @@ class Reporter(RunObserver):
 
     # -- lifecycle ---------------------------------------------------------
 
-    def attach(self, engine: Engine) -> None:
-        self._engine = engine
+    def attach(self, run: Run) -> None:
+        self._run = run
 
     def start(self) -> None:
         if self.mode != "bar":
@@ -186,69 +186,66 @@ class Reporter(RunObserver):
             self._progress.stop()
             self._progress = None
 
-    # -- RunObserver -------------------------------------------------------
+    # -- RunObserver: every event redraws -----------------------------------
 
     def job_done(self, record: JobRecord) -> None:
-        self.done += 1
-        if record.status == "ok":
-            self.ok += 1
-        elif record.status in ("failed", "invalid"):
-            self.failed += 1
-        self.images += len(record.files)
-        if record.id is not None:
-            self.backing_off.discard(record.id)
         self.tick()
 
     def job_skipped(self, job: Job) -> None:
-        self.done += 1
-        self.skipped += 1
         self.tick()
 
     def retrying(self, job_id: str, attempt: int, wait: float, reason: str) -> None:
-        self.backing_off.add(job_id)
         self.tick()
 
     # -- rendering ---------------------------------------------------------
 
-    @property
-    def images_per_minute(self) -> float:
-        elapsed = self._clock() - self.started
-        return self.images / elapsed * 60.0 if elapsed > 0 else 0.0
+    def snapshot(self) -> RunStatus:
+        """The run's status now (an empty one before the run starts)."""
+        if self._run is None:
+            return RunStatus(Summary(), in_flight=0, retrying=0, held_for=0.0, stopping=False)
+        return self._run.status()
 
-    def eta_seconds(self) -> float | None:
-        worked = self.done - self.skipped
+    def images_per_minute(self, summary: Summary) -> float:
+        elapsed = self._clock() - self.started
+        return summary.images / elapsed * 60.0 if elapsed > 0 else 0.0
+
+    def eta_seconds(self, summary: Summary) -> float | None:
+        worked = summary.jobs
         elapsed = self._clock() - self.started
         if worked <= 0 or elapsed <= 0:
             return None
-        return (self.total - self.done) / (worked / elapsed)
+        return (self.total - summary.done) / (worked / elapsed)
 
-    def status(self) -> str:
+    @staticmethod
+    def state(status: RunStatus) -> str:
         """A word on what the pool is doing now: paused, backing off, or generating."""
-        engine = self._engine
-        if engine is not None and engine.pacer.held:
-            left = engine.pacer.hold_remaining
-            return f"paused by the rate limit ({left:.0f}s)"
-        if engine is not None and engine.stopping:
+        if status.held_for > 0:
+            return f"paused by the rate limit ({status.held_for:.0f}s)"
+        if status.stopping:
             return "stopping"
-        if self.backing_off:
-            return f"backing off ({len(self.backing_off)} retrying)"
+        if status.retrying:
+            return f"backing off ({status.retrying} retrying)"
         return "generating"
 
-    def counts(self) -> str:
+    def counts(self, status: RunStatus) -> str:
+        s = status.summary
         return (
-            f"ok {self.ok}  failed {self.failed}  retrying {len(self.backing_off)}  "
-            f"skipped {self.skipped}  {self.images_per_minute:.1f} img/min"
+            f"ok {s.ok}  failed {s.failed + s.invalid}  retrying {status.retrying}  "
+            f"skipped {s.skipped}  {self.images_per_minute(s):.1f} img/min"
         )
 
-    def line(self) -> str:
+    def line(self, status: RunStatus | None = None) -> str:
         """The plain progress line for logs."""
-        pct = 100.0 * self.done / self.total if self.total else 100.0
-        eta = self.eta_seconds()
-        eta_text = f", ETA {_duration(eta)}" if eta is not None and self.done < self.total else ""
+        status = status or self.snapshot()
+        s = status.summary
+        done = s.done
+        pct = 100.0 * done / self.total if self.total else 100.0
+        eta = self.eta_seconds(s)
+        eta_text = f", ETA {_duration(eta)}" if eta is not None and done < self.total else ""
         return (
-            f"progress: {self.done}/{self.total} done ({pct:.0f}%), ok {self.ok}, "
-            f"failed {self.failed}, retrying {len(self.backing_off)}, skipped {self.skipped}, "
-            f"{self.images_per_minute:.1f} images/min{eta_text}; {self.status()}"
+            f"progress: {done}/{self.total} done ({pct:.0f}%), ok {s.ok}, "
+            f"failed {s.failed + s.invalid}, retrying {status.retrying}, skipped {s.skipped}, "
+            f"{self.images_per_minute(s):.1f} images/min{eta_text}; {self.state(status)}"
         )
 
     def tick(self) -> None:
@@ -256,31 +253,37 @@ class Reporter(RunObserver):
         if self.mode == "bar":
             self._refresh()
         elif self.mode == "lines":
+            status = self.snapshot()
+            s = status.summary
             now = self._clock()
             step = max(1, int(self.total * PROGRESS_EVERY_FRACTION))
             due_by_time = now - self._last_line_at >= PROGRESS_EVERY_S
-            due_by_count = self.done - self._last_line_done >= step
-            if (due_by_time and self.done < self.total) or due_by_count:
-                self._last_line_at, self._last_line_done = now, self.done
+            due_by_count = s.done - self._last_line_done >= step
+            if (due_by_time and s.done < self.total) or due_by_count:
+                self._last_line_at, self._last_line_done = now, s.done
                 self._log.info(
                     "%s",
-                    self.line(),
+                    self.line(status),
                     extra={
                         "event": "progress",
-                        "done": self.done,
+                        "done": s.done,
                         "total": self.total,
-                        "ok": self.ok,
-                        "failed": self.failed,
-                        "retrying": len(self.backing_off),
-                        "skipped": self.skipped,
-                        "images_per_minute": round(self.images_per_minute, 1),
+                        "ok": s.ok,
+                        "failed": s.failed + s.invalid,
+                        "retrying": status.retrying,
+                        "skipped": s.skipped,
+                        "images_per_minute": round(self.images_per_minute(s), 1),
                     },
                 )
 
     def _refresh(self) -> None:
         if self._progress is not None and self._task is not None:
+            status = self.snapshot()
             self._progress.update(
-                self._task, completed=self.done, description=self.status(), counts=self.counts()
+                self._task,
+                completed=status.summary.done,
+                description=self.state(status),
+                counts=self.counts(status),
             )
 
 
@@ -295,29 +298,17 @@ def _duration(seconds: float) -> str:
 
 
 def summary_json(summary: Summary, config: RunConfig, *, exit_code: int) -> dict[str, Any]:
-    """The summary for ``--json``: schema ``pmock-batch/summary/v1`` (see the README)."""
+    """The summary for ``--json``: schema ``pmock-batch/summary/v1`` (see the README).
+
+    Its counts are :meth:`~pmock_batch.tally.Summary.counts`, as report.html embeds them.
+    """
+    counts = summary.counts()
     return {
         "schema": SUMMARY_SCHEMA,
         "exit_code": exit_code,
-        "jobs": {
-            "total": summary.jobs + summary.skipped,
-            "ok": summary.ok,
-            "failed": summary.failed,
-            "invalid": summary.invalid,
-            "not_run": summary.not_run,
-            "skipped": summary.skipped,
-        },
-        "failed_by_kind": dict(summary.failed_by_kind),
-        "images": summary.images,
-        "attempts": summary.attempts,
-        "retries": summary.retries,
-        "ambiguous_retries": summary.ambiguous_retries,
-        "billed_retries": summary.billed_retries,
-        "warnings": summary.warnings,
-        "rate_limited": summary.rate_limited,
+        **counts,
         "elapsed_s": round(summary.elapsed_s, 3),
         "images_per_minute": round(summary.images_per_minute, 2),
-        "usage": dict(summary.usage),
         "out_dir": str(config.out_dir),
         "manifest": str(config.manifest_path),
         "report": str(config.out_dir / "report.html"),

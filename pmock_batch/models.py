@@ -315,7 +315,9 @@ class JobRecord(BaseModel):
     line: int
     status: JobStatus
     files: list[FileRecord] = Field(default_factory=list)
-    attempts: int = 0
+    attempts: int = 0  # HTTP requests sent for the job, over all its images, retries included
+    retries: int = 0  # of those, the ones that repeated an attempt (retries of one image)
+    rate_limited: int = 0  # 429 answers among them
     elapsed_s: float = 0.0
     http_status: int | None = None
     error: ErrorRecord | None = None

@@ -24,6 +24,8 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
+from .errors import ci_headers
+
 __all__ = ["Limits", "Pacer", "parse_duration", "parse_limits"]
 
 log = logging.getLogger("pmock_batch")
@@ -67,12 +69,12 @@ class Limits:
 
 def parse_limits(headers: Mapping[str, str]) -> Limits:
     """Read the tightest of the ``-requests`` and ``-images`` rate-limit headers."""
-    lowered = {k.lower(): v for k, v in headers.items()}
+    headers = ci_headers(headers)
     limits, remainings, resets = [], [], []
     for unit in ("requests", "images"):
-        limit = _int(lowered.get(f"x-ratelimit-limit-{unit}"))
-        remaining = _int(lowered.get(f"x-ratelimit-remaining-{unit}"))
-        raw_reset = lowered.get(f"x-ratelimit-reset-{unit}")
+        limit = _int(headers.get(f"x-ratelimit-limit-{unit}"))
+        remaining = _int(headers.get(f"x-ratelimit-remaining-{unit}"))
+        raw_reset = headers.get(f"x-ratelimit-reset-{unit}")
         reset = parse_duration(raw_reset) if raw_reset is not None else None
         if limit is not None and limit > 0:
             limits.append(limit)
@@ -203,7 +205,7 @@ class Pacer:
     def refused(self, wait: float | None) -> None:
         """A 429: hold the pool for the server's ``wait``, or one paced slot if it named none.
 
-        ``wait`` is what :func:`pmock_batch.retry.server_wait` read from the answer.
+        ``wait`` is what :func:`pmock_batch.failures.server_wait` read from the answer.
         """
         if wait is None:
             rate = self.rate

@@ -18,11 +18,10 @@ carry the ``hidden`` attribute, and the fragment ``#ok``, ``#failed`` or
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
+import json
 import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from html import escape
 from pathlib import Path, PurePosixPath
@@ -36,6 +35,7 @@ from .errors import UsageError
 from .files import AtomicFile, check_own_file, contained_file
 from .manifest import latest_records
 from .models import FileRecord, JobRecord
+from .tally import Summary, summarize
 
 log = logging.getLogger("pmock_batch")
 
@@ -43,7 +43,6 @@ __all__ = [
     "REPORT_NAME",
     "THUMBS_DIR",
     "THUMB_PX",
-    "ReportSummary",
     "latest_records",
     "render_report",
     "summarize",
@@ -64,66 +63,6 @@ STATUS_LABELS = {"ok": "ok", "failed": "failed", "invalid": "invalid", "not_run"
 
 
 # -- the summary -----------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class ReportSummary:
-    """The run at a glance, computed from the records alone."""
-
-    jobs: int = 0
-    statuses: dict[str, int] = field(
-        default_factory=lambda: dict.fromkeys(("ok", "failed", "invalid", "not_run"), 0)
-    )
-    images: int = 0
-    attempts: int = 0
-    ambiguous_retries: int = 0
-    job_seconds: float = 0.0  # the jobs' elapsed times added up
-    wall_seconds: float | None = None  # first start to last finish, when recorded
-    failure_kinds: dict[str, int] = field(default_factory=dict)
-    usage: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def not_ok(self) -> int:
-        """Jobs the "failed" filter shows: failed, invalid and not run."""
-        return self.jobs - self.statuses["ok"]
-
-
-def _timestamp(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    try:
-        return datetime.fromisoformat(text)
-    except ValueError:
-        return None
-
-
-def summarize(records: Iterable[JobRecord]) -> ReportSummary:
-    """Counts, attempts, times and usage totals over ``records``."""
-    summary = ReportSummary()
-    first: datetime | None = None
-    last: datetime | None = None
-    for record in records:
-        summary.jobs += 1
-        summary.statuses[record.status] = summary.statuses.get(record.status, 0) + 1
-        summary.images += len(record.files) if record.status == "ok" else 0
-        summary.attempts += record.attempts
-        summary.ambiguous_retries += record.ambiguous_retries
-        summary.job_seconds += record.elapsed_s
-        if record.status != "ok" and record.error is not None:
-            kind = record.error.kind
-            summary.failure_kinds[kind] = summary.failure_kinds.get(kind, 0) + 1
-        for key, value in (record.usage or {}).items():
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                summary.usage[key] = summary.usage.get(key, 0) + value
-        with contextlib.suppress(TypeError):  # naive and aware timestamps mixed
-            if (start := _timestamp(record.started_at)) is not None:
-                first = start if first is None else min(first, start)
-            if (end := _timestamp(record.finished_at)) is not None:
-                last = end if last is None else max(last, end)
-    if first is not None and last is not None:
-        with contextlib.suppress(TypeError):
-            summary.wall_seconds = max(0.0, (last - first).total_seconds())
-    return summary
 
 
 # -- formatting helpers ------------------------------------------------------------
@@ -271,15 +210,14 @@ def _stat(key: str, value: str, label: str, *, title: str = "") -> str:
     )
 
 
-def _header(summary: ReportSummary, name: str, generated_at: datetime) -> str:
+def _header(summary: Summary, name: str, generated_at: datetime) -> str:
     stamp = generated_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    s = summary.statuses
     stats = [
         _stat("jobs", f"{summary.jobs:,}", "jobs"),
-        _stat("ok", f"{s['ok']:,}", "ok"),
-        _stat("failed", f"{s['failed']:,}", "failed"),
-        _stat("invalid", f"{s['invalid']:,}", "invalid"),
-        _stat("not_run", f"{s['not_run']:,}", "not run"),
+        _stat("ok", f"{summary.ok:,}", "ok"),
+        _stat("failed", f"{summary.failed:,}", "failed"),
+        _stat("invalid", f"{summary.invalid:,}", "invalid"),
+        _stat("not_run", f"{summary.not_run:,}", "not run"),
         _stat("images", f"{summary.images:,}", "images"),
         _stat("attempts", f"{summary.attempts:,}", "attempts"),
         _stat(
@@ -293,12 +231,12 @@ def _header(summary: ReportSummary, name: str, generated_at: datetime) -> str:
     if summary.ambiguous_retries:
         stats.append(_stat("ambiguous", f"{summary.ambiguous_retries:,}", "ambiguous retries"))
     usage = " · ".join(f"{_e(k)} {_number(v)}" for k, v in summary.usage.items())
-    kinds = ", ".join(f"{_e(k)} {n:,}" for k, n in sorted(summary.failure_kinds.items()))
+    kinds = ", ".join(f"{_e(k)} {n:,}" for k, n in sorted(summary.failed_by_kind.items()))
     notes = []
     if usage:
         notes.append(f'<p data-note="usage"><b>Usage</b> {usage}</p>')
     if kinds:
-        notes.append(f'<p data-note="kinds"><b>Not ok, by kind</b> {kinds}</p>')
+        notes.append(f'<p data-note="kinds"><b>Failed, by kind</b> {kinds}</p>')
     return (
         '<header class="top"><div class="title">'
         f"<h1>pmock-batch report</h1><p>{_e(name)} · generated "
@@ -308,10 +246,10 @@ def _header(summary: ReportSummary, name: str, generated_at: datetime) -> str:
     )
 
 
-def _toolbar(summary: ReportSummary) -> str:
+def _toolbar(summary: Summary) -> str:
     buttons = (
         ("all", "All", summary.jobs),
-        ("ok", "OK", summary.statuses["ok"]),
+        ("ok", "OK", summary.ok),
         ("failed", "Failed", summary.not_ok),
     )
     html = "".join(
@@ -511,8 +449,21 @@ def render_report(
     return "".join(_page(summarize(records), cards, name=name, generated_at=generated_at))
 
 
+def _run_data(run: Summary | None) -> str:
+    """The counts of the run that wrote the page, as JSON for scripts (the same as ``--json``)."""
+    if run is None:
+        return ""
+    text = json.dumps(run.counts(), separators=(",", ":")).replace("</", "<\\/")
+    return f'<script type="application/json" id="run-counts">{text}</script>'
+
+
 def _page(
-    summary: ReportSummary, cards: Iterable[str], *, name: str, generated_at: datetime
+    summary: Summary,
+    cards: Iterable[str],
+    *,
+    name: str,
+    generated_at: datetime,
+    run: Summary | None = None,
 ) -> Iterator[str]:
     """The page in pieces, so that a 100,000-job report never sits in memory whole."""
     yield (
@@ -523,7 +474,7 @@ def _page(
         '<meta name="referrer" content="no-referrer">'
         f"<title>pmock-batch report · {_e(name)}</title>"
         f"<style>{_CSS}</style></head>\n<body>"
-        f"{_header(summary, name, generated_at)}{_toolbar(summary)}\n"
+        f"{_header(summary, name, generated_at)}{_toolbar(summary)}{_run_data(run)}\n"
         '<main class="grid" id="cards">\n'
     )
     for card in cards:
@@ -590,7 +541,7 @@ def _write_atomic(out_dir: Path, name: str, parts: Iterable[str]) -> Path:
         return tmp.commit()
 
 
-def write_report(out_dir: Path, *, thumbnails: bool = False) -> Path:
+def write_report(out_dir: Path, *, thumbnails: bool = False, run: Summary | None = None) -> Path:
     """Write ``out_dir/report.html`` from ``out_dir/manifest.jsonl`` alone; return its path.
 
     Without ``thumbnails`` no image is opened, so this is cheap enough to run
@@ -632,5 +583,5 @@ def write_report(out_dir: Path, *, thumbnails: bool = False) -> Path:
             yield _card(record, thumbs)
 
     name = out_dir.resolve().name or str(out_dir)
-    page = _page(summary, cards(), name=name, generated_at=datetime.now(UTC))
+    page = _page(summary, cards(), name=name, generated_at=datetime.now(UTC), run=run)
     return _write_atomic(out_dir, REPORT_NAME, page)

@@ -1,28 +1,20 @@
-"""The retry policy: a pure function of the failure, and a Retry-After-aware wait.
+"""Tenacity glue over :func:`pmock_batch.failures.describe`, with an injectable sleep.
 
-:func:`classify` decides, from the exception an attempt raised (status,
-headers, error body and exception type), whether to retry the attempt, fail
-the job, or abort the whole run. :func:`server_wait` reads how long the
-server asked us to wait. :func:`backoff` is exponential backoff with full
-jitter. :class:`RetryPolicy` plugs the three into tenacity.
-
-A failure after the server answered 2xx is :func:`billed`: the generation was
-done and paid for, so it is retried (with a new, paid generation) at most
-``max_billed_retries`` times per image, whatever ``max_attempts`` allows.
-A failed download of a 2xx's image URL is retried alone, a GET and not a
-new POST (:func:`download_retryable`, :meth:`RetryPolicy.download_retrying`).
+:class:`RetryPolicy` turns a run's retry settings into tenacity controllers.
+Whether to retry, and how long to wait, come from the attempt's
+:class:`~pmock_batch.failures.Failure`: its decision and the wait the server
+asked for, else :func:`backoff` (exponential, full jitter). A billed failure
+(the server had answered 2xx) is retried at most ``max_billed_retries`` times
+per image, whatever ``max_attempts`` allows. A failed download of a 2xx's
+image URL is retried alone, a GET and not a new POST
+(:meth:`RetryPolicy.download_retrying`).
 """
 
 from __future__ import annotations
 
-import enum
-import errno
 import random
-import time
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
-from datetime import UTC
-from email.utils import parsedate_to_datetime
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
 
 from tenacity import AsyncRetrying, RetryCallState, stop_after_attempt
 from tenacity.retry import retry_base
@@ -32,115 +24,21 @@ from .config import (
     DEFAULT_DOWNLOAD_ATTEMPTS,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_MAX_BILLED_RETRIES,
+    DEFAULT_MAX_RETRY_WAIT,
     INITIAL_RETRY_DELAY,
     MAX_RETRY_DELAY,
 )
-from .errors import (
-    APIConnectionError,
-    APIError,
-    APIStatusError,
-    DownloadError,
-    InvalidResponseError,
-    ProxyRefusedError,
-    UntrustedCertificateError,
-)
+from .errors import APIConnectionError, Decision, DownloadError
+from .failures import Failure, describe
 
-__all__ = [
-    "DEFAULT_MAX_RETRY_WAIT",
-    "RETRY_STATUSES",
-    "Decision",
-    "RetryPolicy",
-    "backoff",
-    "billed",
-    "classify",
-    "download_retryable",
-    "server_wait",
-]
+__all__ = ["OnRetry", "RetryPolicy", "backoff", "download_retryable"]
 
-RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
-# Disk full, quota, permissions, read-only: every later write would fail the same way.
-ABORT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS})
-ABORT_STATUSES = frozenset({401, 403, 404, 407})  # 407: the proxy wants other credentials
-PROXY_ABORT_STATUSES = frozenset({403, 407})  # a CONNECT refused for the host or credentials
-DEFAULT_MAX_RETRY_WAIT = 120.0
-
-
-class Decision(enum.Enum):
-    RETRY = "retry"  # try this attempt again after a wait
-    FAIL = "fail"  # record the job as failed; the other jobs carry on
-    ABORT = "abort"  # every other job would fail the same way: stop the run
-
-
-def classify(exc: BaseException) -> Decision:
-    """Decide what a failed attempt means. Pure: it looks only at the exception."""
-    if isinstance(exc, APIStatusError):
-        if exc.status == 404 and exc.code == "model_not_found":
-            return Decision.FAIL  # one job's model is wrong; the endpoint is fine
-        if exc.status in ABORT_STATUSES:
-            return Decision.ABORT
-        if exc.status == 429 and exc.code == "insufficient_quota":
-            return Decision.ABORT
-        should = exc.headers.get("x-should-retry", "").strip().lower()
-        if should == "true":
-            return Decision.RETRY
-        if should == "false":
-            return Decision.FAIL
-        if exc.status in RETRY_STATUSES or exc.status >= 500:
-            return Decision.RETRY
-        return Decision.FAIL
-    if isinstance(exc, UntrustedCertificateError):
-        return Decision.ABORT  # the trusted CAs are wrong: every request would fail the same way
-    if isinstance(exc, ProxyRefusedError) and exc.status in PROXY_ABORT_STATUSES:
-        return Decision.ABORT  # the proxy refuses our credentials or the host: so it will again
-    if isinstance(exc, APIConnectionError | InvalidResponseError):
-        return Decision.RETRY
-    if isinstance(exc, OSError) and exc.errno in ABORT_ERRNOS:
-        return Decision.ABORT
-    return Decision.FAIL
-
-
-def billed(exc: BaseException) -> bool:
-    """The attempt failed after the server answered 2xx, so it was paid for.
-
-    That is any unusable 2xx body or image (:class:`InvalidResponseError`),
-    and a connection cut or a timeout once a 2xx body had started (``answered``).
-    """
-    return isinstance(exc, APIError) and exc.answered
+OnRetry = Callable[[Failure, int, float], None]  # (failure, attempt number, wait in seconds)
 
 
 def download_retryable(exc: BaseException) -> bool:
     """A failed GET of an image URL worth trying again: cut, refused, timed out, or non-2xx."""
     return isinstance(exc, APIConnectionError | DownloadError)
-
-
-def server_wait(headers: Mapping[str, str], *, now: float | None = None) -> float | None:
-    """Seconds the server asked us to wait: ``retry-after-ms``, then ``Retry-After``.
-
-    ``Retry-After`` may be seconds or an HTTP date. Returns None when there is
-    no usable header. ``now`` (epoch seconds) is injectable for tests.
-    """
-    lowered = {k.lower(): v for k, v in headers.items()}
-    raw_ms = lowered.get("retry-after-ms")
-    if raw_ms is not None:
-        try:
-            return max(0.0, float(raw_ms) / 1000.0)
-        except ValueError:
-            pass
-    raw = lowered.get("retry-after")
-    if raw is None:
-        return None
-    try:
-        return max(0.0, float(raw))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(raw)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:  # asctime and "-0000" forms: HTTP dates are always GMT
-        when = when.replace(tzinfo=UTC)
-    current = time.time() if now is None else now
-    return max(0.0, when.timestamp() - current)
 
 
 def backoff(
@@ -160,7 +58,6 @@ class RetryPolicy:
     """The run's retry settings, turned into tenacity strategies.
 
     ``sleep`` is injectable so that tests never sleep through real backoff.
-    ``on_retry`` is told about every retry (attempt state, wait in seconds).
     """
 
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
@@ -172,53 +69,53 @@ class RetryPolicy:
     max_billed_retries: int = DEFAULT_MAX_BILLED_RETRIES
     download_attempts: int = DEFAULT_DOWNLOAD_ATTEMPTS
 
-    def wait_for(self, exc: BaseException, attempt: int) -> float:
-        """How long to wait before the next attempt after ``exc`` ended attempt ``attempt``."""
-        if isinstance(exc, APIStatusError):
-            asked = server_wait(exc.headers)
-            if asked is not None:
-                return asked
+    def wait_for(self, failure: Failure, attempt: int) -> float:
+        """How long to wait before the next attempt after ``failure`` ended attempt ``attempt``."""
+        if failure.wait is not None:
+            return failure.wait
         return backoff(attempt, rng=self.rng, initial=self.initial, cap=self.cap)
 
-    def wait_too_long(self, exc: BaseException) -> float | None:
-        """The server's asked-for wait, if it is longer than ``max_retry_wait``; else None."""
-        if isinstance(exc, APIStatusError):
-            asked = server_wait(exc.headers)
-            if asked is not None and asked > self.max_retry_wait:
-                return asked
-        return None
-
-    def should_retry(self, exc: BaseException, *, billed_retries: int = 0) -> bool:
-        """Retry after ``exc``? ``billed_retries``: billed failures this image already retried."""
-        if classify(exc) is not Decision.RETRY or self.wait_too_long(exc) is not None:
+    def should_retry(self, failure: Failure, *, billed_retries: int = 0) -> bool:
+        """Retry after ``failure``, with ``billed_retries`` billed ones retried already?"""
+        if failure.decision is not Decision.RETRY:
             return False
-        return not billed(exc) or billed_retries < self.max_billed_retries
+        return not failure.billed or billed_retries < self.max_billed_retries
 
-    def retrying(
-        self, *, before_sleep: Callable[[RetryCallState], Awaitable[None] | None] | None = None
-    ) -> AsyncRetrying:
-        """A fresh tenacity controller for one image's attempts."""
+    def with_sleep(self, sleep: Callable[[float], Awaitable[None]]) -> RetryPolicy:
+        """This policy with ``sleep`` as its wait, unless one was injected already."""
+        return self if self.sleep is not None else replace(self, sleep=sleep)
+
+    def retrying(self, *, on_retry: OnRetry | None = None) -> AsyncRetrying:
+        """A fresh tenacity controller for one image's attempts.
+
+        ``on_retry`` is told about each retry, before its wait, with the failure
+        that caused it: described once, then read by the retry rule, the wait
+        and the hook alike.
+        """
         policy = self
         billed_retries = 0  # of this image: tenacity asks once per failed attempt
 
         class _Retry(retry_base):
             def __call__(self, retry_state: RetryCallState) -> bool:
                 nonlocal billed_retries
-                outcome = retry_state.outcome
-                if outcome is None or not outcome.failed:
+                failure = _failure(retry_state, policy)
+                if failure is None or not policy.should_retry(
+                    failure, billed_retries=billed_retries
+                ):
                     return False
-                exc = outcome.exception()
-                if exc is None or not policy.should_retry(exc, billed_retries=billed_retries):
-                    return False
-                billed_retries += billed(exc)
+                billed_retries += failure.billed
                 return True
+
+        def before_sleep(retry_state: RetryCallState) -> None:
+            failure = _failure(retry_state, policy)
+            if on_retry is not None and failure is not None:
+                on_retry(failure, retry_state.attempt_number, retry_state.upcoming_sleep)
 
         return self._controller(self.max_attempts, _Retry(), before_sleep)
 
-    def download_retrying(
-        self, *, before_sleep: Callable[[RetryCallState], Awaitable[None] | None] | None = None
-    ) -> AsyncRetrying:
+    def download_retrying(self, *, on_retry: OnRetry | None = None) -> AsyncRetrying:
         """A fresh tenacity controller for the GETs of one image URL (no new POST)."""
+        policy = self
 
         class _Retry(retry_base):
             def __call__(self, retry_state: RetryCallState) -> bool:
@@ -226,23 +123,27 @@ class RetryPolicy:
                 exc = outcome.exception() if outcome is not None and outcome.failed else None
                 return exc is not None and download_retryable(exc)
 
+        def before_sleep(retry_state: RetryCallState) -> None:
+            failure = _failure(retry_state, policy)
+            if on_retry is not None and failure is not None:
+                on_retry(failure, retry_state.attempt_number, retry_state.upcoming_sleep)
+
         return self._controller(self.download_attempts, _Retry(), before_sleep)
 
     def _controller(
         self,
         attempts: int,
         retry: retry_base,
-        before_sleep: Callable[[RetryCallState], Awaitable[None] | None] | None,
+        before_sleep: Callable[[RetryCallState], None],
     ) -> AsyncRetrying:
         policy = self
 
         class _Wait(wait_base):
             def __call__(self, retry_state: RetryCallState) -> float:
-                outcome = retry_state.outcome
-                exc = outcome.exception() if outcome is not None else None
-                if exc is None:
-                    return 0.0
-                return policy.wait_for(exc, retry_state.attempt_number)
+                failure = _failure(retry_state, policy)
+                return (
+                    0.0 if failure is None else policy.wait_for(failure, retry_state.attempt_number)
+                )
 
         kwargs: dict[str, object] = {}
         if self.sleep is not None:
@@ -255,3 +156,9 @@ class RetryPolicy:
             before_sleep=before_sleep,
             **kwargs,  # type: ignore[arg-type]
         )
+
+
+def _failure(retry_state: RetryCallState, policy: RetryPolicy) -> Failure | None:
+    outcome = retry_state.outcome
+    exc = outcome.exception() if outcome is not None and outcome.failed else None
+    return describe(exc, policy) if exc is not None else None

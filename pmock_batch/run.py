@@ -1,9 +1,15 @@
 """One batch run end to end: lock, clean up, resume, run, compact, report.
 
-The engine (:mod:`pmock_batch.engine`) is the worker pool; this module puts
-it between the output directory's lock, the cleanup of a crashed run's
-temporary files, the resume index, and the manifest compaction and report
-that follow a run.
+:func:`run_batch` puts a runner between the output directory's lock, the
+clean-up of a crashed run's temporary files, the resume index, and the
+manifest compaction and report that follow. The runner seam is
+:class:`~pmock_batch.pool.Runner`: given owed jobs, produce records. The
+direct HTTP runner (:class:`~pmock_batch.attempt.DirectRunner`) is the first;
+the :class:`~pmock_batch.pool.Pool` feeds it, and the :class:`Ledger` records
+what it produces: the manifest, the one tally, the log and the observer.
+
+:class:`Run` is the handle a caller gets (``on_start``): :meth:`Run.stop` for
+signals, and :meth:`Run.status`, a snapshot the console draws from.
 """
 
 from __future__ import annotations
@@ -11,24 +17,166 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable, Set
+from dataclasses import dataclass
 from pathlib import Path
 
+from .attempt import DirectRunner, Writer, commit
 from .client import ImagesClient
 from .config import MANIFEST_NAME, RunConfig
-from .engine import Engine, RunObserver, Summary, Writer, commit
 from .errors import OutputPathError, PmockBatchError
 from .files import check_own_file, contained_file, remove_file, remove_stray_temps
 from .jobs import InvalidLine, Job
 from .lock import run_lock
 from .manifest import ManifestWriter, compact, stale_records
+from .models import JobRecord
 from .pacing import Pacer
+from .pool import Pool
 from .report import write_report
 from .resume import DoneIndex
 from .retry import RetryPolicy
+from .tally import Summary
 
-__all__ = ["prune_stale", "run_batch", "stale_files"]
+__all__ = [
+    "Ledger",
+    "Run",
+    "RunObserver",
+    "RunStatus",
+    "prune_stale",
+    "run_batch",
+    "stale_files",
+]
 
 log = logging.getLogger("pmock_batch")
+
+
+class RunObserver:
+    """Hooks the console uses to show progress. The defaults do nothing."""
+
+    def job_done(self, record: JobRecord) -> None:
+        """A job finished (ok, failed, invalid or not run)."""
+
+    def retrying(self, job_id: str, attempt: int, wait: float, reason: str) -> None:
+        """An attempt failed and will be retried after ``wait`` seconds."""
+
+    def job_skipped(self, job: Job) -> None:
+        """A job was already done by an earlier run (resume)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunStatus:
+    """A snapshot of a run, for the console: the counts, and what the pool is doing."""
+
+    summary: Summary  # the one tally (read only)
+    in_flight: int  # jobs running now
+    retrying: int  # jobs waiting to retry
+    held_for: float  # seconds the pool is held by the rate limit (0: not held)
+    stopping: bool
+
+
+class Ledger:
+    """Records what the runner produces: the manifest, the tally, the log, the observer.
+
+    It also says which jobs an earlier run finished (resume), and keeps what
+    the compaction needs: every job of the file, and the lines of skipped ones.
+    """
+
+    def __init__(
+        self,
+        manifest: ManifestWriter,
+        out_dir: Path,
+        *,
+        done: DoneIndex | None,
+        verify: bool,
+        observer: RunObserver,
+        on_write_error: Callable[[str], None],
+    ) -> None:
+        self.manifest = manifest
+        self.out_dir = out_dir
+        self.done = done
+        self.verify = verify
+        self.observer = observer
+        self.summary = Summary()
+        self.backing_off: set[str] = set()  # ids of jobs waiting to retry
+        self.keys: set[str] = set()  # every job of this file, as the manifest keys it
+        self.skipped_lines: dict[str, int] = {}  # id -> current line, for jobs already done
+        self._on_write_error = on_write_error
+
+    async def is_done(self, job: Job) -> bool:
+        if self.done is None or not len(self.done):
+            return False
+        if self.verify:  # hashing files: off the event loop
+            return await asyncio.to_thread(self.done.is_done, job, self.out_dir, verify=True)
+        if len(self.skipped_lines) % 64 == 63:
+            await asyncio.sleep(0)  # a long run of skips must not starve jobs in flight
+        return self.done.is_done(job, self.out_dir)
+
+    def skip(self, job: Job) -> None:
+        self.keys.add(job.id)
+        self.skipped_lines[job.id] = job.line
+        self.summary.skip()
+        self.observer.job_skipped(job)
+
+    def retrying(self, job_id: str, attempt: int, wait: float, reason: str) -> None:
+        self.backing_off.add(job_id)
+        self.observer.retrying(job_id, attempt, wait, reason)
+
+    async def record(self, records: list[JobRecord]) -> None:
+        """Count, log and show each record, then append them all in one write."""
+        for record in records:
+            self.keys.add(record.id if record.id is not None else f"#line{record.line}")
+            if record.id is not None:
+                self.backing_off.discard(record.id)
+            self.summary.add(record)
+            if record.status in ("failed", "invalid") and record.error is not None:
+                log.error(
+                    "%s %s: %s",
+                    record.status.upper(),
+                    record.id or f"line {record.line}",
+                    record.error.message,
+                    extra={
+                        "event": "job_failed",
+                        "job_id": record.id,
+                        "line": record.line,
+                        "status": record.status,
+                        "kind": record.error.kind,
+                        "http_status": record.error.status,
+                    },
+                )
+            self.observer.job_done(record)
+        try:
+            await self.manifest.append_many(records)
+        except OSError as exc:
+            self._on_write_error(
+                f"cannot write to the output directory {self.out_dir}: cannot write the "
+                f"manifest {self.manifest.path}: {exc.strerror or exc}; "
+                "free some disk space or fix its permissions"
+            )
+
+
+class Run:
+    """The handle of a run in progress: stop it, or look at it."""
+
+    def __init__(self, pool: Pool, ledger: Ledger, pacer: Pacer) -> None:
+        self._pool = pool
+        self._ledger = ledger
+        self._pacer = pacer
+
+    def stop(self) -> None:
+        """Stop dispatching new jobs (SIGINT/SIGTERM). Jobs in flight may finish."""
+        self._pool.stop()
+
+    @property
+    def stopping(self) -> bool:
+        return self._pool.stopping
+
+    def status(self) -> RunStatus:
+        return RunStatus(
+            summary=self._ledger.summary,
+            in_flight=self._pool.in_flight,
+            retrying=len(self._ledger.backing_off),
+            held_for=self._pacer.hold_remaining,
+            stopping=self._pool.stopping,
+        )
 
 
 async def run_batch(
@@ -37,7 +185,7 @@ async def run_batch(
     *,
     policy: RetryPolicy | None = None,
     observer: RunObserver | None = None,
-    on_engine: Callable[[Engine], None] | None = None,
+    on_start: Callable[[Run], None] | None = None,
     resume: bool = True,
     verify: bool = False,
     writer: Writer = commit,
@@ -50,44 +198,65 @@ async def run_batch(
     finished (unless ``resume`` is False, i.e. ``--force``), runs the rest,
     and compacts the manifest. Records of jobs no longer in the job file are
     kept, unless ``prune``: then they go, and so do their files (see
-    :func:`prune_stale`). ``on_engine`` receives the engine before it
-    starts, so a caller can wire signals to :meth:`Engine.stop`. ``writer``
+    :func:`prune_stale`). ``on_start`` receives the :class:`Run` before it
+    starts, so a caller can wire signals to :meth:`Run.stop`. ``writer``
     is injectable so tests can simulate a full disk or a crash mid-write.
     Raises :class:`~pmock_batch.errors.LockedError` if another run holds the
     lock, and :class:`~pmock_batch.errors.OutputPathError`, before anything is
     sent, if the manifest is a symbolic link (or not a regular file): nothing
     could be recorded, and it is never written through.
     """
+    loop = asyncio.get_running_loop()
+    started = loop.time()
     with run_lock(config.out_dir):
         check_own_file(config.out_dir, MANIFEST_NAME)
         await asyncio.to_thread(remove_stray_temps, config.out_dir)
         done = await asyncio.to_thread(DoneIndex.load, config.manifest_path) if resume else None
+        pool = Pool(concurrency=config.concurrency, grace=config.grace)
+        pacer = pacer or Pacer(
+            rpm=config.rpm,
+            burst=min(config.concurrency, 4),
+            sleep=pool.sleep,
+            stopping=lambda: pool.stopping,
+        )
         async with (
             ImagesClient(config) as client,
             ManifestWriter(config.manifest_path) as manifest,
         ):
-            engine = Engine(
-                config,
-                client,
+            ledger = Ledger(
                 manifest,
-                policy=policy,
-                observer=observer,
+                config.out_dir,
                 done=done,
                 verify=verify,
-                writer=writer,
-                pacer=pacer,
+                observer=observer or RunObserver(),
+                on_write_error=pool.abort,
             )
-            if on_engine is not None:
-                on_engine(engine)
-            summary = await engine.run(jobs)
+            runner = DirectRunner(
+                config,
+                client,
+                pool,
+                policy=policy or RetryPolicy(max_attempts=config.max_attempts),
+                pacer=pacer,
+                hook=ledger,
+                writer=writer,
+            )
+            if on_start is not None:
+                on_start(Run(pool, ledger, pacer))
+            try:
+                await pool.run(jobs, runner, ledger)
+            finally:
+                summary = ledger.summary
+                summary.elapsed_s = loop.time() - started
+                summary.aborted = pool.abort_reason
+                summary.interrupted = pool.interrupted
         try:
             if prune:
-                await asyncio.to_thread(prune_stale, config.out_dir, engine.keys)
+                await asyncio.to_thread(prune_stale, config.out_dir, ledger.keys)
             await asyncio.to_thread(
                 compact,
                 config.manifest_path,
-                engine.skipped_lines,
-                current=engine.keys,
+                ledger.skipped_lines,
+                current=ledger.keys,
                 prune=prune,
             )
         except OSError as exc:  # e.g. the disk is full: the log is still valid as it is
@@ -97,7 +266,7 @@ async def run_batch(
                 extra={"event": "warning", "reason": str(exc)},
             )
         try:
-            await asyncio.to_thread(write_report, config.out_dir)
+            await asyncio.to_thread(write_report, config.out_dir, run=summary)
         except (OSError, PmockBatchError, ValueError) as exc:  # the images matter more
             log.warning(
                 "could not write the report: %s",

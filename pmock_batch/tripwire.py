@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from .config import BASE_URL_ENV
 from .errors import APIStatusError, CannotConnectError
+from .failures import Failure
 
 __all__ = ["EARLY_ABORT_AFTER", "Tripwire"]
 
@@ -57,22 +58,27 @@ class Tripwire:
             f"attempts failed and none reached the server; check {check}"
         )
 
-    def rejected(self, job_id: str, exc: APIStatusError) -> str | None:
-        """A job failed with a 4xx answer. Returns the abort reason once it trips.
+    def rejected(self, job_id: str, failure: Failure) -> str | None:
+        """A job failed. Returns the abort reason once it trips.
 
-        Trips when the first ``after`` distinct jobs that were rejected were all
-        rejected the same way (status, code and param), before any success.
-        Moderation is a verdict on one prompt, so it never counts.
+        Trips when the first ``after`` distinct jobs that were rejected with a
+        4xx were all rejected the same way (status, code and param), before any
+        success. Moderation is a verdict on one prompt, so it never counts.
         """
-        if self._succeeded or not 400 <= exc.status < 500 or exc.is_moderation:
+        status = failure.status
+        if self._succeeded or status is None or not 400 <= status < 500:
+            return None
+        if failure.kind == "moderation":
             return None
         if len(self._rejections) >= self.after or job_id in self._rejections:
             return None
-        self._rejections[job_id] = (exc.status, exc.code, exc.param)
+        self._rejections[job_id] = (status, failure.code, failure.param)
         if len(self._rejections) < self.after or len(set(self._rejections.values())) != 1:
             return None
-        param = f" (param {exc.param})" if exc.param else ""
+        param = f" (param {failure.param})" if failure.param else ""
+        error = failure.error
+        message = error.message if isinstance(error, APIStatusError) else failure.message
         return (
-            f"every request was rejected: {exc.message}{param}; "
+            f"every request was rejected: {message}{param}; "
             "check the job file or the capability table"
         )

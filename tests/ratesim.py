@@ -3,7 +3,7 @@
 :func:`simulate` runs ``jobs`` requests through the real
 :class:`~pmock_batch.pacing.Pacer` and the engine's reaction to each answer:
 observe the headers of every answer, and on a 429 hold the pool for the
-server's wait (:func:`~pmock_batch.retry.server_wait`) and retry after the
+server's wait (:func:`~pmock_batch.failures.describe`) and retry after the
 wait the real :class:`~pmock_batch.retry.RetryPolicy` chooses. The server is
 a limiter model (the mock's own ``window`` and ``bucket`` limiters, plus fixed
 windows and a sliding log) behind one of four header styles.
@@ -23,7 +23,8 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from pmock_batch.errors import APIStatusError
+from pmock_batch.errors import APIStatusError, Decision, status_error
+from pmock_batch.failures import describe
 from pmock_batch.mock.ratelimit import (
     WINDOW_SECONDS,
     Admission,
@@ -33,7 +34,7 @@ from pmock_batch.mock.ratelimit import (
     format_duration,
 )
 from pmock_batch.pacing import Pacer
-from pmock_batch.retry import RetryPolicy, server_wait
+from pmock_batch.retry import RetryPolicy
 
 T = TypeVar("T")
 
@@ -223,11 +224,12 @@ async def _simulate(
             return None
         headers |= style.refusal(admission)
         result.refused += 1
-        exc = APIStatusError("Rate limit exceeded", status=429, headers=headers)
-        # What Engine._note_status_error does with a 429.
+        exc = status_error("Rate limit exceeded", status=429, headers=headers)
+        # What the direct runner does with a 429 (attempt.DirectRunner._answered).
         pacer.observe(exc.headers, sent_at=sent_at)
-        if policy.wait_too_long(exc) is None:
-            pacer.refused(server_wait(exc.headers))
+        failure = describe(exc, policy)
+        if failure.decision is Decision.RETRY:
+            pacer.refused(failure.wait)
         return exc
 
     async def worker() -> None:
@@ -238,10 +240,11 @@ async def _simulate(
                 if exc is None:
                     result.ok += 1
                     break
-                if not policy.should_retry(exc) or number == policy.max_attempts:
+                failure = describe(exc, policy)
+                if not policy.should_retry(failure) or number == policy.max_attempts:
                     result.failed += 1
                     break
-                await asyncio.sleep(policy.wait_for(exc, number))
+                await asyncio.sleep(policy.wait_for(failure, number))
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     result.elapsed = loop.time() - started

@@ -16,9 +16,10 @@ from helpers import run_cli, write_jobs
 
 from pmock_batch.config import RunConfig
 from pmock_batch.console import SUMMARY_SCHEMA, Reporter, make_console, render_summary
-from pmock_batch.engine import Summary
 from pmock_batch.mock import MockOptions
 from pmock_batch.models import ErrorRecord, JobRecord
+from pmock_batch.run import RunStatus
+from pmock_batch.tally import Summary
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "sk-progress-test-SECRET-1234567890"
@@ -162,6 +163,29 @@ async def test_json_summary_on_stdout_follows_the_schema(tmp_path, capsys, make_
     assert json.loads(again.out)["jobs"]["skipped"] == 7
 
 
+class FakeRun:
+    """A run the reporter can look at: the one tally, and what the pool is doing."""
+
+    def __init__(self) -> None:
+        self.summary = Summary()
+        self.retrying = 0
+        self.held_for = 0.0
+
+    def status(self) -> RunStatus:
+        return RunStatus(
+            self.summary,
+            in_flight=0,
+            retrying=self.retrying,
+            held_for=self.held_for,
+            stopping=False,
+        )
+
+    def finish(self, reporter: Reporter, record: JobRecord) -> None:
+        """What the ledger does: count the record, then tell the observer."""
+        self.summary.add(record)
+        reporter.job_done(record)
+
+
 def test_reporter_bar_on_a_terminal_shows_counts_and_pause():
     buf = io.StringIO()
     console = make_console(buf, tty=True)
@@ -169,15 +193,22 @@ def test_reporter_bar_on_a_terminal_shows_counts_and_pause():
     assert console.is_terminal
     now = [0.0]
     reporter = Reporter(console, total=4, mode="bar", clock=lambda: now[0])
+    run = FakeRun()
+    reporter.attach(run)  # type: ignore[arg-type]
     reporter.start()
     now[0] = 30.0
-    reporter.job_done(JobRecord(id="a", line=1, status="ok", files=[]))
+    run.finish(reporter, JobRecord(id="a", line=1, status="ok", files=[]))
+    run.retrying = 1
     reporter.retrying("b", 1, 2.0, "HTTP 500")
-    reporter.job_done(
-        JobRecord(id="c", line=3, status="failed", error=ErrorRecord(kind="server", message="x"))
+    run.finish(
+        reporter,
+        JobRecord(id="c", line=3, status="failed", error=ErrorRecord(kind="server", message="x")),
     )
-    assert reporter.status() == "backing off (1 retrying)"
-    assert reporter.counts().startswith("ok 1  failed 1  retrying 1  skipped 0")
+    status = run.status()
+    assert reporter.state(status) == "backing off (1 retrying)"
+    assert reporter.counts(status).startswith("ok 1  failed 1  retrying 1  skipped 0")
+    run.held_for = 3.0
+    assert reporter.state(run.status()) == "paused by the rate limit (3s)"
     reporter.stop()
     assert "\x1b[" in buf.getvalue()  # a live display: cursor control
     assert "2/4" in buf.getvalue()
@@ -187,9 +218,11 @@ def test_reporter_lines_every_5_percent_or_10_seconds(caplog):
     now = [0.0]
     console = make_console(io.StringIO(), tty=False)
     reporter = Reporter(console, total=1000, mode="lines", clock=lambda: now[0])
+    run = FakeRun()
+    reporter.attach(run)  # type: ignore[arg-type]
     with caplog.at_level("INFO", logger="pmock_batch"):
         for i in range(120):
-            reporter.job_done(JobRecord(id=f"j{i}", line=i, status="ok"))
+            run.finish(reporter, JobRecord(id=f"j{i}", line=i, status="ok"))
         count_lines = [r for r in caplog.records if r.event == "progress"]
         assert [r.done for r in count_lines] == [50, 100]  # every 5 % of 1,000
         now[0] = 9.9

@@ -10,12 +10,11 @@ import pytest
 from helpers import Clock, by_id, open_image, read_manifest, write_jobs
 
 from pmock_batch.config import RunConfig
-from pmock_batch.engine import Engine, RunObserver
 from pmock_batch.jobs import iter_jobs, scan
 from pmock_batch.mock import MockOptions
 from pmock_batch.pacing import Pacer
 from pmock_batch.retry import RetryPolicy
-from pmock_batch.run import run_batch
+from pmock_batch.run import Run, RunObserver, run_batch
 
 
 class FakeSleep:
@@ -158,14 +157,14 @@ async def test_stop_records_the_rest_as_not_run(tmp_path, make_mock):
     config = _config(tmp_path, server.base_url, concurrency=2, grace=5)
     path = tmp_path / "jobs.jsonl"
     jobs = _jobs(path, [{"id": f"j{i}", "prompt": f"p{i}"} for i in range(40)])
-    engines: list[Engine] = []
+    runs: list[Run] = []
 
     class StopAfterThree(RunObserver):
         def job_done(self, record) -> None:
-            if engines[0].summary.ok == 3:
-                engines[0].stop()
+            if runs[0].status().summary.ok == 3:
+                runs[0].stop()
 
-    summary = await run_batch(config, jobs, on_engine=engines.append, observer=StopAfterThree())
+    summary = await run_batch(config, jobs, on_start=runs.append, observer=StopAfterThree())
     assert summary.interrupted
     records = read_manifest(tmp_path / "out")
     assert len(records) == 40
@@ -178,15 +177,15 @@ async def test_grace_period_cancels_jobs_still_in_flight(tmp_path, make_mock):
     server = await make_mock(MockOptions(script={"*": ["hang"]}))
     config = _config(tmp_path, server.base_url, concurrency=2, grace=0.05)
     jobs = _jobs(tmp_path / "jobs.jsonl", [{"id": f"j{i}", "prompt": f"p{i}"} for i in range(5)])
-    engines: list[Engine] = []
+    runs: list[Run] = []
 
     async def stop_soon() -> None:
         while server.stats.in_flight < 2:  # noqa: ASYNC110 - polls the server's own counter
             await asyncio.sleep(0.01)
-        engines[0].stop()
+        runs[0].stop()
 
     stopper = asyncio.create_task(stop_soon())
-    summary = await asyncio.wait_for(run_batch(config, jobs, on_engine=engines.append), 10)
+    summary = await asyncio.wait_for(run_batch(config, jobs, on_start=runs.append), 10)
     await stopper
     assert summary.not_run == 5
     records = by_id(read_manifest(tmp_path / "out"))
@@ -200,15 +199,15 @@ async def test_a_job_cancelled_mid_way_keeps_the_images_it_saved(tmp_path, make_
     server = await make_mock(MockOptions(script={"p": ["ok", "ok", "hang"]}))
     config = _config(tmp_path, server.base_url, concurrency=1, grace=0.05)
     jobs = _jobs(tmp_path / "jobs.jsonl", [{"id": "v", "prompt": "p", "n": 3}])
-    engines: list[Engine] = []
+    runs: list[Run] = []
 
     async def stop_when_third_is_in_flight() -> None:
         while server.stats.requests < 3 or server.stats.in_flight < 1:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
-        engines[0].stop()
+        runs[0].stop()
 
     stopper = asyncio.create_task(stop_when_third_is_in_flight())
-    await asyncio.wait_for(run_batch(config, jobs, on_engine=engines.append), 10)
+    await asyncio.wait_for(run_batch(config, jobs, on_start=runs.append), 10)
     await stopper
     record = by_id(read_manifest(tmp_path / "out"))["v"]
     assert (record["status"], record["attempts"]) == ("failed", 3)

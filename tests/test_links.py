@@ -20,16 +20,17 @@ import pytest
 from helpers import by_id, open_image, read_manifest, run_cli, write_jobs
 from PIL import Image
 
+from pmock_batch.attempt import commit
 from pmock_batch.config import RunConfig
-from pmock_batch.engine import commit, error_record
 from pmock_batch.errors import (
     APIConnectionError,
-    APIStatusError,
     APITimeoutError,
     InvalidResponseError,
     OutputPathError,
     ResponseTooLargeError,
+    status_error,
 )
+from pmock_batch.failures import describe
 from pmock_batch.files import TMP_SUFFIX, AtomicFile, remove_file, remove_stray_temps
 from pmock_batch.images import ImageSink
 from pmock_batch.jobs import iter_jobs, scan
@@ -417,19 +418,19 @@ def test_stray_temps_are_removed_only_below_out(tmp_path):
         (ResponseTooLargeError("too large"), "invalid_response"),
         (APITimeoutError("slow"), "timeout"),
         (APIConnectionError("cut"), "connection"),
-        (APIStatusError("boom", status=500), "server"),
-        (APIStatusError("no", status=400, code="moderation_blocked"), "moderation"),
+        (status_error("boom", status=500), "server"),
+        (status_error("no", status=400, code="moderation_blocked"), "moderation"),
         (ValueError("a bug"), "internal"),
     ],
 )  # fmt: skip
 def test_error_kinds(exc, kind):
-    assert error_record(exc).kind == kind
+    assert describe(exc).kind == kind
 
 
 def test_error_messages_of_the_new_kinds():
     link = "refusing to write 'a.png': out/a.png is a symbolic link"
-    assert error_record(OutputPathError(link)).message == link
-    assert error_record(MemoryError()).message == "ran out of memory handling the image"
+    assert describe(OutputPathError(link)).message == link
+    assert describe(MemoryError()).message == "ran out of memory handling the image"
 
 
 async def test_a_decompression_bomb_is_an_invalid_billed_response(tmp_path, make_mock, capsys):

@@ -26,10 +26,12 @@ from pmock_batch.client import _status_error
 from pmock_batch.config import RunConfig
 from pmock_batch.errors import (
     APIConnectionError,
-    APIStatusError,
+    Decision,
     ProxyRefusedError,
     UntrustedCertificateError,
+    status_error,
 )
+from pmock_batch.failures import describe
 from pmock_batch.mock import MockOptions
 from pmock_batch.network import (
     ProxyRoutes,
@@ -39,7 +41,6 @@ from pmock_batch.network import (
     safe_url,
     ssl_context,
 )
-from pmock_batch.retry import Decision, classify
 
 KEY = "sk-test-0123456789abcdefSECRET"
 PROXY_PASSWORD = "pr0xy-Pa55word"
@@ -643,9 +644,9 @@ def test_ssl_context_sources(tmp_path, ca_pem):
 
 
 def test_an_untrusted_certificate_or_a_refusing_proxy_aborts_and_the_rest_retries():
-    assert classify(UntrustedCertificateError("x")) is Decision.ABORT
-    assert classify(ProxyRefusedError("x", status=407)) is Decision.ABORT
-    assert classify(ProxyRefusedError("x", status=403)) is Decision.ABORT
-    assert classify(ProxyRefusedError("x", status=502)) is Decision.RETRY
-    assert classify(APIStatusError("x", status=407)) is Decision.ABORT
-    assert classify(APIConnectionError("x")) is Decision.RETRY
+    assert describe(UntrustedCertificateError("x")).decision is Decision.ABORT
+    assert describe(ProxyRefusedError("x", status=407)).decision is Decision.ABORT
+    assert describe(ProxyRefusedError("x", status=403)).decision is Decision.ABORT
+    assert describe(ProxyRefusedError("x", status=502)).decision is Decision.RETRY
+    assert describe(status_error("x", status=407)).decision is Decision.ABORT
+    assert describe(APIConnectionError("x")).decision is Decision.RETRY

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from helpers import by_id, open_image, read_manifest, run_cli, write_jobs
 
+from pmock_batch.attempt import commit
 from pmock_batch.config import RunConfig
-from pmock_batch.engine import commit
 from pmock_batch.errors import LockedError
 from pmock_batch.images import ImageSink
 from pmock_batch.jobs import iter_jobs, scan
@@ -384,7 +384,7 @@ async def test_a_long_retry_after_fails_its_job_without_holding_the_others(tmp_p
 
 async def test_stop_during_a_pool_hold_ends_promptly(tmp_path, make_mock):
     """A 429 holds the pool for 60 s; a stop must not wait that out (nor spin)."""
-    from pmock_batch.engine import Engine
+    from pmock_batch.run import Run
 
     server = await make_mock(MockOptions(script={"prompt 0": ["429:60", "ok"]}))
     write_jobs(tmp_path / "jobs.jsonl", _lines(5))
@@ -392,18 +392,18 @@ async def test_stop_during_a_pool_hold_ends_promptly(tmp_path, make_mock):
     config = RunConfig(
         out_dir=tmp_path / "out", base_url=server.base_url, api_key=KEY, concurrency=1, grace=0.1
     )
-    engines: list[Engine] = []
+    runs: list[Run] = []
 
     async def stop_when_held() -> None:
-        while not engines or not engines[0].pacer.held:  # noqa: ASYNC110 - polls the pacer
+        while not runs or runs[0].status().held_for <= 0:  # noqa: ASYNC110 - polls the pacer
             await asyncio.sleep(0.01)
-        engines[0].stop()
+        runs[0].stop()
 
     stopper = asyncio.create_task(stop_when_held())
     loop = asyncio.get_running_loop()
     started = loop.time()
     summary = await asyncio.wait_for(
-        run_batch(config, iter_jobs(path, scan(path)), on_engine=engines.append), 10
+        run_batch(config, iter_jobs(path, scan(path)), on_start=runs.append), 10
     )
     await stopper
     assert loop.time() - started < 5

@@ -19,20 +19,15 @@ from pmock_batch.errors import (
     APIConnectionError,
     APIStatusError,
     APITimeoutError,
+    Decision,
     DownloadError,
     InvalidResponseError,
     OutputPathError,
     ResponseTooLargeError,
 )
-from pmock_batch.retry import (
-    Decision,
-    RetryPolicy,
-    backoff,
-    billed,
-    classify,
-    download_retryable,
-    server_wait,
-)
+from pmock_batch.errors import status_error as make_status_error
+from pmock_batch.failures import describe, server_wait
+from pmock_batch.retry import RetryPolicy, backoff, download_retryable
 
 RETRY, FAIL, ABORT = Decision.RETRY, Decision.FAIL, Decision.ABORT
 
@@ -40,7 +35,7 @@ RETRY, FAIL, ABORT = Decision.RETRY, Decision.FAIL, Decision.ABORT
 def status_error(
     status: int, *, code: str | None = None, headers: dict[str, str] | None = None
 ) -> APIStatusError:
-    return APIStatusError(f"status {status}", status=status, code=code, headers=headers)
+    return make_status_error(f"status {status}", status=status, code=code, headers=headers)
 
 
 class MaxRandom(random.Random):
@@ -91,7 +86,7 @@ STATUS_ROWS = [
 
 @pytest.mark.parametrize(("status", "code", "expected"), STATUS_ROWS)
 def test_classify_status(status: int, code: str | None, expected: Decision) -> None:
-    assert classify(status_error(status, code=code)) is expected
+    assert describe(status_error(status, code=code)).decision is expected
 
 
 SHOULD_RETRY_ROWS = [
@@ -122,7 +117,7 @@ def test_classify_x_should_retry(
     status: int, code: str | None, header: str, expected: Decision
 ) -> None:
     error = status_error(status, code=code, headers={"x-should-retry": header})
-    assert classify(error) is expected
+    assert describe(error).decision is expected
 
 
 @pytest.mark.parametrize(
@@ -132,7 +127,7 @@ def test_classify_x_should_retry_header_name_is_case_insensitive(
     status: int, header: str, expected: Decision
 ) -> None:
     error = status_error(status, headers={"X-Should-Retry": header})
-    assert classify(error) is expected
+    assert describe(error).decision is expected
 
 
 @pytest.mark.parametrize(
@@ -149,7 +144,7 @@ def test_classify_x_should_retry_header_name_is_case_insensitive(
     ids=lambda v: type(v).__name__ if isinstance(v, BaseException) else str(v),
 )
 def test_classify_exception_types(error: BaseException, expected: Decision) -> None:
-    assert classify(error) is expected
+    assert describe(error).decision is expected
 
 
 @pytest.mark.parametrize(
@@ -158,7 +153,7 @@ def test_classify_exception_types(error: BaseException, expected: Decision) -> N
     ids=["ENOSPC", "EACCES"],
 )
 def test_classify_disk_full_and_permission_errors_abort(error: OSError) -> None:
-    assert classify(error) is ABORT
+    assert describe(error).decision is ABORT
 
 
 # --- server_wait --------------------------------------------------------------------------
@@ -275,13 +270,26 @@ def test_backoff_is_full_jitter_from_a_seeded_rng(attempt: int) -> None:
     ],
 )
 def test_wait_too_long(error: BaseException, expected: float | None) -> None:
-    assert RetryPolicy(max_retry_wait=120.0).wait_too_long(error) == expected
+    assert wait_too_long(RetryPolicy(max_retry_wait=120.0), error) == expected
+
+
+def wait_too_long(policy: RetryPolicy, error: BaseException) -> float | None:
+    """The wait the server asked for, when it made the job fail rather than wait."""
+    failure = describe(error, policy)
+    too_long = failure.decision is FAIL and "more than --max-retry-wait" in failure.message
+    return failure.wait if too_long else None
 
 
 def test_wait_too_long_uses_the_configured_cap() -> None:
     error = status_error(429, headers={"Retry-After": "30"})
-    assert RetryPolicy(max_retry_wait=10.0).wait_too_long(error) == 30.0
-    assert RetryPolicy(max_retry_wait=30.0).wait_too_long(error) is None
+    assert wait_too_long(RetryPolicy(max_retry_wait=10.0), error) == 30.0
+    assert (
+        wait_too_long(
+            RetryPolicy(max_retry_wait=30.0),
+            make_status_error("x", status=429, headers={"Retry-After": "30"}),
+        )
+        is None
+    )
 
 
 @pytest.mark.parametrize(
@@ -295,7 +303,7 @@ def test_wait_too_long_uses_the_configured_cap() -> None:
 )
 def test_wait_for(error: BaseException, attempt: int, expected: float) -> None:
     policy = RetryPolicy(rng=MaxRandom(), initial=1.0, cap=60.0)
-    assert policy.wait_for(error, attempt) == expected
+    assert policy.wait_for(describe(error), attempt) == expected
 
 
 # --- RetryPolicy.retrying, driven end to end ----------------------------------------------
@@ -422,7 +430,7 @@ async def test_retry_after_longer_than_the_cap_is_not_retried() -> None:
         await drive(policy, [error, "ok"])
     assert caught.value is error
     assert sleep.waits == []
-    assert policy.wait_too_long(caught.value) == 121.0
+    assert wait_too_long(policy, caught.value) == 121.0
 
 
 async def test_mixed_failures_use_each_errors_own_wait() -> None:
@@ -450,12 +458,13 @@ async def test_before_sleep_is_told_about_each_retry() -> None:
     sleep = SleepRecorder()
     seen: list[tuple[int, float]] = []
 
-    def before_sleep(state: Any) -> None:
-        seen.append((state.attempt_number, state.next_action.sleep))
+    def on_retry(failure: Any, attempt: int, wait: float) -> None:
+        seen.append((attempt, wait))
+        assert failure.status == 502
 
     policy = policy_with(sleep)
     calls = 0
-    async for attempt in policy.retrying(before_sleep=before_sleep):
+    async for attempt in policy.retrying(on_retry=on_retry):
         with attempt:
             calls += 1
             if calls < 3:
@@ -465,9 +474,9 @@ async def test_before_sleep_is_told_about_each_retry() -> None:
 
 
 def test_a_404_model_not_found_fails_only_that_job() -> None:
-    exc = APIStatusError("The model 'x' does not exist", status=404, code="model_not_found")
-    assert classify(exc) is Decision.FAIL
-    assert classify(APIStatusError("Not Found", status=404)) is Decision.ABORT
+    exc = make_status_error("The model 'x' does not exist", status=404, code="model_not_found")
+    assert describe(exc).decision is Decision.FAIL
+    assert describe(make_status_error("Not Found", status=404)).decision is Decision.ABORT
 
 
 # --- billed failures: a 2xx whose image was unusable -----------------------------------------
@@ -510,7 +519,7 @@ def cut_after_200(kind: type[APIConnectionError] = APIConnectionError) -> APICon
     ],
 )
 def test_billed(error: BaseException, expected: bool) -> None:
-    assert billed(error) is expected
+    assert describe(error).billed is expected
 
 
 BILLED = InvalidResponseError("the PNG image is truncated (no IEND chunk)")
@@ -537,7 +546,7 @@ def test_should_retry_caps_billed_retries(
     error: BaseException, so_far: int, cap: int, expected: bool
 ) -> None:
     policy = RetryPolicy(max_billed_retries=cap)
-    assert policy.should_retry(error, billed_retries=so_far) is expected
+    assert policy.should_retry(describe(error), billed_retries=so_far) is expected
 
 
 @pytest.mark.parametrize(("cap", "calls"), [(0, 1), (1, 2), (2, 3)])

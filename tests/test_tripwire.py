@@ -9,7 +9,8 @@ import pytest
 from helpers import Clock, by_id, read_manifest, run_cli, write_jobs
 
 from pmock_batch.config import RunConfig
-from pmock_batch.errors import APIStatusError, CannotConnectError
+from pmock_batch.errors import CannotConnectError, status_error
+from pmock_batch.failures import Failure, describe
 from pmock_batch.jobs import iter_jobs, scan
 from pmock_batch.mock import MockOptions
 from pmock_batch.pacing import Pacer
@@ -31,8 +32,11 @@ def _refused() -> CannotConnectError:
     return CannotConnectError("x", host="127.0.0.1", port=9, reason="Connection refused")
 
 
-def _rejected(code: str | None = "unknown_parameter", param: str | None = "foo", status=400):
-    return APIStatusError("Unknown parameter: 'foo'.", status=status, code=code, param=param)
+def _rejected(
+    code: str | None = "unknown_parameter", param: str | None = "foo", status=400
+) -> Failure:
+    error = status_error("Unknown parameter: 'foo'.", status=status, code=code, param=param)
+    return describe(error)
 
 
 def test_three_failed_connections_trip_before_any_answer() -> None:
@@ -71,7 +75,7 @@ def test_three_jobs_rejected_alike_trip() -> None:
         _rejected(status=422),  # another status
     ],
 )
-def test_rejections_that_differ_do_not_trip(third: APIStatusError) -> None:
+def test_rejections_that_differ_do_not_trip(third: Failure) -> None:
     wire = Tripwire()
     wire.rejected("a", _rejected())
     wire.rejected("b", _rejected())
@@ -82,11 +86,11 @@ def test_rejections_that_differ_do_not_trip(third: APIStatusError) -> None:
 @pytest.mark.parametrize(
     "other",
     [
-        APIStatusError("blocked", status=400, code="moderation_blocked"),  # about one prompt
-        APIStatusError("down", status=503),  # not a rejection
+        describe(status_error("blocked", status=400, code="moderation_blocked")),  # one prompt
+        describe(status_error("down", status=503)),  # not a rejection
     ],
 )
-def test_moderation_and_server_errors_are_not_counted(other: APIStatusError) -> None:
+def test_moderation_and_server_errors_are_not_counted(other: Failure) -> None:
     wire = Tripwire()
     assert [wire.rejected(job, other) for job in "abc"] == [None] * 3
     wire.rejected("d", _rejected())

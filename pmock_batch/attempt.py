@@ -1,0 +1,392 @@
+"""The direct runner: one job becomes one :class:`~pmock_batch.models.JobRecord`.
+
+Each image of a job is one POST (``n`` fans out), retried by the policy's
+tenacity controller. An attempt takes a request slot of the pool and its turn
+at the shared :class:`~pmock_batch.pacing.Pacer`, streams the answer's image
+into an :class:`~pmock_batch.images.ImageSink`, then (outside the slot, so the
+next request goes out meanwhile) verifies it and renames it into place. Every
+failure is described once (:func:`~pmock_batch.failures.describe`) and every
+reaction reads that :class:`~pmock_batch.failures.Failure`: the retry, the
+pacer's hold after a 429, the tripwire, the abort, the record and the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from .client import ImagesClient, Reply
+from .config import RunConfig
+from .errors import (
+    APIError,
+    APITimeoutError,
+    CannotConnectError,
+    Decision,
+    InvalidResponseError,
+    PmockBatchError,
+)
+from .failures import Failure, Where, abort_message, describe
+from .images import ImageInfo, ImageSink, decode_and_verify, image_warnings, rejected_path
+from .jobs import InvalidLine, Job
+from .models import ErrorRecord, FileRecord, JobRecord, JobStatus, RejectedFile
+from .pacing import Pacer
+from .pool import Pool, Progress
+from .retry import RetryPolicy
+from .tally import add_usage
+from .tripwire import Tripwire
+
+__all__ = ["DirectRunner", "Writer", "commit"]
+
+log = logging.getLogger("pmock_batch")
+
+Writer = Callable[[ImageSink, Path, str], Awaitable[Path]]
+
+
+async def commit(sink: ImageSink, out_dir: Path, relative: str) -> Path:
+    """The default writer: rename the verified temporary file into place."""
+    return await sink.commit(out_dir, relative)
+
+
+class RetryHook(Protocol):
+    """Told about each retry: the live progress shows who is backing off."""
+
+    def retrying(self, job_id: str, attempt: int, wait: float, reason: str) -> None: ...
+
+
+class _Stopped(Exception):
+    """Raised inside a job when the run stopped before its next attempt."""
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _log_attempt(job_id: str, attempt: int, status: int, started: float) -> None:
+    latency = time.monotonic() - started
+    log.debug(
+        "%s: attempt %d: HTTP %d in %.2fs",
+        job_id,
+        attempt,
+        status,
+        latency,
+        extra={
+            "event": "attempt",
+            "job_id": job_id,
+            "attempt": attempt,
+            "http_status": status,
+            "latency_s": round(latency, 3),
+        },
+    )
+
+
+def _warn(job: Job, text: str) -> None:
+    log.warning("%s: %s", job.id, text, extra={"event": "warning", "job_id": job.id})
+
+
+class DirectRunner:
+    """Runs jobs over HTTP, one POST per image, against ``config.endpoint``."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        client: ImagesClient,
+        pool: Pool,
+        *,
+        policy: RetryPolicy,
+        pacer: Pacer,
+        hook: RetryHook,
+        writer: Writer = commit,
+    ) -> None:
+        self.config = config
+        self.client = client
+        self.pool = pool
+        self.policy = policy.with_sleep(pool.sleep)
+        self.pacer = pacer
+        self.hook = hook
+        self.writer = writer
+        self.tripwire = Tripwire()  # aborts early when every job would fail the same way
+        self.where = Where(
+            endpoint=config.endpoint, out_dir=str(config.out_dir), api_key_env=config.api_key_env
+        )
+
+    # -- one job ---------------------------------------------------------
+
+    async def run(self, job: Job, progress: Progress) -> JobRecord:
+        started_at, t0 = _now(), time.monotonic()
+        warnings: list[str] = []
+        usage: dict[str, Any] = {}
+        revised: str | None = None
+        body = job.wire_body(self.config.field_case)
+        error: ErrorRecord | None = None
+        status: JobStatus = "ok"
+        for index, stem in enumerate(job.stems, start=1):
+            try:
+                image, reply, relative = await self._image(job, stem, body, progress, index)
+            except _Stopped:
+                status = "failed" if progress.files else "not_run"
+                error = ErrorRecord(kind="not_run", message=self.pool.stop_reason)
+                break
+            except Exception as exc:  # a job's failure, even an unexpected one, is a record
+                failure = describe(exc, self.policy)
+                self._react(job, failure)
+                error, status = failure.record(), "failed"
+                break
+            if image.format != job.request.format:
+                warnings.append(
+                    f"asked for {job.request.format} but the server sent {image.format}; "
+                    f"saved as {relative}"
+                )
+                _warn(job, warnings[-1])
+            for warning in image_warnings(image, size=job.request.size):
+                warnings.append(f"{relative}: {warning}")
+                _warn(job, warnings[-1])
+            progress.files.append(
+                FileRecord(
+                    path=relative,
+                    sha256=image.sha256,
+                    bytes=image.bytes,
+                    format=image.format,
+                    width=image.width,
+                    height=image.height,
+                )
+            )
+            add_usage(usage, reply.body.usage)
+            revised = revised or reply.body.data[0].revised_prompt
+        return self._record(
+            job,
+            progress,
+            status=status,
+            error=error,
+            elapsed_s=round(time.monotonic() - t0, 3),
+            started_at=started_at,
+            warnings=warnings,
+            usage=usage or None,
+            revised_prompt=revised,
+        )
+
+    def _react(self, job: Job, failure: Failure) -> None:
+        """What a job's last failure means for the run: an abort, or a tripped wire."""
+        if failure.decision is Decision.ABORT:
+            self.pool.abort(abort_message(failure, self.where))
+        elif (tripped := self.tripwire.rejected(job.id, failure)) is not None:
+            self.pool.abort(tripped)
+        if failure.kind == "internal":
+            log.error(
+                "%s: unexpected error",
+                job.id,
+                exc_info=failure.error,
+                extra={"event": "internal"},
+            )
+
+    # -- one image ---------------------------------------------------------
+
+    async def _image(
+        self, job: Job, stem: str, body: dict[str, Any], progress: Progress, index: int
+    ) -> tuple[ImageInfo, Reply, str]:
+        """One image, with retries. Raises the last error when attempts run out."""
+        name = job.id if len(job.stems) == 1 else f"{job.id} (image {index} of {len(job.stems)})"
+
+        def on_retry(failure: Failure, attempt: int, wait: float) -> None:
+            progress.retries += 1
+            if failure.billed:
+                progress.billed += 1
+            elif isinstance(failure.error, APITimeoutError):
+                progress.ambiguous += 1
+            self.hook.retrying(job.id, attempt, wait, failure.reason)
+            log.debug(
+                "%s: attempt %d failed (%s); retrying in %.1fs",
+                name,
+                attempt,
+                failure.reason,
+                wait,
+                extra={
+                    "event": "retry",
+                    "job_id": job.id,
+                    "image": index,
+                    "attempt": attempt,
+                    "wait_s": round(wait, 3),
+                    "reason": failure.reason,
+                },
+            )
+
+        async for attempt in self.policy.retrying(on_retry=on_retry):
+            with attempt:
+                sink = ImageSink(self.config.out_dir, stem)
+                try:
+                    return await self._once(job, stem, body, sink, progress)
+                except APIError as exc:
+                    if describe(exc, self.policy).billed and sink.size:
+                        await self._keep_rejected(job, sink, stem, exc, progress)
+                    raise
+                finally:
+                    sink.discard()
+        raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
+
+    async def _once(
+        self, job: Job, stem: str, body: dict[str, Any], sink: ImageSink, progress: Progress
+    ) -> tuple[ImageInfo, Reply, str]:
+        """One attempt at one image: the exchange in a slot, then verify and commit."""
+        # The slot covers the HTTP exchange only: verifying and committing the image
+        # happen outside it, while the next request goes out.
+        async with self.pool.slots:
+            await self.pacer.acquire()
+            if self.pool.stopping:
+                raise _Stopped
+            progress.attempts += 1
+            started, sent_at = time.monotonic(), self.pacer.now()
+            try:
+                reply = await self._request(body, sink, url=job.request.response_format == "url")
+            except APIError as exc:
+                self._answered(job, exc, progress, started, sent_at)
+                raise
+        self.tripwire.succeeded()
+        self.pacer.observe(reply.headers, sent_at=sent_at)
+        _log_attempt(job.id, progress.attempts, reply.status, started)
+        image = await sink.verify()
+        relative = f"{stem}.{image.extension}"
+        await self.writer(sink, self.config.out_dir, relative)
+        return image, reply, relative
+
+    def _answered(
+        self, job: Job, exc: APIError, progress: Progress, started: float, sent_at: float
+    ) -> None:
+        """React to a failed exchange: the pacer, the tripwire, the counts, the log."""
+        if isinstance(exc, CannotConnectError):
+            tripped = self.tripwire.connect_failed(exc)
+            if tripped is not None:
+                self.pool.abort(tripped)
+            return
+        failure = describe(exc, self.policy)
+        if failure.status is None:
+            return
+        progress.http_status = failure.status
+        self.tripwire.answered()
+        headers = getattr(exc, "headers", None)
+        if headers is not None:
+            self.pacer.observe(headers, sent_at=sent_at)
+        if failure.status == 429:
+            progress.rate_limited += 1
+            if failure.decision is Decision.RETRY:  # else this job gives up: no hold for it
+                self.pacer.refused(failure.wait)
+        _log_attempt(job.id, progress.attempts, failure.status, started)
+
+    async def _keep_rejected(
+        self, job: Job, sink: ImageSink, stem: str, exc: APIError, progress: Progress
+    ) -> None:
+        """Move a billed answer's unusable bytes to ``.rejected/``, as received; note it."""
+        out = self.config.out_dir
+        size, sha256 = sink.size, sink.sha256
+        try:
+            relative = await asyncio.to_thread(rejected_path, out, stem, progress.attempts)
+            await sink.keep(out, relative)
+        except (OSError, PmockBatchError) as err:  # the job's own error matters more
+            _warn(job, f"could not keep the rejected image: {err}")
+            return
+        reason = describe(exc, self.policy).reason
+        progress.rejected.append(
+            RejectedFile(path=relative, bytes=size, sha256=sha256, reason=reason)
+        )
+        log.warning(
+            "%s: the server's 200 was billed but unusable (%s); its %d bytes are kept as %s",
+            job.id,
+            reason,
+            size,
+            relative,
+            extra={"event": "rejected", "job_id": job.id, "path": relative, "bytes": size},
+        )
+
+    async def _request(self, body: dict[str, Any], sink: ImageSink, *, url: bool) -> Reply:
+        """One HTTP exchange: the image streams into ``sink`` (or is downloaded into it).
+
+        Only ``data[0]`` is read. Its ``url`` is followed only when the job asked
+        for ``response_format: url``. An error after a 2xx had started to arrive
+        is marked ``answered``: billed.
+        """
+        try:
+            reply = await self.client.generate(body, sink)
+        except APIError as exc:
+            exc.answered = exc.answered or sink.answered
+            raise
+        item = reply.body.data[0]
+        try:
+            if not sink.streamed:
+                if item.url and url:
+                    await self._download(item.url, sink)
+                elif item.b64_json:  # an unusual body the scanner left whole
+                    image = await asyncio.to_thread(decode_and_verify, item.b64_json)
+                    await sink.feed_raw(image.data)
+                elif item.url:
+                    raise InvalidResponseError(
+                        "the server's answer has a url, not the b64_json that was asked for"
+                    )
+                else:
+                    raise InvalidResponseError("the server's answer has neither b64_json nor url")
+        except APIError as exc:
+            exc.answered = True  # the POST was answered 2xx
+            raise
+        return reply
+
+    async def _download(self, url: str, sink: ImageSink) -> None:
+        """GET a 2xx's image URL, retrying the GET alone: a new POST would be billed again."""
+
+        def on_retry(failure: Failure, attempt: int, wait: float) -> None:
+            log.debug(
+                "downloading the image failed (%s); retrying the GET in %.1fs",
+                failure.reason,
+                wait,
+                extra={"event": "download_retry", "attempt": attempt},
+            )
+
+        async for get in self.policy.download_retrying(on_retry=on_retry):
+            with get:
+                sink.restart()
+                await self.client.download(url, sink)
+
+    # -- records -----------------------------------------------------------
+
+    def _record(self, job: Job, progress: Progress, **fields: Any) -> JobRecord:
+        return JobRecord(
+            id=job.id,
+            line=job.line,
+            files=progress.files,
+            attempts=progress.attempts,
+            retries=progress.retries,
+            rate_limited=progress.rate_limited,
+            http_status=progress.http_status,
+            request=job.wire_body(self.config.field_case),
+            fingerprint=job.fingerprint,
+            ambiguous_retries=progress.ambiguous,
+            billed_retries=progress.billed,
+            rejected=progress.rejected,
+            finished_at=_now(),
+            **fields,
+        )
+
+    def unfinished(self, job: Job, progress: Progress | None, reason: str) -> JobRecord:
+        """A job that did not finish. One cancelled in flight keeps its attempts (the server
+        saw them) and the images it saved (they were paid for); with images it is ``failed``."""
+        progress = progress or Progress()
+        record = self._record(
+            job,
+            progress,
+            status="failed" if progress.files else "not_run",
+            error=ErrorRecord(kind="not_run", message=reason),
+        )
+        record.finished_at = None
+        return record
+
+    def invalid(self, item: InvalidLine) -> JobRecord:
+        now = _now()
+        return JobRecord(
+            id=item.id,
+            line=item.line,
+            status="invalid",
+            error=ErrorRecord(kind="invalid", message=item.message),
+            started_at=now,
+            finished_at=now,
+        )

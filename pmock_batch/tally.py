@@ -1,0 +1,169 @@
+"""What a run did, counted in one place: :meth:`Summary.add` is the only reducer.
+
+The CLI's summary table, ``--json``, the live progress and report.html all
+read a :class:`Summary` built by it, so they cannot disagree about the same
+records. The rules, once:
+
+- every record is one job, counted by its status (ok, failed, invalid, not run);
+- ``images`` counts every image saved, a partly failed ``n > 1`` job's included:
+  they are on disk and were paid for;
+- ``failed_by_kind`` counts failed and invalid jobs by ``error.kind``; jobs not
+  run have their own count and are not failures of a kind;
+- attempts, retries (ambiguous and billed among them), 429s, warnings, usage and
+  job seconds are the records' own numbers, added up.
+
+A job a previous run finished is not a record of this run: :meth:`Summary.skip`
+counts it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from .models import JobRecord
+
+__all__ = ["MAX_LISTED_FAILURES", "Summary", "add_usage", "summarize"]
+
+MAX_LISTED_FAILURES = 20
+
+
+def add_usage(total: dict[str, Any], usage: dict[str, Any] | None) -> None:
+    """Add a response's (or record's) numeric usage fields into ``total``."""
+    for key, value in (usage or {}).items():
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            total[key] = total.get(key, 0) + value
+
+
+def _timestamp(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return None
+
+
+@dataclass(slots=True)
+class Summary:
+    """The counts of a set of records, plus the run's own facts (elapsed, aborted...)."""
+
+    jobs: int = 0
+    ok: int = 0
+    failed: int = 0
+    invalid: int = 0
+    not_run: int = 0
+    skipped: int = 0  # done by an earlier run: no record of this one
+    images: int = 0
+    attempts: int = 0
+    retries: int = 0
+    ambiguous_retries: int = 0  # retries after a timeout: the first try may have been billed
+    billed_retries: int = 0  # retries after a 2xx whose image was unusable: each one was billed
+    warnings: int = 0  # warnings in the records (sizes not as asked, bytes after the end...)
+    rate_limited: int = 0  # 429 answers seen
+    job_seconds: float = 0.0  # the jobs' elapsed times, added up
+    usage: dict[str, Any] = field(default_factory=dict)
+    failed_by_kind: Counter[str] = field(default_factory=Counter)
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (id, reason), the first few
+    first_started: datetime | None = None
+    last_finished: datetime | None = None
+    # The run's own facts, set by the run, not counted from records:
+    elapsed_s: float = 0.0
+    aborted: str | None = None  # why the run stopped early, if it did
+    interrupted: bool = False
+
+    @property
+    def done(self) -> int:
+        """Jobs accounted for: recorded or skipped."""
+        return self.jobs + self.skipped
+
+    @property
+    def not_ok(self) -> int:
+        """Jobs recorded as anything but ok: failed, invalid and not run."""
+        return self.failed + self.invalid + self.not_run
+
+    @property
+    def images_per_minute(self) -> float:
+        return self.images / self.elapsed_s * 60.0 if self.elapsed_s > 0 else 0.0
+
+    @property
+    def wall_seconds(self) -> float | None:
+        """First start to last finish, as the records say."""
+        if self.first_started is None or self.last_finished is None:
+            return None
+        with contextlib.suppress(TypeError):  # naive and aware timestamps mixed
+            return max(0.0, (self.last_finished - self.first_started).total_seconds())
+        return None
+
+    def add(self, record: JobRecord) -> None:
+        """Count one record: the only place that counts."""
+        self.jobs += 1
+        if record.status == "ok":
+            self.ok += 1
+        elif record.status == "failed":
+            self.failed += 1
+        elif record.status == "invalid":
+            self.invalid += 1
+        else:
+            self.not_run += 1
+        self.images += len(record.files)
+        self.attempts += record.attempts
+        self.retries += record.retries
+        self.ambiguous_retries += record.ambiguous_retries
+        self.billed_retries += record.billed_retries
+        self.rate_limited += record.rate_limited
+        self.warnings += len(record.warnings)
+        self.job_seconds += record.elapsed_s
+        add_usage(self.usage, record.usage)
+        if record.error is not None and record.status in ("failed", "invalid"):
+            self.failed_by_kind[record.error.kind] += 1
+            if len(self.failures) < MAX_LISTED_FAILURES:
+                self.failures.append((record.id or f"line {record.line}", record.error.message))
+        self._times(record)
+
+    def skip(self) -> None:
+        """Count a job an earlier run finished."""
+        self.skipped += 1
+
+    def _times(self, record: JobRecord) -> None:
+        with contextlib.suppress(TypeError):  # naive and aware timestamps mixed
+            start = _timestamp(record.started_at)
+            if start is not None and (self.first_started is None or start < self.first_started):
+                self.first_started = start
+            end = _timestamp(record.finished_at)
+            if end is not None and (self.last_finished is None or end > self.last_finished):
+                self.last_finished = end
+
+    def counts(self) -> dict[str, Any]:
+        """The counts as ``--json`` and report.html write them."""
+        return {
+            "jobs": {
+                "total": self.done,
+                "ok": self.ok,
+                "failed": self.failed,
+                "invalid": self.invalid,
+                "not_run": self.not_run,
+                "skipped": self.skipped,
+            },
+            "images": self.images,
+            "attempts": self.attempts,
+            "retries": self.retries,
+            "ambiguous_retries": self.ambiguous_retries,
+            "billed_retries": self.billed_retries,
+            "rate_limited": self.rate_limited,
+            "warnings": self.warnings,
+            "failed_by_kind": dict(sorted(self.failed_by_kind.items())),
+            "usage": dict(self.usage),
+        }
+
+
+def summarize(records: Iterable[JobRecord]) -> Summary:
+    """A :class:`Summary` of ``records``."""
+    summary = Summary()
+    for record in records:
+        summary.add(record)
+    return summary
