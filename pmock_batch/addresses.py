@@ -18,7 +18,11 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-__all__ = ["KINDS", "AddressPolicy", "address_kind", "host_kind"]
+from yarl import URL
+
+from .errors import InvalidResponseError
+
+__all__ = ["KINDS", "AddressPolicy", "address_kind", "checked_url", "host_kind"]
 
 # public: globally routable. loopback: this machine (and 0.0.0.0, which reaches it).
 # link_local: 169.254.0.0/16 and fe80::/10, where metadata services live.
@@ -93,3 +97,27 @@ class AddressPolicy:
             f"refusing to download the image from {at}: a {kind} address, "
             "and the base URL is not on one"
         )
+
+
+def checked_url(url: str, policy: AddressPolicy) -> str:
+    """The host of an image URL that may be fetched: http(s), and an allowed IP literal or a name.
+
+    The host is spelled as aiohttp will resolve it (an IDN in punycode).
+    Raises :class:`InvalidResponseError` (a billed answer that is unusable).
+    """
+    try:
+        parts = URL(url)
+        scheme, host = parts.scheme.lower(), parts.raw_host
+    except (ValueError, TypeError):
+        raise InvalidResponseError("the image URL is malformed") from None
+    if scheme not in ("http", "https"):
+        raise InvalidResponseError(f"refusing to download an image URL with scheme {scheme[:20]!r}")
+    if not host:
+        raise InvalidResponseError("the image URL has no host")
+    try:
+        address_kind(host)
+    except ValueError:
+        return host  # a name: the client's resolver checks what it resolves to
+    if not policy.allows(host):
+        raise InvalidResponseError(policy.refusal(host, host))
+    return host

@@ -9,40 +9,35 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import json
 import os
 import socket
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any, Protocol, overload
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
-from pydantic import ValidationError
 from yarl import URL
 
-from .addresses import AddressPolicy, address_kind, host_kind
+from .addresses import AddressPolicy, address_kind, checked_url, host_kind
+from .answers import Reply, b64_size, clean, parse_images, status_from_body, too_large
 from .config import MAX_DOWNLOAD_REDIRECTS, MAX_RESPONSE_EXTRA_BYTES, RunConfig
 from .errors import (
     APIConnectionError,
-    APIStatusError,
     APITimeoutError,
     CannotConnectError,
     DownloadError,
-    Headers,
     InvalidResponseError,
     ProxyRefusedError,
     ResponseTooLargeError,
     UntrustedCertificateError,
     UsageError,
-    status_error,
 )
 from .images import MAX_IMAGE_BYTES
-from .models import MAX_PROMPT_CHARS, ImagesResponse
+from .models import MAX_PROMPT_CHARS
 from .network import ProxyRoutes, ssl_context
-from .text import redact, server_text
+from .text import redact
 from .version import __version__
 
 __all__ = ["BodySink", "ImagesClient", "Reply", "redact"]
@@ -50,7 +45,6 @@ __all__ = ["BodySink", "ImagesClient", "Reply", "redact"]
 # Bodies larger than this are parsed in a worker thread, so that a 20 MB
 # base64 string never stalls the event loop.
 _THREAD_PARSE_BYTES = 256 * 1024
-_MAX_ERROR_CHARS = 2000
 MAX_DOWNLOAD_BYTES = 256 * 1024 * 1024  # an image URL larger than this is refused
 _STREAM_CHUNK = 256 * 1024  # the most a streamed read hands over at once
 _MAX_ERROR_BODY = 1 << 20  # an error body is read up to this size
@@ -90,94 +84,12 @@ async def _read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes:
     return b"".join(chunks)
 
 
-def b64_size(size: int) -> int:
-    """The length of the base64 text of ``size`` bytes."""
-    return 4 * -(-size // 3)
-
-
-def _too_large(what: str, cap: int) -> InvalidResponseError:
-    """A 200 over a cap: an invalid answer (billed, so retried at most --max-billed-retries)."""
-    return InvalidResponseError(f"the server's 200 answer has more than {cap:,} bytes {what}")
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """A successful answer: the parsed body, its status and headers."""
-
-    body: ImagesResponse
-    status: int
-    headers: Headers  # case-insensitive
-
-
-def _parse_images(raw: bytes) -> ImagesResponse:
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        reason = _clean(str(exc), ())
-        raise InvalidResponseError(f"the server's 200 answer is not JSON: {reason}") from exc
-    except RecursionError:  # [[[[...: within the cap, but deeper than any answer
-        raise InvalidResponseError("the server's 200 answer is nested too deeply") from None
-    if not isinstance(data, dict) or not data.get("data"):
-        raise InvalidResponseError("the server's 200 answer has no image in 'data'")
-    try:
-        return ImagesResponse.model_validate(data)
-    except ValidationError as exc:  # its text echoes the values: say where and what, not them
-        problems = [
-            f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['type']}"
-            for err in exc.errors(include_url=False, include_input=False)[:3]
-        ]
-        raise InvalidResponseError(
-            f"the server's 200 answer has an unexpected shape ({'; '.join(problems)})"
-        ) from None
-
-
-def _status_error(
-    status: int, raw: bytes, headers: Headers, secrets: tuple[str, ...]
-) -> APIStatusError:
-    """Build an APIStatusError from OpenAI's error shape, or from whatever text came back.
-
-    Every field the server wrote is made safe by :func:`_clean` before it is kept.
-    """
-    message, code, type_, param = "", None, None, None
-    try:
-        data: Any = json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        data = None
-    err = data.get("error") if isinstance(data, dict) else None
-    if isinstance(err, dict):
-        message = str(err.get("message") or "")
-        code = str(err["code"]) if err.get("code") is not None else None
-        type_ = str(err["type"]) if err.get("type") is not None else None
-        param = str(err["param"]) if err.get("param") is not None else None
-    elif isinstance(err, str):
-        message = err
-    if not message:
-        message = raw.decode("utf-8", "replace").strip() or f"HTTP {status}"
-    return status_error(
-        _clean(message, secrets),
-        status=status,
-        code=_clean(code, secrets),
-        type=_clean(type_, secrets),
-        param=_clean(param, secrets),
-        headers=headers,
-    )
-
-
 def _os_reason(exc: aiohttp.ClientConnectorError) -> str:
     """The operating system's word for a failed connection: "Connection refused", not
     asyncio's "Connect call failed (...)"."""
     err = exc.os_error
     reason = os.strerror(err.errno) if err.errno and err.errno > 0 else ""
     return reason or err.strerror or str(err) or type(err).__name__
-
-
-@overload
-def _clean(text: str, secrets: tuple[str, ...], limit: int = ...) -> str: ...
-@overload
-def _clean(text: None, secrets: tuple[str, ...], limit: int = ...) -> None: ...
-def _clean(text: str | None, secrets: tuple[str, ...], limit: int = _MAX_ERROR_CHARS) -> str | None:
-    """Where server text enters: redacted, then cut, then escaped (:func:`.text.server_text`)."""
-    return None if text is None else server_text(text, secrets, limit=limit)
 
 
 @contextmanager
@@ -231,9 +143,9 @@ def _mapped(what: str, timeout: float, url: str) -> Iterator[None]:
             reason=reason,
         ) from exc
     except aiohttp.ClientError as exc:  # its text may quote the server (a URL, a header)
-        raise APIConnectionError(f"{what}: {type(exc).__name__}: {_clean(str(exc), ())}") from exc
+        raise APIConnectionError(f"{what}: {type(exc).__name__}: {clean(str(exc), ())}") from exc
     except ConnectionError as exc:
-        raise APIConnectionError(f"{what}: {_clean(str(exc), ())}") from exc
+        raise APIConnectionError(f"{what}: {clean(str(exc), ())}") from exc
 
 
 class _GuardedResolver(AbstractResolver):
@@ -367,13 +279,13 @@ class ImagesClient:
                 else:
                     raw = await self._read_body(resp, sink)
         if status >= 300:
-            raise _status_error(status, raw, headers, self._secrets)
+            raise status_from_body(status, raw, headers, self._secrets)
         if len(raw) > _THREAD_PARSE_BYTES:
-            parsed = await asyncio.to_thread(_parse_images, raw)
+            parsed = await asyncio.to_thread(parse_images, raw)
         else:
-            parsed = _parse_images(raw)
+            parsed = parse_images(raw)
         item = parsed.data[0]  # only data[0] is read: one image per request
-        item.revised_prompt = _clean(item.revised_prompt, self._secrets, MAX_PROMPT_CHARS)
+        item.revised_prompt = clean(item.revised_prompt, self._secrets, MAX_PROMPT_CHARS)
         return Reply(body=parsed, status=status, headers=headers)
 
     async def _read_body(self, resp: aiohttp.ClientResponse, sink: BodySink | None) -> bytes:
@@ -387,19 +299,19 @@ class ImagesClient:
         answer is invalid: billed, so retried at most ``--max-billed-retries``.
         """
         if (resp.content_length or 0) > self._max_body:
-            raise _too_large("in all", self._max_body)
+            raise too_large("in all", self._max_body)
         chunks: list[bytes] = []
         size = 0
         async for chunk in resp.content.iter_chunked(_STREAM_CHUNK):
             size += len(chunk)
             if size > self._max_body:
-                raise _too_large("in all", self._max_body)
+                raise too_large("in all", self._max_body)
             if sink is None:  # held whole: only the whole-body cap applies
                 chunks.append(chunk)
             else:
                 await sink.feed_json(chunk)
                 if sink.held > self._max_extra:
-                    raise _too_large("outside its image", self._max_extra)
+                    raise too_large("outside its image", self._max_extra)
         return b"".join(chunks) if sink is None else await sink.end_json()
 
     async def _download_policy(self) -> AddressPolicy:
@@ -430,7 +342,7 @@ class ImagesClient:
         """
         policy = await self._download_policy()
         for _ in range(MAX_DOWNLOAD_REDIRECTS + 1):
-            host = _checked_url(url, policy)
+            host = checked_url(url, policy)
             with _mapped("GET image URL", self._config.timeout, url):
                 token = _DOWNLOAD_GUARD.set((host, policy))
                 try:
@@ -467,30 +379,6 @@ class ImagesClient:
         return ResponseTooLargeError(
             f"the image URL sends more than {self._max_download:,} bytes ({size:,} seen); refused"
         )
-
-
-def _checked_url(url: str, policy: AddressPolicy) -> str:
-    """The host of an image URL that may be fetched: http(s), and an allowed IP literal or a name.
-
-    The host is spelled as aiohttp will resolve it (an IDN in punycode).
-    Raises :class:`InvalidResponseError` (a billed answer that is unusable).
-    """
-    try:
-        parts = URL(url)
-        scheme, host = parts.scheme.lower(), parts.raw_host
-    except (ValueError, TypeError):
-        raise InvalidResponseError("the image URL is malformed") from None
-    if scheme not in ("http", "https"):
-        raise InvalidResponseError(f"refusing to download an image URL with scheme {scheme[:20]!r}")
-    if not host:
-        raise InvalidResponseError("the image URL has no host")
-    try:
-        address_kind(host)
-    except ValueError:
-        return host  # a name: _GuardedResolver checks what it resolves to
-    if not policy.allows(host):
-        raise InvalidResponseError(policy.refusal(host, host))
-    return host
 
 
 def _redirect_target(resp: aiohttp.ClientResponse) -> str:

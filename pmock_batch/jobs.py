@@ -9,8 +9,6 @@ for the worker pool, so a 100,000-line file never sits in memory at once.
 from __future__ import annotations
 
 import json
-import re
-import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -27,23 +25,12 @@ from .models import (
     fingerprint,
     normalize_fields,
 )
+from .names import MAX_ID_CHARS, Names, check_id, collisions, slug
 
 __all__ = ["MAX_ID_CHARS", "Defaults", "InvalidLine", "Job", "ScanResult", "iter_jobs", "scan"]
 
-MAX_ID_CHARS = 200
 MAX_REPORTED_PROBLEMS = 20
-_SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*\Z")
-# Names the tool itself writes at the top of OUT: an id may not claim them.
-RESERVED_NAMES = frozenset({"manifest.jsonl", "report.html", ".lock", ".thumbs", ".rejected"})
-# Windows refuses these as file names, with or without an extension; OUT is copied between
-# machines and CI runs on Windows runners too.
-WINDOWS_RESERVED = frozenset(
-    {"CON", "PRN", "AUX", "NUL"} | {f"{p}{i}" for p in ("COM", "LPT") for i in range(1, 10)}
-)
-# Every extension an image of a job may get (the server may send another format than asked).
-_ALL_EXTENSIONS = ("png", "jpg", "webp")
 _BATCH_KEYS = ("custom_id", "method", "url", "body")
-_SLUG_CHARS = 40
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,44 +112,6 @@ class ScanResult:
     @property
     def ok(self) -> bool:
         return not self.invalid
-
-
-def _check_id(value: Any) -> str:
-    """Validate a job id: relative, safe path segments, at most 200 characters."""
-    if not isinstance(value, str):
-        raise ValueError(f"expected a string, got {json.dumps(value)}")
-    if not value:
-        raise ValueError("must not be empty")
-    if len(value) > MAX_ID_CHARS:
-        raise ValueError(f"is {len(value)} characters long; at most {MAX_ID_CHARS} are allowed")
-    if value.startswith("/") or value.startswith("\\") or re.match(r"[A-Za-z]:", value):
-        raise ValueError(f"{value!r} is an absolute path; ids are relative to the output directory")
-    for index, segment in enumerate(value.split("/")):
-        if segment == "..":
-            raise ValueError(f"{value!r} contains '..'; output must stay in the output directory")
-        if not _SEGMENT.match(segment):
-            raise ValueError(
-                f"{value!r} is not a safe name: each '/'-separated part must match "
-                "[A-Za-z0-9_][A-Za-z0-9._-]*"
-            )
-        if segment.endswith("."):
-            raise ValueError(f"{value!r}: a part may not end in a dot (Windows drops it)")
-        if segment.split(".")[0].upper() in WINDOWS_RESERVED:
-            raise ValueError(
-                f"{value!r}: {segment!r} is a reserved device name on Windows "
-                "(CON, PRN, AUX, NUL, COM1-9, LPT1-9)"
-            )
-        if index == 0 and segment.casefold() in RESERVED_NAMES:
-            raise ValueError(f"{value!r}: {segment!r} is a name pmock-batch writes in OUT")
-    return value
-
-
-def slug(prompt: str, digest: str) -> str:
-    """A short, stable file name for an id-less job: prompt words plus 8 hex of its fingerprint."""
-    ascii_text = unicodedata.normalize("NFKD", prompt).encode("ascii", "ignore").decode()
-    words = re.sub(r"[^a-z0-9]+", "-", ascii_text.lower()).strip("-")
-    words = words[:_SLUG_CHARS].rstrip("-") or "image"
-    return f"{words}-{digest[:8]}"
 
 
 def _split_line(obj: Any) -> tuple[Any, dict[str, Any], str, list[tuple[str, str]]]:
@@ -262,7 +211,7 @@ def parse_line(
     job_id: str | None = None
     if raw_id is not None:
         try:
-            job_id = _check_id(raw_id)
+            job_id = check_id(raw_id)
         except ValueError as exc:
             problems.append(("custom_id" if prefix else "id", str(exc)))
     try:
@@ -319,13 +268,13 @@ def scan(
     """
     defaults = defaults or Defaults()
     result = ScanResult(file=str(path))
-    seen = _Names()
+    seen = Names()
     warned: set[str] = set()
     for number, text in _read_lines(path):
         parsed = _parse(number, text, defaults, caps)
         if parsed is None:
             continue
-        parsed_problems = _collisions(parsed, seen) if isinstance(parsed, Job) else parsed.problems
+        parsed_problems = collisions(parsed, seen) if isinstance(parsed, Job) else parsed.problems
         if parsed_problems:
             job_id = parsed.id
             message = _join(parsed_problems)
@@ -347,88 +296,6 @@ def scan(
 
 def _join(problems: list[tuple[str, str]]) -> str:
     return "; ".join(f"{f}: {m}" if f else m for f, m in problems)
-
-
-@dataclass(slots=True)
-class _Names:
-    """The output names of the lines read so far, casefolded (macOS and Windows ignore case)."""
-
-    stems: dict[str, tuple[int, str]] = field(default_factory=dict)  # stem -> (line, stem)
-    folders: dict[str, tuple[int, str]] = field(default_factory=dict)  # folder -> (line, id)
-
-
-def _folders(job_id: str) -> list[str]:
-    """The folders an id's file sits in: ``a/b/c`` -> ``a``, ``a/b``."""
-    parts = job_id.split("/")
-    return ["/".join(parts[:i]) for i in range(1, len(parts))]
-
-
-def _collisions(job: Job, seen: _Names) -> list[tuple[str, str]]:
-    """Report output names this job shares with an earlier line; register its own."""
-    problems = _same_names(job, seen.stems) or _file_and_folder(job, seen)
-    if not problems:
-        for stem in job.stems:
-            seen.stems[stem.casefold()] = (job.line, stem)
-        for folder in _folders(job.id):
-            seen.folders.setdefault(folder.casefold(), (job.line, job.id))
-    return problems
-
-
-def _file_and_folder(job: Job, seen: _Names) -> list[tuple[str, str]]:
-    """A file of one line that would have to be a folder of another (``x`` and ``x.png/y``)."""
-    for stem in job.stems:
-        for ext in _ALL_EXTENSIONS:
-            other = seen.folders.get(f"{stem}.{ext}".casefold())
-            if other is not None:
-                return [
-                    (
-                        "id",
-                        f"its file {stem}.{ext} would be the folder that line {other[0]}'s id "
-                        f"{other[1]!r} needs",
-                    )
-                ]
-    for folder in _folders(job.id):
-        base, dot, ext = folder.rpartition(".")
-        other = seen.stems.get(base.casefold()) if dot and ext.lower() in _ALL_EXTENSIONS else None
-        if other is not None:
-            return [
-                (
-                    "id",
-                    f"its folder {folder!r} would be the file that line {other[0]} "
-                    f"({other[1]!r}) writes",
-                )
-            ]
-    return []
-
-
-def _same_names(job: Job, seen: dict[str, tuple[int, str]]) -> list[tuple[str, str]]:
-    """Output names this job shares with an earlier line."""
-    for stem in job.stems:
-        key = stem.casefold()
-        if key not in seen:
-            continue
-        other_line, other_stem = seen[key]
-        if other_stem == stem and not job.named:
-            return [
-                (
-                    "prompt",
-                    f"same request as line {other_line}, so it would overwrite the same "
-                    'file; to get variants of one prompt set n (e.g. "n": 2), '
-                    "or give each line its own id",
-                )
-            ]
-        if other_stem == stem and stem == job.id:
-            return [("id", f"duplicate id {stem!r} (first used on line {other_line})")]
-        if other_stem == stem:
-            return [("id", f"output name {stem!r} (from n) is already used on line {other_line}")]
-        return [
-            (
-                "id",
-                f"output name {stem!r} collides with {other_stem!r} on line {other_line} "
-                "on case-insensitive file systems",
-            )
-        ]
-    return []
 
 
 def iter_jobs(

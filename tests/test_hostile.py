@@ -21,7 +21,9 @@ from aiohttp import web
 from helpers import by_id, read_manifest, run_cli, write_jobs
 
 from pmock_batch.addresses import AddressPolicy, address_kind, host_kind
-from pmock_batch.client import ImagesClient, _parse_images, _status_error
+from pmock_batch.answers import parse_images as _parse_images
+from pmock_batch.answers import status_from_body as _status_error
+from pmock_batch.client import ImagesClient
 from pmock_batch.config import RunConfig
 from pmock_batch.errors import InvalidResponseError
 from pmock_batch.images import ImageSink

@@ -22,11 +22,11 @@ from pmock_batch.jobs import (
     InvalidLine,
     Job,
     ScanResult,
-    _check_id,
     iter_jobs,
     scan,
-    slug,
 )
+from pmock_batch.names import check_id as _check_id
+from pmock_batch.names import slug
 
 NOT_A_SIZE = "is not a size: use WxH, such as 1024x1024, or auto"
 UNSAFE_NAME = "is not a safe name: each '/'-separated part must match [A-Za-z0-9_][A-Za-z0-9._-]*"

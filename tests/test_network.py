@@ -22,7 +22,7 @@ import pytest
 import trustme
 from helpers import by_id, open_image, read_manifest, run_cli, write_jobs
 
-from pmock_batch.client import _status_error
+from pmock_batch.answers import status_from_body as _status_error
 from pmock_batch.config import RunConfig
 from pmock_batch.errors import (
     APIConnectionError,
