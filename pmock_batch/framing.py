@@ -59,7 +59,20 @@ _P_CHECKED = 2  # reading a small critical chunk's data and CRC, to check the CR
 _P_SKIP = 3  # skipping a chunk's data and CRC unread
 
 
-class PngWalker:
+class _Walker:
+    """What every walker says after feeding: where the image ended, or what is wrong."""
+
+    def __init__(self) -> None:
+        self.size = 0  # bytes fed
+        self.end: int | None = None  # the offset just past the image's last byte, once seen
+        self.error: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.end is not None or self.error is not None
+
+
+class PngWalker(_Walker):
     """Walks a PNG's chunk structure, fed any split of its bytes.
 
     After feeding, :attr:`end` is the offset just past ``IEND``'s CRC (None
@@ -68,18 +81,12 @@ class PngWalker:
     """
 
     def __init__(self) -> None:
-        self.size = 0  # bytes fed
-        self.end: int | None = None
-        self.error: str | None = None
+        super().__init__()
         self.chunks = 0  # chunks walked (IEND included)
         self._state = _P_SIGNATURE
         self._buf = bytearray()  # the signature, a chunk header, or a checked chunk + CRC
         self._need = len(PNG_MAGIC)  # bytes wanted in _buf, or left to skip
         self._type = b""  # the type of the chunk being read
-
-    @property
-    def done(self) -> bool:
-        return self.end is not None or self.error is not None
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         n = len(data)
@@ -162,22 +169,16 @@ _EOI = 0xD9
 _STANDALONE = frozenset({0x01, 0xD8, *range(0xD0, 0xD8)})  # TEM, SOI, RST0-7: no length
 
 
-class JpegWalker:
+class JpegWalker(_Walker):
     """Walks a JPEG's marker segments to its end-of-image marker, fed any split of its bytes."""
 
     def __init__(self) -> None:
-        self.size = 0
-        self.end: int | None = None
-        self.error: str | None = None
+        super().__init__()
         self.stray = 0  # bytes between segments that are not markers (decoders skip them)
         self._state = _J_MARKER
         self._marker = 0
         self._length = bytearray()
         self._skip = 0
-
-    @property
-    def done(self) -> bool:
-        return self.end is not None or self.error is not None
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         n = len(data)
