@@ -307,7 +307,10 @@ async def test_peak_in_flight_counts_concurrent_requests_through_latency(make_mo
 
 
 async def test_stats_endpoint_log_and_reset(mock_server, session):
-    await post(session, mock_server, {"prompt": "a fox"}, headers={"Authorization": "Bearer sk-1"})
+    key = "sk-proj-0123456789abcdefSECRET"
+    await post(
+        session, mock_server, {"prompt": "a fox"}, headers={"Authorization": f"Bearer {key}"}
+    )
     await post(session, mock_server, {"prompt": "a fox", "size": "bad"})
     async with session.get(mock_server.url + "/_mock/stats") as resp:
         stats = await resp.json()
@@ -321,9 +324,11 @@ async def test_stats_endpoint_log_and_reset(mock_server, session):
         "path": "/v1/images/generations",
         "body": {"prompt": "a fox"},
         "has_authorization": True,
-        "authorization": "Bearer sk-1",
+        "authorization": "Bearer sk-proj-…",  # the key's first 8 characters only
         "outcome": "ok",
     }
+    assert "SECRET" not in json.dumps(stats)
+    assert mock_server.stats.log[0].authorization == f"Bearer {key}"  # in-process: all of it
     assert stats["log"][1]["has_authorization"] is False
     assert stats == mock_server.stats.to_json()
     async with session.post(mock_server.url + "/_mock/reset") as resp:

@@ -13,11 +13,13 @@ as the attributes::
       "downloads": 0,                 files served whole from /_mock/files/
       "download_attempts": {"ab12.png": 2},  GETs of /_mock/files/ per file name
       "log": [{"path": "/v1/images/generations", "body": {...} or null,
-               "has_authorization": true, "authorization": "Bearer sk-test",
+               "has_authorization": true, "authorization": "Bearer sk-test-…",
                "outcome": "ok"}]      the latest requests, oldest first (capped)
     }
 
-In-process tests can also read every header a request carried
+The endpoint shows only the first 8 characters of a bearer key (and the
+scheme), so a real key pointed at the mock by mistake is not on display.
+In-process tests can also read the whole ``authorization``, every header a request carried
 (``ReceivedRequest.headers``) and those of the latest downloads
 (``MockStats.download_headers``); the endpoint leaves them out.
 """
@@ -33,6 +35,19 @@ from typing import Any
 from .options import DEFAULT_LOG_LIMIT
 
 __all__ = ["MockStats", "ReceivedRequest"]
+
+
+KEY_SHOWN = 8  # characters of a bearer key /_mock/stats shows
+
+
+def _shown(authorization: str | None) -> str | None:
+    """``Bearer sk-abcdefgh…``: the scheme and the key's first characters, never all of it."""
+    if authorization is None:
+        return None
+    scheme, _, key = authorization.partition(" ")
+    if not key:
+        return scheme[:KEY_SHOWN] + ("…" if len(scheme) > KEY_SHOWN else "")
+    return f"{scheme} {key[:KEY_SHOWN]}" + ("…" if len(key) > KEY_SHOWN else "")
 
 
 @dataclass(slots=True)
@@ -62,7 +77,7 @@ class ReceivedRequest:
             "path": self.path,
             "body": self.body,
             "has_authorization": self.has_authorization,
-            "authorization": self.authorization,
+            "authorization": _shown(self.authorization),
             "outcome": self.outcome,
         }
 
