@@ -35,13 +35,16 @@ from rich.table import Table
 
 from .config import RunConfig
 from .engine import Engine, RunObserver, Summary
-from .jobs import Job
+from .jobs import Job, ScanResult
 from .models import JobRecord
+from .run import Plan
 
 __all__ = [
     "SUMMARY_SCHEMA",
     "Reporter",
     "make_console",
+    "print_plan",
+    "print_problems",
     "render_summary",
     "setup_logging",
     "summary_json",
@@ -389,3 +392,40 @@ def render_summary(summary: Summary, config: RunConfig, console: Console) -> Non
         hidden = summary.failed + summary.invalid - len(summary.failures)
         if hidden > 0:
             console.print(f"  ... and {hidden} more (see the manifest)", markup=False)
+
+
+def print_problems(result: ScanResult, file: IO[str]) -> None:
+    """The job file's problems, one ``FILE:LINE: message`` each, then a count."""
+    for problem in result.problems:
+        print(problem, file=file)
+    shown = len(result.problems)
+    if result.problem_count > shown:
+        print(f"... and {result.problem_count - shown} more problem(s)", file=file)
+    print(f"{result.file}: {len(result.invalid)} invalid line(s); nothing was sent.", file=file)
+
+
+def print_plan(plan: Plan, file: IO[str]) -> None:
+    """The ``--dry-run`` plan: counts, the files a run would write, and what --prune removes."""
+    print(
+        f"Plan for {plan.jobs_file}: {plan.jobs} job(s), {plan.images} image(s), into "
+        f"{plan.out_dir}/; {plan.done} already done, {plan.to_run} to run",
+        file=file,
+    )
+    if plan.invalid:
+        print(f"{plan.invalid} invalid line(s) would be skipped (--skip-invalid)", file=file)
+    for path, line in plan.files:
+        print(f"  {path}  (line {line})", file=file)
+    if plan.more:
+        print("  ... and more", file=file)
+    if plan.files:
+        print(
+            "  (an image in another format than asked is saved with its own extension)", file=file
+        )
+    if plan.stale is not None:
+        print(
+            f"--prune would remove {len(plan.stale)} job(s) no longer in {plan.jobs_file}:",
+            file=file,
+        )
+        for name, paths in plan.stale:
+            print(f"  {name}: {', '.join(str(p) for p in paths) or 'no files'}", file=file)
+    print("Nothing was sent (--dry-run).", file=file)
