@@ -29,7 +29,6 @@ from .capabilities import load_capabilities
 from .config import (
     API_KEY_ENV,
     BASE_URL_ENV,
-    DEFAULT_BASE_URL,
     DEFAULT_CONCURRENCY,
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_GRACE,
@@ -181,7 +180,7 @@ REQUEST_DEFAULTS = _apply(
         "jpeg and webp only",
         shown="the server's",
     ),
-    req("--capabilities", "FILE", FILE, None, "a TOML table over the shipped one", shown="none"),
+    req("--capabilities", "FILE", FILE, None, "TOML table over the shipped one", shown="none"),
 )
 
 
@@ -205,8 +204,15 @@ class _DefaultGroup(rclick.RichGroup):
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         if args and args[0] not in self.commands and args[0] != "--version":
+            close = difflib.get_close_matches(args[0], self.commands, n=1)
+            if close and not os.path.exists(args[0]):  # `pmock-batch reprot OUT`
+                message = f"no such command or file: '{args[0]}'. Did you mean '{close[0]}'?"
+                raise click.UsageError(message, ctx)
             args = ["run", *args]
         return super().parse_args(ctx, args)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)  # as declared: run first
 
 
 @click.group(
@@ -231,11 +237,11 @@ def cli() -> None:
 @rclick.argument("jobs", type=FILE, metavar="JOBS", panel="Input")
 @inp("--skip-invalid", help="run the valid lines, record the others, exit 1")
 @inp("--dry-run", help="validate and print the plan; send nothing")
-@inp("--force", help="redo jobs a previous run finished", shown="resume")
-@inp("--prune", help="forget jobs no longer in JOBS, delete their files", shown="keep")
-@inp("--verify", help="on resume, also check SHA-256s", shown="sizes only")
+@inp("--force", help="redo the jobs a previous run finished too")
+@inp("--prune", help="forget jobs no longer in JOBS, delete their files")
+@inp("--verify", help="on resume, check files' SHA-256, not just sizes")
 @REQUEST_DEFAULTS
-@end("--base-url", "URL", str, None, "API base URL", shown=f"${BASE_URL_ENV} or pmock's")
+@end("--base-url", "URL", str, None, "base URL", shown=f"${BASE_URL_ENV} or pmock's")
 @end(
     "--mock",
     help="run offline against a built-in mock; its flags: see 'pmock-batch "
@@ -272,7 +278,7 @@ def cli() -> None:
     shown="$SSL_CERT_FILE, $SSL_CERT_DIR or the system's",
 )
 @pool("--concurrency", "N", POSITIVE_INT, DEFAULT_CONCURRENCY, "requests in flight")
-@pool("--rpm", "N", POSITIVE, None, "requests per minute", shown="learned from the server")
+@pool("--rpm", "N", POSITIVE, None, "requests per minute", shown="learned")
 @pool("--max-attempts", "N", POSITIVE_INT, DEFAULT_MAX_ATTEMPTS, "attempts per image")
 @pool(
     "--max-billed-retries",
@@ -282,12 +288,12 @@ def cli() -> None:
     "billed retries of unusable 200s",
 )
 @pool("--max-retry-wait", "SECONDS", POSITIVE, DEFAULT_MAX_RETRY_WAIT, "longest Retry-After")
-@pool("--grace", "SECONDS", float, DEFAULT_GRACE, "time jobs in flight get after Ctrl-C")
+@pool("--grace", "SECONDS", float, DEFAULT_GRACE, "for jobs in flight after Ctrl-C")
 @out("--out", "DIR", FILE, None, "output directory", shown="out/<JOBS name without extension>")
 @logs("--quiet", short="-q", help="errors and the summary only")
 @logs("--verbose", short="-v", help="log every attempt, never the key")
 @logs("--log-format", None, click.Choice(("text", "json")), "text", "json: one object a line")
-@logs("--json", help="also the summary as JSON on stdout")
+@logs("--json", help="the summary as JSON on stdout too")
 @mock_flags(prefix="mock-", hidden=True)
 def run(**o: Any) -> int:
     """Turn JOBS, a JSONL file of prompts, into images in OUT, with a manifest.
@@ -374,9 +380,7 @@ def _mock_options(o: dict[str, Any]) -> Any:
 
 def _check_jobs_file(jobs: Path) -> None:
     if not jobs.is_file():
-        close = difflib.get_close_matches(str(jobs), list(cli.commands), n=1)
-        hint = f" (did you mean the command '{close[0]}'?)" if close else ""
-        raise UsageError(f"{jobs}: no such file{hint}")
+        raise UsageError(f"{jobs}: no such file")
 
 
 async def _run(
