@@ -15,7 +15,6 @@ import difflib
 import json
 import logging
 import os
-import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -25,29 +24,9 @@ from typing import Any, TypeVar
 import click
 import rich_click as rclick
 
+from . import config as cfg
+from . import console
 from .capabilities import load_capabilities
-from .config import (
-    API_KEY_ENV,
-    BASE_URL_ENV,
-    DEFAULT_CONCURRENCY,
-    DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_GRACE,
-    DEFAULT_MAX_ATTEMPTS,
-    DEFAULT_MAX_BILLED_RETRIES,
-    DEFAULT_MODEL,
-    DEFAULT_TIMEOUT,
-    MANIFEST_NAME,
-    RunConfig,
-)
-from .console import (
-    Reporter,
-    make_console,
-    print_plan,
-    print_problems,
-    render_summary,
-    setup_logging,
-    summary_json,
-)
 from .engine import Engine, Summary
 from .errors import LockedError, OutputPathError, PmockBatchError, UsageError
 from .jobs import Defaults, iter_jobs, scan
@@ -129,6 +108,7 @@ def _panel(panel: str) -> Callable[..., Callable[[F], F]]:
         flag = metavar is None and kind is None
         if shown is None:
             shown = "off" if flag else f"{default:g}" if isinstance(default, float) else default
+        kind = click.Choice(kind) if isinstance(kind, tuple) else kind
         kw |= {"is_flag": True} if flag else {"metavar": metavar, "type": kind, "default": default}
         names = (short, name) if short else (name,)
         return rclick.option(*names, panel=panel, help=f"{help} (default: {shown})", **kw)
@@ -152,42 +132,35 @@ def _headers(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
         raise click.BadParameter(str(exc), ctx=ctx, param=param) from exc
 
 
-COUNT, POSITIVE_INT = click.IntRange(min=0), click.IntRange(min=1)
+COUNT, POSITIVE_INT, PERCENT = click.IntRange(min=0), click.IntRange(min=1), click.IntRange(0, 100)
 POSITIVE, FILE = click.FloatRange(min=0, min_open=True), click.Path(path_type=Path)
 req, inp, end = _panel("Request defaults"), _panel("Input"), _panel("Endpoint")
 net, pool = _panel("Network"), _panel("Concurrency and retries")
 out, logs = _panel("Output"), _panel("Logging")
+HEADER = {"shown": "none", "multiple": True, "callback": _headers}
+PROXY_ENV = "$HTTPS_PROXY, $HTTP_PROXY or $ALL_PROXY, less $NO_PROXY"
+CA_ENV = "$SSL_CERT_FILE, $SSL_CERT_DIR or the system's"
 REQUEST_DEFAULTS = _apply(
-    req("--model", "NAME", str, None, "model name", shown=DEFAULT_MODEL),
+    req("--model", "NAME", str, None, "model name", shown=cfg.DEFAULT_MODEL),
     req("--size", "WxH", str, None, "image size", shown="the server's"),
     req("--quality", "Q", str, None, "quality", shown="the server's"),
-    req("--output-format", None, click.Choice(FORMATS), None, "image format", shown="png"),
+    req("--output-format", None, FORMATS, None, "image format", shown="png"),
     req("--background", "B", str, None, "background", shown="the server's"),
     req("--moderation", "M", str, None, "moderation", shown="the server's"),
-    req(
-        "--response-format",
-        None,
-        click.Choice(RESPONSE_FORMATS),
-        None,
-        "dall-e-2/3 only",
-        shown="not sent",
-    ),
-    req(
-        "--output-compression",
-        "0-100",
-        click.IntRange(0, 100),
-        None,
-        "jpeg and webp only",
-        shown="the server's",
-    ),
+    req("--response-format", None, RESPONSE_FORMATS, None, "dall-e-2/3 only", shown="not sent"),
+    req("--output-compression", "0-100", PERCENT, None, "jpeg/webp only", shown="the server's"),
     req("--capabilities", "FILE", FILE, None, "TOML table over the shipped one", shown="none"),
 )
 
 
+def _pick(o: dict[str, Any], names: str) -> dict[str, Any]:
+    """The values of the flags ``names`` (space-separated), as keyword arguments."""
+    return {name: o[name] for name in names.split()}
+
+
 def _defaults(o: dict[str, Any]) -> Defaults:
-    names = ("model", "size", "quality", "output_format", "background", "moderation")
-    extra = ("output_compression", "response_format")
-    return Defaults(**{name: o[name] for name in (*names, *extra)})
+    request = "model size quality output_format background moderation output_compression"
+    return Defaults(**_pick(o, f"{request} response_format"))
 
 
 HELP_STYLE = rclick.RichHelpConfiguration(
@@ -241,58 +214,29 @@ def cli() -> None:
 @inp("--prune", help="forget jobs no longer in JOBS, delete their files")
 @inp("--verify", help="on resume, check files' SHA-256, not just sizes")
 @REQUEST_DEFAULTS
-@end("--base-url", "URL", str, None, "base URL", shown=f"${BASE_URL_ENV} or pmock's")
+@end("--base-url", "URL", str, None, "base URL", shown=f"${cfg.BASE_URL_ENV} or pmock's")
 @end(
     "--mock",
     help="run offline against a built-in mock; its flags: see 'pmock-batch "
     "mock-server --help', usable here with a mock- prefix",
 )
-@end("--field-case", None, click.Choice(("snake", "camel")), "snake", "JSON field names")
-@end("--timeout", "SECONDS", POSITIVE, DEFAULT_TIMEOUT, "per request")
-@end("--connect-timeout", "SECONDS", POSITIVE, DEFAULT_CONNECT_TIMEOUT, "to connect")
-@net("--api-key-env", "NAME", str, API_KEY_ENV, "variable with the API key")
-@net(
-    "--header",
-    "'NAME: VALUE'",
-    str,
-    (),
-    "extra API header; repeatable",
-    shown="none",
-    multiple=True,
-    callback=_headers,
-)
-@net(
-    "--proxy",
-    "URL",
-    str,
-    None,
-    "'' for none",
-    shown="$HTTPS_PROXY, $HTTP_PROXY or $ALL_PROXY, less $NO_PROXY",
-)
-@net(
-    "--ca-bundle",
-    "FILE",
-    FILE,
-    None,
-    "CAs to trust, PEM",
-    shown="$SSL_CERT_FILE, $SSL_CERT_DIR or the system's",
-)
-@pool("--concurrency", "N", POSITIVE_INT, DEFAULT_CONCURRENCY, "requests in flight")
+@end("--field-case", None, ("snake", "camel"), "snake", "JSON field names")
+@end("--timeout", "SECONDS", POSITIVE, cfg.DEFAULT_TIMEOUT, "per request")
+@end("--connect-timeout", "SECONDS", POSITIVE, cfg.DEFAULT_CONNECT_TIMEOUT, "to connect")
+@net("--api-key-env", "NAME", str, cfg.API_KEY_ENV, "variable with the API key")
+@net("--header", "'NAME: VALUE'", str, (), "extra API header; repeatable", **HEADER)
+@net("--proxy", "URL", str, None, "'' for none", shown=PROXY_ENV)
+@net("--ca-bundle", "FILE", FILE, None, "CAs to trust, PEM", shown=CA_ENV)
+@pool("--concurrency", "N", POSITIVE_INT, cfg.DEFAULT_CONCURRENCY, "requests in flight")
 @pool("--rpm", "N", POSITIVE, None, "requests per minute", shown="learned")
-@pool("--max-attempts", "N", POSITIVE_INT, DEFAULT_MAX_ATTEMPTS, "attempts per image")
-@pool(
-    "--max-billed-retries",
-    "N",
-    COUNT,
-    DEFAULT_MAX_BILLED_RETRIES,
-    "billed retries of unusable 200s",
-)
+@pool("--max-attempts", "N", POSITIVE_INT, cfg.DEFAULT_MAX_ATTEMPTS, "attempts per image")
+@pool("--max-billed-retries", "N", COUNT, cfg.DEFAULT_MAX_BILLED_RETRIES, "billed retries")
 @pool("--max-retry-wait", "SECONDS", POSITIVE, DEFAULT_MAX_RETRY_WAIT, "longest Retry-After")
-@pool("--grace", "SECONDS", float, DEFAULT_GRACE, "for jobs in flight after Ctrl-C")
+@pool("--grace", "SECONDS", float, cfg.DEFAULT_GRACE, "for jobs in flight after Ctrl-C")
 @out("--out", "DIR", FILE, None, "output directory", shown="out/<JOBS name without extension>")
 @logs("--quiet", short="-q", help="errors and the summary only")
 @logs("--verbose", short="-v", help="log every attempt, never the key")
-@logs("--log-format", None, click.Choice(("text", "json")), "text", "json: one object a line")
+@logs("--log-format", None, ("text", "json"), "text", "json: one object a line")
 @logs("--json", help="the summary as JSON on stdout too")
 @mock_flags(prefix="mock-", hidden=True)
 def run(**o: Any) -> int:
@@ -300,8 +244,8 @@ def run(**o: Any) -> int:
 
     'pmock-batch JOBS' is short for 'pmock-batch run JOBS'.
     """
-    console = make_console(sys.stderr)
-    setup_logging(console, quiet=o["quiet"], verbose=o["verbose"], fmt=o["log_format"])
+    screen = console.make_console(sys.stderr)
+    console.setup_logging(screen, quiet=o["quiet"], verbose=o["verbose"], fmt=o["log_format"])
     base_url, key = resolve_endpoint(o["base_url"], o["api_key_env"], mock=o["mock"])
     headers = check_network(o["header"], o["proxy"], o["ca_bundle"], mock=o["mock"])
     mock = _mock_options(o) if o["mock"] else None
@@ -314,60 +258,53 @@ def run(**o: Any) -> int:
         log.warning("%s", warning)
     out_dir = o["out"] or Path("out") / jobs.stem
     if result.invalid and not o["skip_invalid"]:
-        print_problems(result, sys.stderr)
+        console.print_problems(result, sys.stderr)
         return EXIT_USAGE
+    resume = {"resume": not o["force"], "verify": o["verify"], "prune": o["prune"]}
     if o["dry_run"]:
-        plan = plan_run(
-            jobs,
-            result,
-            out_dir=out_dir,
-            defaults=defaults,
-            caps=caps,
-            resume=not o["force"],
-            verify=o["verify"],
-            prune=o["prune"],
-        )
-        print_plan(plan, sys.stdout)
+        plan = plan_run(jobs, result, out_dir=out_dir, defaults=defaults, caps=caps, **resume)
+        console.print_plan(plan, sys.stdout)
         return EXIT_OK
-    config = RunConfig(
+    same = "concurrency timeout connect_timeout max_attempts grace rpm field_case api_key_env"
+    config = cfg.RunConfig(
         out_dir=out_dir,
         base_url=base_url,
         api_key=key,
-        concurrency=o["concurrency"],
-        timeout=o["timeout"],
-        connect_timeout=o["connect_timeout"],
-        max_attempts=o["max_attempts"],
-        grace=o["grace"],
-        rpm=o["rpm"],
-        field_case=o["field_case"],
-        api_key_env=o["api_key_env"],
         headers=headers,
-        proxy=o["proxy"],
-        ca_bundle=o["ca_bundle"],
         trust_env=not o["mock"],
+        **_pick(o, f"{same} proxy ca_bundle"),
     )
     mode = "none" if o["quiet"] else "lines"
-    if mode == "lines" and console.is_terminal and o["log_format"] == "text":
+    if mode == "lines" and screen.is_terminal and o["log_format"] == "text":
         mode = "bar"
     total = result.jobs + (len(result.invalid) if o["skip_invalid"] else 0)
-    reporter = Reporter(console, total=total, mode=mode)
-    policy = retry_policy(
-        max_attempts=o["max_attempts"],
-        max_retry_wait=o["max_retry_wait"],
-        max_billed_retries=o["max_billed_retries"],
-    )
+    reporter = console.Reporter(screen, total=total, mode=mode)
+    policy = retry_policy(**_pick(o, "max_attempts max_retry_wait max_billed_retries"))
     run_jobs = iter_jobs(jobs, result, defaults=defaults, caps=caps)
+
+    async def batch(on_engine: Callable[[Engine], None]) -> Summary:
+        async with endpoint(mock, config.base_url) as url:
+            return await run_batch(
+                replace(config, base_url=url),
+                run_jobs,
+                policy=policy,
+                observer=reporter,
+                on_engine=on_engine,
+                **resume,
+            )
+
     try:
-        summary = asyncio.run(_run(config, run_jobs, mock, reporter, policy, o))
+        live = console.live_run(batch, reporter, grace=config.grace, exit_code=EXIT_INTERRUPTED)
+        summary = asyncio.run(live)
     except OSError as exc:  # the output directory itself is unusable: nothing was sent
         raise AbortedError(
             f"cannot use the output directory {out_dir}: {exc}. "
             "Check that it is a writable directory with free space."
         ) from exc
     code = _exit_code(summary)
-    render_summary(summary, config, console)
+    console.render_summary(summary, config, screen)
     if o["json"]:
-        click.echo(json.dumps(summary_json(summary, config, exit_code=code)))
+        click.echo(json.dumps(console.summary_json(summary, config, exit_code=code)))
     return code
 
 
@@ -381,58 +318,6 @@ def _mock_options(o: dict[str, Any]) -> Any:
 def _check_jobs_file(jobs: Path) -> None:
     if not jobs.is_file():
         raise UsageError(f"{jobs}: no such file")
-
-
-async def _run(
-    config: RunConfig, jobs: Any, mock: Any, reporter: Reporter, policy: Any, o: dict[str, Any]
-) -> Summary:
-    """The run, with the progress ticker and Ctrl-C/SIGTERM: stop, then exit at once."""
-    loop = asyncio.get_running_loop()
-    engines: list[Engine] = []
-
-    def on_engine(engine: Engine) -> None:
-        engines.append(engine)
-        reporter.attach(engine)
-
-    async def ticker() -> None:
-        while True:
-            await asyncio.sleep(1.0)
-            reporter.tick()
-
-    def on_signal() -> None:
-        if not engines or engines[0].stopping:
-            click.echo("Interrupted again: exiting now.", err=True)
-            os._exit(EXIT_INTERRUPTED)
-        engines[0].stop()
-        click.echo(
-            f"Stopping: no new jobs; jobs in flight get {config.grace:g}s to finish "
-            "(press Ctrl-C again to exit at once).",
-            err=True,
-        )
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(sig, on_signal)
-    reporter.start()
-    tick_task = asyncio.create_task(ticker())
-    try:
-        async with endpoint(mock, config.base_url) as base_url:
-            return await run_batch(
-                replace(config, base_url=base_url),
-                jobs,
-                policy=policy,
-                observer=reporter,
-                on_engine=on_engine,
-                resume=not o["force"],
-                verify=o["verify"],
-                prune=o["prune"],
-            )
-    finally:
-        tick_task.cancel()
-        reporter.stop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.remove_signal_handler(sig)
 
 
 def _exit_code(summary: Summary) -> int:
@@ -456,7 +341,7 @@ def validate(**o: Any) -> int:
     for warning in result.warnings:
         click.echo(f"warning: {warning}", err=True)
     if result.invalid:
-        print_problems(result, sys.stderr)
+        console.print_problems(result, sys.stderr)
         return EXIT_USAGE
     click.echo(f"{o['jobs']}: {result.jobs} job(s), {result.images} image(s): all valid.", err=True)
     return EXIT_OK
@@ -469,8 +354,8 @@ def validate(**o: Any) -> int:
 )
 def report(out: Path, thumbnails: bool) -> int:
     """Regenerate OUT/report.html from OUT/manifest.jsonl alone."""
-    if not (out / MANIFEST_NAME).is_file():  # checked before the lock would create OUT
-        raise UsageError(f"no {MANIFEST_NAME} in {out}")
+    if not (out / cfg.MANIFEST_NAME).is_file():  # checked before the lock would create OUT
+        raise UsageError(f"no {cfg.MANIFEST_NAME} in {out}")
     with run_lock(out):
         path = write_report(out, thumbnails=thumbnails)
     click.echo(f"Wrote {path}", err=True)
@@ -486,10 +371,7 @@ def mock_server(host: str, port: int, **o: Any) -> int:
     options = _mock_options(o)
 
     def ready(url: str) -> None:
-        click.echo(
-            f"pmock-batch mock server listening on {url} (base URL {url}/v1); Ctrl-C stops it",
-            err=True,
-        )
+        click.echo(f"pmock-batch mock server listening on {url} (base URL {url}/v1)", err=True)
 
     from .mock import serve
 

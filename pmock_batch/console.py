@@ -14,10 +14,15 @@ like; this module just renders it:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
+import os
+import signal
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import IO, Any
 
@@ -42,6 +47,7 @@ from .run import Plan
 __all__ = [
     "SUMMARY_SCHEMA",
     "Reporter",
+    "live_run",
     "make_console",
     "print_plan",
     "print_problems",
@@ -429,3 +435,56 @@ def print_plan(plan: Plan, file: IO[str]) -> None:
         for name, paths in plan.stale:
             print(f"  {name}: {', '.join(str(p) for p in paths) or 'no files'}", file=file)
     print("Nothing was sent (--dry-run).", file=file)
+
+
+async def live_run(
+    run: Callable[[Callable[[Engine], None]], Awaitable[Summary]],
+    reporter: Reporter,
+    *,
+    grace: float,
+    exit_code: int,
+) -> Summary:
+    """Await ``run(on_engine)`` with ``reporter`` live: started, ticked every second, stopped.
+
+    The first Ctrl-C or SIGTERM stops the engine (no new jobs; those in
+    flight get ``grace`` seconds), with a message; a second one exits the
+    process at once with ``exit_code``.
+    """
+    loop = asyncio.get_running_loop()
+    engines: list[Engine] = []
+
+    def on_engine(engine: Engine) -> None:
+        engines.append(engine)
+        reporter.attach(engine)
+
+    async def ticker() -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            reporter.tick()
+
+    def on_signal() -> None:
+        if not engines or engines[0].stopping:
+            print("Interrupted again: exiting now.", file=sys.stderr, flush=True)
+            os._exit(exit_code)
+        engines[0].stop()
+        print(
+            f"Stopping: no new jobs; jobs in flight get {grace:g}s to finish "
+            "(press Ctrl-C again to exit at once).",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for sig in signals:  # not in a thread other than the main one: the default stays
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, on_signal)
+    reporter.start()
+    tick_task = asyncio.create_task(ticker())
+    try:
+        return await run(on_engine)
+    finally:
+        tick_task.cancel()
+        reporter.stop()
+        for sig in signals:
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.remove_signal_handler(sig)
