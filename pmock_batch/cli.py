@@ -207,12 +207,12 @@ def cli() -> None:
     "3 run aborted, 4 OUT locked by another run, 130 interrupted. "
     "Other commands: validate, report, mock-server.",
 )
-@rclick.argument("jobs", type=FILE, metavar="JOBS", panel="Input")
+@rclick.argument("jobs", type=FILE, metavar="JOBS", panel="Input", help="the JSONL job file")
 @inp("--skip-invalid", help="run the valid lines, record the others, exit 1")
 @inp("--dry-run", help="validate and print the plan; send nothing")
 @inp("--force", help="redo the jobs a previous run finished too")
-@inp("--prune", help="forget jobs no longer in JOBS, delete their files")
-@inp("--verify", help="on resume, check files' SHA-256, not just sizes")
+@inp("--prune", help="drop jobs gone from JOBS, and their files")
+@inp("--verify", help="on resume, check SHA-256s, not just sizes")
 @REQUEST_DEFAULTS
 @end("--base-url", "URL", str, None, "base URL", shown=f"${cfg.BASE_URL_ENV} or pmock's")
 @end(
@@ -331,7 +331,7 @@ def _exit_code(summary: Summary) -> int:
 
 
 @cli.command("validate")
-@rclick.argument("jobs", type=FILE, metavar="JOBS")
+@rclick.argument("jobs", type=FILE, metavar="JOBS", help="the JSONL job file")
 @REQUEST_DEFAULTS
 def validate(**o: Any) -> int:
     """Check a job file without sending anything. Exit 0 if valid, 2 if not."""
@@ -348,7 +348,7 @@ def validate(**o: Any) -> int:
 
 
 @cli.command("report")
-@rclick.argument("out", type=FILE, metavar="OUT")
+@rclick.argument("out", type=FILE, metavar="OUT", help="the output directory of a run")
 @rclick.option(
     "--thumbnails", is_flag=True, help="also make JPEG thumbnails in OUT/.thumbs/ (default: off)"
 )
@@ -363,11 +363,15 @@ def report(out: Path, thumbnails: bool) -> int:
 
 
 @cli.command("mock-server")
-@rclick.option("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
-@rclick.option("--port", type=int, default=8080, help="port (default: 8080)")
+@_panel("Server")("--host", "HOST", str, "127.0.0.1", "address to bind")
+@_panel("Server")("--port", "PORT", int, 8080, "port")
 @mock_flags(prefix="", panel="Behaviour")
 def mock_server(host: str, port: int, **o: Any) -> int:
-    """Run the built-in OpenAI-compatible image mock server. Ctrl-C stops it."""
+    """Run the built-in OpenAI-compatible image mock server. Ctrl-C stops it.
+
+    Its behaviour flags work with 'pmock-batch JOBS --mock' too, with a mock- prefix:
+    --latency 0.2 here is --mock-latency 0.2 there.
+    """
     options = _mock_options(o)
 
     def ready(url: str) -> None:
