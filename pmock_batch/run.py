@@ -31,7 +31,7 @@ from .config import BASE_URL_ENV, DEFAULT_BASE_URL, MANIFEST_NAME, RunConfig
 from .engine import Engine, RunObserver, Summary, Writer, commit
 from .errors import OutputPathError, PmockBatchError, UsageError
 from .files import check_own_file, contained_file, remove_file, remove_stray_temps
-from .images import EXTENSIONS
+from .images import file_name
 from .jobs import Defaults, InvalidLine, Job, ScanResult, iter_jobs
 from .lock import run_lock
 from .manifest import ManifestWriter, compact, stale_records
@@ -49,7 +49,6 @@ __all__ = [
     "Plan",
     "check_network",
     "endpoint",
-    "file_name",
     "plan_run",
     "prune_stale",
     "resolve_endpoint",
@@ -255,15 +254,6 @@ async def endpoint(mock: MockOptions | None, base_url: str) -> AsyncIterator[str
 
     async with MockServer(mock) as server:
         yield server.base_url
-
-
-def file_name(stem: str, fmt: str) -> str:
-    """The name of an image file: its stem and its format's extension (``fox.jpg``).
-
-    The engine names a file by the format the server sent; a plan, before
-    anything is sent, by the format asked for.
-    """
-    return f"{stem}.{EXTENSIONS[fmt]}"
 
 
 @dataclass(slots=True)
