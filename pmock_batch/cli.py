@@ -53,7 +53,7 @@ class AbortedError(PmockBatchError):
 
 # The one table: the first row whose class matches decides the exit code and the message.
 EXIT_CODES: tuple[tuple[type[BaseException], int, str], ...] = (
-    (click.UsageError, EXIT_USAGE, "{0}"),  # a bad flag: with Click's "did you mean"
+    (click.UsageError, EXIT_USAGE, "{0}"),  # a bad flag, with "did you mean"; no arguments
     (click.ClickException, EXIT_USAGE, "{0}"),
     (LockedError, EXIT_LOCKED, "{0}"),
     (OutputPathError, EXIT_USAGE, "{0}; nothing was sent"),  # a link at the manifest or lock
@@ -71,9 +71,10 @@ def fail(exc: BaseException) -> int:
 
     Re-raises an exception that :data:`EXIT_CODES` does not name: that is a bug.
     """
-    code, template = next(((c, t) for cls, c, t in EXIT_CODES if isinstance(exc, cls)), (-1, ""))
-    if code < 0:
+    row = next((row for row in EXIT_CODES if isinstance(exc, row[0])), None)
+    if row is None:
         raise exc
+    _, code, template = row
     if isinstance(exc, click.exceptions.NoArgsIsHelpError):  # `pmock-batch` alone: the help
         click.echo(exc.format_message(), err=True)
         return code
