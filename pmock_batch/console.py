@@ -1,7 +1,7 @@
 """The CLI's terminal layer: logging handlers, live progress and the final summary.
 
 Only :mod:`pmock_batch.cli` uses this module; together they are the only code
-that writes to the terminal. Everything the engine reports goes through the
+that writes to the terminal. Everything a run reports goes through the
 stdlib ``logging`` module (logger ``pmock_batch``, with an ``event`` name and
 fields in each record's ``extra``), so library users can route it as they
 like; this module just renders it:
@@ -14,10 +14,15 @@ like; this module just renders it:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
+import os
+import signal
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import IO, Any
 
@@ -34,15 +39,18 @@ from rich.progress import (
 from rich.table import Table
 
 from .config import RunConfig
-from .jobs import Job
+from .jobs import Job, ScanResult
 from .models import JobRecord
-from .run import Run, RunObserver, RunStatus
+from .run import Plan, Run, RunObserver, RunStatus
 from .tally import Summary
 
 __all__ = [
     "SUMMARY_SCHEMA",
     "Reporter",
+    "live_run",
     "make_console",
+    "print_plan",
+    "print_problems",
     "render_summary",
     "setup_logging",
     "summary_json",
@@ -380,3 +388,93 @@ def render_summary(summary: Summary, config: RunConfig, console: Console) -> Non
         hidden = summary.failed + summary.invalid - len(summary.failures)
         if hidden > 0:
             console.print(f"  ... and {hidden} more (see the manifest)", markup=False)
+
+
+def print_problems(result: ScanResult, file: IO[str]) -> None:
+    """The job file's problems, one ``FILE:LINE: message`` each, then a count."""
+    for problem in result.problems:
+        print(problem, file=file)
+    shown = len(result.problems)
+    if result.problem_count > shown:
+        print(f"... and {result.problem_count - shown} more problem(s)", file=file)
+    print(f"{result.file}: {len(result.invalid)} invalid line(s); nothing was sent.", file=file)
+
+
+def print_plan(plan: Plan, file: IO[str]) -> None:
+    """The ``--dry-run`` plan: counts, the files a run would write, and what --prune removes."""
+    print(
+        f"Plan for {plan.jobs_file}: {plan.jobs} job(s), {plan.images} image(s), into "
+        f"{plan.out_dir}/; {plan.done} already done, {plan.to_run} to run",
+        file=file,
+    )
+    if plan.invalid:
+        print(f"{plan.invalid} invalid line(s) would be skipped (--skip-invalid)", file=file)
+    for path, line in plan.files:
+        print(f"  {path}  (line {line})", file=file)
+    if plan.more:
+        print("  ... and more", file=file)
+    if plan.files:
+        print(
+            "  (an image in another format than asked is saved with its own extension)", file=file
+        )
+    if plan.stale is not None:
+        print(
+            f"--prune would remove {len(plan.stale)} job(s) no longer in {plan.jobs_file}:",
+            file=file,
+        )
+        for name, paths in plan.stale:
+            print(f"  {name}: {', '.join(str(p) for p in paths) or 'no files'}", file=file)
+    print("Nothing was sent (--dry-run).", file=file)
+
+
+async def live_run(
+    run: Callable[[Callable[[Run], None]], Awaitable[Summary]],
+    reporter: Reporter,
+    *,
+    grace: float,
+    exit_code: int,
+) -> Summary:
+    """Await ``run(on_start)`` with ``reporter`` live: started, ticked every second, stopped.
+
+    The first Ctrl-C or SIGTERM stops the run (no new jobs; those in
+    flight get ``grace`` seconds), with a message; a second one exits the
+    process at once with ``exit_code``.
+    """
+    loop = asyncio.get_running_loop()
+    runs: list[Run] = []
+
+    def on_start(handle: Run) -> None:
+        runs.append(handle)
+        reporter.attach(handle)
+
+    async def ticker() -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            reporter.tick()
+
+    def on_signal() -> None:
+        if not runs or runs[0].stopping:
+            print("Interrupted again: exiting now.", file=sys.stderr, flush=True)
+            os._exit(exit_code)
+        runs[0].stop()
+        print(
+            f"Stopping: no new jobs; jobs in flight get {grace:g}s to finish "
+            "(press Ctrl-C again to exit at once).",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for sig in signals:  # not in a thread other than the main one: the default stays
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, on_signal)
+    reporter.start()
+    tick_task = asyncio.create_task(ticker())
+    try:
+        return await run(on_start)
+    finally:
+        tick_task.cancel()
+        reporter.stop()
+        for sig in signals:
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.remove_signal_handler(sig)

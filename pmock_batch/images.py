@@ -43,6 +43,7 @@ __all__ = [
     "VerifiedImage",
     "check_frame",
     "decode_and_verify",
+    "file_name",
     "image_warnings",
     "inspect_image",
     "read_header",
@@ -57,6 +58,17 @@ __all__ = [
 
 EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 REJECTED_DIR = ".rejected"  # images that failed verification, kept as received; never output
+
+
+def file_name(stem: str, fmt: str) -> str:
+    """The name of an image file: its stem and its format's extension (``fox.jpg``).
+
+    A run names a file by the format the server sent; a ``--dry-run`` plan,
+    before anything is sent, by the format asked for.
+    """
+    return f"{stem}.{EXTENSIONS[fmt]}"
+
+
 _TRUNCATED = {
     "png": "the PNG image is truncated (no IEND chunk)",
     "jpeg": "the JPEG image is truncated (no end-of-image marker)",

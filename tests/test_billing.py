@@ -47,7 +47,7 @@ class FakeSleep:
 def cli_sleep(monkeypatch) -> FakeSleep:
     """The CLI's retry policy gets an injected sleep: no test waits through real backoff."""
     sleep = FakeSleep()
-    monkeypatch.setattr("pmock_batch.cli.RetryPolicy", functools.partial(RetryPolicy, sleep=sleep))
+    monkeypatch.setattr("pmock_batch.run.RetryPolicy", functools.partial(RetryPolicy, sleep=sleep))
     return sleep
 
 
@@ -102,7 +102,7 @@ async def test_mock_trailing_bytes_flag_through_the_cli(tmp_path, capsys):
     assert (out / "fox.png").read_bytes().endswith(trailing_junk(37))
     assert json.loads(result.out)["warnings"] == 1
     bad = await run_cli([*argv, "--mock-trailing-bytes", "-1"], capsys)
-    assert bad.code == 2 and "must be 0 or more" in bad.err
+    assert bad.code == 2 and "-1 is not in the range x>=0" in bad.err
 
 
 async def test_a_png_cut_before_iend_still_fails(tmp_path, make_mock):

@@ -11,9 +11,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 from helpers import FORMAT_NAMES, by_id, open_image, read_manifest, run_cli, write_jobs
 
+from pmock_batch.cli import AbortedError
+from pmock_batch.errors import LockedError, OutputPathError, UsageError
 from pmock_batch.jobs import scan
 from pmock_batch.mock import MockOptions
 
@@ -421,7 +424,7 @@ def test_python_dash_m_and_console_script(tmp_path):
     proc = subprocess.run([script, "--help"], capture_output=True, text=True, check=False)
     assert proc.returncode == 0
     for group in ("input", "request defaults", "endpoint", "concurrency and retries", "output"):
-        assert group in proc.stdout
+        assert group in proc.stdout.lower()
 
 
 def test_sigint_exits_130_with_consistent_manifest(tmp_path):
@@ -519,38 +522,63 @@ async def test_an_unusable_output_directory_exits_3(tmp_path, capsys):
     assert "Traceback" not in result.err
 
 
-def test_every_flag_in_help_has_an_explanation_and_a_default():
-    from pmock_batch.cli import _build_parser
+@pytest.mark.parametrize("command", ["run", "validate", "report", "mock-server"])
+def test_every_flag_in_help_has_an_explanation_and_a_default(command):
+    from pmock_batch.cli import cli
 
-    for action in _build_parser()._actions:
-        if action.dest in ("help", "version", "jobs"):
+    for param in cli.commands[command].params:
+        if not isinstance(param, click.Option) or param.name == "help":
             continue
-        assert action.help, action.option_strings
-        assert "default" in action.help, action.option_strings
+        assert param.help, param.opts
+        assert param.help.count("(default: ") == 1, param.opts
+
+
+def test_the_readme_table_lists_every_flag_with_the_default_help_gives():
+    """The README's tables and ``--help`` agree: every flag, and its default."""
+    from pmock_batch.cli import cli
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    sections = {
+        "run": readme.partition("## Command line\n")[2].partition("\n## ")[0],
+        "mock-server": readme.partition("### Its flags\n")[2].partition("\n#")[0],
+    }
+    for command, section in sections.items():
+        rows = [line for line in section.splitlines() if line.startswith("| `-")]
+        for param in cli.commands[command].params:
+            if not isinstance(param, click.Option) or param.name == "help" or param.hidden:
+                continue
+            name = param.opts[-1]
+            [row] = [r for r in rows if re.search(rf"`{re.escape(name)}[` ]", r.split("|")[1])] or [
+                name
+            ]
+            default = re.search(r"\(default: (.*)\)$", param.help or "").group(1)
+            assert default.strip("$") in row.replace("`", ""), (name, default, row)
 
 
 @pytest.mark.parametrize("prefix", ["mock-", ""])
 def test_limiter_flags_reach_the_mock_options(prefix):
     """``--mock-limiter``/``--mock-burst`` with --mock; ``--limiter``/``--burst`` on mock-server."""
-    import argparse
-
-    from pmock_batch.cli import MOCK_LIMITERS, _add_mock_options, _mock_options
+    from pmock_batch.mock.command import mock_flags, mock_options
     from pmock_batch.mock.ratelimit import LIMITER_KINDS
 
-    assert MOCK_LIMITERS == LIMITER_KINDS
-    parser = argparse.ArgumentParser()
-    _add_mock_options(parser, prefix=prefix, title="mock")
+    @click.command()
+    @mock_flags(prefix=prefix)
+    def command(**values):
+        return mock_options(values)
+
+    limiter = next(p for p in command.params if p.name == "mock_limiter")
+    assert tuple(limiter.type.choices) == LIMITER_KINDS
     flags = [f"--{prefix}rpm", "1200", f"--{prefix}limiter", "bucket", f"--{prefix}burst", "120"]
-    options = _mock_options(parser.parse_args(flags))
+    options = command.main(flags, standalone_mode=False)
     assert (options.rpm, options.limiter, options.burst) == (1200, "bucket", 120)
-    default = _mock_options(parser.parse_args([f"--{prefix}rpm", "1200"]))
+    default = command.main([f"--{prefix}rpm", "1200"], standalone_mode=False)
     assert (default.limiter, default.burst) == ("window", None)
 
 
 async def test_bad_limiter_flags_exit_2(tmp_path, capsys):
     jobs = write_jobs(tmp_path / "jobs.jsonl", [{"prompt": "a"}])
     leaky = await run_cli([str(jobs), "--mock", "--mock-limiter", "leaky"], capsys)
-    assert leaky.code == 2 and "invalid choice: 'leaky'" in leaky.err
+    assert leaky.code == 2 and "'leaky' is not one of 'window', 'bucket'" in leaky.err
     burst = await run_cli([str(jobs), "--mock", "--mock-rpm", "60", "--mock-burst", "5"], capsys)
     assert burst.code == 2
     assert "burst applies to the bucket limiter only" in burst.err
@@ -607,3 +635,101 @@ async def test_one_damaged_record_does_not_stop_the_report(tmp_path, capsys):
     rerun = await run_cli([str(jobs), "--mock", "--out", str(out)], capsys)
     assert "skipped a damaged record" in rerun.err
     assert (out / "report.html").stat().st_mtime >= (out / "manifest.jsonl").stat().st_mtime
+
+
+# -- the Click layer: commands, the default command, errors and exit codes -------------------------
+
+
+async def test_a_mistyped_option_gets_did_you_mean_and_exit_2(tmp_path, capsys):
+    jobs = write_jobs(tmp_path / "jobs.jsonl", [{"prompt": "a"}])
+    result = await run_cli([str(jobs), "--mock", "--concurrenzy", "3"], capsys)
+    assert result.code == 2
+    assert result.err.splitlines() == [
+        "pmock-batch: error: No such option '--concurrenzy'. Did you mean '--concurrency'?",
+        "Try 'pmock-batch run --help' for help.",
+    ]
+    assert result.out == ""
+
+
+async def test_a_mistyped_command_gets_did_you_mean_and_exit_2(tmp_path, capsys):
+    result = await run_cli(["reprot", str(tmp_path)], capsys)
+    assert result.code == 2
+    assert "pmock-batch: error: no such command or file: 'reprot'. Did you mean 'report'?" in (
+        result.err
+    )
+
+
+@pytest.mark.parametrize("explicit", [False, True])
+async def test_run_is_the_default_command(tmp_path, capsys, explicit):
+    jobs = write_jobs(tmp_path / "jobs.jsonl", [{"id": "a", "prompt": "a cat"}])
+    argv = ["run"] * explicit + [str(jobs), "--mock", "--out", str(tmp_path / "o")]
+    result = await run_cli(argv, capsys)
+    assert result.code == 0, result.err
+    assert open_image(tmp_path / "o" / "a.png").size == (1024, 1024)
+
+
+@pytest.mark.parametrize("name", ["report", "validate", "run", "mock-server"])
+async def test_a_job_file_named_like_a_command_runs_as_dot_slash_name(tmp_path, capsys, name):
+    write_jobs(tmp_path / name, [{"id": "a", "prompt": "a cat"}])  # the cwd is tmp_path
+    result = await run_cli([f"./{name}", "--mock", "--dry-run"], capsys)
+    assert result.code == 0, result.err
+    assert f"Plan for {name}: 1 job(s), 1 image(s), into out/{name}/" in result.out
+
+
+async def test_no_arguments_print_the_commands_and_exit_2(capsys):
+    result = await run_cli([], capsys)
+    assert result.code == 2
+    assert result.err.startswith("Usage: pmock-batch [OPTIONS] COMMAND [ARGS]...")
+    commands = re.findall(r"^  ([a-z-]+) ", result.err.partition("Commands:")[2], re.M)
+    assert commands == ["run", "validate", "report", "mock-server"]
+    assert "./report" in result.err
+
+
+async def test_the_mock_flags_are_hidden_in_the_main_help_and_listed_by_mock_server(capsys):
+    from pmock_batch.mock.command import MOCK_FLAGS
+
+    main_help = await run_cli(["--help"], capsys)
+    mock_help = await run_cli(["mock-server", "--help"], capsys)
+    assert main_help.code == mock_help.code == 0
+    assert "--mock-" not in main_help.out
+    assert "pmock-batch mock-server --help" in main_help.out and "mock- prefix" in main_help.out
+    assert len(main_help.out.splitlines()) <= 75
+    for name in MOCK_FLAGS:
+        assert f"  --{name} " in mock_help.out, name
+    assert not re.search(r"^ +--mock-", mock_help.out, re.M)
+    assert "--mock-latency 0.2" in mock_help.out  # the pointer back to the main command
+
+
+async def test_the_mock_flags_are_still_accepted_with_mock(tmp_path, capsys):
+    jobs = write_jobs(tmp_path / "jobs.jsonl", [{"id": "a", "prompt": "a cat"}])
+    argv = [str(jobs), "--mock", "--mock-latency", "0", "--mock-seed", "7", "--out", "o"]
+    result = await run_cli([*argv, "--mock-script", "a cat=500,ok"], capsys)
+    assert result.code == 0, result.err
+    assert read_manifest(tmp_path / "o")[0]["attempts"] == 2
+
+
+@pytest.mark.parametrize(
+    ("exc", "code", "message"),
+    [
+        (click.UsageError("bad"), 2, "pmock-batch: error: bad"),
+        (click.BadParameter("no", param_hint="'--x'"), 2, "pmock-batch: error: Invalid value"),
+        (click.ClickException("odd"), 2, "pmock-batch: error: odd"),
+        (UsageError("no API key"), 2, "pmock-batch: error: no API key"),
+        (OutputPathError("a link"), 2, "pmock-batch: error: a link; nothing was sent"),
+        (LockedError("another run"), 4, "pmock-batch: error: another run"),
+        (AbortedError("disk"), 3, "pmock-batch: error: run aborted: disk"),
+        (PermissionError(13, "Permission denied"), 3, "pmock-batch: error: [Errno 13]"),
+        (BrokenPipeError(), 0, ""),
+        (KeyboardInterrupt(), 130, "pmock-batch: error: interrupted"),
+        (click.Abort(), 130, "pmock-batch: error: interrupted"),
+    ],
+)
+def test_one_table_decides_every_exit_code(capsys, monkeypatch, exc, code, message):
+    from pmock_batch import cli
+
+    monkeypatch.setattr(cli, "_quiet_stdout", lambda: None)
+    assert cli.fail(exc) == code
+    err = capsys.readouterr().err
+    assert err.startswith(message) if message else err == ""
+    with pytest.raises(ZeroDivisionError):  # a bug is not a usage error: its traceback shows
+        cli.fail(ZeroDivisionError())

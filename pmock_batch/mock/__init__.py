@@ -16,7 +16,8 @@ requests-per-minute limit, a required API key or moderation words.
 Modules: :mod:`.options` (what it does), :mod:`.faults` (outcomes, scripts,
 rates), :mod:`.ratelimit`, :mod:`.images` (synthesis and cache),
 :mod:`.validation`, :mod:`.responses` (OpenAI body shapes), :mod:`.stats`,
-:mod:`.app` (routes and handlers), :mod:`.server` (running it).
+:mod:`.app` (routes and handlers), :mod:`.server` (running it), :mod:`.command` (its
+command-line flags, for ``mock-server`` and ``--mock``).
 """
 
 from __future__ import annotations
