@@ -27,9 +27,10 @@ from PIL import Image
 
 from pmock_batch.cli import main
 from pmock_batch.errors import UsageError
-from pmock_batch.images import TMP_SUFFIX
+from pmock_batch.files import TMP_SUFFIX
 from pmock_batch.models import ErrorRecord, FileRecord, JobRecord
-from pmock_batch.report import REPORT_NAME, THUMB_PX, THUMBS_DIR, write_report
+from pmock_batch.report import REPORT_NAME, write_report
+from pmock_batch.thumbs import THUMB_PX, THUMBS_DIR
 
 XSS = "<script>alert(1)</script> & \"quotes\" 'single'"
 JOBS = [
