@@ -20,7 +20,7 @@ from helpers import by_id, open_image, read_manifest, run_cli, write_jobs
 from pmock_batch.config import RunConfig
 from pmock_batch.jobs import iter_jobs, scan
 from pmock_batch.mock import MockOptions
-from pmock_batch.mock.app import trailing_junk
+from pmock_batch.mock.success import trailing_junk
 from pmock_batch.retry import RetryPolicy
 from pmock_batch.run import run_batch
 
