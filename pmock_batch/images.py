@@ -30,7 +30,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .b64stream import B64Decoder, B64JsonScanner
 from .errors import InvalidResponseError, ResponseTooLargeError
-from .files import AtomicFile
+from .files import AtomicFile, write_atomic
 from .framing import END_MARKERS, FrameWalker, sniff
 
 __all__ = [
@@ -198,12 +198,10 @@ def _finish(tmp: AtomicFile | None, out_dir: Path, data: bytes | bytearray, rela
 
     On failure the temporary file is removed here: the sink has handed it over.
     """
-    if tmp is None:
-        tmp = _create(out_dir, relative, data)
-        data = b""
+    if tmp is None:  # under 1 MB: never written yet
+        return write_atomic(out_dir, relative, data)
     try:
-        if data:
-            tmp.write(data)
+        tmp.write(data)
         return tmp.commit(relative)
     except BaseException:
         tmp.discard()
