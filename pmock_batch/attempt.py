@@ -318,8 +318,8 @@ class DirectRunner:
                 if item.url and url:
                     await self._download(item.url, sink)
                 elif item.b64_json:  # an unusual body the scanner left whole
-                    image = await asyncio.to_thread(decode_and_verify, item.b64_json)
-                    await sink.feed_raw(image.data)
+                    data = await asyncio.to_thread(decode_and_verify, item.b64_json)
+                    await sink.feed_raw(data)
                 elif item.url:
                     raise InvalidResponseError(
                         "the server's answer has a url, not the b64_json that was asked for"

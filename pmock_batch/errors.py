@@ -4,7 +4,6 @@
 
     PmockBatchError                    kind        decision
     ├── UsageError                     bad flags or environment: exit 2, nothing sent
-    ├── JobFileError                   the job file has invalid lines: exit 2
     ├── LockedError                    another run holds the output directory: exit 4
     ├── OutputPathError                write       fail      outside OUT, or through a link
     └── APIError                       anything that went wrong talking to the server
@@ -65,7 +64,6 @@ __all__ = [
     "Decision",
     "DownloadError",
     "InvalidResponseError",
-    "JobFileError",
     "LockedError",
     "ModelNotFoundError",
     "ModerationError",
@@ -128,15 +126,6 @@ class Problem:
         return (
             f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
         )
-
-
-class JobFileError(PmockBatchError):
-    """The job file has invalid lines. ``problems`` holds the first ones found."""
-
-    def __init__(self, problems: list[Problem], total: int) -> None:
-        self.problems = problems
-        self.total = total
-        super().__init__(f"{total} invalid line(s) in the job file")
 
 
 class LockedError(PmockBatchError):

@@ -2,15 +2,17 @@
 
 Writing. Everything the tool writes under OUT (images, ``.rejected/``, the
 manifest's compaction, ``report.html``, ``.thumbs/``) goes through
-:class:`AtomicFile`: a temporary file created with ``O_CREAT|O_EXCL|O_NOFOLLOW``
-in the target's folder, then renamed into place. Each folder below OUT is
-opened (or created) one component at a time with ``O_NOFOLLOW`` and the
-rename is made relative to those open folders (``dir_fd``), so a symbolic
-link anywhere below OUT is never followed, even if it appears mid-run. The
-target itself is checked with ``lstat`` just before the rename: a link, a
-folder or a device there is never replaced. A refusal is an
-:class:`~pmock_batch.errors.OutputPathError` that names the link. OUT itself
-may be a link, as may its parents: only what is below OUT is the tool's.
+:class:`AtomicFile` (or :func:`write_atomic`, its shorthand for bytes in
+hand): a temporary file created with ``O_CREAT|O_EXCL|O_NOFOLLOW`` in the
+target's folder, fsynced, then renamed into place; there is no other
+temp-fsync-rename. Each folder below OUT is opened (or created) one component
+at a time with ``O_NOFOLLOW`` and the rename is made relative to those open
+folders (``dir_fd``), so a symbolic link anywhere below OUT is never
+followed, even if it appears mid-run. The target itself is checked with
+``lstat`` just before the rename: a link, a folder or a device there is never
+replaced. A refusal is an :class:`~pmock_batch.errors.OutputPathError` that
+names the link. OUT itself may be a link, as may its parents: only what is
+below OUT is the tool's.
 
 Reading. Everything the tool reads back from OUT because a manifest record
 names it (resume, ``--verify``, ``--prune``, thumbnails) goes through
@@ -29,7 +31,7 @@ import os
 import posixpath
 import secrets
 import stat
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -45,7 +47,7 @@ __all__ = [
     "remove_stray_temps",
     "sha256_of",
     "split_relative",
-    "write_atomic_sync",
+    "write_atomic",
 ]
 
 TMP_SUFFIX = ".pmock-tmp"
@@ -238,10 +240,19 @@ class AtomicFile:
         self.discard()  # after a commit, this only closes what is left
 
 
-def write_atomic_sync(out_dir: Path, relative: str, data: bytes | bytearray) -> Path:
-    """Write ``data`` to ``out_dir/relative`` through an :class:`AtomicFile`; return the path."""
+def write_atomic(
+    out_dir: Path, relative: str, data: bytes | bytearray | Iterable[bytes | bytearray]
+) -> Path:
+    """Write ``data`` (bytes, or chunks of them) to ``out_dir/relative`` through an
+    :class:`AtomicFile`; return the path. Blocking.
+
+    A crash at any point leaves the old file or the new one under the final
+    name, never a truncated one; a failure leaves no temporary file.
+    """
+    chunks = (data,) if isinstance(data, bytes | bytearray) else data
     with AtomicFile(out_dir, relative) as tmp:
-        tmp.write(data)
+        for chunk in chunks:
+            tmp.write(chunk)
         return tmp.commit()
 
 

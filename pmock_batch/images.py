@@ -7,8 +7,8 @@ writes, then verified from its head and that walk and renamed into place.
 Bytes after the image's end do not fail it (decoders ignore them); the file
 is kept as received. An image that fails can be kept instead, as received,
 under ``.rejected/`` (:func:`rejected_path`, :meth:`ImageSink.keep`).
-:func:`verify_image`, :func:`decode_and_verify` and :func:`write_atomic` do
-the same for bytes already in memory. Every file is written through
+:func:`decode_and_verify` checks a ``b64_json`` already in memory the same
+way. Every file is written through
 :class:`~pmock_batch.files.AtomicFile`: no symbolic link below OUT is ever
 followed or replaced.
 Thread hops are kept few and large (see ``benchmarks/aiofiles_hops.py``): the
@@ -22,7 +22,6 @@ import binascii
 import hashlib
 import io
 import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,30 +29,23 @@ import pybase64
 from PIL import Image, UnidentifiedImageError
 
 from .b64stream import B64Decoder, B64JsonScanner
-from .errors import InvalidResponseError, OutputPathError, ResponseTooLargeError
-from .files import TMP_SUFFIX, AtomicFile, remove_stray_temps, split_relative, write_atomic_sync
+from .errors import InvalidResponseError, ResponseTooLargeError
+from .files import AtomicFile, write_atomic
 from .framing import END_MARKERS, FrameWalker, sniff
 
 __all__ = [
     "EXTENSIONS",
+    "MAX_IMAGE_BYTES",
     "REJECTED_DIR",
-    "TMP_SUFFIX",
     "ImageInfo",
     "ImageSink",
-    "VerifiedImage",
     "check_frame",
     "decode_and_verify",
     "file_name",
     "image_warnings",
-    "inspect_image",
     "read_header",
     "rejected_path",
-    "remove_stray_temps",
-    "safe_path",
-    "sniff_format",
-    "verify_image",
     "webp_size",
-    "write_atomic",
 ]
 
 EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
@@ -82,26 +74,6 @@ MAX_IMAGE_BYTES = 512 * 1024 * 1024  # a streamed image larger than this is refu
 
 
 @dataclass(frozen=True, slots=True)
-class VerifiedImage:
-    """Decoded image bytes that were checked to be a whole PNG, JPEG or WebP."""
-
-    data: bytes
-    format: str  # png, jpeg or webp: what the bytes are, not what was asked for
-    width: int
-    height: int
-    sha256: str
-
-    @property
-    def extension(self) -> str:
-        return EXTENSIONS[self.format]
-
-
-def sniff_format(data: bytes) -> str | None:
-    """The raster format named by the magic bytes, or None."""
-    return sniff(data)
-
-
-@dataclass(frozen=True, slots=True)
 class ImageInfo:
     """What was checked about an image: its real format, dimensions, hash and size."""
 
@@ -115,20 +87,6 @@ class ImageInfo:
     @property
     def extension(self) -> str:
         return EXTENSIONS[self.format]
-
-
-def inspect_image(head: bytes, frame: FrameWalker) -> tuple[str, int, int, int]:
-    """Check an image from its first bytes and the walk of all of them.
-
-    Returns ``(format, width, height, trailing)``. Checks the magic bytes, that
-    the structure is sound and the image ends (PNG ``IEND``, JPEG end-of-image,
-    WebP's RIFF length), and that the header parses. ``trailing`` counts the
-    bytes after the end: decoders ignore them, so they do not fail the image.
-    Raises :class:`InvalidResponseError`.
-    """
-    fmt = check_frame(frame)
-    width, height = read_header(fmt, head)
-    return fmt, width, height, frame.trailing
 
 
 def check_frame(frame: FrameWalker) -> str:
@@ -206,26 +164,21 @@ def webp_size(head: bytes) -> tuple[int, int] | None:
     return (width, height) if width > 0 and height > 0 else None
 
 
-def verify_image(data: bytes) -> VerifiedImage:
-    """Check magic bytes, header and ending; record format and dimensions.
+def decode_and_verify(b64: str) -> bytes:
+    """Decode strict base64 and check it is a whole image; return the bytes.
 
-    Raises :class:`InvalidResponseError` for bytes that are not a whole raster image.
+    For a ``b64_json`` the streaming scanner left whole (an unusual body). The
+    sink checks the bytes again as it takes them. Raises
+    :class:`InvalidResponseError`. Meant to run in a worker thread.
     """
-    frame = FrameWalker()
-    frame.feed(data)
-    fmt, width, height, _ = inspect_image(data, frame)
-    return VerifiedImage(
-        data=data, format=fmt, width=width, height=height, sha256=hashlib.sha256(data).hexdigest()
-    )
-
-
-def decode_and_verify(b64: str) -> VerifiedImage:
-    """Decode strict base64 and verify the image. Meant to run in a worker thread."""
     try:
         data = pybase64.b64decode(b64, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise InvalidResponseError(f"b64_json is not valid base64: {exc}") from exc
-    return verify_image(data)
+    frame = FrameWalker()
+    frame.feed(data)
+    read_header(check_frame(frame), data)
+    return data
 
 
 def rejected_path(out_dir: Path, stem: str, attempt: int) -> str:
@@ -240,42 +193,6 @@ def rejected_path(out_dir: Path, stem: str, attempt: int) -> str:
     while os.path.lexists(out_dir / name):
         name, more = f"{base}-{more}.bin", more + 1
     return name
-
-
-def safe_path(out_dir: Path, relative: str) -> Path:
-    """Join ``relative`` under ``out_dir``; refuse a path outside it or through a link below it.
-
-    ``..`` is resolved on the text (:func:`~pmock_batch.files.split_relative`);
-    each folder on the way that exists is checked with ``lstat``. ``out_dir``
-    itself may be a link. This only checks: writes go through
-    :class:`~pmock_batch.files.AtomicFile`, which checks again as it goes.
-    """
-    parts = split_relative(out_dir, relative)
-    path = out_dir
-    for depth, part in enumerate(parts, 1):
-        path = path / part
-        try:
-            mode = os.lstat(path).st_mode
-        except FileNotFoundError:
-            break
-        last = depth == len(parts)
-        if stat.S_ISLNK(mode):
-            raise OutputPathError(f"refusing to write {relative!r}: {path} is a symbolic link")
-        if not last and not stat.S_ISDIR(mode):
-            raise OutputPathError(f"refusing to write {relative!r}: {path} is not a folder")
-    return out_dir.resolve().joinpath(*parts)
-
-
-async def write_atomic(out_dir: Path, relative: str, data: bytes) -> Path:
-    """Write ``data`` to ``out_dir/relative`` via a temporary file and a rename.
-
-    A crash at any point leaves either the old file or the new one under the
-    final name, never a truncated one. Temporary files are hidden dot-files
-    ending in ``.pmock-tmp`` in the same directory, so the rename is atomic.
-    No link below ``out_dir`` is followed or replaced (see
-    :class:`~pmock_batch.files.AtomicFile`): one thread hop in all.
-    """
-    return await asyncio.to_thread(write_atomic_sync, out_dir, relative, data)
 
 
 def _create(out_dir: Path, relative: str, data: bytes | bytearray) -> AtomicFile:
@@ -293,12 +210,10 @@ def _finish(tmp: AtomicFile | None, out_dir: Path, data: bytes | bytearray, rela
 
     On failure the temporary file is removed here: the sink has handed it over.
     """
-    if tmp is None:
-        tmp = _create(out_dir, relative, data)
-        data = b""
+    if tmp is None:  # under 1 MB: never written yet
+        return write_atomic(out_dir, relative, data)
     try:
-        if data:
-            tmp.write(data)
+        tmp.write(data)
         return tmp.commit(relative)
     except BaseException:
         tmp.discard()

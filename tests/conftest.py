@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import isolate_env
 
 from pmock_batch.mock import MockOptions, MockServer
 
@@ -25,23 +27,18 @@ class FakeClock:
 
 MakeMock = Callable[..., Awaitable[MockServer]]
 
-# Variables that would route the client's loopback traffic elsewhere, or change what it trusts.
-NETWORK_ENV = (
-    "http_proxy",
-    "https_proxy",
-    "all_proxy",
-    "no_proxy",
-    "SSL_CERT_FILE",
-    "SSL_CERT_DIR",
-)
-
 
 @pytest.fixture(autouse=True)
-def _no_ambient_network_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A proxy or CA bundle set on the machine (a CI runner's) never reaches a test."""
-    for name in NETWORK_ENV:
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.upper(), raising=False)
+def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No key, base URL, proxy or CA bundle set on the machine (a CI runner's) reaches a test,
+    and every test runs in its own scratch directory.
+
+    The one environment isolation for the whole suite (module-scoped fixtures
+    call :func:`helpers.isolate_env` themselves): a test, or a module's
+    fixture, that needs a key sets ``PMOCK_API_KEY`` itself.
+    """
+    isolate_env(monkeypatch)
+    monkeypatch.chdir(tmp_path)
 
 
 @pytest.fixture

@@ -10,11 +10,31 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 from PIL import Image
 
 from pmock_batch.cli import main
 
 FORMAT_NAMES = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
+
+# A key or an endpoint from the machine: every test that needs one sets its own.
+CREDENTIAL_ENV = ("PMOCK_API_KEY", "PMOCK_BASE_URL", "OPENAI_API_KEY")
+# Variables that would route the client's loopback traffic elsewhere, or change what it trusts.
+NETWORK_ENV = (
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+    "no_proxy",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+)
+
+
+def isolate_env(mp: pytest.MonkeyPatch) -> None:
+    """Unset every variable in :data:`CREDENTIAL_ENV` and :data:`NETWORK_ENV`, in either case."""
+    for name in CREDENTIAL_ENV + NETWORK_ENV:
+        mp.delenv(name, raising=False)
+        mp.delenv(name.upper(), raising=False)
 
 
 @dataclass

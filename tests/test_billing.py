@@ -20,7 +20,7 @@ from helpers import by_id, open_image, read_manifest, run_cli, write_jobs
 from pmock_batch.config import RunConfig
 from pmock_batch.jobs import iter_jobs, scan
 from pmock_batch.mock import MockOptions
-from pmock_batch.mock.app import trailing_junk
+from pmock_batch.mock.success import trailing_junk
 from pmock_batch.retry import RetryPolicy
 from pmock_batch.run import run_batch
 
@@ -29,10 +29,9 @@ EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 
 
 @pytest.fixture(autouse=True)
-def _env(monkeypatch, tmp_path):
+def _key(monkeypatch):
+    """Every test here talks to a mock with this key (conftest isolates the rest)."""
     monkeypatch.setenv("PMOCK_API_KEY", KEY)
-    monkeypatch.delenv("PMOCK_BASE_URL", raising=False)
-    monkeypatch.chdir(tmp_path)
 
 
 class FakeSleep:

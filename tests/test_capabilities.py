@@ -21,13 +21,6 @@ from pmock_batch.models import ImageRequest
 KEY = "sk-test-0123456789abcdefCAPS"
 
 
-@pytest.fixture(autouse=True)
-def _isolated_env(monkeypatch, tmp_path):
-    monkeypatch.delenv("PMOCK_API_KEY", raising=False)
-    monkeypatch.delenv("PMOCK_BASE_URL", raising=False)
-    monkeypatch.chdir(tmp_path)
-
-
 @pytest.mark.parametrize(
     ("model", "family"),
     [

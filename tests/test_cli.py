@@ -25,14 +25,6 @@ EXAMPLE = ROOT / "jobs" / "example.jsonl"
 KEY = "sk-test-0123456789abcdefSECRET"
 
 
-@pytest.fixture(autouse=True)
-def _isolated_env(monkeypatch, tmp_path):
-    """No real key or base URL leaks in from the environment; run in a scratch directory."""
-    monkeypatch.delenv("PMOCK_API_KEY", raising=False)
-    monkeypatch.delenv("PMOCK_BASE_URL", raising=False)
-    monkeypatch.chdir(tmp_path)
-
-
 @pytest.mark.parametrize("dialect", ["pmock", "openai"])
 async def test_example_batch_with_mock_writes_valid_images_and_manifest(
     tmp_path, capsys, make_mock, monkeypatch, dialect

@@ -28,10 +28,9 @@ CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 @pytest.fixture(autouse=True)
-def _env(monkeypatch, tmp_path):
+def _key(monkeypatch):
+    """Every test here talks to a mock with this key (conftest isolates the rest)."""
     monkeypatch.setenv("PMOCK_API_KEY", KEY)
-    monkeypatch.delenv("PMOCK_BASE_URL", raising=False)
-    monkeypatch.chdir(tmp_path)
 
 
 def _mixed_jobs(path: Path) -> Path:

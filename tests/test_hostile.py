@@ -29,8 +29,9 @@ from pmock_batch.errors import InvalidResponseError
 from pmock_batch.images import ImageSink
 from pmock_batch.jobs import iter_jobs, scan
 from pmock_batch.mock import MockOptions
-from pmock_batch.mock.app import _gzip_padding, get_state
+from pmock_batch.mock.app import get_state
 from pmock_batch.mock.responses import HOSTILE_CONTROLS
+from pmock_batch.mock.success import gzip_padding
 from pmock_batch.retry import RetryPolicy
 from pmock_batch.run import run_batch
 from pmock_batch.text import printable, server_text
@@ -45,10 +46,9 @@ PNG_1X1 = bytes.fromhex(
 
 
 @pytest.fixture(autouse=True)
-def _env(monkeypatch, tmp_path):
+def _key(monkeypatch):
+    """Every test here talks to a mock with this key (conftest isolates the rest)."""
     monkeypatch.setenv("PMOCK_API_KEY", KEY)
-    monkeypatch.delenv("PMOCK_BASE_URL", raising=False)
-    monkeypatch.chdir(tmp_path)
 
 
 class FakeSleep:
@@ -133,7 +133,7 @@ async def test_a_gzip_bomb_is_counted_as_it_expands_and_memory_stays_bounded(tmp
     server = await make_mock(
         MockOptions(image_px=8, padding_bytes=padding, script={"a fox": ["gzip_bomb"]})
     )
-    _gzip_padding(padding)  # the mock's own work, done before measuring
+    gzip_padding(padding)  # the mock's own work, done before measuring
     config = _config(tmp_path, server.base_url, concurrency=1)
     body = {"prompt": "a fox", "model": "gpt-image-2"}
     async with ImagesClient(config, max_extra_bytes=64 * 1024) as client:

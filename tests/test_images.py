@@ -1,11 +1,10 @@
-"""The writer: image verification on real bytes, safe paths, and atomic writes."""
+"""The writer: image verification on real bytes, the sink, warnings and rejected names."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
 import io
-import os
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -13,19 +12,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from pmock_batch.errors import InvalidResponseError, OutputPathError
+from pmock_batch.errors import InvalidResponseError
 from pmock_batch.images import (
-    TMP_SUFFIX,
     ImageInfo,
     ImageSink,
-    VerifiedImage,
     decode_and_verify,
     image_warnings,
     rejected_path,
-    safe_path,
-    sniff_format,
-    verify_image,
-    write_atomic,
 )
 
 NOT_AN_IMAGE = "the image data is not a PNG, JPEG or WebP image"
@@ -44,11 +37,11 @@ def make_image(fmt: str, size: tuple[int, int] = (7, 5), mode: str = "RGB") -> b
     return buf.getvalue()
 
 
-def files_under(root: Path) -> list[str]:
-    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
 
 
-# --- verify_image -------------------------------------------------------------------------
+# --- verification -------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -63,30 +56,27 @@ def files_under(root: Path) -> list[str]:
         ("webp", (33, 17), "RGBA", "webp"),
     ],
 )
-def test_verify_image_reads_format_and_size(
-    fmt: str, size: tuple[int, int], mode: str, extension: str
+async def test_the_sink_reads_format_and_size(
+    tmp_path: Path, fmt: str, size: tuple[int, int], mode: str, extension: str
 ) -> None:
     data = make_image(fmt, size, mode)
-    image = verify_image(data)
-    assert image == VerifiedImage(
-        data=data,
-        format=fmt,
-        width=size[0],
-        height=size[1],
-        sha256=hashlib.sha256(data).hexdigest(),
-    )
+    sink = ImageSink(tmp_path, "img")
+    await sink.feed_raw(data)
+    image = await sink.verify()
+    sink.discard()
+    assert image == ImageInfo(fmt, size[0], size[1], hashlib.sha256(data).hexdigest(), len(data))
     assert image.extension == extension
-    assert sniff_format(data) == fmt
+    assert decode_and_verify(b64(data)) == data
 
 
 @pytest.mark.parametrize("fmt", ["png", "jpeg", "webp"])
 @pytest.mark.parametrize(
     "cut", [lambda n: n - 1, lambda n: n // 2, lambda n: 16], ids=["last-byte", "half", "header"]
 )
-def test_verify_image_rejects_truncated_images(fmt: str, cut: Callable[[int], int]) -> None:
+def test_truncated_images_are_rejected(fmt: str, cut: Callable[[int], int]) -> None:
     data = make_image(fmt, (40, 30))
     with pytest.raises(InvalidResponseError) as caught:
-        verify_image(data[: cut(len(data))])
+        decode_and_verify(b64(data[: cut(len(data))]))
     assert str(caught.value) == TRUNCATED[fmt]
 
 
@@ -103,30 +93,26 @@ def test_verify_image_rejects_truncated_images(fmt: str, cut: Callable[[int], in
     ],
     ids=["random", "empty", "short", "wav", "pdf", "svg", "gif"],
 )
-def test_verify_image_rejects_what_is_not_a_raster_image(data: bytes) -> None:
+def test_what_is_not_a_raster_image_is_rejected(data: bytes) -> None:
     with pytest.raises(InvalidResponseError) as caught:
-        verify_image(data)
+        decode_and_verify(b64(data))
     assert str(caught.value) == NOT_AN_IMAGE
 
 
-def test_verify_image_rejects_an_unreadable_header() -> None:
+def test_an_unreadable_header_is_rejected() -> None:
     broken = b"\xff\xd8\xff\x00" + bytes(40) + b"\xff\xd9"  # SOI and EOI, no header between
     with pytest.raises(InvalidResponseError) as caught:
-        verify_image(broken)
+        decode_and_verify(b64(broken))
     assert str(caught.value).startswith("the jpeg image header is unreadable: ")
     assert isinstance(caught.value.__cause__, Exception)
 
 
-def test_verify_image_rejects_a_png_whose_first_chunk_is_not_ihdr() -> None:
+def test_a_png_whose_first_chunk_is_not_ihdr_is_rejected() -> None:
     png = make_image("png")
     broken = png[:8] + b"\x00\x00\x00\x0dJUNK" + png[16:]  # IHDR renamed
     with pytest.raises(InvalidResponseError) as caught:
-        verify_image(broken)
+        decode_and_verify(b64(broken))
     assert str(caught.value) == "the PNG image is corrupt (its first chunk is JUNK, not IHDR)"
-
-
-def test_verified_image_extension_differs_from_format_for_jpeg() -> None:
-    assert verify_image(make_image("jpeg")).extension == "jpg"
 
 
 # --- decode_and_verify --------------------------------------------------------------------
@@ -135,8 +121,7 @@ def test_verified_image_extension_differs_from_format_for_jpeg() -> None:
 @pytest.mark.parametrize("fmt", ["png", "jpeg", "webp"])
 def test_decode_and_verify(fmt: str) -> None:
     data = make_image(fmt, (9, 4))
-    image = decode_and_verify(base64.b64encode(data).decode())
-    assert (image.data, image.format, image.width, image.height) == (data, fmt, 9, 4)
+    assert decode_and_verify(b64(data)) == data
 
 
 @pytest.mark.parametrize(
@@ -162,162 +147,14 @@ def test_decode_and_verify_rejects_a_truncated_base64_image() -> None:
     assert str(caught.value) == TRUNCATED["png"]
 
 
-# --- safe_path ----------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("relative", "expected"),
-    [
-        ("a.png", "a.png"),
-        ("icons/home.png", "icons/home.png"),
-        ("a/../b.png", "b.png"),  # stays inside
-        ("./c.png", "c.png"),
-    ],
-)
-def test_safe_path_inside(tmp_path: Path, relative: str, expected: str) -> None:
-    out = tmp_path / "out"
-    out.mkdir()
-    assert safe_path(out, relative) == out.resolve() / expected
-
-
-@pytest.mark.parametrize("relative", ["../x", "../out-sibling/x.png", "a/../../x", "", "."])
-def test_safe_path_rejects_escapes(tmp_path: Path, relative: str) -> None:
-    out = tmp_path / "out"
-    out.mkdir()
-    with pytest.raises(OutputPathError) as caught:
-        safe_path(out, relative)
-    assert str(caught.value) == f"refusing to write {relative!r}: it is outside {out}"
-
-
-def test_safe_path_rejects_an_absolute_path(tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    out.mkdir()
-    target = str(tmp_path / "elsewhere.png")
-    with pytest.raises(OutputPathError) as caught:
-        safe_path(out, target)
-    assert str(caught.value) == f"refusing to write {target!r}: it is outside {out}"
-
-
-def test_safe_path_rejects_a_symlink_that_points_outside(tmp_path: Path) -> None:
-    out, outside = tmp_path / "out", tmp_path / "outside"
-    out.mkdir()
-    outside.mkdir()
-    (out / "link").symlink_to(outside, target_is_directory=True)
-    with pytest.raises(OutputPathError) as caught:
-        safe_path(out, "link/x.png")
-    assert str(caught.value) == f"refusing to write 'link/x.png': {out}/link is a symbolic link"
-
-
-def test_safe_path_refuses_a_symlink_even_when_it_stays_inside(tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    (out / "real").mkdir(parents=True)
-    (out / "link").symlink_to(out / "real", target_is_directory=True)
-    with pytest.raises(OutputPathError) as caught:
-        safe_path(out, "link/x.png")
-    assert str(caught.value) == f"refusing to write 'link/x.png': {out}/link is a symbolic link"
-    (out / "x.png").symlink_to(out / "real" / "x.png")
-    with pytest.raises(OutputPathError, match=r"x\.png is a symbolic link"):
-        safe_path(out, "x.png")
-
-
-# --- write_atomic -------------------------------------------------------------------------
-
-
-async def test_write_atomic_writes_exact_bytes_in_nested_folders(tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    data = make_image("png") + bytes(range(256))
-    path = await write_atomic(out, "icons/small/home.png", data)
-    assert path == out.resolve() / "icons" / "small" / "home.png"
-    assert path.read_bytes() == data
-    assert files_under(out) == ["icons/small/home.png"]
-    assert not [name for name in files_under(tmp_path) if name.endswith(TMP_SUFFIX)]
-
-
-async def test_write_atomic_replaces_an_existing_file_by_renaming(tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    path = await write_atomic(out, "a.png", b"old bytes")
-    old_inode = path.stat().st_ino
-    with path.open("rb") as reader:  # a reader of the old file keeps the whole old file
-        new = await write_atomic(out, "a.png", b"new, longer bytes")
-        assert reader.read() == b"old bytes"
-    assert new == path
-    assert path.read_bytes() == b"new, longer bytes"
-    assert path.stat().st_ino != old_inode  # a new file renamed into place, not rewritten
-    assert files_under(out) == ["a.png"]
-
-
-async def test_write_atomic_many_files_leave_no_temporary_files(tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    for i in range(10):
-        await write_atomic(out, f"d{i % 3}/img{i}.webp", bytes([i]) * (i + 1))
-    assert files_under(out) == sorted(f"d{i % 3}/img{i}.webp" for i in range(10))
-    assert all(
-        (out / f"d{i % 3}/img{i}.webp").read_bytes() == bytes([i]) * (i + 1) for i in range(10)
-    )
-
-
-@pytest.mark.parametrize("relative", ["../evil.png", "a/../../evil.png"])
-async def test_write_atomic_refuses_escapes(tmp_path: Path, relative: str) -> None:
-    out = tmp_path / "out"
-    out.mkdir()
-    with pytest.raises(OutputPathError):
-        await write_atomic(out, relative, b"x")
-    assert files_under(tmp_path) == []  # nothing written anywhere, in or out of OUT
-
-
-async def test_write_atomic_refuses_an_absolute_path(tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    out.mkdir()
-    with pytest.raises(OutputPathError):
-        await write_atomic(out, str(tmp_path / "evil.png"), b"x")
-    assert not (tmp_path / "evil.png").exists()
-
-
-async def test_write_atomic_refuses_a_symlink_escape(tmp_path: Path) -> None:
-    out, outside = tmp_path / "out", tmp_path / "outside"
-    out.mkdir()
-    outside.mkdir()
-    (out / "link").symlink_to(outside, target_is_directory=True)
-    with pytest.raises(OutputPathError):
-        await write_atomic(out, "link/evil.png", b"x")
-    assert list(outside.iterdir()) == []
-
-
-async def test_a_folder_at_the_target_is_never_replaced(tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    (out / "taken.png").mkdir(parents=True)  # a directory where the file should go
-    with pytest.raises(OutputPathError) as caught:
-        await write_atomic(out, "taken.png", b"data")
-    assert str(caught.value) == f"refusing to write 'taken.png': {out}/taken.png is a folder"
-    assert files_under(out) == []
-    assert sorted(os.listdir(out)) == ["taken.png"]
-
-
-async def test_a_failed_rename_removes_the_temporary_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    out = tmp_path / "out"
-    await write_atomic(out, "a.png", b"old")
-
-    def broken_replace(*args: object, **kwargs: object) -> None:
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr("pmock_batch.files.os.replace", broken_replace)
-    with pytest.raises(OSError, match="No space"):
-        await write_atomic(out, "a.png", b"new")
-    assert sorted(os.listdir(out)) == ["a.png"]
-    assert (out / "a.png").read_bytes() == b"old"
-
-
 # --- bytes after the end, dimensions, rejected names ----------------------------------------
 
 
 @pytest.mark.parametrize("fmt", ["png", "jpeg", "webp"])
 @pytest.mark.parametrize("extra", [b"\x00" * 3, b"junk after the end" * 50])
-def test_verify_image_accepts_bytes_after_the_end(fmt: str, extra: bytes) -> None:
+def test_bytes_after_the_end_are_accepted(fmt: str, extra: bytes) -> None:
     data = make_image(fmt, (9, 4)) + extra
-    image = verify_image(data)
-    assert (image.data, image.format, image.width, image.height) == (data, fmt, 9, 4)
+    assert decode_and_verify(b64(data)) == data
     Image.open(io.BytesIO(data)).load()  # as decoders do
 
 

@@ -49,14 +49,6 @@ TOKEN = "gw-Secret-Token-9876543210"
 GENERATIONS = "/v1/images/generations"
 
 
-@pytest.fixture(autouse=True)
-def _isolated_env(monkeypatch, tmp_path):
-    """No key, base URL, proxy or CA bundle leaks in; run in a scratch directory."""
-    for name in ("PMOCK_API_KEY", "PMOCK_BASE_URL", "OPENAI_API_KEY"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.chdir(tmp_path)
-
-
 # -- a real forward proxy on loopback ---------------------------------------------------
 
 _FORWARDED = re.compile(r" - forwarded (?P<method>[A-Z]+) (?P<target>\S+)$", re.M)

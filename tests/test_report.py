@@ -22,14 +22,15 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import pytest
-from helpers import by_id, read_manifest, write_jobs
+from helpers import by_id, isolate_env, read_manifest, write_jobs
 from PIL import Image
 
 from pmock_batch.cli import main
 from pmock_batch.errors import UsageError
-from pmock_batch.images import TMP_SUFFIX
+from pmock_batch.files import TMP_SUFFIX
 from pmock_batch.models import ErrorRecord, FileRecord, JobRecord
-from pmock_batch.report import REPORT_NAME, THUMB_PX, THUMBS_DIR, write_report
+from pmock_batch.report import REPORT_NAME, write_report
+from pmock_batch.thumbs import THUMB_PX, THUMBS_DIR
 
 XSS = "<script>alert(1)</script> & \"quotes\" 'single'"
 JOBS = [
@@ -178,8 +179,7 @@ def batch(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "-q",
     ]
     with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("PMOCK_API_KEY", raising=False)
-        mp.delenv("PMOCK_BASE_URL", raising=False)
+        isolate_env(mp)  # module-scoped: before conftest's per-test isolation
         with ThreadPoolExecutor(max_workers=1) as pool:  # the CLI runs its own event loop
             code = pool.submit(main, argv).result(timeout=60)
     assert code == 1  # one job failed and one line was invalid

@@ -30,10 +30,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(autouse=True)
-def _env(monkeypatch, tmp_path):
+def _key(monkeypatch):
+    """Every test here talks to a mock with this key (conftest isolates the rest)."""
     monkeypatch.setenv("PMOCK_API_KEY", KEY)
-    monkeypatch.delenv("PMOCK_BASE_URL", raising=False)
-    monkeypatch.chdir(tmp_path)
 
 
 class Crash(BaseException):

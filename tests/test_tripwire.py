@@ -21,13 +21,6 @@ from pmock_batch.tripwire import Tripwire
 KEY = "sk-test-0123456789abcdefTRIP"
 
 
-@pytest.fixture(autouse=True)
-def _isolated_env(monkeypatch, tmp_path):
-    monkeypatch.delenv("PMOCK_API_KEY", raising=False)
-    monkeypatch.delenv("PMOCK_BASE_URL", raising=False)
-    monkeypatch.chdir(tmp_path)
-
-
 def _refused() -> CannotConnectError:
     return CannotConnectError("x", host="127.0.0.1", port=9, reason="Connection refused")
 

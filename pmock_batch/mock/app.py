@@ -17,16 +17,12 @@ the answer is sent, whatever it is.
 
 from __future__ import annotations
 
-import base64
-import functools
 import gzip
-import hashlib
 import hmac
 import json
 import logging
 import secrets
 import time
-import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -35,7 +31,7 @@ from aiohttp import web
 
 from ..models import ImageRequest
 from .faults import Outcome, parse_outcome, pick_outcome
-from .images import CONTENT_TYPES, ImageSpec, bomb_png, parse_size
+from .images import CONTENT_TYPES
 from .options import MockOptions
 from .responses import (
     INVALID_KEY_MESSAGE,
@@ -43,12 +39,11 @@ from .responses import (
     QUOTA_MESSAGE,
     error_body,
     hostile_error,
-    hostile_text,
     status_error,
-    usage,
 )
 from .state import MockState
 from .stats import MockStats, ReceivedRequest
+from .success import FILES_PATH, gzip_padding, success_body, token_of
 from .validation import Rejection, parse_request
 
 __all__ = ["GENERATION_PATHS", "STATE", "create_app", "get_state", "get_stats"]
@@ -56,9 +51,7 @@ __all__ = ["GENERATION_PATHS", "STATE", "create_app", "get_state", "get_stats"]
 logger = logging.getLogger("pmock_batch.mock")
 
 GENERATION_PATHS = ("/v1/images/generations", "/api/ai/openai/v1/images/generations")
-FILES_PATH = "/_mock/files"
 STATE = web.AppKey("pmock_batch.mock.state", MockState)
-BAD_BASE64 = "!!this is not base64!!"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -240,10 +233,10 @@ async def _act(
             headers["retry-after-ms"] = str(round(retry_after * 1000))
         body = plan.error or status_error(status)
         if state.options.hostile:
-            body = hostile_error(body, _token_of(request))
+            body = hostile_error(body, token_of(request))
         response = web.json_response(body, status=status, headers=headers)
         return await _send(request, response)
-    payload = await _success_body(request, state, plan.request, outcome)
+    payload = await success_body(request, state, plan.request, outcome)
     if outcome.name == "truncate":
         return await _truncated(request, payload, headers)
     headers["Content-Type"] = "application/json"
@@ -251,91 +244,9 @@ async def _act(
     if outcome.name == "padded_json":
         payload = b" " * padding + payload
     elif outcome.name == "gzip_bomb":  # two gzip members: the cached padding, then the JSON
-        payload = _gzip_padding(padding) + gzip.compress(payload)
+        payload = gzip_padding(padding) + gzip.compress(payload)
         headers["Content-Encoding"] = "gzip"
     return await _send(request, web.Response(body=payload, headers=headers))
-
-
-def _token_of(request: web.Request) -> str:
-    """The bearer key the request carried, for a hostile server to echo."""
-    return request.headers.get("Authorization", "").partition(" ")[2].strip()
-
-
-@functools.lru_cache(maxsize=4)
-def _gzip_padding(size: int) -> bytes:
-    """One gzip member of ``size`` spaces, compressed 1 MiB at a time (about 1000:1)."""
-    packer = zlib.compressobj(9, zlib.DEFLATED, 31)  # 31: a gzip header and trailer
-    block = b" " * (1 << 20)
-    out = []
-    for start in range(0, size, len(block)):
-        out.append(packer.compress(block[: size - start]))
-    out.append(packer.flush())
-    return b"".join(out)
-
-
-async def _success_body(
-    request: web.Request, state: MockState, req: ImageRequest, outcome: Outcome
-) -> bytes:
-    options = state.options
-    width, height = parse_size(req.size)
-    if options.image_px is not None:  # a small square stand-in, whatever size was asked for
-        width = height = options.image_px
-    payload = round(options.payload_mb * 1_000_000) if options.payload_mb else None
-    spec = ImageSpec(
-        prompt=req.prompt,
-        width=width,
-        height=height,
-        format=req.format,
-        transparent=req.background == "transparent",
-        quality=req.output_compression,
-        payload_bytes=payload,
-    )
-    data = await state.images.get(spec)
-    if options.trailing_bytes:  # decoders stop at the image's end and ignore these
-        data += trailing_junk(options.trailing_bytes)
-    if outcome.name == "corrupt":
-        data = data[: max(16, len(data) // 2)]
-    elif outcome.name == "bomb":  # a sound PNG whose header claims 40,000 x 40,000 pixels
-        data = bomb_png()
-    item: dict[str, Any]
-    if outcome.name == "bad_base64":
-        item = {"b64_json": BAD_BASE64}
-    elif req.response_format == "url" or outcome.name == "url":
-        name = f"{_token(data)}.{spec.format}"
-        state.files.put(name, data)
-        hops = f"?hops={options.url_redirects}" if options.url_redirects else ""
-        item = {"url": f"{request.scheme}://{request.host}{FILES_PATH}/{name}{hops}"}
-    else:
-        item = {"b64_json": base64.b64encode(data).decode("ascii")}
-    if options.revised_prompt:
-        item["revised_prompt"] = f"{req.prompt} (revised)"
-    if options.hostile:
-        item["revised_prompt"] = hostile_text(f"{req.prompt} (revised)", _token_of(request))
-    quality = req.quality if req.quality not in (None, "auto") else "medium"
-    body = {
-        "created": int(time.time()),
-        "data": [item] * req.count,  # n > 1 passes validation only in the openai dialect
-        "background": "transparent" if spec.transparent else "opaque",
-        "output_format": spec.format,
-        "quality": quality,
-        "size": spec.size,
-        "usage": usage(req.prompt, width=width, height=height, quality=str(quality)),
-    }
-    if outcome.name == "bad_shape":  # JSON, but "created" is text: not an images response
-        created = "yesterday"
-        body["created"] = hostile_text(created, _token_of(request)) if options.hostile else created
-    return json.dumps(body).encode("utf-8")
-
-
-def trailing_junk(count: int) -> bytes:
-    """``count`` bytes to put after an image's end: printable, with no marker in them."""
-    pattern = b"pmock trailing bytes; "
-    return (pattern * (count // len(pattern) + 1))[:count]
-
-
-def _token(data: bytes) -> str:
-    """A file name for ``data``: content-addressed, so the same image shares one entry."""
-    return hashlib.sha256(data).hexdigest()[:32]
 
 
 def _seconds(value: float) -> str:
