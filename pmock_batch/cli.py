@@ -34,8 +34,9 @@ from .lock import run_lock
 from .mock.command import mock_flags, mock_options
 from .models import FORMATS, RESPONSE_FORMATS
 from .network import parse_header
+from .preflight import check_network, endpoint, plan_run, resolve_endpoint, retry_policy
 from .report import write_report
-from .run import Run, check_network, endpoint, plan_run, resolve_endpoint, retry_policy, run_batch
+from .run import Run, run_batch
 from .tally import Summary
 from .version import __version__
 

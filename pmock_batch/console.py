@@ -41,7 +41,8 @@ from rich.table import Table
 from .config import RunConfig
 from .jobs import Job, ScanResult
 from .models import JobRecord
-from .run import Plan, Run, RunObserver, RunStatus
+from .preflight import Plan
+from .run import Run, RunObserver, RunStatus
 from .tally import Summary
 
 __all__ = [

@@ -63,7 +63,9 @@ class FakeSleep:
 def cli_sleep(monkeypatch) -> FakeSleep:
     """The CLI's retry policy gets an injected sleep: no test waits through real backoff."""
     sleep = FakeSleep()
-    monkeypatch.setattr("pmock_batch.run.RetryPolicy", functools.partial(RetryPolicy, sleep=sleep))
+    monkeypatch.setattr(
+        "pmock_batch.preflight.RetryPolicy", functools.partial(RetryPolicy, sleep=sleep)
+    )
     return sleep
 
 

@@ -55,7 +55,7 @@ async def _no_sleep(_: float) -> None:
 def _cli_sleep(monkeypatch):
     """The CLI's retry policy never sleeps through real backoff."""
     monkeypatch.setattr(
-        "pmock_batch.run.RetryPolicy", functools.partial(RetryPolicy, sleep=_no_sleep)
+        "pmock_batch.preflight.RetryPolicy", functools.partial(RetryPolicy, sleep=_no_sleep)
     )
 
 
