@@ -1,0 +1,90 @@
+"""Logging to the terminal: a console per stream, and text or JSON log lines through it."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+from typing import IO, Any
+
+from rich.console import Console
+
+__all__ = ["make_console", "setup_logging"]
+
+_STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
+
+
+def make_console(stream: IO[str], *, tty: bool | None = None) -> Console:
+    """A console for ``stream``: live and coloured on a TTY (unless NO_COLOR), plain otherwise."""
+    is_tty = stream.isatty() if tty is None else tty
+    if is_tty:
+        return Console(file=stream, force_terminal=True, highlight=False)
+    return Console(
+        file=stream, force_terminal=False, no_color=True, highlight=False, width=200, soft_wrap=True
+    )
+
+
+class _JsonFormatter(logging.Formatter):
+    """One JSON object per record: ts, level, event, message, and the record's fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "event": getattr(record, "event", "log"),
+            "message": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _STANDARD_ATTRS and key != "event":
+                data[key] = value
+        return json.dumps(data, ensure_ascii=False, default=str)
+
+
+class _TextFormatter(logging.Formatter):
+    """Plain text; with a UTC timestamp when not on a TTY, for cron mail and CI logs."""
+
+    def __init__(self, *, timestamps: bool) -> None:
+        super().__init__()
+        self.timestamps = timestamps
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = record.getMessage()
+        if record.levelno >= logging.WARNING and getattr(record, "event", None) != "job_failed":
+            text = f"{record.levelname.lower()}: {text}"
+        if self.timestamps:
+            stamp = datetime.fromtimestamp(record.created, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            text = f"{stamp} {text}"
+        return text
+
+
+class _ConsoleHandler(logging.Handler):
+    """Writes formatted records through the rich console, so a live bar stays intact."""
+
+    def __init__(self, console: Console) -> None:
+        super().__init__()
+        self.console = console
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.format(record)
+            if self.console.is_terminal:
+                self.console.print(text, markup=False, highlight=False, soft_wrap=True)
+            else:
+                self.console.file.write(text + "\n")
+                self.console.file.flush()
+        except Exception:  # logging must never break the run
+            self.handleError(record)
+
+
+def setup_logging(console: Console, *, quiet: bool, verbose: bool, fmt: str) -> None:
+    """Route the ``pmock_batch`` logger to ``console`` at the level the flags ask for."""
+    level = logging.ERROR if quiet else logging.DEBUG if verbose else logging.INFO
+    handler = _ConsoleHandler(console)
+    if fmt == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(_TextFormatter(timestamps=not console.is_terminal))
+    logger = logging.getLogger("pmock_batch")
+    logger.handlers[:] = [handler]
+    logger.setLevel(level)
+    logger.propagate = False
