@@ -1,0 +1,134 @@
+"""The run command's flags: their help groups, types, and defaults as the help states them.
+
+Each group is an ``option()`` maker (:func:`panel`) that appends "(default: X)"
+once per flag. :class:`DefaultGroup` makes ``run`` the default command, so
+``pmock-batch JOBS`` keeps working.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import rich_click as rclick
+
+from . import config as cfg
+from .models import FORMATS, RESPONSE_FORMATS
+from .network import parse_header
+
+__all__ = [
+    "CA_ENV",
+    "COUNT",
+    "FILE",
+    "HEADER",
+    "HELP_STYLE",
+    "POSITIVE",
+    "POSITIVE_INT",
+    "PROXY_ENV",
+    "REQUEST_DEFAULTS",
+    "DefaultGroup",
+    "end",
+    "inp",
+    "logs",
+    "net",
+    "out",
+    "panel",
+    "pool",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def panel(panel: str) -> Callable[..., Callable[[F], F]]:
+    """An ``option()`` for one group of ``--help``, which states each flag's default once.
+
+    Without a metavar or a type, the option is an on/off flag. ``shown`` is
+    the default as the help says it, where the value alone would not tell.
+    """
+
+    def option(
+        name: str,
+        metavar: str | None = None,
+        kind: Any = None,
+        default: Any = None,
+        help: str = "",
+        *,
+        short: str | None = None,
+        shown: Any = None,
+        **kw: Any,
+    ) -> Callable[[F], F]:
+        flag = metavar is None and kind is None
+        if shown is None:
+            shown = "off" if flag else f"{default:g}" if isinstance(default, float) else default
+        kind = click.Choice(kind) if isinstance(kind, tuple) else kind
+        kw |= {"is_flag": True} if flag else {"metavar": metavar, "type": kind, "default": default}
+        names = (short, name) if short else (name,)
+        return rclick.option(*names, panel=panel, help=f"{help} (default: {shown})", **kw)
+
+    return option
+
+
+def _apply(*decorators: Callable[[F], F]) -> Callable[[F], F]:
+    def decorate(command: F) -> F:
+        for decorator in reversed(decorators):
+            command = decorator(command)
+        return command
+
+    return decorate
+
+
+def _headers(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> Any:
+    try:
+        return tuple(parse_header(v) for v in values)
+    except ValueError as exc:  # its message never shows the value
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from exc
+
+
+COUNT, POSITIVE_INT, PERCENT = click.IntRange(min=0), click.IntRange(min=1), click.IntRange(0, 100)
+POSITIVE, FILE = click.FloatRange(min=0, min_open=True), click.Path(path_type=Path)
+req, inp, end = panel("Request defaults"), panel("Input"), panel("Endpoint")
+net, pool = panel("Network"), panel("Concurrency and retries")
+out, logs = panel("Output"), panel("Logging")
+HEADER = {"shown": "none", "multiple": True, "callback": _headers}
+PROXY_ENV = "$HTTPS_PROXY, $HTTP_PROXY or $ALL_PROXY, less $NO_PROXY"
+CA_ENV = "$SSL_CERT_FILE, $SSL_CERT_DIR or the system's"
+REQUEST_DEFAULTS = _apply(
+    req("--model", "NAME", str, None, "model name", shown=cfg.DEFAULT_MODEL),
+    req("--size", "WxH", str, None, "image size", shown="the server's"),
+    req("--quality", "Q", str, None, "quality", shown="the server's"),
+    req("--output-format", None, FORMATS, None, "image format", shown="png"),
+    req("--background", "B", str, None, "background", shown="the server's"),
+    req("--moderation", "M", str, None, "moderation", shown="the server's"),
+    req("--response-format", None, RESPONSE_FORMATS, None, "dall-e-2/3 only", shown="not sent"),
+    req("--output-compression", "0-100", PERCENT, None, "jpeg/webp only", shown="the server's"),
+    req("--capabilities", "FILE", FILE, None, "TOML table over the shipped one", shown="none"),
+)
+
+
+HELP_STYLE = rclick.RichHelpConfiguration(
+    theme="slim",
+    options_table_help_sections=["help", "required", "deprecated"],
+    text_markup="ansi",
+    max_width=100,
+    enable_theme_env_var=False,
+)
+
+
+class DefaultGroup(rclick.RichGroup):
+    """``run`` is the default: ``pmock-batch JOBS`` is ``pmock-batch run JOBS``."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] != "--version":
+            close = difflib.get_close_matches(args[0], self.commands, n=1)
+            if close and not os.path.exists(args[0]):  # `pmock-batch reprot OUT`
+                message = f"no such command or file: '{args[0]}'. Did you mean '{close[0]}'?"
+                raise click.UsageError(message, ctx)
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)  # as declared: run first
