@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import errno
 import hashlib
 import json
 import os
@@ -17,10 +16,8 @@ from helpers import by_id, open_image, read_manifest, run_cli, write_jobs
 
 from pmock_batch.attempt import commit
 from pmock_batch.config import RunConfig
-from pmock_batch.errors import LockedError
 from pmock_batch.images import ImageSink
 from pmock_batch.jobs import iter_jobs, scan
-from pmock_batch.lock import run_lock
 from pmock_batch.mock import MockOptions
 from pmock_batch.retry import RetryPolicy
 from pmock_batch.run import run_batch
@@ -168,32 +165,6 @@ async def test_resume_after_a_crash(tmp_path, make_mock, when):
     assert not list((tmp_path / "out").rglob("*.pmock-tmp"))
 
 
-async def test_disk_full_aborts_the_run(tmp_path, make_mock):
-    server = await make_mock(MockOptions())
-    write_jobs(tmp_path / "jobs.jsonl", _lines(20))
-    calls = 0
-
-    async def full_disk(sink: ImageSink, out_dir: Path, relative: str) -> Path:
-        nonlocal calls
-        calls += 1
-        if calls >= 3:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return await commit(sink, out_dir, relative)
-
-    summary = await _batch(tmp_path, server.base_url, writer=full_disk)
-    assert summary.aborted is not None
-    assert "No space left on device" in summary.aborted
-    assert "free some disk space" in summary.aborted
-    assert server.stats.requests <= 2 + 2 + 2
-    records = read_manifest(tmp_path / "out")
-    assert len(records) == 20
-    assert {r["status"] for r in records} == {"ok", "failed", "not_run"}
-    for r in records:
-        if r["status"] == "ok":
-            open_image(tmp_path / "out" / r["files"][0]["path"])
-    assert not list((tmp_path / "out").rglob("*.pmock-tmp"))
-
-
 async def test_stray_temp_files_are_removed_on_the_next_run(tmp_path, make_mock):
     server = await make_mock(MockOptions())
     write_jobs(tmp_path / "jobs.jsonl", _lines(1))
@@ -214,35 +185,6 @@ async def test_torn_manifest_line_is_tolerated(tmp_path, make_mock):
     assert summary.skipped == 3
     assert server.stats.requests == 3
     assert len(read_manifest(tmp_path / "out")) == 3
-
-
-async def test_lock_refuses_a_second_run(tmp_path, make_mock, capsys):
-    server = await make_mock(MockOptions())
-    jobs = write_jobs(tmp_path / "jobs.jsonl", _lines(2))
-    out = tmp_path / "out"
-    holder = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        "import sys, time; from pathlib import Path; from pmock_batch.lock import run_lock\n"
-        "with run_lock(Path(sys.argv[1])):\n    print('locked', flush=True); time.sleep(30)",
-        str(out),
-        stdout=asyncio.subprocess.PIPE,
-    )
-    try:
-        assert holder.stdout is not None
-        assert (await asyncio.wait_for(holder.stdout.readline(), 20)).strip() == b"locked"
-        result = await run_cli(
-            [str(jobs), "--base-url", server.base_url, "--out", str(out)], capsys
-        )
-        assert result.code == 4
-        assert "another pmock-batch run" in result.err
-        assert server.stats.requests == 0
-        assert not (out / "manifest.jsonl").exists()
-    finally:
-        holder.kill()
-        await holder.wait()
-    with run_lock(out), pytest.raises(LockedError), run_lock(out):  # free once the holder died
-        pass
 
 
 async def test_kill_9_mid_run_then_rerun_finishes_the_batch(tmp_path, make_mock):
@@ -285,24 +227,6 @@ async def test_kill_9_mid_run_then_rerun_finishes_the_batch(tmp_path, make_mock)
     assert sum(server.stats.successes.values()) <= n + 2 * 4 + in_flight_at_kill
     assert not list(out.rglob("*.pmock-tmp"))
     json.loads((out / "manifest.jsonl").read_text().splitlines()[-1])
-
-
-async def test_url_download_over_the_cap_fails_without_retry(tmp_path, make_mock):
-    from pmock_batch.client import ImagesClient
-    from pmock_batch.errors import ResponseTooLargeError
-
-    server = await make_mock(MockOptions())
-    config = RunConfig(out_dir=tmp_path / "out", base_url=server.base_url, api_key=KEY)
-    async with ImagesClient(config, max_download_bytes=1000) as client:
-        reply = await client.generate({"prompt": "an owl", "response_format": "url"})
-        url = reply.body.data[0].url
-        assert url is not None and url.startswith("http://127.0.0.1:")
-        sink = ImageSink(tmp_path / "out", "owl")
-        with pytest.raises(ResponseTooLargeError):
-            await client.download(url, sink)
-        sink.discard()
-        with pytest.raises(Exception, match="scheme 'file'"):
-            await client.download("file:///etc/passwd", sink)
 
 
 async def test_an_abort_keeps_earlier_finished_jobs_done(tmp_path, make_mock, capsys):
@@ -369,56 +293,6 @@ async def test_an_empty_job_file_never_wipes_the_manifest(tmp_path, make_mock, c
     requests = server.stats.requests
     assert (await run_cli(argv, capsys)).code == 0
     assert server.stats.requests == requests  # nothing paid for twice
-
-
-async def test_a_long_retry_after_fails_its_job_without_holding_the_others(tmp_path, make_mock):
-    server = await make_mock(MockOptions(script={"prompt 0": ["429:5000"]}))
-    write_jobs(tmp_path / "jobs.jsonl", _lines(4))
-    summary = await asyncio.wait_for(_batch(tmp_path, server.base_url), 20)
-    assert summary.failed == 1 and summary.ok == 3
-    records = by_id(read_manifest(tmp_path / "out"))
-    assert "more than --max-retry-wait" in records["j0"]["error"]["message"]
-    assert all(records[f"j{i}"]["elapsed_s"] < 5 for i in range(1, 4))
-
-
-async def test_stop_during_a_pool_hold_ends_promptly(tmp_path, make_mock):
-    """A 429 holds the pool for 60 s; a stop must not wait that out (nor spin)."""
-    from pmock_batch.run import Run
-
-    server = await make_mock(MockOptions(script={"prompt 0": ["429:60", "ok"]}))
-    write_jobs(tmp_path / "jobs.jsonl", _lines(5))
-    path = tmp_path / "jobs.jsonl"
-    config = RunConfig(
-        out_dir=tmp_path / "out", base_url=server.base_url, api_key=KEY, concurrency=1, grace=0.1
-    )
-    runs: list[Run] = []
-
-    async def stop_when_held() -> None:
-        while not runs or runs[0].status().held_for <= 0:  # noqa: ASYNC110 - polls the pacer
-            await asyncio.sleep(0.01)
-        runs[0].stop()
-
-    stopper = asyncio.create_task(stop_when_held())
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    summary = await asyncio.wait_for(
-        run_batch(config, iter_jobs(path, scan(path)), on_start=runs.append), 10
-    )
-    await stopper
-    assert loop.time() - started < 5
-    assert summary.interrupted and summary.not_run >= 4
-
-
-async def test_a_malformed_image_url_is_an_invalid_response(tmp_path, make_mock):
-    from pmock_batch.client import ImagesClient
-    from pmock_batch.errors import InvalidResponseError
-
-    server = await make_mock(MockOptions())
-    config = RunConfig(out_dir=tmp_path / "out", base_url=server.base_url, api_key=KEY)
-    sink = ImageSink(tmp_path / "out", "x")
-    async with ImagesClient(config) as client:
-        with pytest.raises(InvalidResponseError, match="malformed"):
-            await client.download("http://[bad", sink)
 
 
 def _point_record_at(out: Path, job_id: str, path: str, data: bytes) -> None:

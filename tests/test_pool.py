@@ -1,4 +1,5 @@
-"""The engine over real loopback HTTP: retries, timeouts, aborts, stops; no real sleeping."""
+"""The pool and the direct runner over real loopback HTTP: retries, timeouts, aborts, stops,
+grace and holds; no real sleeping."""
 
 from __future__ import annotations
 
@@ -213,3 +214,38 @@ async def test_a_job_cancelled_mid_way_keeps_the_images_it_saved(tmp_path, make_
     assert (record["status"], record["attempts"]) == ("failed", 3)
     assert [f["path"] for f in record["files"]] == ["v-1.png", "v-2.png"]
     assert all((tmp_path / "out" / f["path"]).is_file() for f in record["files"])
+
+
+async def test_a_long_retry_after_fails_its_job_without_holding_the_others(tmp_path, make_mock):
+    server = await make_mock(MockOptions(script={"prompt 0": ["429:5000"]}))
+    lines = [{"id": f"j{i}", "prompt": f"prompt {i}"} for i in range(4)]
+    summary, records, _ = await asyncio.wait_for(_run(tmp_path, server, lines), 20)
+    assert summary.failed == 1 and summary.ok == 3
+    assert "more than --max-retry-wait" in records["j0"]["error"]["message"]
+    assert all(records[f"j{i}"]["elapsed_s"] < 5 for i in range(1, 4))
+
+
+async def test_stop_during_a_pool_hold_ends_promptly(tmp_path, make_mock):
+    """A 429 holds the pool for 60 s; a stop must not wait that out (nor spin)."""
+    server = await make_mock(MockOptions(script={"prompt 0": ["429:60", "ok"]}))
+    write_jobs(
+        tmp_path / "jobs.jsonl", [{"id": f"j{i}", "prompt": f"prompt {i}"} for i in range(5)]
+    )
+    path = tmp_path / "jobs.jsonl"
+    config = _config(tmp_path, server.base_url, concurrency=1, grace=0.1)
+    runs: list[Run] = []
+
+    async def stop_when_held() -> None:
+        while not runs or runs[0].status().held_for <= 0:  # noqa: ASYNC110 - polls the pacer
+            await asyncio.sleep(0.01)
+        runs[0].stop()
+
+    stopper = asyncio.create_task(stop_when_held())
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    summary = await asyncio.wait_for(
+        run_batch(config, iter_jobs(path, scan(path)), on_start=runs.append), 10
+    )
+    await stopper
+    assert loop.time() - started < 5
+    assert summary.interrupted and summary.not_run >= 4
