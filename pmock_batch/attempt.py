@@ -12,7 +12,6 @@ pacer's hold after a 429, the tripwire, the abort, the record and the log.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -20,20 +19,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from .client import ImagesClient, Reply
+from .answers import Reply
+from .client import ImagesClient
 from .config import RunConfig
 from .errors import (
     APIError,
     APITimeoutError,
     CannotConnectError,
     Decision,
-    InvalidResponseError,
-    PmockBatchError,
 )
+from .exchange import keep_rejected, request_image
 from .failures import Failure, Where, abort_message, describe
-from .images import ImageInfo, ImageSink, decode_and_verify, image_warnings, rejected_path
+from .images import ImageInfo, ImageSink, image_warnings
 from .jobs import InvalidLine, Job
-from .models import ErrorRecord, FileRecord, JobRecord, JobStatus, RejectedFile
+from .models import ErrorRecord, FileRecord, JobRecord, JobStatus
 from .pacing import Pacer
 from .pool import Pool, Progress
 from .retry import RetryPolicy
@@ -221,7 +220,9 @@ class DirectRunner:
                     return await self._once(job, stem, body, sink, progress)
                 except APIError as exc:
                     if describe(exc, self.policy).billed and sink.size:
-                        await self._keep_rejected(job, sink, stem, exc, progress)
+                        await keep_rejected(
+                            job.id, sink, stem, describe(exc, self.policy), progress
+                        )
                     raise
                 finally:
                     sink.discard()
@@ -240,7 +241,9 @@ class DirectRunner:
             progress.attempts += 1
             started, sent_at = time.monotonic(), self.pacer.now()
             try:
-                reply = await self._request(body, sink, url=job.request.response_format == "url")
+                reply = await request_image(
+                    self.client, self.policy, body, sink, url=job.request.response_format == "url"
+                )
             except APIError as exc:
                 self._answered(job, exc, progress, started, sent_at)
                 raise
@@ -274,78 +277,6 @@ class DirectRunner:
             if failure.decision is Decision.RETRY:  # else this job gives up: no hold for it
                 self.pacer.refused(failure.wait)
         _log_attempt(job.id, progress.attempts, failure.status, started)
-
-    async def _keep_rejected(
-        self, job: Job, sink: ImageSink, stem: str, exc: APIError, progress: Progress
-    ) -> None:
-        """Move a billed answer's unusable bytes to ``.rejected/``, as received; note it."""
-        out = self.config.out_dir
-        size, sha256 = sink.size, sink.sha256
-        try:
-            relative = await asyncio.to_thread(rejected_path, out, stem, progress.attempts)
-            await sink.keep(out, relative)
-        except (OSError, PmockBatchError) as err:  # the job's own error matters more
-            _warn(job, f"could not keep the rejected image: {err}")
-            return
-        reason = describe(exc, self.policy).reason
-        progress.rejected.append(
-            RejectedFile(path=relative, bytes=size, sha256=sha256, reason=reason)
-        )
-        log.warning(
-            "%s: the server's 200 was billed but unusable (%s); its %d bytes are kept as %s",
-            job.id,
-            reason,
-            size,
-            relative,
-            extra={"event": "rejected", "job_id": job.id, "path": relative, "bytes": size},
-        )
-
-    async def _request(self, body: dict[str, Any], sink: ImageSink, *, url: bool) -> Reply:
-        """One HTTP exchange: the image streams into ``sink`` (or is downloaded into it).
-
-        Only ``data[0]`` is read. Its ``url`` is followed only when the job asked
-        for ``response_format: url``. An error after a 2xx had started to arrive
-        is marked ``answered``: billed.
-        """
-        try:
-            reply = await self.client.generate(body, sink)
-        except APIError as exc:
-            exc.answered = exc.answered or sink.answered
-            raise
-        item = reply.body.data[0]
-        try:
-            if not sink.streamed:
-                if item.url and url:
-                    await self._download(item.url, sink)
-                elif item.b64_json:  # an unusual body the scanner left whole
-                    data = await asyncio.to_thread(decode_and_verify, item.b64_json)
-                    await sink.feed_raw(data)
-                elif item.url:
-                    raise InvalidResponseError(
-                        "the server's answer has a url, not the b64_json that was asked for"
-                    )
-                else:
-                    raise InvalidResponseError("the server's answer has neither b64_json nor url")
-        except APIError as exc:
-            exc.answered = True  # the POST was answered 2xx
-            raise
-        return reply
-
-    async def _download(self, url: str, sink: ImageSink) -> None:
-        """GET a 2xx's image URL, retrying the GET alone: a new POST would be billed again."""
-
-        def on_retry(failure: Failure, attempt: int, wait: float) -> None:
-            log.debug(
-                "downloading the image failed (%s); retrying the GET in %.1fs",
-                failure.reason,
-                wait,
-                extra={"event": "download_retry", "attempt": attempt},
-            )
-
-        async for get in self.policy.download_retrying(on_retry=on_retry):
-            with get:
-                sink.restart()
-                await self.client.download(url, sink)
 
     # -- records -----------------------------------------------------------
 
