@@ -229,7 +229,10 @@ def run(**o: Any) -> int:
             "Check that it is a writable directory with free space."
         ) from exc
     code = _exit_code(summary)
-    console.render_summary(summary, config, screen)
+    if o["log_format"] == "json":  # every line on stderr is one JSON object
+        console.log_summary(summary, config, exit_code=code)
+    else:
+        console.render_summary(summary, config, screen)
     if o["json"]:
         click.echo(json.dumps(console.summary_json(summary, config, exit_code=code)))
     return code

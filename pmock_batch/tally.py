@@ -27,9 +27,11 @@ from typing import Any
 
 from .models import JobRecord
 
-__all__ = ["MAX_LISTED_FAILURES", "Summary", "add_usage", "summarize"]
+__all__ = ["MAX_LISTED_FAILURES", "FailureGroup", "Summary", "add_usage", "summarize"]
 
 MAX_LISTED_FAILURES = 20
+MAX_FAILURE_GROUPS = 20  # distinct (kind, message) pairs kept; the rest are only counted
+MAX_GROUP_IDS = 5  # ids named per group
 
 
 def add_usage(total: dict[str, Any], usage: dict[str, Any] | None) -> None:
@@ -46,6 +48,19 @@ def _timestamp(text: str | None) -> datetime | None:
         return datetime.fromisoformat(text)
     except ValueError:
         return None
+
+
+@dataclass(slots=True)
+class FailureGroup:
+    """Failed jobs that failed alike: the same kind and the same message."""
+
+    kind: str
+    message: str
+    count: int = 0
+    ids: list[str] = field(default_factory=list)  # the first few
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "message": self.message, "count": self.count, "ids": self.ids}
 
 
 @dataclass(slots=True)
@@ -69,6 +84,8 @@ class Summary:
     usage: dict[str, Any] = field(default_factory=dict)
     failed_by_kind: Counter[str] = field(default_factory=Counter)
     failures: list[tuple[str, str]] = field(default_factory=list)  # (id, reason), the first few
+    failure_groups: dict[tuple[str, str], FailureGroup] = field(default_factory=dict)
+    ungrouped_failures: int = 0  # failures past MAX_FAILURE_GROUPS distinct groups
     first_started: datetime | None = None
     last_finished: datetime | None = None
     # The run's own facts, set by the run, not counted from records:
@@ -121,9 +138,22 @@ class Summary:
         add_usage(self.usage, record.usage)
         if record.error is not None and record.status in ("failed", "invalid"):
             self.failed_by_kind[record.error.kind] += 1
+            name = record.id or f"line {record.line}"
             if len(self.failures) < MAX_LISTED_FAILURES:
-                self.failures.append((record.id or f"line {record.line}", record.error.message))
+                self.failures.append((name, record.error.message))
+            self._group(record.error.kind, record.error.message, name)
         self._times(record)
+
+    def _group(self, kind: str, message: str, name: str) -> None:
+        group = self.failure_groups.get((kind, message))
+        if group is None:
+            if len(self.failure_groups) >= MAX_FAILURE_GROUPS:
+                self.ungrouped_failures += 1
+                return
+            group = self.failure_groups[(kind, message)] = FailureGroup(kind, message)
+        group.count += 1
+        if len(group.ids) < MAX_GROUP_IDS:
+            group.ids.append(name)
 
     def skip(self) -> None:
         """Count a job an earlier run finished."""

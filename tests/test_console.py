@@ -74,7 +74,8 @@ async def test_non_tty_output_is_plain_lines_with_no_control_characters(
     assert "FAILED bad: Your request was rejected by the safety system" in failed[0]
     assert "| failed                 | 1 (moderation 1)" in result.err
     assert "| attempts               | 9 (1 retries, 0 were 429s)" in result.err
-    assert "Failures:" in result.err and "  bad: " in result.err
+    assert "Failures, grouped by kind and message:" in result.err
+    assert "  1 × moderation: Your request was rejected by the safety system." in result.err
     assert KEY not in result.err
 
 
@@ -106,13 +107,15 @@ async def test_log_format_json_gives_one_object_per_line(tmp_path, capsys, make_
     server = await _server(make_mock)
     jobs = _mixed_jobs(tmp_path / "jobs.jsonl")
     argv = [str(jobs), "--base-url", server.base_url, "--out", str(tmp_path / "o"), "-v"]
-    result = await run_cli([*argv, "--log-format", "json"], capsys)
-    events = []
-    for line in result.err.splitlines():
-        if line.startswith("{"):
-            events.append(json.loads(line))
+    result = await run_cli([*argv, "--log-format", "json", "--json"], capsys)
+    events = [json.loads(line) for line in result.err.splitlines()]  # every line is JSON
     kinds = {e["event"] for e in events}
-    assert {"attempt", "retry", "job_failed", "progress"} <= kinds
+    assert {"attempt", "retry", "job_failed", "progress", "summary"} <= kinds
+    [summary] = [e for e in events if e["event"] == "summary"]
+    fields = {k: v for k, v in summary.items() if k not in ("ts", "level", "event", "message")}
+    stdout = json.loads(result.out)
+    assert fields == {**stdout, "elapsed_s": fields["elapsed_s"]}  # the same as --json
+    assert fields["failure_groups"][0]["ids"] == ["bad"]
     failed = next(e for e in events if e["event"] == "job_failed")
     assert (
         failed["job_id"] == "bad" and failed["kind"] == "moderation" and failed["level"] == "error"
@@ -149,11 +152,14 @@ async def test_json_summary_on_stdout_follows_the_schema(tmp_path, capsys, make_
     assert data["out_dir"] == str(out) and data["manifest"] == str(out / "manifest.jsonl")
     assert data["aborted"] is None and data["interrupted"] is False
     assert [f["id"] for f in data["failures"]] == ["bad"]
+    [group] = data["failure_groups"]
+    assert (group["kind"], group["count"], group["ids"]) == ("moderation", 1, ["bad"])
+    assert group["message"].startswith("Your request was rejected by the safety system.")
     expected_keys = {
         "schema", "exit_code", "jobs", "failed_by_kind", "images", "attempts", "retries",
         "ambiguous_retries", "billed_retries", "warnings", "rate_limited", "elapsed_s",
         "images_per_minute", "usage", "out_dir", "manifest", "report", "aborted", "interrupted",
-        "failures",
+        "failures", "failure_groups",
     }  # fmt: skip
     assert set(data) == expected_keys
     again = await run_cli(
@@ -168,12 +174,13 @@ class FakeRun:
     def __init__(self) -> None:
         self.summary = Summary()
         self.retrying = 0
+        self.in_flight = 0
         self.held_for = 0.0
 
     def status(self) -> RunStatus:
         return RunStatus(
             self.summary,
-            in_flight=0,
+            in_flight=self.in_flight,
             retrying=self.retrying,
             held_for=self.held_for,
             stopping=False,
@@ -183,6 +190,64 @@ class FakeRun:
         """What the ledger does: count the record, then tell the observer."""
         self.summary.add(record)
         reporter.job_done(record)
+
+
+def _bar(width: int, total: int = 2000) -> tuple[Reporter, FakeRun]:
+    console = make_console(io.StringIO(), tty=True)
+    console.width = width
+    now = [0.0]
+    reporter = Reporter(console, total=total, mode="bar", clock=lambda: now[0])
+    run = FakeRun()
+    reporter.attach(run)  # type: ignore[arg-type]
+    for i in range(21):
+        run.summary.add(JobRecord(id=f"j{i}", line=i, status="ok"))
+    now[0] = 42.0
+    return reporter, run
+
+
+def _lines_of(reporter: Reporter) -> list[str]:
+    console = reporter.console
+    with console.capture() as capture:
+        console.print(reporter.frame())
+    return [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in capture.get().splitlines()]
+
+
+@pytest.mark.parametrize("width", [60, 80, 120])
+@pytest.mark.parametrize("busy", ["generating", "retrying", "paused", "backing off"])
+def test_the_count_percentage_and_eta_always_show(width: int, busy: str) -> None:
+    reporter, run = _bar(width)
+    run.in_flight = 0 if busy in ("paused", "backing off") else 7
+    run.retrying = 3 if busy != "generating" else 0
+    run.held_for = 42.0 if busy in ("retrying", "paused") else 0.0
+    first, second = _lines_of(reporter)
+    assert len(first) <= width
+    assert "21/2000" in first and " 1% " in first and re.search(r"ETA 1h0\dm", first)
+    assert first.startswith(f"{reporter.state(run.status()):<11}")
+    assert second.startswith("ok 21 · failed 0 · ")
+
+
+@pytest.mark.parametrize("width", [60, 80, 120])
+def test_the_bar_does_not_jump_when_the_state_changes(width: int) -> None:
+    reporter, run = _bar(width)
+    plain = _lines_of(reporter)[0]
+    run.in_flight, run.retrying, run.held_for = 0, 3, 5.0
+    paused = _lines_of(reporter)[0]
+    assert reporter.state(run.status()) == "paused 5s"
+    assert plain.index("21/2000") == paused.index("21/2000")
+    assert len(plain) == len(paused)
+
+
+def test_paused_and_backing_off_only_when_nothing_is_in_flight() -> None:
+    reporter, run = _bar(80)
+    run.retrying, run.in_flight = 3, 5
+    assert reporter.state(run.status()) == "generating"  # the others go on: not stalled
+    assert "3 retrying" in reporter.counts(run.status())
+    run.held_for = 10.0
+    assert reporter.state(run.status()) == "generating"
+    run.in_flight = 0
+    assert reporter.state(run.status()) == "paused 10s"
+    run.held_for = 0.0
+    assert reporter.state(run.status()) == "backing off"
 
 
 def test_reporter_bar_on_a_terminal_shows_counts_and_pause():
@@ -204,10 +269,11 @@ def test_reporter_bar_on_a_terminal_shows_counts_and_pause():
         JobRecord(id="c", line=3, status="failed", error=ErrorRecord(kind="server", message="x")),
     )
     status = run.status()
-    assert reporter.state(status) == "backing off (1 retrying)"
-    assert reporter.counts(status).startswith("ok 1  failed 1  retrying 1  skipped 0")
+    assert reporter.state(status) == "backing off"
+    assert reporter.counts(status).startswith("ok 1 · failed 1 · 1 retrying · skipped 0")
+    assert reporter.counts(status).endswith("images/min")
     run.held_for = 3.0
-    assert reporter.state(run.status()) == "paused by the rate limit (3s)"
+    assert reporter.state(run.status()) == "paused 3s"
     reporter.stop()
     assert "\x1b[" in buf.getvalue()  # a live display: cursor control
     assert "2/4" in buf.getvalue()
@@ -233,23 +299,37 @@ def test_reporter_lines_every_5_percent_or_10_seconds(caplog):
     assert "ETA" in timed[-1].getMessage()
 
 
-def test_summary_lists_at_most_20_failures_then_a_count(tmp_path):
+def test_summary_groups_failures_by_kind_and_message(tmp_path):
     summary = Summary()
     for i in range(25):
-        summary.add(
-            JobRecord(
-                id=f"j{i}",
-                line=i,
-                status="failed",
-                error=ErrorRecord(kind="server", message="boom"),
-            )
-        )
+        error = ErrorRecord(kind="server", message="boom: the engine is overloaded")
+        summary.add(JobRecord(id=f"j{i}", line=i, status="failed", error=error))
+    for i in range(25):  # 25 different messages: 19 more groups, then a count
+        error = ErrorRecord(kind="bad_request", message=f"odd {i}")
+        summary.add(JobRecord(id=f"b{i}", line=100 + i, status="failed", error=error))
     buf = io.StringIO()
     render_summary(summary, RunConfig(out_dir=tmp_path), make_console(buf, tty=False))
     text = buf.getvalue()
-    assert text.count(": boom") == 20
-    assert "... and 5 more (see the manifest)" in text
+    assert "  25 × server: boom: the engine is overloaded (j0, j1, j2, j3, j4 and 20 more)" in text
+    assert text.count("1 × bad_request: odd") == 19
+    assert "  ... and 6 more failure(s) (see the manifest)" in text
     assert not CONTROL.search(text)
+
+
+def test_failures_wrap_at_word_boundaries_on_a_terminal(tmp_path):
+    summary = Summary()
+    message = "Your request was rejected by the safety system because of several reasons"
+    for i in range(8):
+        error = ErrorRecord(kind="moderation", message=message)
+        summary.add(JobRecord(id=f"m{i}", line=i, status="failed", error=error))
+    console = make_console(io.StringIO(), tty=True)
+    console.width = 60
+    with console.capture() as capture:
+        render_summary(summary, RunConfig(out_dir=tmp_path), console)
+    lines = re.sub(r"\x1b\[[0-9;]*m", "", capture.get()).splitlines()
+    start = next(i for i, line in enumerate(lines) if "8 × moderation" in line)
+    words = " ".join(line.strip() for line in lines[start : start + 4]).split()
+    assert "rejected" in words and "safety" in words and "several" in words  # no word cut
 
 
 def test_tty_run_in_a_real_pty_draws_a_bar_and_no_color_is_honoured(tmp_path):
@@ -299,3 +379,16 @@ def test_tty_run_in_a_real_pty_draws_a_bar_and_no_color_is_honoured(tmp_path):
     assert "progress:" not in colored  # no plain progress lines on a TTY
     plain = run({"NO_COLOR": "1"})
     assert not re.search(r"\x1b\[[0-9;]*3[0-9](;[0-9]+)*m", plain)  # no foreground colors
+
+
+def test_a_finished_run_says_done_not_generating(caplog):
+    console = make_console(io.StringIO(), tty=False)
+    reporter = Reporter(console, total=2, mode="lines", clock=lambda: 5.0)
+    run = FakeRun()
+    reporter.attach(run)  # type: ignore[arg-type]
+    with caplog.at_level("INFO", logger="pmock_batch"):
+        run.finish(reporter, JobRecord(id="a", line=1, status="ok"))
+        run.finish(reporter, JobRecord(id="b", line=2, status="ok"))
+    last = [r for r in caplog.records if r.event == "progress"][-1].getMessage()
+    assert last.startswith("progress: 2/2 done (100%)")
+    assert last.endswith("images/min; done")

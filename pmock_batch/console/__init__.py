@@ -18,13 +18,21 @@ like; this module just renders it:
 from __future__ import annotations
 
 from .logs import make_console, setup_logging
-from .printouts import SUMMARY_SCHEMA, print_plan, print_problems, render_summary, summary_json
+from .printouts import (
+    SUMMARY_SCHEMA,
+    log_summary,
+    print_plan,
+    print_problems,
+    render_summary,
+    summary_json,
+)
 from .progress import Reporter, live_run
 
 __all__ = [
     "SUMMARY_SCHEMA",
     "Reporter",
     "live_run",
+    "log_summary",
     "make_console",
     "print_plan",
     "print_problems",

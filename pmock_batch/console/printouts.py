@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import IO, Any
 
 from rich import box
@@ -11,11 +12,21 @@ from rich.table import Table
 from ..config import RunConfig
 from ..jobs import ScanResult
 from ..preflight import Plan
-from ..tally import Summary
+from ..tally import FailureGroup, Summary
 
-__all__ = ["SUMMARY_SCHEMA", "print_plan", "print_problems", "render_summary", "summary_json"]
+__all__ = [
+    "SUMMARY_SCHEMA",
+    "log_summary",
+    "print_plan",
+    "print_problems",
+    "render_summary",
+    "summary_json",
+]
+
+log = logging.getLogger("pmock_batch")
 
 SUMMARY_SCHEMA = "pmock-batch/summary/v1"
+TIMES = "\N{MULTIPLICATION SIGN}"  # 8 x moderation
 
 
 def summary_json(summary: Summary, config: RunConfig, *, exit_code: int) -> dict[str, Any]:
@@ -36,7 +47,13 @@ def summary_json(summary: Summary, config: RunConfig, *, exit_code: int) -> dict
         "aborted": summary.aborted,
         "interrupted": summary.interrupted,
         "failures": [{"id": i, "message": m} for i, m in summary.failures],
+        "failure_groups": [group.to_json() for group in _groups(summary)],
     }
+
+
+def _groups(summary: Summary) -> list[FailureGroup]:
+    """The failure groups, the largest first."""
+    return sorted(summary.failure_groups.values(), key=lambda g: (-g.count, g.kind, g.message))
 
 
 def render_summary(summary: Summary, config: RunConfig, console: Console) -> None:
@@ -94,13 +111,25 @@ def render_summary(summary: Summary, config: RunConfig, console: Console) -> Non
     elif summary.interrupted:
         table.add_row("INTERRUPTED", f"{summary.not_run} job(s) not run; run again to finish")
     console.print(table)
-    if summary.failures:
-        console.print("Failures:", markup=False)
-        for job_id, message in summary.failures:
-            console.print(f"  {job_id}: {message}", markup=False, soft_wrap=True)
-        hidden = summary.failed + summary.invalid - len(summary.failures)
-        if hidden > 0:
-            console.print(f"  ... and {hidden} more (see the manifest)", markup=False)
+    groups = _groups(summary)
+    if groups:
+        console.print("Failures, grouped by kind and message:", markup=False)
+    for group in groups:
+        more = group.count - len(group.ids)
+        ids = ", ".join(group.ids) + (f" and {more} more" if more > 0 else "")
+        # Wrapped at word boundaries on a terminal; one line each in a log.
+        line = f"  {group.count} {TIMES} {group.kind}: {group.message} ({ids})"
+        console.print(line, markup=False, highlight=False)
+    if summary.ungrouped_failures:
+        count = summary.ungrouped_failures
+        console.print(f"  ... and {count} more failure(s) (see the manifest)", markup=False)
+
+
+def log_summary(summary: Summary, config: RunConfig, *, exit_code: int) -> None:
+    """The summary as one log event, ``{"event": "summary", ...}``: for ``--log-format json``,
+    where every line on stderr is one JSON object. Its fields are ``--json``'s."""
+    fields = summary_json(summary, config, exit_code=exit_code)
+    log.info("summary", extra={"event": "summary", **fields})
 
 
 def print_problems(result: ScanResult, file: IO[str]) -> None:

@@ -11,25 +11,29 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-)
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
 
 from ..jobs import Job
 from ..models import JobRecord
 from ..run import Run, RunObserver, RunStatus
 from ..tally import Summary
 
-__all__ = ["PROGRESS_EVERY_FRACTION", "PROGRESS_EVERY_S", "Reporter", "duration", "live_run"]
+__all__ = [
+    "PROGRESS_EVERY_FRACTION",
+    "PROGRESS_EVERY_S",
+    "STATE_WIDTH",
+    "Reporter",
+    "duration",
+    "live_run",
+]
 
 PROGRESS_EVERY_S = 10.0
 PROGRESS_EVERY_FRACTION = 0.05
+STATE_WIDTH = 11  # "backing off": the bar's state field never changes width
 
 
 class Reporter(RunObserver):
@@ -39,6 +43,11 @@ class Reporter(RunObserver):
     (the one tally), read on every event and every tick. ``mode`` is ``"bar"``
     (a TTY), ``"lines"`` (no TTY, or JSON logs) or ``"none"`` (``--quiet``).
     The clock is injectable for tests.
+
+    The bar is two lines. The first has a fixed-width state word, the bar, the
+    count, the percentage and the ETA, and only the bar gives way when the
+    terminal is narrow, so the count and the ETA always show (down to 60
+    columns). The second has the counters, which may be cut.
     """
 
     def __init__(
@@ -57,8 +66,7 @@ class Reporter(RunObserver):
         self._run: Run | None = None
         self._last_line_at = self.started
         self._last_line_done = 0
-        self._progress: Progress | None = None
-        self._task: TaskID | None = None
+        self._live: Live | None = None
         self._log = logging.getLogger("pmock_batch")
 
     # -- lifecycle ---------------------------------------------------------
@@ -69,24 +77,21 @@ class Reporter(RunObserver):
     def start(self) -> None:
         if self.mode != "bar":
             return
-        self._progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[counts]}"),
-            TimeRemainingColumn(),
+        self._live = Live(
+            get_renderable=self.frame,
             console=self.console,
             transient=True,
+            auto_refresh=False,
+            redirect_stdout=False,
+            redirect_stderr=False,
         )
-        self._task = self._progress.add_task("generating", total=self.total, counts="")
-        self._progress.start()
-        self._refresh()
+        self._live.start()
 
     def stop(self) -> None:
-        if self._progress is not None:
-            self._refresh()
-            self._progress.stop()
-            self._progress = None
+        """Take the live bar off the screen (it leaves nothing in the scrollback)."""
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
 
     # -- RunObserver: every event redraws -----------------------------------
 
@@ -99,7 +104,7 @@ class Reporter(RunObserver):
     def retrying(self, job_id: str, attempt: int, wait: float, reason: str) -> None:
         self.tick()
 
-    # -- rendering ---------------------------------------------------------
+    # -- what to show --------------------------------------------------------
 
     def snapshot(self) -> RunStatus:
         """The run's status now (an empty one before the run starts)."""
@@ -118,23 +123,54 @@ class Reporter(RunObserver):
             return None
         return (self.total - summary.done) / (worked / elapsed)
 
-    @staticmethod
-    def state(status: RunStatus) -> str:
-        """A word on what the pool is doing now: paused, backing off, or generating."""
-        if status.held_for > 0:
-            return f"paused by the rate limit ({status.held_for:.0f}s)"
+    def state(self, status: RunStatus) -> str:
+        """One word on what the pool is doing, at most :data:`STATE_WIDTH` characters.
+
+        "paused" and "backing off" only while no request is in flight: while
+        others are generating, the retries are a counter, not the state.
+        """
+        if status.summary.done >= self.total:
+            return "done"
         if status.stopping:
             return "stopping"
-        if status.retrying:
-            return f"backing off ({status.retrying} retrying)"
+        if status.in_flight == 0 and status.held_for > 0:
+            return f"paused {status.held_for:.0f}s"[:STATE_WIDTH]
+        if status.in_flight == 0 and status.retrying:
+            return "backing off"
         return "generating"
 
     def counts(self, status: RunStatus) -> str:
         s = status.summary
         return (
-            f"ok {s.ok}  failed {s.failed + s.invalid}  retrying {status.retrying}  "
-            f"skipped {s.skipped}  {self.images_per_minute(s):.1f} img/min"
+            f"ok {s.ok} · failed {s.failed + s.invalid} · {status.retrying} retrying · "
+            f"skipped {s.skipped} · {self.images_per_minute(s):.1f} images/min"
         )
+
+    def _eta(self, summary: Summary) -> str:
+        eta = self.eta_seconds(summary)
+        if summary.done >= self.total:
+            return "ETA 0s"
+        return f"ETA {duration(eta)}" if eta is not None else "ETA --"
+
+    def frame(self) -> RenderableType:
+        """The live bar's two lines, for the console's width now."""
+        status = self.snapshot()
+        s = status.summary
+        width = self.console.width
+        count = f"{s.done}/{self.total}"
+        pct = f"{100.0 * s.done / self.total if self.total else 100.0:3.0f}%"
+        eta = f"{self._eta(s):<10}"
+        fixed = STATE_WIDTH + len(count) + len(pct) + len(eta) + 4  # four spaces between
+        bar = ProgressBar(total=max(1, self.total), completed=s.done, width=max(1, width - fixed))
+        line = Table.grid(padding=(0, 1))
+        line.add_column(width=STATE_WIDTH, no_wrap=True)
+        line.add_column(no_wrap=True)
+        line.add_column(no_wrap=True)
+        line.add_column(no_wrap=True)
+        line.add_column(no_wrap=True)
+        line.add_row(f"{self.state(status):<{STATE_WIDTH}}", bar, count, pct, eta)
+        counters = Text(self.counts(status), no_wrap=True, overflow="ellipsis")
+        return Group(line, counters)
 
     def line(self, status: RunStatus | None = None) -> str:
         """The plain progress line for logs."""
@@ -146,14 +182,15 @@ class Reporter(RunObserver):
         eta_text = f", ETA {duration(eta)}" if eta is not None and done < self.total else ""
         return (
             f"progress: {done}/{self.total} done ({pct:.0f}%), ok {s.ok}, "
-            f"failed {s.failed + s.invalid}, retrying {status.retrying}, skipped {s.skipped}, "
+            f"failed {s.failed + s.invalid}, {status.retrying} retrying, skipped {s.skipped}, "
             f"{self.images_per_minute(s):.1f} images/min{eta_text}; {self.state(status)}"
         )
 
     def tick(self) -> None:
         """Called on every event and by a timer: refresh the bar or maybe print a line."""
         if self.mode == "bar":
-            self._refresh()
+            if self._live is not None:
+                self._live.refresh()
         elif self.mode == "lines":
             status = self.snapshot()
             s = status.summary
@@ -177,16 +214,6 @@ class Reporter(RunObserver):
                         "images_per_minute": round(self.images_per_minute(s), 1),
                     },
                 )
-
-    def _refresh(self) -> None:
-        if self._progress is not None and self._task is not None:
-            status = self.snapshot()
-            self._progress.update(
-                self._task,
-                completed=status.summary.done,
-                description=self.state(status),
-                counts=self.counts(status),
-            )
 
 
 def duration(seconds: float) -> str:
@@ -229,8 +256,9 @@ async def live_run(
             print("Interrupted again: exiting now.", file=sys.stderr, flush=True)
             os._exit(exit_code)
         runs[0].stop()
+        reporter.stop()  # first, so no frozen bar with a live-looking ETA stays behind
         print(
-            f"Stopping: no new jobs; jobs in flight get {grace:g}s to finish "
+            f"stopping… no new jobs; jobs in flight get {grace:g}s to finish "
             "(press Ctrl-C again to exit at once).",
             file=sys.stderr,
             flush=True,
