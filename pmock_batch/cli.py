@@ -187,6 +187,11 @@ def run(**o: Any) -> int:
     if result.invalid and not o["skip_invalid"]:
         console.print_problems(result, sys.stderr)
         return EXIT_USAGE
+    if not result.jobs and not result.invalid:
+        click.echo(f"no jobs in {jobs}: nothing to do", err=True)
+        return EXIT_OK
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"OUT is a file, not a directory: {out_dir}; give --out a folder")
     resume = {"resume": not o["force"], "verify": o["verify"], "prune": o["prune"]}
     if o["dry_run"]:
         plan = plan_run(jobs, result, out_dir=out_dir, defaults=defaults, caps=caps, **resume)
@@ -229,6 +234,12 @@ def run(**o: Any) -> int:
             "Check that it is a writable directory with free space."
         ) from exc
     code = _exit_code(summary)
+    if not summary.jobs and summary.skipped and not (summary.aborted or summary.interrupted):
+        log.info(
+            "nothing to do: all %d jobs are done (use --force to regenerate)",
+            summary.skipped,
+            extra={"event": "nothing_to_do", "done": summary.skipped},
+        )
     if o["log_format"] == "json":  # every line on stderr is one JSON object
         console.log_summary(summary, config, exit_code=code)
     else:
@@ -246,6 +257,8 @@ def _mock_options(o: dict[str, Any]) -> Any:
 
 
 def _check_jobs_file(jobs: Path) -> None:
+    if jobs.is_dir():
+        raise UsageError(f"{jobs} is a directory; give the JSONL job file")
     if not jobs.is_file():
         raise UsageError(f"{jobs}: no such file")
 
@@ -309,8 +322,12 @@ def mock_server(host: str, port: int, **o: Any) -> int:
 
     from .mock import serve
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(options, host=host, port=port, on_ready=ready))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(serve(options, host=host, port=port, on_ready=ready))
+    except OSError as exc:  # the port is taken, or the address is not this machine's
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise UsageError(f"cannot listen on {host}:{port}: {reason}; pick another --port") from exc
     return EXIT_OK
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -725,3 +727,71 @@ def test_one_table_decides_every_exit_code(capsys, monkeypatch, exc, code, messa
     assert err.startswith(message) if message else err == ""
     with pytest.raises(ZeroDivisionError):  # a bug is not a usage error: its traceback shows
         cli.fail(ZeroDivisionError())
+
+
+# -- messages that say what to do (issue 11 §3) -----------------------------------------------
+
+
+async def test_out_that_is_a_file_is_a_usage_error(tmp_path, capsys):
+    jobs = write_jobs(tmp_path / "jobs.jsonl", [{"id": "a", "prompt": "a cat"}])
+    (tmp_path / "taken").write_text("x")
+    result = await run_cli([str(jobs), "--mock", "--out", str(tmp_path / "taken")], capsys)
+    assert result.code == 2
+    assert result.err.strip() == (
+        f"pmock-batch: error: OUT is a file, not a directory: {tmp_path / 'taken'}; "
+        "give --out a folder"
+    )
+
+
+async def test_a_directory_as_the_job_file_says_so(tmp_path, capsys):
+    result = await run_cli([str(tmp_path), "--mock"], capsys)
+    assert result.code == 2
+    assert result.err.strip() == (
+        f"pmock-batch: error: {tmp_path} is a directory; give the JSONL job file"
+    )
+
+
+HINT = (
+    "hint: each line must be one JSON value: an object, or a quoted prompt string "
+    '(pretty-printed JSON spans lines; a bare prompt needs "quotes")'
+)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['{\n  "id": "a",\n  "prompt": "a cat"\n}\n', "a cat on a mat\n"],
+    ids=["pretty-printed", "bare prompt"],
+)
+async def test_a_file_that_is_not_jsonl_gets_one_hint(tmp_path, capsys, text):
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(text)
+    result = await run_cli(["validate", str(jobs)], capsys)
+    assert result.code == 2
+    assert result.err.count(HINT) == 1
+
+
+async def test_a_busy_port_for_the_mock_server_is_one_line(capsys):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = await asyncio.wait_for(run_cli(["mock-server", "--port", str(port)], capsys), 30)
+    assert result.code == 2
+    assert result.err.strip() == (
+        f"pmock-batch: error: cannot listen on 127.0.0.1:{port}: Address already in use; "
+        "pick another --port"
+    )
+
+
+async def test_a_rerun_with_nothing_to_do_says_so_and_an_empty_file_too(tmp_path, capsys):
+    jobs = write_jobs(
+        tmp_path / "jobs.jsonl", [{"id": f"j{i}", "prompt": f"p{i}"} for i in range(3)]
+    )
+    argv = [str(jobs), "--mock", "--out", str(tmp_path / "o")]
+    assert (await run_cli(argv, capsys)).code == 0
+    again = await run_cli(argv, capsys)
+    assert again.code == 0
+    assert "nothing to do: all 3 jobs are done (use --force to regenerate)" in again.err
+    jobs.write_text("# nothing yet\n")
+    empty = await run_cli(argv, capsys)
+    assert (empty.code, empty.err.strip()) == (0, f"no jobs in {jobs}: nothing to do")

@@ -139,6 +139,12 @@ def print_problems(result: ScanResult, file: IO[str]) -> None:
     shown = len(result.problems)
     if result.problem_count > shown:
         print(f"... and {result.problem_count - shown} more problem(s)", file=file)
+    if any(line.message.startswith("not valid JSON") for line in result.invalid.values()):
+        print(
+            "hint: each line must be one JSON value: an object, or a quoted prompt string "
+            '(pretty-printed JSON spans lines; a bare prompt needs "quotes")',
+            file=file,
+        )
     print(f"{result.file}: {len(result.invalid)} invalid line(s); nothing was sent.", file=file)
 
 
