@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -65,22 +66,39 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _log_attempt(job_id: str, attempt: int, status: int, started: float) -> None:
-    latency = time.monotonic() - started
-    log.debug(
-        "%s: attempt %d: HTTP %d in %.2fs",
-        job_id,
-        attempt,
-        status,
-        latency,
-        extra={
-            "event": "attempt",
-            "job_id": job_id,
-            "attempt": attempt,
-            "http_status": status,
-            "latency_s": round(latency, 3),
-        },
-    )
+@dataclass(frozen=True, slots=True)
+class _Try:
+    """Which try this is: attempt ``attempt`` of image ``image`` of ``images`` of a job."""
+
+    job_id: str
+    image: int
+    images: int
+    attempt: int
+
+    @property
+    def name(self) -> str:
+        """``fox``, or ``fox (image 2 of 3)``: attempts are retries of one image."""
+        if self.images == 1:
+            return self.job_id
+        return f"{self.job_id} (image {self.image} of {self.images})"
+
+    def logged(self, status: int, started: float) -> None:
+        latency = time.monotonic() - started
+        log.debug(
+            "%s: attempt %d: HTTP %d in %.2fs",
+            self.name,
+            self.attempt,
+            status,
+            latency,
+            extra={
+                "event": "attempt",
+                "job_id": self.job_id,
+                "image": self.image,
+                "attempt": self.attempt,
+                "http_status": status,
+                "latency_s": round(latency, 3),
+            },
+        )
 
 
 def _warn(job: Job, text: str) -> None:
@@ -188,7 +206,7 @@ class DirectRunner:
         self, job: Job, stem: str, body: dict[str, Any], progress: Progress, index: int
     ) -> tuple[ImageInfo, Reply, str]:
         """One image, with retries. Raises the last error when attempts run out."""
-        name = job.id if len(job.stems) == 1 else f"{job.id} (image {index} of {len(job.stems)})"
+        name = _Try(job.id, index, len(job.stems), 0).name
 
         def on_retry(failure: Failure, attempt: int, wait: float) -> None:
             progress.retries += 1
@@ -215,21 +233,28 @@ class DirectRunner:
 
         async for attempt in self.policy.retrying(on_retry=on_retry):
             with attempt:
+                number = attempt.retry_state.attempt_number
+                this = _Try(job.id, index, len(job.stems), number)
                 sink = ImageSink(self.config.out_dir, stem)
                 try:
-                    return await self._once(job, stem, body, sink, progress)
+                    return await self._once(job, stem, body, sink, progress, this)
                 except APIError as exc:
-                    if describe(exc, self.policy).billed and sink.size:
-                        await keep_rejected(
-                            job.id, sink, stem, describe(exc, self.policy), progress
-                        )
+                    failure = describe(exc, self.policy)
+                    if failure.billed and sink.size:
+                        await keep_rejected(job.id, sink, stem, failure, progress)
                     raise
                 finally:
                     sink.discard()
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
     async def _once(
-        self, job: Job, stem: str, body: dict[str, Any], sink: ImageSink, progress: Progress
+        self,
+        job: Job,
+        stem: str,
+        body: dict[str, Any],
+        sink: ImageSink,
+        progress: Progress,
+        this: _Try,
     ) -> tuple[ImageInfo, Reply, str]:
         """One attempt at one image: the exchange in a slot, then verify and commit."""
         # The slot covers the HTTP exchange only: verifying and committing the image
@@ -245,18 +270,18 @@ class DirectRunner:
                     self.client, self.policy, body, sink, url=job.request.response_format == "url"
                 )
             except APIError as exc:
-                self._answered(job, exc, progress, started, sent_at)
+                self._answered(this, exc, progress, started, sent_at)
                 raise
         self.tripwire.succeeded()
         self.pacer.observe(reply.headers, sent_at=sent_at)
-        _log_attempt(job.id, progress.attempts, reply.status, started)
+        this.logged(reply.status, started)
         image = await sink.verify()
         relative = f"{stem}.{image.extension}"
         await self.writer(sink, self.config.out_dir, relative)
         return image, reply, relative
 
     def _answered(
-        self, job: Job, exc: APIError, progress: Progress, started: float, sent_at: float
+        self, this: _Try, exc: APIError, progress: Progress, started: float, sent_at: float
     ) -> None:
         """React to a failed exchange: the pacer, the tripwire, the counts, the log."""
         if isinstance(exc, CannotConnectError):
@@ -276,7 +301,7 @@ class DirectRunner:
             progress.rate_limited += 1
             if failure.decision is Decision.RETRY:  # else this job gives up: no hold for it
                 self.pacer.refused(failure.wait)
-        _log_attempt(job.id, progress.attempts, failure.status, started)
+        this.logged(failure.status, started)
 
     # -- records -----------------------------------------------------------
 

@@ -41,8 +41,8 @@ def duration(seconds: float) -> str:
     return f"{hours}h {minutes:02d}m"
 
 
-def _plural(count: int, word: str) -> str:
-    return f"{count:,} {word}" if count == 1 else f"{count:,} {word}s"
+def _plural(count: int, word: str, plural: str | None = None) -> str:
+    return f"{count:,} {word}" if count == 1 else f"{count:,} {plural or word + 's'}"
 
 
 def relative_url(path: str) -> str | None:
@@ -113,13 +113,15 @@ def _meta(record: JobRecord) -> str:
     items = [("size", ", ".join(sizes)), ("format", ", ".join(formats))]
     if record.status != "invalid":
         items += [
-            ("attempts", _plural(record.attempts, "attempt")),
+            ("retries", _plural(record.retries, "retry", "retries")),
             ("time", duration(record.elapsed_s)),
         ]
     if record.status != "ok":  # where to look in the job file
         items.append(("line", f"line {record.line}"))
     if record.ambiguous_retries:
-        items.append(("ambiguous", _plural(record.ambiguous_retries, "ambiguous retry")))
+        items.append(
+            ("ambiguous", _plural(record.ambiguous_retries, "ambiguous retry", "ambiguous retries"))
+        )
     return "".join(f'<li data-meta="{key}">{esc(text)}</li>' for key, text in items if text)
 
 

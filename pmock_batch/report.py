@@ -90,7 +90,9 @@ def _header(summary: Summary, name: str, generated_at: datetime) -> str:
             "wall time",
             title="from the first job's start to the last job's finish",
         ),
-        _stat("job_time", duration(summary.job_seconds), "job time", title="jobs' times added"),
+        _stat(
+            "job_time", duration(summary.job_seconds), "job time, summed", title="summed over jobs"
+        ),
     ]
     if summary.ambiguous_retries:
         stats.append(_stat("ambiguous", f"{summary.ambiguous_retries:,}", "ambiguous retries"))

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import run_cli, write_jobs
+from helpers import read_manifest, run_cli, write_jobs
 
 from pmock_batch.config import RunConfig
 from pmock_batch.console import SUMMARY_SCHEMA, Reporter, make_console, render_summary
@@ -392,3 +392,16 @@ def test_a_finished_run_says_done_not_generating(caplog):
     last = [r for r in caplog.records if r.event == "progress"][-1].getMessage()
     assert last.startswith("progress: 2/2 done (100%)")
     assert last.endswith("images/min; done")
+
+
+async def test_images_of_one_job_are_not_called_attempts(tmp_path, capsys, make_mock):
+    server = await _server(make_mock)
+    jobs = write_jobs(tmp_path / "jobs.jsonl", [{"id": "v", "prompt": "three robots", "n": 3}])
+    argv = [str(jobs), "--base-url", server.base_url, "--out", str(tmp_path / "o"), "-v"]
+    result = await run_cli(argv, capsys)
+    assert result.code == 0, result.err
+    for image in (1, 2, 3):
+        assert f"v (image {image} of 3): attempt 1: HTTP 200" in result.err
+    assert "attempt 2" not in result.err and "attempt 3" not in result.err
+    [record] = read_manifest(tmp_path / "o")
+    assert (record["attempts"], record["retries"], len(record["files"])) == (3, 0, 3)

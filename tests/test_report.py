@@ -270,13 +270,14 @@ def test_every_job_has_a_card_with_its_status(batch, page):
 def test_cards_show_what_the_manifest_says(batch, page):
     manifest = by_id(read_manifest(batch))
     home = page.card("icons/home")
-    for text in ("A flat home icon", f"1024{TIMES}1024", "PNG", "1 attempt", "Revised prompt"):
+    for text in ("A flat home icon", f"1024{TIMES}1024", "PNG", "0 retries", "Revised prompt"):
         assert text in home.text
     assert manifest["icons/home"]["revised_prompt"] in home.text
     assert "JPEG" in page.card("photos/deep/fox").text
     robot = page.card("variants/robot")
     assert len(robot.imgs) == 2 and len(robot.hrefs) == 2
-    assert "2 attempts" in robot.text
+    # Two images of one job, each got at the first try: no "attempts" to confuse with images.
+    assert "0 retries" in robot.text and "attempt" not in robot.text
 
     blocked = page.card("blocked")
     assert blocked.imgs == []
