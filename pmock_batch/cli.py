@@ -144,8 +144,8 @@ def cli() -> None:
 @end("--base-url", "URL", str, None, "base URL", shown=f"${cfg.BASE_URL_ENV} or pmock's")
 @end(
     "--mock",
-    help="run offline against a built-in mock; its flags: see 'pmock-batch "
-    "mock-server --help', usable here with a mock- prefix",
+    help="offline, against a built-in mock: see 'pmock-batch mock-server --help' for its "
+    "flags, here with a mock- prefix",
 )
 @end("--field-case", None, ("snake", "camel"), "snake", "JSON field names")
 @end("--timeout", "SECONDS", POSITIVE, cfg.DEFAULT_TIMEOUT, "per request")
@@ -169,7 +169,7 @@ def cli() -> None:
 def run(**o: Any) -> int:
     """Turn JOBS, a JSONL file of prompts, into images in OUT, with a manifest.
 
-    'pmock-batch JOBS' is short for 'pmock-batch run JOBS'.
+    'pmock-batch JOBS' is short for 'pmock-batch run JOBS'. Flags are off unless given.
     """
     screen = console.make_console(sys.stderr)
     console.setup_logging(screen, quiet=o["quiet"], verbose=o["verbose"], fmt=o["log_format"])

@@ -46,7 +46,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 def panel(panel: str) -> Callable[..., Callable[[F], F]]:
     """An ``option()`` for one group of ``--help``, which states each flag's default once.
 
-    Without a metavar or a type, the option is an on/off flag. ``shown`` is
+    Without a metavar or a type, the option is an on/off flag, which states no
+    default (the command's help says once that flags are off). ``shown`` is
     the default as the help says it, where the value alone would not tell.
     """
 
@@ -62,12 +63,13 @@ def panel(panel: str) -> Callable[..., Callable[[F], F]]:
         **kw: Any,
     ) -> Callable[[F], F]:
         flag = metavar is None and kind is None
-        if shown is None:
-            shown = "off" if flag else f"{default:g}" if isinstance(default, float) else default
+        if shown is None and not flag:  # on/off flags are off unless given: said once, above
+            shown = f"{default:g}" if isinstance(default, float) else default
         kind = click.Choice(kind) if isinstance(kind, tuple) else kind
         kw |= {"is_flag": True} if flag else {"metavar": metavar, "type": kind, "default": default}
         names = (short, name) if short else (name,)
-        return rclick.option(*names, panel=panel, help=f"{help} (default: {shown})", **kw)
+        said = "" if flag else f" (default: {shown})"
+        return rclick.option(*names, panel=panel, help=f"{help}{said}", **kw)
 
     return option
 
@@ -94,8 +96,8 @@ req, inp, end = panel("Request defaults"), panel("Input"), panel("Endpoint")
 net, pool = panel("Network"), panel("Concurrency and retries")
 out, logs = panel("Output"), panel("Logging")
 HEADER = {"shown": "none", "multiple": True, "callback": _headers}
-PROXY_ENV = "$HTTPS_PROXY, $HTTP_PROXY or $ALL_PROXY, less $NO_PROXY"
-CA_ENV = "$SSL_CERT_FILE, $SSL_CERT_DIR or the system's"
+PROXY_ENV = "$HTTPS_PROXY, $HTTP_PROXY, $NO_PROXY"
+CA_ENV = "$SSL_CERT_FILE or the system's"
 REQUEST_DEFAULTS = _apply(
     req("--model", "NAME", str, None, "model name", shown=cfg.DEFAULT_MODEL),
     req("--size", "WxH", str, None, "image size", shown="the server's"),
@@ -105,7 +107,7 @@ REQUEST_DEFAULTS = _apply(
     req("--moderation", "M", str, None, "moderation", shown="the server's"),
     req("--response-format", None, RESPONSE_FORMATS, None, "dall-e-2/3 only", shown="not sent"),
     req("--output-compression", "0-100", PERCENT, None, "jpeg/webp only", shown="the server's"),
-    req("--capabilities", "FILE", FILE, None, "TOML table over the shipped one", shown="none"),
+    req("--capabilities", "FILE", FILE, None, "your own TOML table", shown="none"),
 )
 
 
