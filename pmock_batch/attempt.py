@@ -36,6 +36,7 @@ from .jobs import InvalidLine, Job
 from .models import ErrorRecord, FileRecord, JobRecord, JobStatus
 from .pacing import Pacer
 from .pool import Pool, Progress
+from .prices import price_record
 from .retry import RetryPolicy
 from .tally import add_usage
 from .tripwire import Tripwire
@@ -306,7 +307,7 @@ class DirectRunner:
     # -- records -----------------------------------------------------------
 
     def _record(self, job: Job, progress: Progress, **fields: Any) -> JobRecord:
-        return JobRecord(
+        record = JobRecord(
             id=job.id,
             line=job.line,
             files=progress.files,
@@ -322,6 +323,7 @@ class DirectRunner:
             finished_at=_now(),
             **fields,
         )
+        return price_record(record, via="direct", prices=self.config.prices)
 
     def unfinished(self, job: Job, progress: Progress | None, reason: str) -> JobRecord:
         """A job that did not finish. One cancelled in flight keeps its attempts (the server

@@ -331,3 +331,4 @@ class JobRecord(BaseModel):
     ambiguous_retries: int = 0  # retries after a timeout, when the first try may have been billed
     billed_retries: int = 0  # retries after a 2xx whose image was unusable: each one was billed
     rejected: list[RejectedFile] = Field(default_factory=list)  # kept bytes of billed failures
+    cost_usd: float | None = None  # estimated from usage and the price table (prices.py)
