@@ -122,7 +122,8 @@ def _cost_stat(summary: Summary) -> str:
         tip += f"; direct: {format_usd(summary.cost_direct_usd)}, saved {format_usd(saved)}"
     if summary.cost_unpriced:
         tip += f"; {summary.cost_unpriced:,} job(s) not priced (model not in the price table)"
-    return _stat("cost", format_usd(summary.cost_usd), "cost (estimate)", title=tip)
+    value = format_usd(summary.cost_usd) if summary.cost_usd else "—"  # nothing could be priced
+    return _stat("cost", value, "cost (estimate)", title=tip)
 
 
 def _toolbar(summary: Summary) -> str:

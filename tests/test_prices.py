@@ -364,7 +364,9 @@ async def test_user_prices_change_the_estimate(tmp_path, capsys, make_mock, monk
     assert unpriced.code == 0, unpriced.err
     assert json.loads(unpriced.out)["cost_unpriced"] == 1
     assert read_manifest(out)[-1]["cost_usd"] is None
-    assert "not priced" in unpriced.err
+    assert re.search(r"cost \(estimate\) +\| unknown; 1 job\(s\) not priced", unpriced.err)
+    report = (out / "report.html").read_text(encoding="utf-8")
+    assert re.search(r'data-stat="cost"[^>]*><span class="value">—</span>', report)
     priced = await run_cli([*argv, "--force", "--prices", str(prices)], capsys)
     assert priced.code == 0, priced.err
     record = read_manifest(out)[-1]

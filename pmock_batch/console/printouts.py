@@ -132,7 +132,8 @@ def render_summary(summary: Summary, config: RunConfig, console: Console) -> Non
 def cost_text(summary: Summary) -> str:
     """``$1.23``, with what it would have cost directly for Batch API records, and the
     records the price table could not price."""
-    text = format_usd(summary.cost_usd)
+    # Nothing priced at all (an unknown model, an old manifest): unknown, not $0.00.
+    text = format_usd(summary.cost_usd) if summary.cost_usd else "unknown"
     if summary.via_batch:
         saved = summary.cost_direct_usd - summary.cost_usd
         text += f" (direct: {format_usd(summary.cost_direct_usd)}, saved {format_usd(saved)})"
