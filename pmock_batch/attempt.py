@@ -242,7 +242,7 @@ class DirectRunner:
                 except APIError as exc:
                     failure = describe(exc, self.policy)
                     if failure.billed and sink.size:
-                        await keep_rejected(job.id, sink, stem, failure, progress)
+                        await keep_rejected(job.id, sink, stem, failure, progress, number)
                     raise
                 finally:
                     sink.discard()
@@ -266,6 +266,7 @@ class DirectRunner:
                 raise _Stopped
             progress.attempts += 1
             started, sent_at = time.monotonic(), self.pacer.now()
+            self.pool.requests += 1
             try:
                 reply = await request_image(
                     self.client, self.policy, body, sink, url=job.request.response_format == "url"
@@ -273,6 +274,8 @@ class DirectRunner:
             except APIError as exc:
                 self._answered(this, exc, progress, started, sent_at)
                 raise
+            finally:
+                self.pool.requests -= 1
         self.tripwire.succeeded()
         self.pacer.observe(reply.headers, sent_at=sent_at)
         this.logged(reply.status, started)
@@ -285,6 +288,9 @@ class DirectRunner:
         self, this: _Try, exc: APIError, progress: Progress, started: float, sent_at: float
     ) -> None:
         """React to a failed exchange: the pacer, the tripwire, the counts, the log."""
+        if exc.answered:  # the POST got its 2xx; what failed came after (a download, the body)
+            self.tripwire.answered()
+            return
         if isinstance(exc, CannotConnectError):
             tripped = self.tripwire.connect_failed(exc)
             if tripped is not None:

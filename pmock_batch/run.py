@@ -70,7 +70,7 @@ class RunStatus:
     """A snapshot of a run, for the console: the counts, and what the pool is doing."""
 
     summary: Summary  # the one tally (read only)
-    in_flight: int  # jobs running now
+    in_flight: int  # requests at the server now (not jobs waiting to retry)
     retrying: int  # jobs waiting to retry
     held_for: float  # seconds the pool is held by the rate limit (0: not held)
     stopping: bool
@@ -177,7 +177,7 @@ class Run:
     def status(self) -> RunStatus:
         return RunStatus(
             summary=self._ledger.summary,
-            in_flight=self._pool.in_flight,
+            in_flight=self._pool.requests,
             retrying=len(self._ledger.backing_off),
             held_for=self._pacer.hold_remaining,
             stopping=self._pool.stopping,
@@ -327,4 +327,3 @@ def prune_stale(out_dir: Path, current: Set[str], keep: Set[str]) -> int:
             extra={"event": "pruned", "job_id": name, "files": len(paths)},
         )
     return len(stale)
-

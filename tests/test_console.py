@@ -73,7 +73,7 @@ async def test_non_tty_output_is_plain_lines_with_no_control_characters(
     assert len(failed) == 1
     assert "FAILED bad: Your request was rejected by the safety system" in failed[0]
     assert "| failed                 | 1 (moderation 1)" in result.err
-    assert "| attempts               | 9 (1 retries, 0 were 429s)" in result.err
+    assert "| attempts               | 9 (1 retry, 0 were 429s)" in result.err
     assert "Failures, grouped by kind and message:" in result.err
     assert "  1 × moderation: Your request was rejected by the safety system." in result.err
     assert KEY not in result.err

@@ -81,7 +81,8 @@ def render_summary(summary: Summary, config: RunConfig, console: Console) -> Non
         table.add_row("invalid", f"{summary.invalid}")
     table.add_row("not run", f"{summary.not_run}")
     table.add_row("skipped (already done)", f"{summary.skipped}")
-    attempts = f"{summary.attempts} ({summary.retries} retries, {summary.rate_limited} were 429s)"
+    retries = "1 retry" if summary.retries == 1 else f"{summary.retries} retries"
+    attempts = f"{summary.attempts} ({retries}, {summary.rate_limited} were 429s)"
     table.add_row("attempts", attempts)
     if summary.ambiguous_retries:
         table.add_row(
