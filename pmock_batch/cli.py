@@ -101,7 +101,8 @@ def fail(exc: BaseException) -> int:
         _quiet_stdout()
     text = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
     if template:
-        click.echo(f"{PROG}: error: {template.format(text)}", err=True)
+        line = f"{PROG}: error: {template.format(text)}"
+        console.say(line, event="error", error=True, exit_code=code)
     if isinstance(exc, click.UsageError) and exc.ctx is not None:
         click.echo(f"Try '{exc.ctx.command_path} --help' for help.", err=True)
     return code
@@ -191,10 +192,10 @@ def run(**o: Any) -> int:
         log.warning("%s", warning)
     out_dir = o["out"] or Path("out") / jobs.stem
     if result.invalid and not o["skip_invalid"]:
-        console.print_problems(result, sys.stderr)
+        console.print_problems(result)
         return EXIT_USAGE
     if not result.jobs and not result.invalid:
-        click.echo(f"no jobs in {jobs}: nothing to do", err=True)
+        console.say(f"no jobs in {jobs}: nothing to do", event="nothing_to_do")
         return EXIT_OK
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"OUT is a file, not a directory: {out_dir}; give --out a folder")
@@ -291,7 +292,7 @@ def validate(**o: Any) -> int:
     for warning in result.warnings:
         click.echo(f"warning: {warning}", err=True)
     if result.invalid:
-        console.print_problems(result, sys.stderr)
+        console.print_problems(result)
         return EXIT_USAGE
     click.echo(f"{o['jobs']}: {result.jobs} job(s), {result.images} image(s): all valid.", err=True)
     return EXIT_OK
@@ -341,6 +342,7 @@ def mock_server(host: str, port: int, **o: Any) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pmock-batch`` console script. Returns the exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
+    console.logs.plain_lines()
     try:
         with cli.make_context(PROG, args) as ctx:
             return int(cli.invoke(ctx))

@@ -93,6 +93,8 @@ def _headers(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
 
 
 COUNT, POSITIVE_INT, PERCENT = click.IntRange(min=0), click.IntRange(min=1), click.IntRange(0, 100)
+
+
 class _Finite(click.FloatRange):
     """A float range that refuses ``inf`` and ``nan``: ``--timeout inf`` would overflow
     asyncio's timers mid-run, and ``nan`` slips through every comparison."""

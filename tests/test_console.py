@@ -405,3 +405,27 @@ async def test_images_of_one_job_are_not_called_attempts(tmp_path, capsys, make_
     assert "attempt 2" not in result.err and "attempt 3" not in result.err
     [record] = read_manifest(tmp_path / "o")
     assert (record["attempts"], record["retries"], len(record["files"])) == (3, 0, 3)
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        [{"id": "a", "prompt": ""}, "RAW:not json"],  # invalid lines and the hint
+        [],  # no jobs
+    ],
+    ids=["invalid", "empty"],
+)
+async def test_json_log_mode_keeps_every_line_json_when_nothing_runs(tmp_path, capsys, lines):
+    jobs = write_jobs(tmp_path / "jobs.jsonl", lines) if lines else tmp_path / "jobs.jsonl"
+    if not lines:
+        jobs.write_text("")
+    result = await run_cli([str(jobs), "--mock", "--log-format", "json"], capsys)
+    events = [json.loads(line) for line in result.err.splitlines()]
+    assert events, result.err
+    if lines:
+        assert result.code == 2
+        assert {e["event"] for e in events} == {"invalid_line", "hint", "invalid_file"}
+    else:
+        assert (result.code, events[0]["event"]) == (0, "nothing_to_do")
+    plain = await run_cli([str(jobs), "--mock"], capsys)  # the next command is plain again
+    assert not plain.err.lstrip().startswith("{")

@@ -17,7 +17,7 @@ like; this module just renders it:
 
 from __future__ import annotations
 
-from .logs import make_console, setup_logging
+from .logs import make_console, say, setup_logging
 from .printouts import (
     SUMMARY_SCHEMA,
     log_summary,
@@ -37,6 +37,7 @@ __all__ = [
     "print_plan",
     "print_problems",
     "render_summary",
+    "say",
     "setup_logging",
     "summary_json",
 ]

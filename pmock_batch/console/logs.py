@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from datetime import UTC, datetime
 from typing import IO, Any
 
 from rich.console import Console
 
-__all__ = ["make_console", "setup_logging"]
+__all__ = ["make_console", "plain_lines", "say", "setup_logging"]
 
 _STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
 
@@ -80,8 +81,32 @@ class _ConsoleHandler(logging.Handler):
             self.handleError(record)
 
 
+_json_lines = False  # --log-format json: every line on stderr is one JSON object
+
+
+def plain_lines() -> None:
+    """Back to plain lines until :func:`setup_logging` says otherwise (a new command)."""
+    global _json_lines
+    _json_lines = False
+
+
+def say(message: str, *, event: str, error: bool = False, **fields: Any) -> None:
+    """One line for a person on stderr; in JSON log mode, one JSON object instead.
+
+    For what is not a log record yet must obey the log format: "stopping…",
+    the problems of a job file, an error's one line.
+    """
+    if _json_lines:
+        level = logging.ERROR if error else logging.WARNING
+        logging.getLogger("pmock_batch").log(level, "%s", message, extra={"event": event, **fields})
+    else:
+        print(message, file=sys.stderr, flush=True)
+
+
 def setup_logging(console: Console, *, quiet: bool, verbose: bool, fmt: str) -> None:
     """Route the ``pmock_batch`` logger to ``console`` at the level the flags ask for."""
+    global _json_lines
+    _json_lines = fmt == "json"
     level = logging.ERROR if quiet else logging.DEBUG if verbose else logging.INFO
     handler = _ConsoleHandler(console)
     if fmt == "json":

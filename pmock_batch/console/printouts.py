@@ -14,6 +14,7 @@ from ..jobs import ScanResult
 from ..preflight import Plan
 from ..prices import format_usd
 from ..tally import FailureGroup, Summary
+from .logs import say
 
 __all__ = [
     "SUMMARY_SCHEMA",
@@ -150,20 +151,24 @@ def log_summary(summary: Summary, config: RunConfig, *, exit_code: int) -> None:
     log.info("summary", extra={"event": "summary", **fields})
 
 
-def print_problems(result: ScanResult, file: IO[str]) -> None:
-    """The job file's problems, one ``FILE:LINE: message`` each, then a count."""
+def print_problems(result: ScanResult) -> None:
+    """The job file's problems, one ``FILE:LINE: message`` each, then a count (on stderr)."""
     for problem in result.problems:
-        print(problem, file=file)
+        say(str(problem), event="invalid_line", error=True, line=problem.line)
     shown = len(result.problems)
     if result.problem_count > shown:
-        print(f"... and {result.problem_count - shown} more problem(s)", file=file)
+        say(f"... and {result.problem_count - shown} more problem(s)", event="invalid_line")
     if any(line.message.startswith("not valid JSON") for line in result.invalid.values()):
-        print(
+        say(
             "hint: each line must be one JSON value: an object, or a quoted prompt string "
             '(pretty-printed JSON spans lines; a bare prompt needs "quotes")',
-            file=file,
+            event="hint",
         )
-    print(f"{result.file}: {len(result.invalid)} invalid line(s); nothing was sent.", file=file)
+    say(
+        f"{result.file}: {len(result.invalid)} invalid line(s); nothing was sent.",
+        event="invalid_file",
+        error=True,
+    )
 
 
 def print_plan(plan: Plan, file: IO[str]) -> None:

@@ -7,7 +7,6 @@ import contextlib
 import logging
 import os
 import signal
-import sys
 import time
 from collections.abc import Awaitable, Callable
 
@@ -21,6 +20,7 @@ from ..jobs import Job
 from ..models import JobRecord
 from ..run import Run, RunObserver, RunStatus
 from ..tally import Summary
+from .logs import say
 
 __all__ = [
     "PROGRESS_EVERY_FRACTION",
@@ -253,15 +253,14 @@ async def live_run(
 
     def on_signal() -> None:
         if not runs or runs[0].stopping:
-            print("Interrupted again: exiting now.", file=sys.stderr, flush=True)
+            say("Interrupted again: exiting now.", event="interrupted")
             os._exit(exit_code)
         runs[0].stop()
         reporter.stop()  # first, so no frozen bar with a live-looking ETA stays behind
-        print(
+        say(
             f"stopping… no new jobs; jobs in flight get {grace:g}s to finish "
             "(press Ctrl-C again to exit at once).",
-            file=sys.stderr,
-            flush=True,
+            event="stopping",
         )
 
     signals = (signal.SIGINT, signal.SIGTERM)
