@@ -318,6 +318,7 @@ async def _create_batch(request: web.Request) -> web.StreamResponse:
             "custom_ids": [row.custom_id for row in batch.rows],
         }
     )
+    _settle(state)  # with no batch_seconds it has ended already
     return web.json_response(batch.to_json(state.clock()))
 
 
