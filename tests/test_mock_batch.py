@@ -551,7 +551,7 @@ async def test_a_batch_cancelled_while_validating_has_no_output(batch_mock, fake
     assert cancelled["output_file_id"] is None and cancelled["error_file_id"] is not None
     assert cancelled["in_progress_at"] is None
     status, body = await api.call("POST", "/batches/batch_nothere/cancel")
-    assert status == 404
+    assert status == 404 and "batch_nothere" in body["error"]["message"]
 
 
 # -- listing and deleting -------------------------------------------------------------------
