@@ -129,7 +129,7 @@ async def test_a_batch_moves_through_every_status_on_the_clock(batch_mock, fake_
     assert (batch["endpoint"], batch["completion_window"]) == (GENERATIONS, "24h")
     assert batch["metadata"] == {"pmock_batch_input": "file-x"}
     assert batch["model"] == "gpt-image-2"
-    assert batch["request_counts"] == {"total": 10, "completed": 0, "failed": 0}
+    assert batch["request_counts"] == {"total": 0, "completed": 0, "failed": 0}  # validating
     assert batch["expires_at"] == batch["created_at"] + DAY
     assert batch["id"].startswith("batch_")
     assert (batch["output_file_id"], batch["error_file_id"], batch["in_progress_at"]) == (None,) * 3
@@ -147,6 +147,7 @@ async def test_a_batch_moves_through_every_status_on_the_clock(batch_mock, fake_
         batch = await api.batch(batch["id"])
         assert (batch["status"], batch["request_counts"]["completed"]) == (status, done), step
         assert batch["request_counts"]["failed"] == 0
+        assert batch["request_counts"]["total"] == (0 if status == "validating" else 10)
         assert batch["output_file_id"] is None or status == "completed"
         seen[status] = batch
     created = batch["created_at"]

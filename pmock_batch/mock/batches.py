@@ -13,14 +13,16 @@ with, so tests move a fake clock instead of sleeping. With ``S`` the
 With ``batch_expire_after_fraction`` F the batch stops at ``floor(F x total)``
 rows, stays ``in_progress`` until ``S`` and is then ``expired``. A cancel at
 time ``c`` freezes the rows done by ``c``; the batch is ``cancelling`` for
-``batch_cancel_delay`` seconds, then ``cancelled``.
+``batch_cancel_delay`` seconds, then ``cancelled``. ``request_counts.total`` is
+0 while validating; rows never run count as neither ``completed`` nor ``failed``.
 
 When a batch ends (completed, expired or cancelled) it writes its files, once:
 the output file holds the rows that ran and succeeded, the error file the rows
 that ran and failed (``response.status_code`` 4xx/5xx and the error body) and
 the rows it never ran (``error.code`` ``batch_expired`` or ``batch_cancelled``,
 ``response: null``). A file with no line is not written: its id stays null.
-Each row's outcome is decided when the batch is created: the first
+Each row's outcome is decided when the batch is created, and the row counts as
+an attempt of its prompt then (scripts advance by it): the first
 ``batch_fail_rows`` rows fail with a 500, a prompt with a moderation word is
 blocked (400 ``moderation_blocked``), and otherwise the prompt's script or
 fault rates decide, as for a direct request (an HTTP error goes to the error
@@ -35,6 +37,7 @@ import hashlib
 import itertools
 import json
 import math
+import random
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -233,7 +236,7 @@ def decide_row(
     *,
     options: MockOptions,
     attempt: int,
-    rng: Any,
+    rng: random.Random,
 ) -> Row:
     """The row and the outcome it gets when it runs (see the module docstring)."""
     if index < options.batch_fail_rows:
@@ -249,8 +252,6 @@ def decide_row(
         rng=rng,
     )
     error = outcome_error(outcome)
-    if error is None and outcome.status is not None:
-        error = status_error(outcome.status)
     if error is not None:
         return Row(index, custom_id, request, outcome, error)
     if outcome.name not in ROW_OUTCOMES_THAT_CHANGE_THE_BODY:
@@ -279,7 +280,7 @@ class Batch:
     output_file_id: str | None = None
     error_file_id: str | None = None
     settled: bool = False  # its files are written
-    _failed_before: list[int] = field(default_factory=list)  # failed rows among the first i
+    _failed_before: list[int] = field(init=False, repr=False)  # failed rows among the first i
 
     def __post_init__(self) -> None:
         count = 0
@@ -339,7 +340,12 @@ class Batch:
         return "expired" if self.expire_fraction is not None else "completed"
 
     def counts(self, now: float) -> dict[str, int]:
-        """``request_counts``: rows run and succeeded, run and failed; not-run rows in neither."""
+        """``request_counts``: rows run and succeeded, run and failed; not-run rows in neither.
+
+        The total is 0 while the input is being validated, as the real API shows it.
+        """
+        if self.status(now) == "validating":
+            return {"total": 0, "completed": 0, "failed": 0}
         done = self.done(now)
         failed = self._failed_before[done]
         return {"total": len(self.rows), "completed": done - failed, "failed": failed}
@@ -464,7 +470,7 @@ class BatchStore:
         metadata: Mapping[str, str] | None,
         options: MockOptions,
         attempt: Callable[[str], int],
-        rng: Callable[[str, int], Any],
+        rng: Callable[[str, int], random.Random],
     ) -> Batch:
         """A new batch over ``input_file``; ``attempt(prompt)`` counts a row as an attempt."""
         parsed = parse_input(input_file.data or b"", endpoint=endpoint, dialect=options.dialect)
