@@ -725,3 +725,30 @@ def test_the_batch_flags_reach_the_options_in_both_spellings(prefix):
     assert result.output.strip() == "7.0 0.25 3 1.5", result.output
     result = runner.invoke(command, [f"--{prefix}batch-expire-after-fraction", "2"])
     assert result.exit_code == 2
+
+
+async def test_files_list_newest_first_and_pages(batch_mock):
+    api = await batch_mock()
+    ids = [(await api.upload(rows(1, f"f{i}"), filename=f"f{i}.jsonl"))[1]["id"] for i in range(3)]
+    _, page = await api.call("GET", "/files", params={"limit": "2"})
+    assert [f["id"] for f in page["data"]] == ids[::-1][:2] and page["has_more"]
+    _, page = await api.call("GET", "/files", params={"after": page["last_id"]})
+    assert [f["id"] for f in page["data"]] == [ids[0]] and not page["has_more"]
+    _, page = await api.call("GET", "/files", params={"order": "asc"})
+    assert [f["id"] for f in page["data"]] == ids
+    file = page["data"][0]
+    assert (file["object"], file["filename"], file["purpose"]) == ("file", "f0.jsonl", "batch")
+    assert file["expires_at"] == file["created_at"] + 30 * DAY
+
+
+async def test_an_output_line_names_its_row_before_its_body(batch_mock, fake_clock):
+    """``id`` and ``custom_id`` come first and ``response.body`` last but ``error``, so a
+    client streaming a line knows its row before the base64 arrives."""
+    api = await batch_mock(batch_seconds=0)
+    batch = await api.submit(rows(1))
+    [line] = (await api.content(batch["output_file_id"])).splitlines()
+    assert line.startswith(b'{"id": "batch_req_')
+    assert line.index(b'"custom_id": "job-0"') < line.index(b'"body": {')
+    assert line.endswith(b'}, "error": null}')
+    assert list(json.loads(line)) == ["id", "custom_id", "response", "error"]
+    assert list(json.loads(line)["response"]) == ["status_code", "request_id", "body"]
