@@ -640,6 +640,18 @@ async def test_the_stats_endpoint_shows_the_batch_counts_and_reset_clears_them(
     assert (await api.batch(batch["id"]))["status"] == "completed"  # the batches stay
 
 
+async def test_the_stats_endpoint_counts_the_successes_of_batches_that_have_ended(
+    batch_mock, fake_clock
+):
+    api = await batch_mock(batch_seconds=1, batch_fail_rows=1)
+    await api.submit(rows(3))
+    fake_clock.advance(1)  # no Batch API call since: /_mock/stats settles the batch itself
+    async with api.session.get(api.server.url + "/_mock/stats") as resp:
+        stats = await resp.json()
+    assert stats["successes"] == {"job prompt 1": 1, "job prompt 2": 1}
+    assert stats["attempts"] == {"job prompt 0": 1, "job prompt 1": 1, "job prompt 2": 1}
+
+
 # -- the output file: sizes and streaming ---------------------------------------------------
 
 

@@ -30,7 +30,7 @@ from typing import Any
 from aiohttp import web
 
 from ..models import ImageRequest
-from .batch_routes import add_batch_routes
+from .batch_routes import add_batch_routes, settle_batches
 from .faults import Outcome, parse_outcome, pick_outcome
 from .images import CONTENT_TYPES
 from .options import MockOptions
@@ -300,6 +300,7 @@ async def _file(request: web.Request) -> web.StreamResponse:
 
 
 async def _stats(request: web.Request) -> web.StreamResponse:
+    settle_batches(request.app[STATE])  # batches that have ended count their successes
     return web.json_response(request.app[STATE].stats.to_json())
 
 

@@ -33,7 +33,7 @@ from .responses import INVALID_KEY_MESSAGE, error_body
 from .state import STATE, MockState, authorized
 from .success import success_body
 
-__all__ = ["add_batch_routes"]
+__all__ = ["add_batch_routes", "settle_batches"]
 
 logger = logging.getLogger("pmock_batch.mock")
 
@@ -72,13 +72,14 @@ def _guarded(handler: Handler) -> Handler:
         if key is not None and not authorized(request.headers.get("Authorization"), key):
             body = error_body(INVALID_KEY_MESSAGE, code="invalid_api_key")
             return web.json_response(body, status=401)
-        _settle(state)
+        settle_batches(state)
         return await handler(request)
 
     return guarded
 
 
-def _settle(state: MockState) -> None:
+def settle_batches(state: MockState) -> None:
+    """Let every batch that has ended write its files, and count its rows' successes."""
     payload = round(state.options.payload_mb * 1_000_000) if state.options.payload_mb else None
     for batch in state.batches.settle(payload_bytes=payload):
         succeeded, _, _ = batch.ran(state.clock())
@@ -318,7 +319,7 @@ async def _create_batch(request: web.Request) -> web.StreamResponse:
             "custom_ids": [row.custom_id for row in batch.rows],
         }
     )
-    _settle(state)  # with no batch_seconds it has ended already
+    settle_batches(state)  # with no batch_seconds it has ended already
     return web.json_response(batch.to_json(state.clock()))
 
 
@@ -356,5 +357,5 @@ async def _cancel_batch(request: web.Request) -> web.StreamResponse:
         return _bad(refused, code="invalid_state")
     if first:
         state.stats.batch_cancels.append(batch.id)
-    _settle(state)  # with no cancel delay it has ended already
+    settle_batches(state)  # with no cancel delay it has ended already
     return web.json_response(batch.to_json(state.clock()))
