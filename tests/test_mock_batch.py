@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from pmock_batch.mock import MockOptions, MockServer, batch_routes
+from pmock_batch.mock import MockOptions, MockServer, batch_routes, get_state
 from pmock_batch.mock.command import mock_flags, mock_options
 
 GENERATIONS = "/v1/images/generations"
@@ -679,7 +679,10 @@ async def test_a_large_output_file_streams_in_chunks_without_being_built_in_memo
     fake_clock.advance(1)
     batch = await api.batch(batch["id"])
     url = f"{api.server.base_url}/files/{batch['output_file_id']}/content"
-    await api.content(batch["output_file_id"])  # renders the one image into the cache
+    async with api.session.post(
+        api.server.url + GENERATIONS, json={"prompt": "one picture"}
+    ) as resp:
+        assert resp.status == 200 and await resp.read()  # the image is in the cache now
     total = lines = 0
     tracemalloc.start()
     try:
@@ -694,6 +697,14 @@ async def test_a_large_output_file_streams_in_chunks_without_being_built_in_memo
         tracemalloc.stop()
     assert lines == 40 and total > 40 * 600_000  # about 27 MB in all
     assert peak < 8_000_000, peak  # a few lines' worth, not the file
+
+
+async def test_streaming_an_output_file_does_not_fill_the_image_cache(batch_mock, fake_clock):
+    api = await batch_mock(batch_seconds=0)
+    batch = await api.submit(rows(6))
+    lines = parse_lines(await api.content(batch["output_file_id"]))
+    assert len(lines) == 6
+    assert len(get_state(api.server.app).images) == 0
 
 
 # -- options and flags ----------------------------------------------------------------------
