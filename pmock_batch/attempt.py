@@ -36,6 +36,7 @@ from .jobs import InvalidLine, Job
 from .models import ErrorRecord, FileRecord, JobRecord, JobStatus
 from .pacing import Pacer
 from .pool import Pool, Progress
+from .prices import price_record
 from .retry import RetryPolicy
 from .tally import add_usage
 from .tripwire import Tripwire
@@ -241,7 +242,7 @@ class DirectRunner:
                 except APIError as exc:
                     failure = describe(exc, self.policy)
                     if failure.billed and sink.size:
-                        await keep_rejected(job.id, sink, stem, failure, progress)
+                        await keep_rejected(job.id, sink, stem, failure, progress, number)
                     raise
                 finally:
                     sink.discard()
@@ -265,6 +266,7 @@ class DirectRunner:
                 raise _Stopped
             progress.attempts += 1
             started, sent_at = time.monotonic(), self.pacer.now()
+            self.pool.requests += 1
             try:
                 reply = await request_image(
                     self.client, self.policy, body, sink, url=job.request.response_format == "url"
@@ -272,6 +274,8 @@ class DirectRunner:
             except APIError as exc:
                 self._answered(this, exc, progress, started, sent_at)
                 raise
+            finally:
+                self.pool.requests -= 1
         self.tripwire.succeeded()
         self.pacer.observe(reply.headers, sent_at=sent_at)
         this.logged(reply.status, started)
@@ -284,6 +288,9 @@ class DirectRunner:
         self, this: _Try, exc: APIError, progress: Progress, started: float, sent_at: float
     ) -> None:
         """React to a failed exchange: the pacer, the tripwire, the counts, the log."""
+        if exc.answered:  # the POST got its 2xx; what failed came after (a download, the body)
+            self.tripwire.answered()
+            return
         if isinstance(exc, CannotConnectError):
             tripped = self.tripwire.connect_failed(exc)
             if tripped is not None:
@@ -306,7 +313,7 @@ class DirectRunner:
     # -- records -----------------------------------------------------------
 
     def _record(self, job: Job, progress: Progress, **fields: Any) -> JobRecord:
-        return JobRecord(
+        record = JobRecord(
             id=job.id,
             line=job.line,
             files=progress.files,
@@ -322,6 +329,7 @@ class DirectRunner:
             finished_at=_now(),
             **fields,
         )
+        return price_record(record, via="direct", prices=self.config.prices)
 
     def unfinished(self, job: Job, progress: Progress | None, reason: str) -> JobRecord:
         """A job that did not finish. One cancelled in flight keeps its attempts (the server

@@ -38,6 +38,7 @@ from .flags import (
     POSITIVE_INT,
     PROXY_ENV,
     REQUEST_DEFAULTS,
+    SECONDS,
     DefaultGroup,
     end,
     inp,
@@ -51,6 +52,7 @@ from .jobs import Defaults, iter_jobs, scan
 from .lock import run_lock
 from .mock.command import mock_flags, mock_options
 from .preflight import check_network, endpoint, plan_run, resolve_endpoint, retry_policy
+from .prices import load_prices
 from .report import write_report
 from .run import Run, run_batch
 from .tally import Summary
@@ -159,8 +161,9 @@ def cli() -> None:
 @pool("--max-attempts", "N", POSITIVE_INT, cfg.DEFAULT_MAX_ATTEMPTS, "attempts per image")
 @pool("--max-billed-retries", "N", COUNT, cfg.DEFAULT_MAX_BILLED_RETRIES, "billed retries")
 @pool("--max-retry-wait", "SECONDS", POSITIVE, DEFAULT_MAX_RETRY_WAIT, "longest Retry-After")
-@pool("--grace", "SECONDS", float, cfg.DEFAULT_GRACE, "for jobs in flight after Ctrl-C")
+@pool("--grace", "SECONDS", SECONDS, cfg.DEFAULT_GRACE, "for jobs in flight after Ctrl-C")
 @out("--out", "DIR", FILE, None, "output directory", shown="out/<JOBS name without extension>")
+@out("--prices", "FILE", FILE, None, "your own price table, TOML", shown="none")
 @logs("--quiet", short="-q", help="errors and the summary only")
 @logs("--verbose", short="-v", help="log every attempt, never the key")
 @logs("--log-format", None, ("text", "json"), "text", "json: one object a line")
@@ -173,10 +176,13 @@ def run(**o: Any) -> int:
     """
     screen = console.make_console(sys.stderr)
     console.setup_logging(screen, quiet=o["quiet"], verbose=o["verbose"], fmt=o["log_format"])
-    base_url, key = resolve_endpoint(o["base_url"], o["api_key_env"], mock=o["mock"])
+    # --dry-run sends nothing, so it needs no key.
+    keyless = o["mock"] or o["dry_run"]
+    base_url, key = resolve_endpoint(o["base_url"], o["api_key_env"], mock=keyless)
     headers = check_network(o["header"], o["proxy"], o["ca_bundle"], mock=o["mock"])
     mock = _mock_options(o) if o["mock"] else None
     caps = load_capabilities(o["capabilities"])
+    prices = load_prices(o["prices"])
     jobs: Path = o["jobs"]
     _check_jobs_file(jobs)
     defaults = _defaults(o)
@@ -204,6 +210,7 @@ def run(**o: Any) -> int:
         api_key=key,
         headers=headers,
         trust_env=not o["mock"],
+        prices=prices,
         **_pick(o, f"{same} proxy ca_bundle"),
     )
     mode = "none" if o["quiet"] else "lines"

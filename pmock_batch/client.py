@@ -117,9 +117,13 @@ def _mapped(what: str, timeout: float, url: str) -> Iterator[None]:
         raise UntrustedCertificateError(
             f"{what}: the TLS certificate of {exc.host}:{exc.port} is not trusted: {reason}"
         ) from exc
-    except aiohttp.ClientConnectorSSLError as exc:
-        raise APIConnectionError(
-            f"{what}: the TLS handshake with {exc.host}:{exc.port} failed: {exc.os_error}"
+    except aiohttp.ClientConnectorSSLError as exc:  # nothing reached the server: an early abort
+        reason = "TLS handshake failed"
+        raise CannotConnectError(
+            f"{what}: the TLS handshake with {exc.host}:{exc.port} failed: {exc.os_error}",
+            host=exc.host,
+            port=exc.port,
+            reason=reason,
         ) from exc
     except aiohttp.ClientProxyConnectionError as exc:  # the proxy's address; never its password
         raise CannotConnectError(

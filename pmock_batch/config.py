@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .prices import Prices
 
 __all__ = [
     "API_KEY_ENV",
@@ -70,6 +74,7 @@ class RunConfig:
     proxy: str | None = field(default=None, repr=False)
     ca_bundle: Path | None = None  # PEM CAs to trust instead of the system's
     trust_env: bool = True  # honour HTTP(S)_PROXY, ALL_PROXY, NO_PROXY, SSL_CERT_FILE, SSL_CERT_DIR
+    prices: Prices | None = None  # the price table for cost_usd; None: the shipped one
 
     @property
     def endpoint(self) -> str:

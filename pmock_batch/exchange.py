@@ -78,13 +78,13 @@ async def _download(client: ImagesClient, policy: RetryPolicy, url: str, sink: I
 
 
 async def keep_rejected(
-    job_id: str, sink: ImageSink, stem: str, failure: Failure, progress: Progress
+    job_id: str, sink: ImageSink, stem: str, failure: Failure, progress: Progress, attempt: int
 ) -> None:
     """Move a billed answer's unusable bytes to ``.rejected/``, as received; note it."""
     out = sink.out_dir
     size, sha256 = sink.size, sink.sha256
     try:
-        relative = await asyncio.to_thread(rejected_path, out, stem, progress.attempts)
+        relative = await asyncio.to_thread(rejected_path, out, stem, attempt)
         await sink.keep(out, relative)
     except (OSError, PmockBatchError) as err:  # the job's own error matters more
         log.warning(

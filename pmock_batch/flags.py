@@ -8,6 +8,7 @@ once per flag. :class:`DefaultGroup` makes ``run`` the default command, so
 from __future__ import annotations
 
 import difflib
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +31,7 @@ __all__ = [
     "POSITIVE_INT",
     "PROXY_ENV",
     "REQUEST_DEFAULTS",
+    "SECONDS",
     "DefaultGroup",
     "end",
     "inp",
@@ -91,7 +93,20 @@ def _headers(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
 
 
 COUNT, POSITIVE_INT, PERCENT = click.IntRange(min=0), click.IntRange(min=1), click.IntRange(0, 100)
-POSITIVE, FILE = click.FloatRange(min=0, min_open=True), click.Path(path_type=Path)
+class _Finite(click.FloatRange):
+    """A float range that refuses ``inf`` and ``nan``: ``--timeout inf`` would overflow
+    asyncio's timers mid-run, and ``nan`` slips through every comparison."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+POSITIVE = _Finite(min=0, min_open=True, max=1e6)
+SECONDS = _Finite(min=0, max=1e6)
+FILE = click.Path(path_type=Path)
 req, inp, end = panel("Request defaults"), panel("Input"), panel("Endpoint")
 net, pool = panel("Network"), panel("Concurrency and retries")
 out, logs = panel("Output"), panel("Logging")

@@ -30,6 +30,7 @@ from .names import MAX_ID_CHARS, Names, check_id, collisions, slug
 __all__ = ["MAX_ID_CHARS", "Defaults", "InvalidLine", "Job", "ScanResult", "iter_jobs", "scan"]
 
 MAX_REPORTED_PROBLEMS = 20
+MAX_DEPTH = 32  # levels of nesting a line may have (an extra_body is the only deep field)
 _BATCH_KEYS = ("custom_id", "method", "url", "body")
 
 
@@ -156,22 +157,30 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _lone_surrogate(obj: Any) -> str | None:
-    """The field (or ``""``) holding a string with a lone surrogate, or None. Iterative."""
-    stack: list[tuple[str, Any]] = [("", obj)]
+def _unusable(obj: Any) -> tuple[str, str] | None:
+    """``(field, problem)`` for a value no request can carry, or None. Iterative.
+
+    A string with a lone surrogate is not Unicode (it cannot be encoded, hashed or
+    sent); a value nested deeper than :data:`MAX_DEPTH` is no request field
+    (``json.loads`` takes far deeper ones, but serialising them later fails).
+    """
+    stack: list[tuple[str, Any, int]] = [("", obj, 0)]
     while stack:
-        where, item = stack.pop()
+        where, item, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return where, f"nested more than {MAX_DEPTH} levels deep"
         if isinstance(item, str):
             try:
                 item.encode("utf-8")
             except UnicodeEncodeError:
-                return where.encode("utf-8", "backslashreplace").decode("utf-8")
+                shown = where.encode("utf-8", "backslashreplace").decode("utf-8")
+                return shown, "contains a lone surrogate (\\ud800-\\udfff): not valid Unicode"
         elif isinstance(item, dict):
             for key, value in item.items():
-                stack.append((where or key, key))
-                stack.append((where or key, value))
+                stack.append((where or key, key, depth + 1))
+                stack.append((where or key, value, depth + 1))
         elif isinstance(item, list):
-            stack.extend((where, value) for value in item)
+            stack.extend((where, value, depth + 1) for value in item)
     return None
 
 
@@ -196,11 +205,9 @@ def parse_line(
         return _Rejected([(repr(exc.key), "given twice on the line; use it once")])
     except RecursionError:
         return _Rejected([("", "nested too deeply to be a job")])
-    bad_text = _lone_surrogate(obj)
-    if bad_text is not None:
-        return _Rejected(
-            [(bad_text, "contains a lone surrogate (\\ud800-\\udfff): not valid Unicode")]
-        )
+    unusable = _unusable(obj)
+    if unusable is not None:
+        return _Rejected([unusable])
     raw_id, raw_fields, prefix, problems = _split_line(obj)
     if problems and not raw_fields:
         return _Rejected(problems)

@@ -98,6 +98,20 @@ class ImageRequest(BaseModel):
     safety_identifier: str | None = None
     extra_body: dict[str, Any] | None = None  # sent as is, like the OpenAI SDK's extra_body
 
+    @field_validator("extra_body")
+    @classmethod
+    def _extra_only(cls, extra: dict[str, Any] | None) -> dict[str, Any] | None:
+        for key in extra or {}:
+            name = key if key in FIELD_NAMES else CAMEL_FIELDS.get(key)
+            if name is not None and name != "extra_body":
+                raise PydanticCustomError(
+                    "extra_field",
+                    "{key} is a request field: set it on the line, where it is checked, "
+                    "not in extra_body",
+                    {"key": repr(key)},
+                )
+        return extra
+
     @field_validator("size")
     @classmethod
     def _size_text(cls, size: str | None) -> str | None:
@@ -331,3 +345,4 @@ class JobRecord(BaseModel):
     ambiguous_retries: int = 0  # retries after a timeout, when the first try may have been billed
     billed_retries: int = 0  # retries after a 2xx whose image was unusable: each one was billed
     rejected: list[RejectedFile] = Field(default_factory=list)  # kept bytes of billed failures
+    cost_usd: float | None = None  # estimated from usage and the price table (prices.py)

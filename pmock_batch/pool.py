@@ -77,6 +77,7 @@ class Pool:
         self.grace = grace
         self.slots = asyncio.Semaphore(concurrency)  # requests at the server, at most
         self.in_flight = 0  # jobs running now
+        self.requests = 0  # requests at the server now: the runner counts them in a slot
         self._stopping = asyncio.Event()
         self._abort_reason: str | None = None
         self.interrupted = False

@@ -159,10 +159,12 @@ def plan_run(
     done = DoneIndex.load(out_dir / MANIFEST_NAME) if resume else DoneIndex()
     plan = Plan(path, out_dir, result.jobs, result.images, len(result.invalid), 0)
     current: set[str] = set()
+    stems: set[str] = set()
     for item in iter_jobs(path, result, defaults=defaults, caps=caps):
         current.add(item.id if item.id is not None else f"#line{item.line}")
         if not isinstance(item, Job):
             continue
+        stems.update(item.stems)
         if done.is_done(item, out_dir, verify=verify):
             plan.done += 1
             continue
@@ -172,5 +174,5 @@ def plan_run(
             else:
                 plan.more = True
     if prune:
-        plan.stale = stale_files(out_dir, current)
+        plan.stale = stale_files(out_dir, current, keep=stems)
     return plan

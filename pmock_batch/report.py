@@ -34,6 +34,7 @@ from .errors import UsageError
 from .files import check_own_file, write_atomic
 from .manifest import latest_records
 from .models import JobRecord
+from .prices import format_usd
 from .tally import Summary, summarize
 from .thumbs import thumbnail
 
@@ -96,6 +97,8 @@ def _header(summary: Summary, name: str, generated_at: datetime) -> str:
     ]
     if summary.ambiguous_retries:
         stats.append(_stat("ambiguous", f"{summary.ambiguous_retries:,}", "ambiguous retries"))
+    if summary.cost_usd or summary.cost_unpriced:
+        stats.append(_cost_stat(summary))
     usage = " · ".join(f"{esc(k)} {_number(v)}" for k, v in summary.usage.items())
     kinds = ", ".join(f"{esc(k)} {n:,}" for k, n in sorted(summary.failed_by_kind.items()))
     notes = []
@@ -110,6 +113,17 @@ def _header(summary: Summary, name: str, generated_at: datetime) -> str:
         f'</p></div><div class="stats">{"".join(stats)}</div>'
         f'<div class="notes">{"".join(notes)}</div></header>'
     )
+
+
+def _cost_stat(summary: Summary) -> str:
+    tip = "an estimate from each answer's usage and the price table, not an invoice"
+    if summary.via_batch:
+        saved = summary.cost_direct_usd - summary.cost_usd
+        tip += f"; direct: {format_usd(summary.cost_direct_usd)}, saved {format_usd(saved)}"
+    if summary.cost_unpriced:
+        tip += f"; {summary.cost_unpriced:,} job(s) not priced (model not in the price table)"
+    value = format_usd(summary.cost_usd) if summary.cost_usd else "—"  # nothing could be priced
+    return _stat("cost", value, "cost (estimate)", title=tip)
 
 
 def _toolbar(summary: Summary) -> str:

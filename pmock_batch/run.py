@@ -70,7 +70,7 @@ class RunStatus:
     """A snapshot of a run, for the console: the counts, and what the pool is doing."""
 
     summary: Summary  # the one tally (read only)
-    in_flight: int  # jobs running now
+    in_flight: int  # requests at the server now (not jobs waiting to retry)
     retrying: int  # jobs waiting to retry
     held_for: float  # seconds the pool is held by the rate limit (0: not held)
     stopping: bool
@@ -101,10 +101,12 @@ class Ledger:
         self.summary = Summary()
         self.backing_off: set[str] = set()  # ids of jobs waiting to retry
         self.keys: set[str] = set()  # every job of this file, as the manifest keys it
+        self.stems: set[str] = set()  # every output name stem of this file's jobs
         self.skipped_lines: dict[str, int] = {}  # id -> current line, for jobs already done
         self._on_write_error = on_write_error
 
     async def is_done(self, job: Job) -> bool:
+        self.stems.update(job.stems)  # asked once for every job of the file
         if self.done is None or not len(self.done):
             return False
         if self.verify:  # hashing files: off the event loop
@@ -175,7 +177,7 @@ class Run:
     def status(self) -> RunStatus:
         return RunStatus(
             summary=self._ledger.summary,
-            in_flight=self._pool.in_flight,
+            in_flight=self._pool.requests,
             retrying=len(self._ledger.backing_off),
             held_for=self._pacer.hold_remaining,
             stopping=self._pool.stopping,
@@ -254,7 +256,7 @@ async def run_batch(
                 summary.interrupted = pool.interrupted
         try:
             if prune:
-                await asyncio.to_thread(prune_stale, config.out_dir, ledger.keys)
+                await asyncio.to_thread(prune_stale, config.out_dir, ledger.keys, ledger.stems)
             await asyncio.to_thread(
                 compact,
                 config.manifest_path,
@@ -279,10 +281,14 @@ async def run_batch(
     return summary
 
 
-def stale_files(out_dir: Path, current: Set[str]) -> list[tuple[str, list[Path]]]:
+def stale_files(
+    out_dir: Path, current: Set[str], *, keep: Set[str] = frozenset()
+) -> list[tuple[str, list[Path]]]:
     """``(job, its files)`` for each job the manifest records but the job file no longer has.
 
-    Only regular files inside OUT are listed (see :func:`~pmock_batch.files.contained_file`).
+    Only regular files inside OUT are listed (see :func:`~pmock_batch.files.contained_file`),
+    and never one a current job writes: ``keep`` holds the current jobs' name stems
+    (``x-1`` of a job ``x`` with ``n: 2`` may be an old job's ``x-1.png`` too).
     """
     out: list[tuple[str, list[Path]]] = []
     for record in stale_records(out_dir / MANIFEST_NAME, current):
@@ -293,17 +299,19 @@ def stale_files(out_dir: Path, current: Set[str]) -> list[tuple[str, list[Path]]
             for f in files or []
             if isinstance(f, dict)
             and (path := contained_file(out_dir, str(f.get("path", "")))) is not None
+            and path.relative_to(out_dir).with_suffix("").as_posix() not in keep
         ]
         out.append((name, paths))
     return out
 
 
-def prune_stale(out_dir: Path, current: Set[str]) -> int:
+def prune_stale(out_dir: Path, current: Set[str], keep: Set[str]) -> int:
     """Delete the files of jobs no longer in the job file; log each. Returns the job count.
 
-    Their manifest records go in the compaction that follows.
+    Their manifest records go in the compaction that follows. Files named by a
+    current job's stem (``keep``) stay: they are that job's now.
     """
-    stale = stale_files(out_dir, current)
+    stale = stale_files(out_dir, current, keep=keep)
     for name, paths in stale:
         for path in paths:
             relative = path.relative_to(out_dir).as_posix()
@@ -319,6 +327,3 @@ def prune_stale(out_dir: Path, current: Set[str]) -> int:
             extra={"event": "pruned", "job_id": name, "files": len(paths)},
         )
     return len(stale)
-
-
-# -- before and around a run: checks, policy, endpoint, plan --------------------------------------

@@ -10,7 +10,12 @@ records. The rules, once:
 - ``failed_by_kind`` counts failed and invalid jobs by ``error.kind``; jobs not
   run have their own count and are not failures of a kind;
 - attempts, retries (ambiguous and billed among them), 429s, warnings, usage and
-  job seconds are the records' own numbers, added up.
+  job seconds are the records' own numbers, added up;
+- ``cost_usd`` adds up the records' estimates; a record that saved an image or
+  carries usage but has no estimate (a model not in the price table) is counted
+  in ``cost_unpriced``. ``cost_direct_usd`` is what the same records would have
+  cost as direct requests: a Batch API record's ``cost_direct_usd``, any other
+  record's ``cost_usd``.
 
 A job a previous run finished is not a record of this run: :meth:`Summary.skip`
 counts it.
@@ -82,6 +87,10 @@ class Summary:
     rate_limited: int = 0  # 429 answers seen
     job_seconds: float = 0.0  # the jobs' elapsed times, added up
     usage: dict[str, Any] = field(default_factory=dict)
+    cost_usd: float = 0.0  # the records' estimates, added up
+    cost_direct_usd: float = 0.0  # the same work as direct requests
+    cost_unpriced: int = 0  # records that spent something the price table cannot price
+    via_batch: int = 0  # records of the Batch API runner
     failed_by_kind: Counter[str] = field(default_factory=Counter)
     failures: list[tuple[str, str]] = field(default_factory=list)  # (id, reason), the first few
     failure_groups: dict[tuple[str, str], FailureGroup] = field(default_factory=dict)
@@ -136,6 +145,7 @@ class Summary:
         self.warnings += len(record.warnings)
         self.job_seconds += record.elapsed_s
         add_usage(self.usage, record.usage)
+        self._cost(record)
         if record.error is not None and record.status in ("failed", "invalid"):
             self.failed_by_kind[record.error.kind] += 1
             name = record.id or f"line {record.line}"
@@ -143,6 +153,18 @@ class Summary:
                 self.failures.append((name, record.error.message))
             self._group(record.error.kind, record.error.message, name)
         self._times(record)
+
+    def _cost(self, record: JobRecord) -> None:
+        cost = record.cost_usd
+        if cost is None and (record.files or record.usage):
+            self.cost_unpriced += 1
+        direct = cost
+        if getattr(record, "via", None) == "batch":
+            self.via_batch += 1
+            direct = getattr(record, "cost_direct_usd", None)
+            direct = direct if isinstance(direct, int | float) else cost
+        self.cost_usd += cost or 0.0
+        self.cost_direct_usd += direct or 0.0
 
     def _group(self, kind: str, message: str, name: str) -> None:
         group = self.failure_groups.get((kind, message))
@@ -188,6 +210,9 @@ class Summary:
             "warnings": self.warnings,
             "failed_by_kind": dict(sorted(self.failed_by_kind.items())),
             "usage": dict(self.usage),
+            "cost_usd": round(self.cost_usd, 6),
+            "cost_unpriced": self.cost_unpriced,
+            **({"cost_direct_usd": round(self.cost_direct_usd, 6)} if self.via_batch else {}),
         }
 
 

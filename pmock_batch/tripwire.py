@@ -68,8 +68,8 @@ class Tripwire:
         status = failure.status
         if self._succeeded or status is None or not 400 <= status < 500:
             return None
-        if failure.kind == "moderation":
-            return None
+        if failure.kind not in ("bad_request", "not_found"):  # refused at once, as asked
+            return None  # (moderation judges one prompt; 429s and 409s ran out of retries)
         if len(self._rejections) >= self.after or job_id in self._rejections:
             return None
         self._rejections[job_id] = (status, failure.code, failure.param)

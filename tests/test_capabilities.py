@@ -307,23 +307,31 @@ async def test_extra_body_reaches_the_server(tmp_path, capsys, make_mock, monkey
     jobs = write_jobs(
         tmp_path / "jobs.jsonl",
         [
-            {"id": "a", "prompt": "a cat", "extra_body": {"user": "from-extra"}},
+            {"id": "a", "prompt": "a cat", "extra_body": {"style": "vivid", "seed_hint": 7}},
             {"id": "b", "prompt": "a dog", "extra_body": {"colour": "red"}},
         ],
     )
     out = tmp_path / "out"
     result = await run_cli([str(jobs), "--base-url", server.base_url, "--out", str(out)], capsys)
-    assert result.code == 1
+    assert result.code == 1  # pmock does not know these fields: it says so, per job
     bodies = {entry.body["prompt"]: entry.body for entry in server.stats.log}
-    assert bodies["a cat"]["user"] == "from-extra"
+    assert (bodies["a cat"]["style"], bodies["a cat"]["seed_hint"]) == ("vivid", 7)
     assert bodies["a dog"]["colour"] == "red"
     records = {r["id"]: r for r in read_manifest(out)}
-    assert records["a"]["status"] == "ok"
-    assert records["a"]["request"]["user"] == "from-extra"
     assert records["b"]["status"] == "failed"
     assert records["b"]["error"]["code"] == "unknown_parameter"
     assert records["b"]["error"]["param"] == "colour"
-    assert json.loads(json.dumps(records["b"]["request"]))["colour"] == "red"
+    assert json.loads(json.dumps(records["a"]["request"]))["style"] == "vivid"
+
+
+@pytest.mark.parametrize("key", ["prompt", "n", "model", "outputFormat", "response_format"])
+def test_extra_body_cannot_override_a_checked_field(tmp_path, key) -> None:
+    path = write_jobs(tmp_path / "jobs.jsonl", [{"prompt": "a", "extra_body": {key: 5}}])
+    [problem] = scan(path).problems
+    assert str(problem) == (
+        f"{path}:1: extra_body: {key!r} is a request field: set it on the line, where it is "
+        "checked, not in extra_body"
+    )
 
 
 async def test_mock_dialect_flag_runs_the_in_process_mock_as_openai(tmp_path, capsys):

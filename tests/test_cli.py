@@ -799,3 +799,19 @@ async def test_a_rerun_with_nothing_to_do_says_so_and_an_empty_file_too(tmp_path
     jobs.write_text("# nothing yet\n")
     empty = await run_cli(argv, capsys)
     assert (empty.code, empty.err.strip()) == (0, f"no jobs in {jobs}: nothing to do")
+
+
+async def test_a_dry_run_needs_no_key(tmp_path, capsys):
+    jobs = write_jobs(tmp_path / "jobs.jsonl", [{"id": "a", "prompt": "a cat"}])
+    result = await run_cli([str(jobs), "--dry-run"], capsys)  # no PMOCK_API_KEY, no --mock
+    assert result.code == 0, result.err
+    assert "Nothing was sent (--dry-run)." in result.out
+
+
+@pytest.mark.parametrize("flag", ["--timeout", "--connect-timeout", "--grace"])
+@pytest.mark.parametrize("value", ["inf", "nan", "-5"])
+async def test_numbers_that_would_break_a_run_are_usage_errors(tmp_path, capsys, flag, value):
+    jobs = write_jobs(tmp_path / "jobs.jsonl", [{"id": "a", "prompt": "a cat"}])
+    result = await run_cli([str(jobs), "--mock", flag, value], capsys)
+    assert result.code == 2, (flag, value, result.err)
+    assert "Traceback" not in result.err

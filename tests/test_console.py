@@ -73,7 +73,7 @@ async def test_non_tty_output_is_plain_lines_with_no_control_characters(
     assert len(failed) == 1
     assert "FAILED bad: Your request was rejected by the safety system" in failed[0]
     assert "| failed                 | 1 (moderation 1)" in result.err
-    assert "| attempts               | 9 (1 retries, 0 were 429s)" in result.err
+    assert "| attempts               | 9 (1 retry, 0 were 429s)" in result.err
     assert "Failures, grouped by kind and message:" in result.err
     assert "  1 × moderation: Your request was rejected by the safety system." in result.err
     assert KEY not in result.err
@@ -159,7 +159,7 @@ async def test_json_summary_on_stdout_follows_the_schema(tmp_path, capsys, make_
         "schema", "exit_code", "jobs", "failed_by_kind", "images", "attempts", "retries",
         "ambiguous_retries", "billed_retries", "warnings", "rate_limited", "elapsed_s",
         "images_per_minute", "usage", "out_dir", "manifest", "report", "aborted", "interrupted",
-        "failures", "failure_groups",
+        "failures", "failure_groups", "cost_usd", "cost_unpriced",
     }  # fmt: skip
     assert set(data) == expected_keys
     again = await run_cli(

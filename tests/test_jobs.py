@@ -826,6 +826,10 @@ def test_any_prompt_round_trips_through_a_bare_string_line(
     ("line", "expected"),
     [
         ("[" * 100_000, "nested too deeply to be a job"),
+        (
+            '{"prompt": "a", "extra_body": {"k": ' + "[" * 300 + "]" * 300 + "}}",
+            "extra_body: nested more than 32 levels deep",  # validates, then fails to be sent
+        ),
         ('{"prompt": "a", "user": "\\ud800"}', "user: contains a lone surrogate"),
         ('"\\udfff lone"', "contains a lone surrogate"),
         ('{"prompt": "a", "extra_body": {"k": ["\\ud800"]}}', "extra_body: contains a lone"),

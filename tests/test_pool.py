@@ -4,6 +4,7 @@ grace and holds; no real sleeping."""
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from pathlib import Path
 
@@ -249,3 +250,46 @@ async def test_stop_during_a_pool_hold_ends_promptly(tmp_path, make_mock):
     await stopper
     assert loop.time() - started < 5
     assert summary.interrupted and summary.not_run >= 4
+
+
+async def test_the_status_counts_requests_at_the_server_not_jobs(tmp_path, make_mock):
+    server = await make_mock(MockOptions(script={"p0": ["hang"]}))
+    config = _config(tmp_path, server.base_url, concurrency=2, grace=0.05)
+    jobs = _jobs(tmp_path / "jobs.jsonl", [{"id": "j0", "prompt": "p0"}])
+    runs: list[Run] = []
+    seen: list[int] = []
+
+    async def look_then_stop() -> None:
+        while server.stats.in_flight < 1:  # noqa: ASYNC110 - polls the server's own counter
+            await asyncio.sleep(0.01)
+        seen.append(runs[0].status().in_flight)
+        runs[0].stop()
+
+    looker = asyncio.create_task(look_then_stop())
+    await asyncio.wait_for(run_batch(config, jobs, on_start=runs.append), 10)
+    await looker
+    assert seen == [1]
+    assert runs[0].status().in_flight == 0
+
+
+async def test_an_unexpected_error_logs_its_traceback(tmp_path, make_mock, caplog):
+    server = await make_mock(MockOptions())
+
+    async def broken_writer(sink, out_dir, relative):
+        raise RuntimeError("a bug in a writer")
+
+    config = _config(tmp_path, server.base_url)
+    jobs = _jobs(tmp_path / "jobs.jsonl", [{"id": "a", "prompt": "a"}])
+    with caplog.at_level("ERROR", logger="pmock_batch"):
+        summary = await run_batch(
+            config, jobs, writer=broken_writer, policy=RetryPolicy(sleep=FakeSleep())
+        )
+    assert dict(summary.failed_by_kind) == {"internal": 1}
+    [bug] = [r for r in caplog.records if getattr(r, "event", "") == "internal"]
+    assert bug.exc_info is not None and "a bug in a writer" in str(bug.exc_info[1])
+    from pmock_batch.console.logs import _JsonFormatter, _TextFormatter
+
+    assert "Traceback" in _TextFormatter(timestamps=False).format(bug)
+    assert (
+        "RuntimeError: a bug in a writer" in json.loads(_JsonFormatter().format(bug))["traceback"]
+    )

@@ -343,3 +343,22 @@ async def test_resume_counts_only_regular_files_inside_out(
         assert result.code == 0, result.err
         assert record["files"][0]["path"] == "j0.png"
         assert (out / "j0.png").is_file()
+
+
+async def test_prune_never_deletes_a_file_a_current_job_owns(tmp_path, make_mock, capsys):
+    server = await make_mock(MockOptions())
+    out = tmp_path / "out"
+    jobs = write_jobs(tmp_path / "jobs.jsonl", [{"id": "x-1", "prompt": "a"}])
+    argv = [str(jobs), "--base-url", server.base_url, "--out", str(out)]
+    assert (await run_cli(argv, capsys)).code == 0
+    write_jobs(jobs, [{"id": "x", "prompt": "b", "n": 2}])  # x-1.png is x's first image now
+    plan = await run_cli([*argv, "--dry-run", "--prune"], capsys)
+    assert "--prune would remove 1 job(s)" in plan.out and "  x-1: no files" in plan.out
+    result = await run_cli([*argv, "--prune"], capsys)
+    assert result.code == 0, result.err
+    assert (out / "x-1.png").is_file() and (out / "x-2.png").is_file()
+    [record] = read_manifest(out)
+    assert record["id"] == "x" and [f["path"] for f in record["files"]] == ["x-1.png", "x-2.png"]
+    again = server.stats.requests
+    assert (await run_cli(argv, capsys)).code == 0
+    assert server.stats.requests == again  # nothing to pay for twice

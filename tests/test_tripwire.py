@@ -196,3 +196,30 @@ async def test_rejections_after_a_success_fail_only_their_jobs(
         "j2": "failed",
         "j3": "failed",
     }
+
+
+async def test_a_tls_handshake_that_fails_aborts_at_once(tmp_path, capsys, make_mock, monkeypatch):
+    server = await make_mock(MockOptions())  # plain HTTP: an https client's handshake fails
+    monkeypatch.setenv("PMOCK_API_KEY", KEY)
+    jobs = write_jobs(
+        tmp_path / "jobs.jsonl", [{"id": f"j{i}", "prompt": f"p{i}"} for i in range(12)]
+    )
+    base = f"https://127.0.0.1:{server.port}/v1"
+    result = await run_cli([str(jobs), "--base-url", base, "--out", str(tmp_path / "o")], capsys)
+    assert result.code == 3, result.err
+    assert f"cannot connect to 127.0.0.1:{server.port} (TLS handshake failed)" in result.err
+    assert server.stats.requests == 0
+
+
+async def test_rate_limits_that_outlast_the_retries_do_not_look_like_a_bad_job_file(
+    tmp_path, capsys, make_mock, monkeypatch
+):
+    server = await make_mock(MockOptions(script={"*": ["429:0", "429:0"]}))
+    monkeypatch.setenv("PMOCK_API_KEY", KEY)
+    lines = [{"id": f"j{i}", "prompt": f"p{i}"} for i in range(4)]
+    jobs = write_jobs(tmp_path / "jobs.jsonl", lines)
+    argv = [str(jobs), "--base-url", server.base_url, "--out", str(tmp_path / "o")]
+    result = await run_cli([*argv, "--max-attempts", "2", "--concurrency", "1"], capsys)
+    assert result.code == 1, result.err  # each job failed as rate_limit; the run went on
+    assert "every request was rejected" not in result.err
+    assert server.stats.requests == 8

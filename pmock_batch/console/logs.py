@@ -37,6 +37,8 @@ class _JsonFormatter(logging.Formatter):
         for key, value in vars(record).items():
             if key not in _STANDARD_ATTRS and key != "event":
                 data[key] = value
+        if record.exc_info:  # an unexpected error: a bug, whose traceback is worth keeping
+            data["traceback"] = self.formatException(record.exc_info)
         return json.dumps(data, ensure_ascii=False, default=str)
 
 
@@ -54,6 +56,8 @@ class _TextFormatter(logging.Formatter):
         if self.timestamps:
             stamp = datetime.fromtimestamp(record.created, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
             text = f"{stamp} {text}"
+        if record.exc_info:  # an unexpected error: a bug, whose traceback is worth keeping
+            text = f"{text}\n{self.formatException(record.exc_info)}"
         return text
 
 

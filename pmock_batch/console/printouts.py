@@ -12,10 +12,12 @@ from rich.table import Table
 from ..config import RunConfig
 from ..jobs import ScanResult
 from ..preflight import Plan
+from ..prices import format_usd
 from ..tally import FailureGroup, Summary
 
 __all__ = [
     "SUMMARY_SCHEMA",
+    "cost_text",
     "log_summary",
     "print_plan",
     "print_problems",
@@ -79,7 +81,8 @@ def render_summary(summary: Summary, config: RunConfig, console: Console) -> Non
         table.add_row("invalid", f"{summary.invalid}")
     table.add_row("not run", f"{summary.not_run}")
     table.add_row("skipped (already done)", f"{summary.skipped}")
-    attempts = f"{summary.attempts} ({summary.retries} retries, {summary.rate_limited} were 429s)"
+    retries = "1 retry" if summary.retries == 1 else f"{summary.retries} retries"
+    attempts = f"{summary.attempts} ({retries}, {summary.rate_limited} were 429s)"
     table.add_row("attempts", attempts)
     if summary.ambiguous_retries:
         table.add_row(
@@ -101,6 +104,8 @@ def render_summary(summary: Summary, config: RunConfig, console: Console) -> Non
     )
     if summary.usage:
         table.add_row("usage", ", ".join(f"{k} {v:,}" for k, v in sorted(summary.usage.items())))
+    if summary.cost_usd or summary.cost_unpriced:
+        table.add_row("cost (estimate)", cost_text(summary))
     table.add_row("images", f"{config.out_dir}/")
     table.add_row("manifest", str(config.manifest_path))
     report = config.out_dir / "report.html"
@@ -123,6 +128,19 @@ def render_summary(summary: Summary, config: RunConfig, console: Console) -> Non
     if summary.ungrouped_failures:
         count = summary.ungrouped_failures
         console.print(f"  ... and {count} more failure(s) (see the manifest)", markup=False)
+
+
+def cost_text(summary: Summary) -> str:
+    """``$1.23``, with what it would have cost directly for Batch API records, and the
+    records the price table could not price."""
+    # Nothing priced at all (an unknown model, an old manifest): unknown, not $0.00.
+    text = format_usd(summary.cost_usd) if summary.cost_usd else "unknown"
+    if summary.via_batch:
+        saved = summary.cost_direct_usd - summary.cost_usd
+        text += f" (direct: {format_usd(summary.cost_direct_usd)}, saved {format_usd(saved)})"
+    if summary.cost_unpriced:
+        text += f"; {summary.cost_unpriced} job(s) not priced (model not in the price table)"
+    return text
 
 
 def log_summary(summary: Summary, config: RunConfig, *, exit_code: int) -> None:

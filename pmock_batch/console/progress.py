@@ -129,10 +129,10 @@ class Reporter(RunObserver):
         "paused" and "backing off" only while no request is in flight: while
         others are generating, the retries are a counter, not the state.
         """
+        if status.stopping:  # an abort or Ctrl-C: the rest is not run, not done
+            return "stopping"
         if status.summary.done >= self.total:
             return "done"
-        if status.stopping:
-            return "stopping"
         if status.in_flight == 0 and status.held_for > 0:
             return f"paused {status.held_for:.0f}s"[:STATE_WIDTH]
         if status.in_flight == 0 and status.retrying:

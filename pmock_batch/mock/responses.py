@@ -56,8 +56,12 @@ _STATUS_ERRORS: dict[int, tuple[str, str | None, str]] = {
 HOSTILE_CONTROLS = "\x1b[2J\x1b[H\x1b]52;c;cHduZWQ=\x07\x9b31m\r\x08"
 HOSTILE_CUT = 2000  # a hostile message puts the key across this character: all but its last before
 
-# base output tokens of a 1024x1024 image by quality; other sizes scale by area
+# Output tokens of a 1024x1024 image by quality; other sizes scale by area. gpt-image-1's
+# are OpenAI's documented counts; gpt-image-2's are chosen so that, at its $30 per 1M output
+# tokens, an image costs what ../shared/reference/openai-images.md section 7 quotes
+# ($0.006, $0.053, $0.211).
 _OUTPUT_TOKENS = {"low": 272, "medium": 1056, "high": 4160}
+_GPT_IMAGE_2_TOKENS = {"low": 196, "medium": 1760, "high": 7024}
 
 
 def error_body(
@@ -98,10 +102,13 @@ def outcome_error(outcome: Outcome) -> dict[str, Any] | None:
     return None
 
 
-def usage(prompt: str, *, width: int, height: int, quality: str) -> dict[str, Any]:
+def usage(
+    prompt: str, *, width: int, height: int, quality: str, model: str = "gpt-image-2"
+) -> dict[str, Any]:
     """A plausible, deterministic ``usage`` block for one generated image."""
     text_tokens = max(1, len(prompt) // 4)
-    base = _OUTPUT_TOKENS.get(quality, _OUTPUT_TOKENS["medium"])
+    table = _GPT_IMAGE_2_TOKENS if model.startswith("gpt-image-2") else _OUTPUT_TOKENS
+    base = table.get(quality, table["medium"])
     output_tokens = round(base * width * height / (1024 * 1024))
     return {
         "input_tokens": text_tokens,

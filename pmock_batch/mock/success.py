@@ -97,7 +97,9 @@ async def success_body(
         "output_format": spec.format,
         "quality": quality,
         "size": spec.size,
-        "usage": usage(req.prompt, width=width, height=height, quality=str(quality)),
+        "usage": usage(
+            req.prompt, width=width, height=height, quality=str(quality), model=req.model
+        ),
     }
     if outcome.name == "bad_shape":  # JSON, but "created" is text: not an images response
         created = "yesterday"
