@@ -1,4 +1,5 @@
-"""An OpenAI-compatible mock of ``POST /images/generations``, with fault injection.
+"""An OpenAI-compatible mock of ``POST /images/generations`` and of the Batch API, with
+fault injection.
 
 It validates requests with the client's own :class:`~pmock_batch.models.ImageRequest`,
 answers with real, deterministic images, counts what it received, and can be
@@ -17,7 +18,10 @@ Modules: :mod:`.options` (what it does), :mod:`.faults` (outcomes, scripts,
 rates), :mod:`.ratelimit`, :mod:`.images` (synthesis and cache),
 :mod:`.validation`, :mod:`.responses` (OpenAI body shapes), :mod:`.stats`,
 :mod:`.app` (routes and handlers), :mod:`.server` (running it), :mod:`.command` (its
-command-line flags, for ``mock-server`` and ``--mock``).
+command-line flags, for ``mock-server`` and ``--mock``); for the Batch API,
+:mod:`.files` (the file store), :mod:`.batches` (batches, input checks, the
+status clock, rows) and :mod:`.batch_routes` (the ``/v1/files`` and
+``/v1/batches`` routes).
 """
 
 from __future__ import annotations

@@ -236,12 +236,18 @@ class ImageCache:
     def __len__(self) -> int:
         return len(self._store)
 
-    async def get(self, spec: ImageSpec) -> bytes:
-        """The image for ``spec``, from the cache or freshly rendered off the event loop."""
+    async def get(self, spec: ImageSpec, *, keep: bool = True) -> bytes:
+        """The image for ``spec``, from the cache or freshly rendered off the event loop.
+
+        ``keep=False`` renders a miss without keeping it: a batch's output file
+        streams thousands of images once each, and must not fill the cache with them.
+        """
         cached = self._store.get(spec)
         if cached is not None:
             return cached
         task = self._pending.get(spec)
+        if task is None and not keep:
+            return await asyncio.to_thread(render_image, spec)
         if task is None:
             task = asyncio.ensure_future(asyncio.to_thread(render_image, spec))
             self._pending[spec] = task

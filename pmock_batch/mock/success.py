@@ -45,8 +45,15 @@ def gzip_padding(size: int) -> bytes:
 
 
 async def success_body(
-    request: web.Request, state: MockState, req: ImageRequest, outcome: Outcome
+    request: web.Request,
+    state: MockState,
+    req: ImageRequest,
+    outcome: Outcome,
+    *,
+    keep_image: bool = True,
 ) -> bytes:
+    """The JSON body of a successful generation; ``keep_image=False`` leaves the image out of
+    the cache (a batch's output file)."""
     options = state.options
     width, height = parse_size(req.size)
     if options.image_px is not None:  # a small square stand-in, whatever size was asked for
@@ -61,7 +68,7 @@ async def success_body(
         quality=req.output_compression,
         payload_bytes=payload,
     )
-    data = await state.images.get(spec)
+    data = await state.images.get(spec, keep=keep_image)
     if options.trailing_bytes:  # decoders stop at the image's end and ignore these
         data += trailing_junk(options.trailing_bytes)
     if outcome.name == "corrupt":
