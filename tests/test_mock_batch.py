@@ -332,7 +332,7 @@ async def test_an_invalid_body_names_its_parameter(batch_mock, fake_clock):
 async def test_an_empty_file_and_too_many_lines_fail(batch_mock, fake_clock, monkeypatch):
     api = await batch_mock(batch_seconds=1)
     empty = await api.submit(b"\n")
-    monkeypatch.setattr("pmock_batch.mock.batches.MAX_BATCH_ROWS", 3)
+    monkeypatch.setattr("pmock_batch.mock.batch_input.MAX_BATCH_ROWS", 3)
     big = await api.submit(rows(4))
     fake_clock.advance(1)
     assert error_codes(await api.batch(empty["id"])) == [("empty_file", None)]

@@ -27,7 +27,8 @@ from typing import Any
 
 from aiohttp import BodyPartReader, web
 
-from .batches import BATCH_ENDPOINTS, COMPLETION_WINDOW, OUTPUT_TAIL, Batch, check_metadata
+from .batch_input import BATCH_ENDPOINTS, check_metadata
+from .batches import COMPLETION_WINDOW, OUTPUT_TAIL, Batch
 from .files import BATCH_FILE_SUFFIX, FILE_PURPOSES, MAX_BATCH_FILE_BYTES, StoredFile
 from .responses import INVALID_KEY_MESSAGE, error_body
 from .state import STATE, MockState, authorized
