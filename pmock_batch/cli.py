@@ -75,7 +75,7 @@ EXIT_CODES: tuple[tuple[type[BaseException], int, str], ...] = (
     (click.UsageError, EXIT_USAGE, "{0}"),  # a bad flag, with "did you mean"; no arguments
     (click.ClickException, EXIT_USAGE, "{0}"),
     (LockedError, EXIT_LOCKED, "{0}"),
-    (OutputPathError, EXIT_USAGE, "{0}; nothing was sent"),  # a link at the manifest or lock
+    (OutputPathError, EXIT_USAGE, "{0}"),  # a link at the manifest or lock: before anything
     (UsageError, EXIT_USAGE, "{0}"),  # bad flags, environment or job file: nothing sent
     (AbortedError, EXIT_ABORTED, "run aborted: {0}"),
     (BrokenPipeError, EXIT_OK, ""),  # `pmock-batch JOBS --dry-run | head`: the reader has gone

@@ -216,7 +216,7 @@ async def test_a_linked_manifest_or_lock_stops_the_run_before_anything_is_sent(
     assert result.code == 2
     assert result.err.strip().endswith(
         f"pmock-batch: error: refusing to write {name!r}: {out}/{name} "
-        "is a symbolic link; nothing was sent"
+        "is a symbolic link"
     )
     assert server.stats.requests == 0
     assert snapshot(outside) == before
