@@ -112,7 +112,7 @@ class ModelEntry:
 
 
 def _set_fields(request: ImageRequest) -> dict[str, Any]:
-    return {k: v for k, v in request if v is not None and k != "extra_body"}
+    return {k: v for k, v in vars(request).items() if v is not None and k != "extra_body"}
 
 
 class Capabilities:
@@ -126,9 +126,16 @@ class Capabilities:
             ((pattern, entry) for entry in self.models for pattern in entry.match),
             key=lambda item: -len(item[0]),
         )
+        self._looked_up: dict[str, ModelEntry] = {}  # a job file names few models, many times
 
     def lookup(self, model: str) -> ModelEntry:
         """The entry for ``model``; the default entry (``known=False``) when none matches."""
+        cached = self._looked_up.get(model)
+        if cached is None:
+            cached = self._looked_up[model] = self._lookup(model)
+        return cached
+
+    def _lookup(self, model: str) -> ModelEntry:
         for pattern, entry in self._patterns:
             if fnmatch.fnmatchcase(model, pattern):
                 return entry
