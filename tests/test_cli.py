@@ -713,7 +713,7 @@ async def test_the_mock_flags_are_still_accepted_with_mock(tmp_path, capsys):
         (click.BadParameter("no", param_hint="'--x'"), 2, "pmock-batch: error: Invalid value"),
         (click.ClickException("odd"), 2, "pmock-batch: error: odd"),
         (UsageError("no API key"), 2, "pmock-batch: error: no API key"),
-        (OutputPathError("a link"), 2, "pmock-batch: error: a link; nothing was sent"),
+        (OutputPathError("a link"), 2, "pmock-batch: error: a link"),
         (LockedError("another run"), 4, "pmock-batch: error: another run"),
         (AbortedError("disk"), 3, "pmock-batch: error: run aborted: disk"),
         (PermissionError(13, "Permission denied"), 3, "pmock-batch: error: [Errno 13]"),
