@@ -201,7 +201,9 @@ def run(**o: Any) -> int:
         raise UsageError(f"OUT is a file, not a directory: {out_dir}; give --out a folder")
     resume = {"resume": not o["force"], "verify": o["verify"], "prune": o["prune"]}
     if o["dry_run"]:
-        plan = plan_run(jobs, result, out_dir=out_dir, defaults=defaults, caps=caps, **resume)
+        plan = plan_run(
+            jobs, result, out_dir=out_dir, defaults=defaults, caps=caps, prices=prices, **resume
+        )
         console.print_plan(plan, sys.stdout)
         return EXIT_OK
     same = "concurrency timeout connect_timeout max_attempts grace rpm field_case api_key_env"

@@ -30,6 +30,7 @@ from .retry import RetryPolicy
 if TYPE_CHECKING:  # the mock (and aiohttp.web) is imported only when it is used
     from .mock import MockOptions
 
+from .prices import Prices, shipped_prices
 from .run import stale_files
 
 __all__ = [
@@ -131,10 +132,23 @@ class Plan:
     files: list[tuple[Path, int]] = field(default_factory=list)  # (path, line), at most a limit
     more: bool = False  # more files would be written than ``files`` lists
     stale: list[tuple[str, list[Path]]] | None = None  # with --prune: (job, its files)
+    # The owed images' estimated cost, per (model, size, quality): (images, USD or None).
+    costs: dict[tuple[str, str, str], tuple[int, float | None]] = field(default_factory=dict)
+    batch_discount: float = 1.0
 
     @property
     def to_run(self) -> int:
         return self.jobs - self.done
+
+    @property
+    def cost(self) -> float:
+        """The estimate over every owed image that has a price."""
+        return sum(usd for _, usd in self.costs.values() if usd is not None)
+
+    @property
+    def unpriced(self) -> int:
+        """Owed images the price table has no per-image price for."""
+        return sum(images for images, usd in self.costs.values() if usd is None)
 
 
 def plan_run(
@@ -148,16 +162,21 @@ def plan_run(
     verify: bool = False,
     prune: bool = False,
     limit: int = MAX_PLAN_FILES,
+    prices: Prices | None = None,
 ) -> Plan:
     """The plan of a run of ``path``, reading OUT as :func:`run_batch` would, writing nothing.
 
     Resume is checked as the run checks it (the same :class:`DoneIndex`), and
-    files are named by :func:`file_name`. Raises OutputPathError if the
-    manifest is a link: it is never read through.
+    files are named by :func:`file_name`. The owed images are priced from the
+    price table's per-image prices (a run's records are priced from their
+    ``usage``). Raises OutputPathError if the manifest is a link: it is never
+    read through.
     """
     check_own_file(out_dir, MANIFEST_NAME)
     done = DoneIndex.load(out_dir / MANIFEST_NAME) if resume else DoneIndex()
+    prices = prices or shipped_prices()
     plan = Plan(path, out_dir, result.jobs, result.images, len(result.invalid), 0)
+    plan.batch_discount = prices.batch_discount
     current: set[str] = set()
     stems: set[str] = set()
     for item in iter_jobs(path, result, defaults=defaults, caps=caps):
@@ -168,6 +187,7 @@ def plan_run(
         if done.is_done(item, out_dir, verify=verify):
             plan.done += 1
             continue
+        _add_cost(plan, item, prices)
         for stem in item.stems:
             if len(plan.files) < limit:
                 plan.files.append((out_dir / file_name(stem, item.request.format), item.line))
@@ -176,3 +196,15 @@ def plan_run(
     if prune:
         plan.stale = stale_files(out_dir, current, keep=stems)
     return plan
+
+
+def _add_cost(plan: Plan, job: Job, prices: Prices) -> None:
+    """Add an owed job's images to the plan's estimate, by model, size and quality."""
+    request = job.request
+    entry = prices.lookup(request.model)
+    unit = entry.image_price(request.size, request.quality) if entry is not None else None
+    key = (request.model, request.size or "auto", request.quality or "auto")
+    images, usd = plan.costs.get(key, (0, 0.0))
+    count = request.count
+    total = None if unit is None or usd is None else usd + unit * count
+    plan.costs[key] = (images + count, total)

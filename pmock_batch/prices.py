@@ -89,7 +89,15 @@ class PriceEntry:
             size = self.default_size
         if quality is None or size is None:
             return None
-        return self.per_image.get(quality, {}).get(size)
+        by_size = self.per_image.get(quality, {})
+        price = by_size.get(size)
+        if price is None and "image_output" in self.tokens and self.default_size in by_size:
+            # A size the table does not list: scaled from the default size by pixel count
+            # (output tokens grow with the area), an estimate for gpt-image-2's free sizes.
+            area, base = _pixels(size), _pixels(self.default_size or "")
+            if area and base:
+                price = by_size[self.default_size or ""] * area / base
+        return price
 
 
 def _count(value: Any) -> int | None:
@@ -318,3 +326,11 @@ def price_record(
         direct = cost_usd(*args, "direct", images=len(record.files), prices=prices)
         record.cost_direct_usd = direct  # type: ignore[attr-defined]  # an extra field
     return record
+
+
+def _pixels(size: str) -> int | None:
+    """``1536x864`` -> 1327104; None for anything else."""
+    width, _, height = size.partition("x")
+    if width.isdigit() and height.isdigit():
+        return int(width) * int(height)
+    return None

@@ -135,9 +135,13 @@ def test_unknown_model_or_unpriceable_usage_gives_no_estimate():
     usage = _usage(10, 1000)
     assert cost_usd(usage, "gpt-image-2.5", "1024x1024", "high", "direct") is None
     assert cost_usd(usage, None, "1024x1024", "high", "direct") is None
-    # No usage and no per-image price for that size or quality: unknown, not zero.
-    assert cost_usd(None, "gpt-image-2", "2048x2048", "high") is None
-    assert cost_usd(None, "gpt-image-2", "1024x1024", "auto") is None
+    # No usage, a size the table does not list: a token-priced model's image is scaled
+    # from the default size by pixel count (output tokens grow with the area) ...
+    assert cost_usd(None, "gpt-image-2", "2048x2048", "high") == pytest.approx(4 * 0.211)
+    # ... and `auto` quality is estimated at the entry's default, medium.
+    assert cost_usd(None, "gpt-image-2", "1024x1024", "auto") == pytest.approx(0.053)
+    # A quality the table does not price: unknown, not zero.
+    assert cost_usd(None, "gpt-image-2", "1024x1024", "ultra") is None
     # No usage: the per-image table, times the images.
     assert cost_usd(None, "gpt-image-2", "1024x1024", "medium", images=3) == pytest.approx(0.159)
 
@@ -372,3 +376,26 @@ async def test_user_prices_change_the_estimate(tmp_path, capsys, make_mock, monk
     record = read_manifest(out)[-1]
     assert record["cost_usd"] == pytest.approx(record["usage"]["output_tokens"] * 1000 / 1e6)
     assert json.loads(priced.out)["cost_unpriced"] == 0
+
+
+async def test_the_dry_run_estimates_the_owed_images_by_hand(tmp_path, capsys):
+    from helpers import run_cli, write_jobs
+
+    jobs = write_jobs(
+        tmp_path / "jobs.jsonl",
+        [
+            {"id": "a", "prompt": "a", "quality": "high", "size": "1024x1024"},
+            {"id": "b", "prompt": "b", "quality": "high", "size": "1024x1024"},
+            {"id": "c", "prompt": "c", "quality": "low", "size": "1536x1024"},
+            {"id": "d", "prompt": "d", "quality": "medium", "n": 3},  # no size: 1024x1024
+            {"id": "e", "prompt": "e", "model": "my-gateway-model"},  # no price at all
+        ],
+    )
+    result = await run_cli([str(jobs), "--dry-run"], capsys)
+    assert result.code == 0, result.err
+    # 2 x 0.211 + 0.005 + 3 x 0.053 = 0.586; the Batch API charges half.
+    assert (
+        "Estimated cost of the 6 owed image(s) with a price: $0.586 (through the Batch API: $0.293)"
+    ) in result.out
+    assert "  3 × gpt-image-2 auto medium: $0.159" in result.out
+    assert "  1 image(s) have no price in the table (see --prices)" in result.out

@@ -188,6 +188,7 @@ def print_plan(plan: Plan, file: IO[str]) -> None:
         print(
             "  (an image in another format than asked is saved with its own extension)", file=file
         )
+    _print_estimate(plan, file)
     if plan.stale is not None:
         print(
             f"--prune would remove {len(plan.stale)} job(s) no longer in {plan.jobs_file}:",
@@ -196,3 +197,22 @@ def print_plan(plan: Plan, file: IO[str]) -> None:
         for name, paths in plan.stale:
             print(f"  {name}: {', '.join(str(p) for p in paths) or 'no files'}", file=file)
     print("Nothing was sent (--dry-run).", file=file)
+
+
+def _print_estimate(plan: Plan, file: IO[str]) -> None:
+    """The owed images' cost, estimated from per-image list prices, and the Batch API's."""
+    if not plan.costs:
+        return
+    owed = sum(images for images, _ in plan.costs.values())
+    priced = owed - plan.unpriced
+    batch = plan.cost * plan.batch_discount
+    print(
+        f"Estimated cost of the {priced} owed image(s) with a price: {format_usd(plan.cost)} "
+        f"(through the Batch API: {format_usd(batch)})",
+        file=file,
+    )
+    for (model, size, quality), (images, usd) in sorted(plan.costs.items()):
+        each = "no price" if usd is None else f"{format_usd(usd)}"
+        print(f"  {images} {TIMES} {model} {size} {quality}: {each}", file=file)
+    if plan.unpriced:
+        print(f"  {plan.unpriced} image(s) have no price in the table (see --prices)", file=file)
