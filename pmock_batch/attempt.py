@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .answers import Reply
+from .budget import Budget
 from .client import ImagesClient
 from .config import RunConfig
 from .errors import (
@@ -36,7 +37,7 @@ from .jobs import InvalidLine, Job
 from .models import ErrorRecord, FileRecord, JobRecord, JobStatus
 from .pacing import Pacer
 from .pool import Pool, Progress
-from .prices import price_record
+from .prices import cost_usd, price_record
 from .retry import RetryPolicy
 from .tally import add_usage
 from .tripwire import Tripwire
@@ -128,6 +129,7 @@ class DirectRunner:
         self.hook = hook
         self.writer = writer
         self.tripwire = Tripwire()  # aborts early when every job would fail the same way
+        self.budget = Budget(max_images=config.max_images, max_cost=config.max_cost)
         self.where = Where(
             endpoint=config.endpoint, out_dir=str(config.out_dir), api_key_env=config.api_key_env
         )
@@ -147,7 +149,7 @@ class DirectRunner:
                 image, reply, relative = await self._image(job, stem, body, progress, index)
             except _Stopped:
                 status = "failed" if progress.files else "not_run"
-                error = ErrorRecord(kind="not_run", message=self.pool.stop_reason)
+                error = ErrorRecord(kind=self.pool.stop_kind, message=self.pool.stop_reason)
                 break
             except Exception as exc:  # a job's failure, even an unexpected one, is a record
                 failure = describe(exc, self.policy)
@@ -264,18 +266,27 @@ class DirectRunner:
             await self.pacer.acquire()
             if self.pool.stopping:
                 raise _Stopped
+            estimate = self._estimate(job) if self.budget.capped else None
+            if self.budget.capped and not self.budget.reserve(estimate):
+                self.pool.out_of_budget(self.budget.reached())
+                raise _Stopped
             progress.attempts += 1
             started, sent_at = time.monotonic(), self.pacer.now()
             self.pool.requests += 1
+            billed, cost = True, None
             try:
                 reply = await request_image(
                     self.client, self.policy, body, sink, url=job.request.response_format == "url"
                 )
+                cost = self._estimate(job, reply.body.usage) if self.budget.capped else None
             except APIError as exc:
+                billed = describe(exc, self.policy).billed or isinstance(exc, APITimeoutError)
                 self._answered(this, exc, progress, started, sent_at)
                 raise
             finally:
                 self.pool.requests -= 1
+                if self.budget.capped:
+                    self.budget.settle(estimate, billed=billed, cost=cost)
         self.tripwire.succeeded()
         self.pacer.observe(reply.headers, sent_at=sent_at)
         this.logged(reply.status, started)
@@ -283,6 +294,12 @@ class DirectRunner:
         relative = f"{stem}.{image.extension}"
         await self.writer(sink, self.config.out_dir, relative)
         return image, reply, relative
+
+    def _estimate(self, job: Job, usage: dict[str, Any] | None = None) -> float | None:
+        """One image's cost: from its ``usage`` once answered, else the per-image list price."""
+        request = job.request
+        prices = self.config.prices
+        return cost_usd(usage, request.model, request.size, request.quality, prices=prices)
 
     def _answered(
         self, this: _Try, exc: APIError, progress: Progress, started: float, sent_at: float
@@ -331,7 +348,9 @@ class DirectRunner:
         )
         return price_record(record, via="direct", prices=self.config.prices)
 
-    def unfinished(self, job: Job, progress: Progress | None, reason: str) -> JobRecord:
+    def unfinished(
+        self, job: Job, progress: Progress | None, reason: str, kind: str = "not_run"
+    ) -> JobRecord:
         """A job that did not finish. One cancelled in flight keeps its attempts (the server
         saw them) and the images it saved (they were paid for); with images it is ``failed``."""
         progress = progress or Progress()
@@ -339,7 +358,7 @@ class DirectRunner:
             job,
             progress,
             status="failed" if progress.files else "not_run",
-            error=ErrorRecord(kind="not_run", message=reason),
+            error=ErrorRecord(kind=kind, message=reason),
         )
         record.finished_at = None
         return record

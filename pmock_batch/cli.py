@@ -61,6 +61,7 @@ from .version import __version__
 __all__ = ["EXIT_CODES", "AbortedError", "cli", "fail", "main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ABORTED, EXIT_LOCKED, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+EXIT_BUDGET = 5  # --max-cost or --max-images stopped the run; the next run continues
 PROG = "pmock-batch"
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("pmock_batch")
@@ -134,7 +135,7 @@ def cli() -> None:
 @cli.command(
     "run",
     epilog="Exit codes: 0 all ok, 1 some jobs not ok, 2 usage error or invalid job file, "
-    "3 run aborted, 4 OUT locked by another run, 130 interrupted. "
+    "3 run aborted, 4 OUT locked by another run, 5 spending cap reached, 130 interrupted. "
     "Other commands: validate, report, mock-server.",
 )
 @rclick.argument("jobs", type=FILE, metavar="JOBS", panel="Input", help="the JSONL job file")
@@ -163,6 +164,8 @@ def cli() -> None:
 @pool("--max-billed-retries", "N", COUNT, cfg.DEFAULT_MAX_BILLED_RETRIES, "billed retries")
 @pool("--max-retry-wait", "SECONDS", POSITIVE, DEFAULT_MAX_RETRY_WAIT, "longest Retry-After")
 @pool("--grace", "SECONDS", SECONDS, cfg.DEFAULT_GRACE, "for jobs in flight after Ctrl-C")
+@pool("--max-images", "N", POSITIVE_INT, None, "billed images at most, then exit 5", shown="none")
+@pool("--max-cost", "USD", POSITIVE, None, "estimated spend at most, then exit 5", shown="none")
 @out("--out", "DIR", FILE, None, "output directory", shown="out/<JOBS name without extension>")
 @out("--prices", "FILE", FILE, None, "your own price table, TOML", shown="none")
 @logs("--quiet", short="-q", help="errors and the summary only")
@@ -207,6 +210,7 @@ def run(**o: Any) -> int:
         console.print_plan(plan, sys.stdout)
         return EXIT_OK
     same = "concurrency timeout connect_timeout max_attempts grace rpm field_case api_key_env"
+    same += " max_images max_cost"
     config = cfg.RunConfig(
         out_dir=out_dir,
         base_url=base_url,
@@ -244,6 +248,11 @@ def run(**o: Any) -> int:
             "Check that it is a writable directory with free space."
         ) from exc
     code = _exit_code(summary)
+    if summary.budget:
+        left = summary.not_run
+        console.say(
+            f"{summary.budget}; {left} job(s) left for the next run", event="budget", left=left
+        )
     if not summary.jobs and summary.skipped and not (summary.aborted or summary.interrupted):
         log.info(
             "nothing to do: all %d jobs are done (use --force to regenerate)",
@@ -278,6 +287,8 @@ def _exit_code(summary: Summary) -> int:
         return EXIT_ABORTED
     if summary.interrupted:
         return EXIT_INTERRUPTED
+    if summary.budget:
+        return EXIT_BUDGET
     if summary.failed or summary.invalid or summary.not_run:
         return EXIT_FAILED
     return EXIT_OK

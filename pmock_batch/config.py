@@ -75,6 +75,8 @@ class RunConfig:
     ca_bundle: Path | None = None  # PEM CAs to trust instead of the system's
     trust_env: bool = True  # honour HTTP(S)_PROXY, ALL_PROXY, NO_PROXY, SSL_CERT_FILE, SSL_CERT_DIR
     prices: Prices | None = None  # the price table for cost_usd; None: the shipped one
+    max_images: int | None = None  # --max-images: stop dispatching past this many billed images
+    max_cost: float | None = None  # --max-cost: ... past this many USD, estimated
 
     @property
     def endpoint(self) -> str:

@@ -52,7 +52,9 @@ class Runner(Protocol):
 
     async def run(self, job: Job, progress: Progress) -> JobRecord: ...
 
-    def unfinished(self, job: Job, progress: Progress | None, reason: str) -> JobRecord:
+    def unfinished(
+        self, job: Job, progress: Progress | None, reason: str, kind: str = "not_run"
+    ) -> JobRecord:
         """The record of a job that was not run, or was cancelled mid-way."""
         ...
 
@@ -80,6 +82,7 @@ class Pool:
         self.requests = 0  # requests at the server now: the runner counts them in a slot
         self._stopping = asyncio.Event()
         self._abort_reason: str | None = None
+        self.budget_reason: str | None = None  # the spending cap stopped the run
         self.interrupted = False
         self._tasks: set[asyncio.Task[JobRecord]] = set()
 
@@ -97,7 +100,19 @@ class Pool:
     @property
     def stop_reason(self) -> str:
         """What the records of jobs not run say."""
-        return self._abort_reason or "interrupted"
+        return self._abort_reason or self.budget_reason or "interrupted"
+
+    @property
+    def stop_kind(self) -> str:
+        """Their ``error.kind``: ``budget`` when the spending cap stopped the run."""
+        return "budget" if self.budget_reason and not self._abort_reason else "not_run"
+
+    def out_of_budget(self, reason: str) -> None:
+        """Stop dispatching: the next request would pass the spending cap (exit 5)."""
+        if self.budget_reason is None:
+            self.budget_reason = reason
+            log.warning("%s; stopping", reason, extra={"event": "budget", "reason": reason})
+        self._stopping.set()
 
     def stop(self) -> None:
         """Stop dispatching new jobs (SIGINT/SIGTERM). Jobs in flight may finish."""
@@ -110,6 +125,9 @@ class Pool:
             self._abort_reason = reason
             log.error("aborting the run: %s", reason, extra={"event": "abort", "reason": reason})
         self._stopping.set()
+
+    def _unfinished(self, runner: Runner, job: Job, progress: Progress | None = None) -> JobRecord:
+        return runner.unfinished(job, progress, self.stop_reason, self.stop_kind)
 
     async def sleep(self, seconds: float) -> None:
         """A wait that ends early when the run stops, so Ctrl-C is never ignored."""
@@ -137,7 +155,7 @@ class Pool:
                 elif await ledger.is_done(item):
                     ledger.skip(item)
                 elif self.stopping:
-                    await ledger.record([runner.unfinished(item, None, self.stop_reason)])
+                    await ledger.record([self._unfinished(runner, item)])
                     break
                 else:
                     await queue.put(item)
@@ -163,7 +181,7 @@ class Pool:
     ) -> None:
         while (job := await queue.get()) is not None:
             if self.stopping:
-                await ledger.record([runner.unfinished(job, None, self.stop_reason)])
+                await ledger.record([self._unfinished(runner, job)])
                 continue
             progress = Progress()
             task = asyncio.create_task(runner.run(job, progress))
@@ -175,7 +193,7 @@ class Pool:
                 self._tasks.discard(task)
                 self.in_flight -= 1
             if task.cancelled():  # after the grace period: what was sent and saved still counts
-                await ledger.record([runner.unfinished(job, progress, self.stop_reason)])
+                await ledger.record([self._unfinished(runner, job, progress)])
             else:
                 await ledger.record([task.result()])
 
@@ -193,7 +211,7 @@ class Pool:
             elif await ledger.is_done(item):
                 ledger.skip(item)
             else:
-                batch.append(runner.unfinished(item, None, self.stop_reason))
+                batch.append(self._unfinished(runner, item))
             if len(batch) >= _RECORD_BATCH:
                 await ledger.record(batch)
                 batch = []

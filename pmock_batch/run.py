@@ -254,6 +254,7 @@ async def run_batch(
                 summary.elapsed_s = loop.time() - started
                 summary.aborted = pool.abort_reason
                 summary.interrupted = pool.interrupted
+                summary.budget = runner.budget.reached() if pool.budget_reason else None
         try:
             if prune:
                 await asyncio.to_thread(prune_stale, config.out_dir, ledger.keys, ledger.stems)

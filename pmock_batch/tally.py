@@ -100,6 +100,7 @@ class Summary:
     # The run's own facts, set by the run, not counted from records:
     elapsed_s: float = 0.0
     aborted: str | None = None  # why the run stopped early, if it did
+    budget: str | None = None  # the spending cap stopped it: "budget reached: $1.02 of $1.00 spent"
     interrupted: bool = False
 
     @property

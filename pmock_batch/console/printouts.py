@@ -49,6 +49,7 @@ def summary_json(summary: Summary, config: RunConfig, *, exit_code: int) -> dict
         "report": str(config.out_dir / "report.html"),
         "aborted": summary.aborted,
         "interrupted": summary.interrupted,
+        "budget": summary.budget,
         "failures": [{"id": i, "message": m} for i, m in summary.failures],
         "failure_groups": [group.to_json() for group in _groups(summary)],
     }
@@ -116,6 +117,8 @@ def render_summary(summary: Summary, config: RunConfig, console: Console) -> Non
         table.add_row("ABORTED", summary.aborted)
     elif summary.interrupted:
         table.add_row("INTERRUPTED", f"{summary.not_run} job(s) not run; run again to finish")
+    elif summary.budget:
+        table.add_row("BUDGET", f"{summary.budget}; {summary.not_run} job(s) left for the next run")
     console.print(table)
     groups = _groups(summary)
     if groups:
