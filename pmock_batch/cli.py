@@ -268,7 +268,7 @@ def _exit_code(summary: Summary) -> int:
         return EXIT_ABORTED
     if summary.interrupted:
         return EXIT_INTERRUPTED
-    if summary.failed or summary.invalid or summary.not_run:
+    if summary.failed or summary.invalid or summary.not_run:  # pending is not a failure
         return EXIT_FAILED
     return EXIT_OK
 

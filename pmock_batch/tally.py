@@ -4,7 +4,8 @@ The CLI's summary table, ``--json``, the live progress and report.html all
 read a :class:`Summary` built by it, so they cannot disagree about the same
 records. The rules, once:
 
-- every record is one job, counted by its status (ok, failed, invalid, not run);
+- every record is one job, counted by its status (ok, failed, invalid, not run,
+  pending: in a Batch API batch still running on the server);
 - ``images`` counts every image saved, a partly failed ``n > 1`` job's included:
   they are on disk and were paid for;
 - ``failed_by_kind`` counts failed and invalid jobs by ``error.kind``; jobs not
@@ -72,6 +73,7 @@ class Summary:
     failed: int = 0
     invalid: int = 0
     not_run: int = 0
+    pending: int = 0  # in a batch still running on the server (--batch-api --no-wait)
     skipped: int = 0  # done by an earlier run: no record of this one
     images: int = 0
     attempts: int = 0
@@ -125,6 +127,8 @@ class Summary:
             self.failed += 1
         elif record.status == "invalid":
             self.invalid += 1
+        elif record.status == "pending":
+            self.pending += 1
         else:
             self.not_run += 1
         self.images += len(record.files)
@@ -177,6 +181,7 @@ class Summary:
                 "failed": self.failed,
                 "invalid": self.invalid,
                 "not_run": self.not_run,
+                "pending": self.pending,
                 "skipped": self.skipped,
             },
             "images": self.images,

@@ -78,6 +78,8 @@ def render_summary(summary: Summary, config: RunConfig, console: Console) -> Non
     if summary.invalid:
         table.add_row("invalid", f"{summary.invalid}")
     table.add_row("not run", f"{summary.not_run}")
+    if summary.pending:
+        table.add_row("pending (in a running batch)", f"{summary.pending}")
     table.add_row("skipped (already done)", f"{summary.skipped}")
     attempts = f"{summary.attempts} ({summary.retries} retries, {summary.rate_limited} were 429s)"
     table.add_row("attempts", attempts)
