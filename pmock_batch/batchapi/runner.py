@@ -121,11 +121,10 @@ class BatchRunner:
             BatchState.load, self.out_dir, on_step=self.options.on_step
         )
         try:
-            if owed:
-                await self._orphans()
-                await self._reattach()
-                await self._submit(self._uncovered())
-                await self._wait()
+            await self._orphans()
+            await self._reattach()  # also tidies files a kill left after collection
+            await self._submit(self._uncovered())
+            await self._wait()
         except APIError as exc:
             self.pool.abort(f"the Batch API failed: {exc}")
         finally:
@@ -209,6 +208,9 @@ class BatchRunner:
             owed = any(self.book.owed(cid, fp) for cid, fp in upload.rows.items())
             batch = self.state.batches.get(upload.batch_id or "")
             if batch is not None:
+                if batch.collected and not self.options.keep_files:  # a kill before deleting
+                    for file_id in (batch.file_id, batch.output_file_id, batch.error_file_id):
+                        await self._delete(file_id)
                 if owed and not batch.collected:
                     log.info(
                         "re-attached to %s (%s)",
