@@ -5,6 +5,7 @@ Routes::
     POST /v1/images/generations                 generate (OpenAI's path)
     POST /api/ai/openai/v1/images/generations   generate (pmock's path)
     GET  /_mock/files/{name}                    an image made for response_format "url"
+    /v1/files..., /v1/batches...                the Batch API (see mock.batch_routes)
     GET  /_mock/stats                           the stats as JSON
     POST /_mock/reset                           zero the stats and the rate limit
 
@@ -18,7 +19,6 @@ the answer is sent, whatever it is.
 from __future__ import annotations
 
 import gzip
-import hmac
 import json
 import logging
 import secrets
@@ -30,18 +30,19 @@ from typing import Any
 from aiohttp import web
 
 from ..models import ImageRequest
+from .batch_routes import add_batch_routes
 from .faults import Outcome, parse_outcome, pick_outcome
 from .images import CONTENT_TYPES
 from .options import MockOptions
 from .responses import (
     INVALID_KEY_MESSAGE,
-    MODERATION_MESSAGE,
-    QUOTA_MESSAGE,
     error_body,
     hostile_error,
+    moderation_body,
+    outcome_error,
     status_error,
 )
-from .state import MockState
+from .state import STATE, MockState, authorized
 from .stats import MockStats, ReceivedRequest
 from .success import FILES_PATH, gzip_padding, success_body, token_of
 from .validation import Rejection, parse_request
@@ -51,7 +52,6 @@ __all__ = ["GENERATION_PATHS", "STATE", "create_app", "get_state", "get_stats"]
 logger = logging.getLogger("pmock_batch.mock")
 
 GENERATION_PATHS = ("/v1/images/generations", "/api/ai/openai/v1/images/generations")
-STATE = web.AppKey("pmock_batch.mock.state", MockState)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -68,12 +68,14 @@ class Plan:
 def create_app(
     options: MockOptions | None = None, *, clock: Callable[[], float] = time.monotonic
 ) -> web.Application:
-    """A new mock application. ``clock`` (seconds) drives the requests-per-minute limit."""
+    """A new mock application. ``clock`` (seconds) drives the requests-per-minute limit and
+    the batches' statuses."""
     app = web.Application(middlewares=[_json_errors])
     app[STATE] = MockState(options or MockOptions(), clock=clock)
     for path in GENERATION_PATHS:
         app.router.add_post(path, _generate)
     app.router.add_get(FILES_PATH + "/{name}", _file)
+    add_batch_routes(app)
     app.router.add_get("/_mock/stats", _stats)
     app.router.add_post("/_mock/reset", _reset)
     app.on_shutdown.append(_wake_sleepers)
@@ -159,9 +161,7 @@ def _decide(
     """Choose the answer; ``headers`` gains the rate-limit headers."""
     options = state.options
     limiter = state.limiter
-    if options.require_key is not None and not _authorized(
-        entry.authorization, options.require_key
-    ):
+    if options.require_key is not None and not authorized(entry.authorization, options.require_key):
         if limiter is not None:
             headers.update(limiter.peek().headers())
         body = error_body(INVALID_KEY_MESSAGE, code="invalid_api_key")
@@ -180,7 +180,7 @@ def _decide(
         return Plan(Outcome("400", status=400), error=parsed.body())
     lowered = parsed.prompt.lower()
     if any(word in lowered for word in options.moderation_words):
-        return Plan(parse_outcome("moderation"), error=_moderation_body())
+        return Plan(parse_outcome("moderation"), error=moderation_body())
     rng = state.rng("fault", parsed.prompt, attempt)
     outcome = pick_outcome(
         prompt=parsed.prompt,
@@ -189,29 +189,7 @@ def _decide(
         fault_rates=options.fault_rates,
         rng=rng,
     )
-    return Plan(outcome, request=parsed, error=_outcome_error(outcome))
-
-
-def _authorized(header: str | None, key: str) -> bool:
-    scheme, _, token = (header or "").partition(" ")
-    given = token.strip().encode("utf-8", "surrogateescape")
-    return scheme.lower() == "bearer" and hmac.compare_digest(given, key.encode("utf-8"))
-
-
-def _moderation_body() -> dict[str, Any]:
-    return error_body(
-        MODERATION_MESSAGE, type="image_generation_user_error", code="moderation_blocked"
-    )
-
-
-def _outcome_error(outcome: Outcome) -> dict[str, Any] | None:
-    if outcome.name == "quota":
-        return error_body(QUOTA_MESSAGE, type="insufficient_quota", code="insufficient_quota")
-    if outcome.name == "moderation":
-        return _moderation_body()
-    if outcome.is_http_error and outcome.status is not None:
-        return status_error(outcome.status)
-    return None
+    return Plan(outcome, request=parsed, error=outcome_error(outcome))
 
 
 async def _act(

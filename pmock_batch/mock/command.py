@@ -16,7 +16,12 @@ import click
 import rich_click
 
 from .faults import load_script, parse_fault_rates, parse_script
-from .options import DEFAULT_RETRY_AFTER, MockOptions
+from .options import (
+    DEFAULT_BATCH_CANCEL_DELAY,
+    DEFAULT_BATCH_SECONDS,
+    DEFAULT_RETRY_AFTER,
+    MockOptions,
+)
 from .ratelimit import LIMITER_KINDS
 from .validation import DIALECTS
 
@@ -131,6 +136,32 @@ MOCK_FLAGS: dict[str, dict[str, Any]] = {
         "capability table (400 unknown_parameter, n up to 10, gpt-image-2 sizes) "
         "(default: pmock)",
     ),
+    "batch-seconds": dict(
+        type=click.FloatRange(min=0),
+        default=DEFAULT_BATCH_SECONDS,
+        metavar="S",
+        help="Batch API: a batch's time from validating to completed "
+        f"(default: {DEFAULT_BATCH_SECONDS:g})",
+    ),
+    "batch-expire-after-fraction": dict(
+        type=click.FloatRange(min=0, max=1),
+        default=None,
+        metavar="F",
+        help="Batch API: every batch expires with this fraction of its rows done (default: none)",
+    ),
+    "batch-fail-rows": dict(
+        type=click.IntRange(min=0),
+        default=0,
+        metavar="K",
+        help="Batch API: the first K rows of each batch end in its error file (default: 0)",
+    ),
+    "batch-cancel-delay": dict(
+        type=click.FloatRange(min=0),
+        default=DEFAULT_BATCH_CANCEL_DELAY,
+        metavar="S",
+        help="Batch API: time a cancelled batch spends cancelling "
+        f"(default: {DEFAULT_BATCH_CANCEL_DELAY:g})",
+    ),
 }
 
 
@@ -173,4 +204,8 @@ def mock_options(params: Mapping[str, Any]) -> MockOptions:
         dialect=params["mock_dialect"],
         trailing_bytes=params["mock_trailing_bytes"],
         download_script=params["mock_download_script"],
+        batch_seconds=params["mock_batch_seconds"],
+        batch_expire_after_fraction=params["mock_batch_expire_after_fraction"],
+        batch_fail_rows=params["mock_batch_fail_rows"],
+        batch_cancel_delay=params["mock_batch_cancel_delay"],
     )

@@ -12,6 +12,8 @@ from .ratelimit import LIMITER_KINDS, LimiterKind
 from .validation import DIALECTS
 
 __all__ = [
+    "DEFAULT_BATCH_CANCEL_DELAY",
+    "DEFAULT_BATCH_SECONDS",
     "DEFAULT_HANG_SECONDS",
     "DEFAULT_LOG_LIMIT",
     "DEFAULT_PADDING_BYTES",
@@ -23,6 +25,8 @@ __all__ = [
     "MockOptions",
 ]
 
+DEFAULT_BATCH_SECONDS = 2.0  # a batch's time from validating to completed (the real: up to 24 h)
+DEFAULT_BATCH_CANCEL_DELAY = 0.5  # a batch's time spent cancelling (the real: up to 10 minutes)
 DEFAULT_RETRY_AFTER = 1.0  # seconds, the Retry-After of a 429 that does not name one
 DEFAULT_HANG_SECONDS = 3600.0  # far past any client timeout
 DEFAULT_LOG_LIMIT = 10_000  # received requests kept in the stats log
@@ -67,12 +71,36 @@ class MockOptions:
     # carries the request's bearer key and terminal control sequences (see mock.responses).
     hostile: bool = False
     url_redirects: int = 0  # image URLs redirect this many times before the file
+    # The Batch API (see mock.batches): its compressed clock and what it can simulate.
+    batch_seconds: float = DEFAULT_BATCH_SECONDS  # validating -> completed
+    batch_expire_after_fraction: float | None = None  # expire with this fraction of rows done
+    batch_fail_rows: int = 0  # the first K rows of each batch end in its error file (a 500)
+    batch_cancel_delay: float = DEFAULT_BATCH_CANCEL_DELAY  # time spent cancelling
 
     def __post_init__(self) -> None:
-        for name in ("latency", "latency_jitter", "retry_after", "hang_seconds"):
+        for name in (
+            "latency",
+            "latency_jitter",
+            "retry_after",
+            "hang_seconds",
+            "batch_seconds",
+            "batch_cancel_delay",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, not {value!r}")
+        fraction = self.batch_expire_after_fraction
+        if fraction is not None and not (
+            isinstance(fraction, int | float)
+            and not isinstance(fraction, bool)
+            and 0 <= fraction <= 1
+        ):
+            raise ValueError(
+                f"batch_expire_after_fraction must be a number from 0 to 1, not {fraction!r}"
+            )
+        rows = self.batch_fail_rows
+        if isinstance(rows, bool) or not isinstance(rows, int) or rows < 0:
+            raise ValueError(f"batch_fail_rows must be a whole number >= 0, not {rows!r}")
         if self.rpm is not None and (not isinstance(self.rpm, int) or self.rpm < 1):
             raise ValueError(f"rpm must be a whole number >= 1, not {self.rpm!r}")
         if self.limiter not in LIMITER_KINDS:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .faults import Outcome
+
 __all__ = [
     "HOSTILE_CONTROLS",
     "HOSTILE_CUT",
@@ -16,6 +18,8 @@ __all__ = [
     "error_body",
     "hostile_error",
     "hostile_text",
+    "moderation_body",
+    "outcome_error",
     "status_error",
     "usage",
 ]
@@ -74,6 +78,24 @@ def status_error(status: int) -> dict[str, Any]:
         default = ("invalid_request_error", None, f"Error {status} (scripted by the mock).")
     kind, code, message = _STATUS_ERRORS.get(status, default)
     return error_body(message, type=kind, code=code)
+
+
+def moderation_body() -> dict[str, Any]:
+    """The 400 body of a prompt the safety system blocks."""
+    return error_body(
+        MODERATION_MESSAGE, type="image_generation_user_error", code="moderation_blocked"
+    )
+
+
+def outcome_error(outcome: Outcome) -> dict[str, Any] | None:
+    """The error body of an error outcome (``quota``, ``moderation``, a status); else None."""
+    if outcome.name == "quota":
+        return error_body(QUOTA_MESSAGE, type="insufficient_quota", code="insufficient_quota")
+    if outcome.name == "moderation":
+        return moderation_body()
+    if outcome.is_http_error and outcome.status is not None:
+        return status_error(outcome.status)
+    return None
 
 
 def usage(prompt: str, *, width: int, height: int, quality: str) -> dict[str, Any]:

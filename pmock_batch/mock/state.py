@@ -1,19 +1,26 @@
-"""Everything one running mock holds: options, stats, caches, the limiter, the clock."""
+"""Everything one running mock holds: options, stats, caches, the limiter, the clock, and the
+Batch API's files and batches."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import random
+import time
 from collections.abc import Callable
 
+from aiohttp import web
+
+from .batches import BatchStore
+from .files import FileStore
 from .images import ImageCache
 from .lru import BytesLRU
 from .options import MockOptions
 from .ratelimit import Limiter, make_limiter
 from .stats import MockStats
 
-__all__ = ["FILE_STORE_MAX_BYTES", "FILE_STORE_MAX_ENTRIES", "MockState"]
+__all__ = ["FILE_STORE_MAX_BYTES", "FILE_STORE_MAX_ENTRIES", "STATE", "MockState", "authorized"]
 
 FILE_STORE_MAX_ENTRIES = 256  # images kept for response_format "url"
 FILE_STORE_MAX_BYTES = 512 * 1024 * 1024
@@ -30,6 +37,9 @@ class MockState:
         self.files: BytesLRU[str] = BytesLRU(
             max_entries=FILE_STORE_MAX_ENTRIES, max_bytes=FILE_STORE_MAX_BYTES
         )
+        self.stored_files = FileStore()  # the Files API's (uploads, batch output)
+        epoch = time.time() - clock()  # Unix seconds at clock 0: batch timestamps move with it
+        self.batches = BatchStore(self.stored_files, clock=clock, epoch=epoch)
         self.limiter: Limiter | None = None
         if options.rpm:
             self.limiter = make_limiter(
@@ -66,3 +76,13 @@ class MockState:
         self.stats.reset()
         if self.limiter is not None:
             self.limiter.reset()
+
+
+STATE = web.AppKey("pmock_batch.mock.state", MockState)
+
+
+def authorized(header: str | None, key: str) -> bool:
+    """Whether an ``Authorization`` header carries ``Bearer <key>`` (compared in constant time)."""
+    scheme, _, token = (header or "").partition(" ")
+    given = token.strip().encode("utf-8", "surrogateescape")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given, key.encode("utf-8"))

@@ -14,8 +14,20 @@ as the attributes::
       "download_attempts": {"ab12.png": 2},  GETs of /_mock/files/ per file name
       "log": [{"path": "/v1/images/generations", "body": {...} or null,
                "has_authorization": true, "authorization": "Bearer sk-test-…",
-               "outcome": "ok"}]      the latest requests, oldest first (capped)
+               "outcome": "ok"}],     the latest requests, oldest first (capped)
+      "files_uploaded": [{"id": "file-…", "filename": "a.jsonl", "purpose": "batch",
+                          "bytes": 812}],         every upload, oldest first
+      "files_deleted": ["file-…"],                ids deleted, in order
+      "file_downloads": {"file-…": 1},            GETs of /v1/files/{id}/content per id
+      "batches_created": [{"id": "batch_…", "input_file_id": "file-…",
+                           "endpoint": "/v1/images/generations", "metadata": {...} or null,
+                           "custom_ids": ["a", "b"]}],   every batch, oldest first
+      "batch_cancels": ["batch_…"]                 batches a cancel was accepted for
     }
+
+Each row of a batch counts as an attempt of its prompt when the batch is
+created (``attempts``), and as a success when the batch ends with it done
+(``successes``); ``requests`` and ``outcomes`` count HTTP generation requests only.
 
 The endpoint shows only the first 8 characters of a bearer key (and the
 scheme), so a real key pointed at the mock by mistake is not on display.
@@ -97,6 +109,11 @@ class MockStats:
         self.download_attempts: Counter[str] = Counter()
         self.download_headers: deque[dict[str, str]] = deque(maxlen=log_limit)
         self.log: deque[ReceivedRequest] = deque(maxlen=log_limit)
+        self.files_uploaded: list[dict[str, Any]] = []
+        self.files_deleted: list[str] = []
+        self.file_downloads: Counter[str] = Counter()
+        self.batches_created: list[dict[str, Any]] = []
+        self.batch_cancels: list[str] = []
 
     def reset(self) -> None:
         """Zero every counter and clear the log. Requests in flight stay counted."""
@@ -109,6 +126,11 @@ class MockStats:
         self.download_attempts.clear()
         self.download_headers.clear()
         self.log.clear()
+        self.files_uploaded.clear()
+        self.files_deleted.clear()
+        self.file_downloads.clear()
+        self.batches_created.clear()
+        self.batch_cancels.clear()
 
     @contextmanager
     def track(self) -> Iterator[None]:
@@ -127,6 +149,11 @@ class MockStats:
         prompt = entry.prompt
         if prompt is None:
             return 0
+        self.attempts[prompt] += 1
+        return self.attempts[prompt]
+
+    def row(self, prompt: str) -> int:
+        """Count a batch row as an attempt of ``prompt``; return its attempt number."""
         self.attempts[prompt] += 1
         return self.attempts[prompt]
 
@@ -149,4 +176,9 @@ class MockStats:
             "downloads": self.downloads,
             "download_attempts": dict(self.download_attempts),
             "log": [entry.to_json() for entry in self.log],
+            "files_uploaded": list(self.files_uploaded),
+            "files_deleted": list(self.files_deleted),
+            "file_downloads": dict(self.file_downloads),
+            "batches_created": list(self.batches_created),
+            "batch_cancels": list(self.batch_cancels),
         }
