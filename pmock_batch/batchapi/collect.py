@@ -13,6 +13,7 @@ failure too, its bytes kept under ``.rejected/``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -25,7 +26,7 @@ from ..config import MAX_RESPONSE_EXTRA_BYTES
 from ..errors import APIError, InvalidResponseError
 from ..exchange import keep_rejected
 from ..failures import describe
-from ..images import ImageSink, image_warnings
+from ..images import ImageSink, decode_and_verify, image_warnings
 from ..models import FileRecord, JobRecord
 from .book import Book, Entry
 from .lines import LineSplitter, OutputLine, parse_rest, split_lines
@@ -106,7 +107,14 @@ class Collector:
         job, stem = entry.job, entry.job.stems[index]
         try:
             reply = parse_images(await sink.end_json())
-            if not sink.streamed:
+            item = reply.data[0]
+            if sink.streamed:
+                pass
+            elif item.url and job.request.response_format == "url":  # as a direct run does
+                await self.api.download(item.url, sink)
+            elif item.b64_json:  # an unusual body the scanner left whole
+                await sink.feed_raw(await asyncio.to_thread(decode_and_verify, item.b64_json))
+            else:
                 raise InvalidResponseError("the output line's body has no b64_json image")
             image = await sink.verify()
         except APIError as exc:

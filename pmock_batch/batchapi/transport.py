@@ -20,6 +20,7 @@ import aiohttp
 from ..answers import status_from_body
 from ..client import ImagesClient, _mapped
 from ..errors import InvalidResponseError, NotFoundError
+from ..images import ImageSink
 
 __all__ = ["BatchClient"]
 
@@ -104,6 +105,10 @@ class BatchClient:
         """``GET /files?purpose=batch``: the files uploaded for batches."""
         page = _object(await self._call("GET", "/files?purpose=batch"))
         return [f for f in page.get("data") or [] if isinstance(f, dict)]
+
+    async def download(self, url: str, sink: ImageSink) -> None:
+        """An output line's image URL (``response_format: url``), guarded as a direct run's."""
+        await self._client.download(url, sink)
 
     @asynccontextmanager
     async def content(self, file_id: str) -> AsyncIterator[AsyncIterator[bytes]]:

@@ -1,0 +1,186 @@
+"""The Batch API runner against the project's own mock (issue 12 §5), on a fake clock.
+
+The injected poll sleep moves the mock's clock, so a batch's whole life
+(validating, in_progress, finalizing, completed) passes without waiting.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import FakeClock
+from helpers import by_id, open_image, read_manifest, run_cli, write_jobs
+
+from pmock_batch.batchapi import BatchOptions, BatchState
+from pmock_batch.config import RunConfig
+from pmock_batch.jobs import iter_jobs, scan
+from pmock_batch.mock import MockOptions, MockServer
+from pmock_batch.run import run_batch
+
+KEY = "sk-batch-mock-key"
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "jobs" / "example.jsonl"
+
+
+class Crash(BaseException):
+    """Stands in for kill -9: not an Exception, so nothing in the engine handles it."""
+
+
+@pytest.fixture(autouse=True)
+def _key(monkeypatch):
+    monkeypatch.setenv("PMOCK_API_KEY", KEY)
+
+
+async def _batch(path: Path, out: Path, server: MockServer, clock: FakeClock, **options):
+    async def sleep(seconds: float) -> None:
+        clock.advance(seconds)
+
+    config = RunConfig(out_dir=out, base_url=server.base_url, api_key=KEY)
+    opts = BatchOptions(sleep=sleep, poll_interval=0.2, clock=clock, **options)
+    return await run_batch(config, iter_jobs(path, scan(path)), batch=opts)
+
+
+def _made(server: MockServer) -> list[list[str]]:
+    return [b["custom_ids"] for b in server.stats.to_json()["batches_created"]]
+
+
+async def test_example_file_same_as_a_direct_run(tmp_path):
+    clock = FakeClock()
+    async with MockServer(MockOptions(), clock=clock) as server:
+        direct = await run_batch(
+            RunConfig(out_dir=tmp_path / "direct", base_url=server.base_url, api_key=KEY),
+            iter_jobs(EXAMPLE, scan(EXAMPLE)),
+        )
+        batch = await _batch(EXAMPLE, tmp_path / "batch", server, clock)
+        stats = server.stats.to_json()
+    assert (batch.ok, batch.images, batch.failed) == (direct.ok, direct.images, direct.failed)
+    one, two = by_id(read_manifest(tmp_path / "direct")), by_id(read_manifest(tmp_path / "batch"))
+    assert one.keys() == two.keys()
+    for job_id, d in one.items():
+        b = two[job_id]
+        for key in ("status", "line", "request", "fingerprint", "revised_prompt"):
+            assert d[key] == b[key], (job_id, key)
+        shape = ("path", "format", "width", "height")
+        assert [[f[k] for k in shape] for f in d["files"]] == [
+            [f[k] for k in shape] for f in b["files"]
+        ]
+        if b["status"] == "ok":
+            assert b["via"] == "batch" and b["batch_id"].startswith("batch_") and b["request_id"]
+            for f in b["files"]:
+                open_image(tmp_path / "batch" / f["path"])
+    assert (tmp_path / "batch" / "report.html").is_file()
+    models = {r["request"]["model"] for r in two.values()}
+    assert len(stats["batches_created"]) == len(models) == 2  # one model per input file
+    uploaded = {f["id"] for f in stats["files_uploaded"]}
+    assert uploaded <= set(stats["files_deleted"])  # the input file, deleted
+    assert len(stats["files_deleted"]) >= 2  # and the output (and error) files
+
+
+@pytest.mark.parametrize("step", ["uploading", "upload", "batch", "status", "collected"])
+async def test_kill_at_each_step_then_rerun_makes_one_batch(tmp_path, step):
+    jobs = write_jobs(
+        tmp_path / "jobs.jsonl", [{"id": f"j{i}", "prompt": f"p {i}"} for i in range(5)]
+    )
+    out = tmp_path / "out"
+
+    def crash(event: str) -> None:
+        if event == step:
+            raise Crash
+
+    clock = FakeClock()
+    async with MockServer(MockOptions(), clock=clock) as server:
+        with pytest.raises(Crash):
+            await _batch(jobs, out, server, clock, on_step=crash)
+        summary = await _batch(jobs, out, server, clock)
+        made = _made(server)
+        stats = server.stats.to_json()
+    assert len(made) == 1 and sorted(made[0]) == [f"j{i}" for i in range(5)]
+    assert summary.ok + summary.skipped == 5
+    records = read_manifest(out)
+    assert [r["status"] for r in records] == ["ok"] * 5
+    live = {f["id"] for f in stats["files_uploaded"]} - set(stats["files_deleted"])
+    assert not live  # no file left on the server, an orphan upload included
+
+
+async def test_expired_half_done_then_one_batch_of_the_missing_rows(tmp_path):
+    jobs = write_jobs(
+        tmp_path / "jobs.jsonl", [{"id": f"j{i}", "prompt": f"p {i}"} for i in range(8)]
+    )
+    clock = FakeClock()
+    options = MockOptions(batch_expire_after_fraction=0.5)
+    async with MockServer(options, clock=clock) as server:
+        summary = await _batch(jobs, tmp_path / "out", server, clock)
+        made = _made(server)
+    first, second = made  # exactly one more batch
+    done = {r["id"] for r in read_manifest(tmp_path / "out") if r["status"] == "ok"}
+    assert sorted(second) == sorted(set(first) - set(first[:4]))
+    # the second batch expires too (the same mock option): its rows stay owed, not failed
+    assert summary.failed == 0 and summary.ok == len(done) == 6 and summary.not_run == 2
+
+
+async def test_error_rows_are_failed_and_not_resubmitted(tmp_path):
+    jobs = write_jobs(
+        tmp_path / "jobs.jsonl", [{"id": f"j{i}", "prompt": f"p {i}"} for i in range(4)]
+    )
+    clock = FakeClock()
+    async with MockServer(MockOptions(batch_fail_rows=2), clock=clock) as server:
+        summary = await _batch(jobs, tmp_path / "out", server, clock)
+        made = _made(server)
+    assert (summary.ok, summary.failed, len(made)) == (2, 2, 1)
+    records = read_manifest(tmp_path / "out")
+    failed = [r for r in records if r["status"] == "failed"]
+    assert {r["error"]["status"] for r in failed} == {500}
+    assert {r["error"]["kind"] for r in failed} == {"server"}
+
+
+async def test_no_wait_twice(tmp_path):
+    jobs = write_jobs(
+        tmp_path / "jobs.jsonl", [{"id": "a", "prompt": "a"}, {"id": "b", "prompt": "b", "n": 2}]
+    )
+    clock = FakeClock()
+    async with MockServer(MockOptions(), clock=clock) as server:
+        first = await _batch(jobs, tmp_path / "out", server, clock, wait=False)
+        assert (first.pending, first.ok) == (2, 0)
+        clock.advance(10)  # the batch ends meanwhile
+        second = await _batch(jobs, tmp_path / "out", server, clock, wait=False)
+        made = _made(server)
+    assert (second.ok, second.pending, len(made)) == (2, 0, 1)
+    assert sorted(made[0]) == ["a", "b-1", "b-2"]
+
+
+async def test_interrupt_while_waiting_records_pending_and_cancels_nothing(tmp_path, caplog):
+    jobs = write_jobs(tmp_path / "jobs.jsonl", [{"id": "a", "prompt": "a"}])
+    clock = FakeClock()
+    async with MockServer(MockOptions(), clock=clock) as server:
+        handle = []
+
+        async def sleep(_: float) -> None:
+            handle[0].stop()  # Ctrl-C during the first wait
+
+        config = RunConfig(out_dir=tmp_path / "out", base_url=server.base_url, api_key=KEY)
+        summary = await run_batch(
+            config,
+            iter_jobs(jobs, scan(jobs)),
+            batch=BatchOptions(sleep=sleep),
+            on_start=handle.append,
+        )
+        assert summary.interrupted and summary.pending == 1
+        assert not server.stats.to_json()["batch_cancels"]
+        assert "1 batch(es) still running on the server" in caplog.text
+        clock.advance(10)
+        again = await _batch(jobs, tmp_path / "out", server, clock)
+        assert again.ok == 1 and len(_made(server)) == 1
+    assert [b.collected for b in BatchState.load(tmp_path / "out").batches.values()] == [True]
+
+
+async def test_cli_mock_batch_api(tmp_path, capsys):
+    write_jobs(tmp_path / "jobs.jsonl", [{"id": "a", "prompt": "a"}, {"prompt": "b"}])
+    args = ["jobs.jsonl", "--out", "out", "--mock", "--mock-batch-seconds", "0.3"]
+    result = await run_cli([*args, "--batch-api", "--poll-interval", "0.1"], capsys)
+    assert result.code == 0, result.err
+    assert "submitted batch_" in result.err
+    records = read_manifest(Path("out"))
+    assert [r["via"] for r in records] == ["batch", "batch"]
+    dry = await run_cli([*args, "--batch-api", "--dry-run"], capsys)
+    assert dry.code == 0
