@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from pathlib import Path
 
 from multidict import CIMultiDict
@@ -52,7 +52,7 @@ class Collector:
 
     async def collect(
         self, file_id: str, batch_id: str, rows: dict[str, str]
-    ) -> AsyncIterator[JobRecord]:
+    ) -> AsyncGenerator[JobRecord, None]:
         """Stream one file; ``rows`` maps the batch's custom_ids to their fingerprints."""
         async with self.api.content(file_id) as chunks:
             splitter, sink = LineSplitter(), ImageSink(self.out_dir, "batch-line")

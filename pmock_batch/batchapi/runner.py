@@ -14,24 +14,25 @@ still in a running batch are recorded ``pending``; a re-run re-attaches.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
-import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from ..errors import APIError
+from ..errors import APIError, Decision
+from ..failures import describe
 from ..images import ImageSink
 from ..jobs import InvalidLine, Job
 from ..models import ErrorRecord, JobRecord
 from ..pool import Ledger, Pool
 from .book import Book, now
 from .collect import Collector
-from .plan import ENDPOINT, MAX_BATCH_SIZE, MAX_FILE_BYTES, rows_of, split
-from .state import TERMINAL, Batch, BatchState, Upload
+from .plan import MAX_BATCH_SIZE, MAX_FILE_BYTES
+from .state import TERMINAL, Batch, BatchState
+from .submit import Active, Submitter
 from .transport import BatchClient
 
 __all__ = ["DEFAULT_POLL_INTERVAL", "BatchOptions", "BatchRunner", "still_running"]
@@ -39,7 +40,6 @@ __all__ = ["DEFAULT_POLL_INTERVAL", "BatchOptions", "BatchRunner", "still_runnin
 log = logging.getLogger("pmock_batch")
 
 DEFAULT_POLL_INTERVAL = 30.0
-TAG = "pmock_batch_input"  # metadata on every batch: the input file id it was created for
 _WINDOW = 24 * 3600.0
 _VALIDATING_BACKOFF = 1.5  # each poll that finds a batch still validating waits this much longer
 _MAX_BACKOFF = 4.0  # times the poll interval, at most
@@ -67,13 +67,6 @@ class BatchOptions:
     rng: random.Random = field(default_factory=random.Random)
 
 
-@dataclass(slots=True)
-class _Active:
-    batch: Batch
-    rows: dict[str, str]  # custom_id -> fingerprint
-    polls: int = 0
-
-
 Writer = Callable[[ImageSink, Path, str], Awaitable[Path]]
 
 
@@ -99,11 +92,28 @@ class BatchRunner:
         self.writer = writer
         self.field_case = field_case
         self.sleep = options.sleep or pool.sleep
-        self.active: dict[str, _Active] = {}
-        self.submitted = 0  # batches created by this run
         self._again: set[str] = set()  # custom_ids already submitted again in this run
         self.state = BatchState(out_dir)
         self.book = Book([], field_case=field_case)
+        self.sub = self._submitter()
+
+    def _submitter(self) -> Submitter:
+        opts = self.options
+        return Submitter(
+            self.api,
+            self.state,
+            self.book,
+            self.pool,
+            batch_size=opts.batch_size,
+            max_bytes=opts.max_file_bytes,
+            keep_files=opts.keep_files,
+            field_case=self.field_case,
+        )
+
+    @property
+    def active(self) -> dict[str, Active]:
+        """The batches this run waits for, by id."""
+        return self.sub.active
 
     # -- the run -------------------------------------------------------------
 
@@ -120,10 +130,11 @@ class BatchRunner:
         self.state = await asyncio.to_thread(
             BatchState.load, self.out_dir, on_step=self.options.on_step
         )
+        self.sub = self._submitter()
         try:
-            await self._orphans()
-            await self._reattach()  # also tidies files a kill left after collection
-            await self._submit(self._uncovered())
+            await self.sub.orphans()
+            await self.sub.reattach()  # also tidies files a kill left after collection
+            await self.sub.submit(self._uncovered())
             await self._wait()
         except APIError as exc:
             self.pool.abort(f"the Batch API failed: {exc}")
@@ -162,119 +173,6 @@ class BatchRunner:
                 extra={"event": "batches_running", "batches": count},
             )
 
-    # -- submission -----------------------------------------------------------
-
-    async def _submit(self, owed: list[tuple[Job, list[int]]]) -> None:
-        rows = (row for job, left in owed for row in rows_of(job, self.field_case, only=left))
-        opts = self.options
-        for infile in split(rows, batch_size=opts.batch_size, max_bytes=opts.max_file_bytes):
-            if self.pool.stopping:
-                return
-            name = f"pmock-batch-{secrets.token_hex(6)}.jsonl"
-            await asyncio.to_thread(self.state.uploading, name)
-            obj = await self.api.upload(name, infile.content)
-            upload = await asyncio.to_thread(
-                self.state.uploaded, str(obj["id"]), name, infile.model, infile.fingerprints
-            )
-            log.info(
-                "uploaded %s: %d image(s) of %s (%s bytes)",
-                upload.file_id,
-                len(infile.rows),
-                infile.model,
-                f"{infile.size:,}",
-                extra={"event": "batch_upload", "file_id": upload.file_id},
-            )
-            await self._create(upload)
-
-    async def _create(self, upload: Upload) -> None:
-        obj = await self.api.create(upload.file_id, ENDPOINT, {TAG: upload.file_id})
-        at = obj.get("created_at")
-        batch = await asyncio.to_thread(
-            self.state.created, str(obj["id"]), upload.file_id, float(at) if at else None
-        )
-        self.submitted += 1
-        log.info(
-            "submitted %s: %d image(s)",
-            batch.batch_id,
-            len(upload.rows),
-            extra={"event": "batch_submitted", "batch_id": batch.batch_id},
-        )
-        self.active[batch.batch_id] = _Active(batch, upload.rows)
-
-    async def _reattach(self) -> None:
-        for upload in list(self.state.uploads.values()):
-            if upload.deleted:
-                continue
-            owed = any(self.book.owed(cid, fp) for cid, fp in upload.rows.items())
-            batch = self.state.batches.get(upload.batch_id or "")
-            if batch is not None:
-                if batch.collected and not self.options.keep_files:  # a kill before deleting
-                    for file_id in (batch.file_id, batch.output_file_id, batch.error_file_id):
-                        await self._delete(file_id)
-                if owed and not batch.collected:
-                    log.info(
-                        "re-attached to %s (%s)",
-                        batch.batch_id,
-                        batch.status,
-                        extra={"event": "batch_attached", "batch_id": batch.batch_id},
-                    )
-                    self.active[batch.batch_id] = _Active(batch, upload.rows)
-                continue
-            if not owed:  # an upload no batch was created for, and nothing it holds is owed
-                await self._delete(upload.file_id)
-                continue
-            found = await self._find(upload)
-            if found is None:
-                await self._create(upload)
-                continue
-            at = found.get("created_at")
-            batch = await asyncio.to_thread(
-                self.state.created, str(found["id"]), upload.file_id, float(at) if at else None
-            )
-            log.info(
-                "re-attached to %s, found by its tag",
-                batch.batch_id,
-                extra={"event": "batch_attached", "batch_id": batch.batch_id},
-            )
-            self.active[batch.batch_id] = _Active(batch, upload.rows)
-
-    async def _find(self, upload: Upload) -> dict[str, Any] | None:
-        """The batch created for ``upload`` before a crash, if any: by its metadata tag."""
-        async for batch in self.api.recent(since=upload.at - 60):
-            metadata = batch.get("metadata")
-            if isinstance(metadata, dict) and metadata.get(TAG) == upload.file_id:
-                return batch
-        return None
-
-    async def _orphans(self) -> None:
-        """Delete files uploaded just before a crash that kept their ids from the log."""
-        if not self.state.intents:
-            return
-        try:
-            files = await self.api.batch_files()
-        except APIError as exc:
-            log.warning(
-                "could not list uploaded files to delete orphans: %s",
-                exc,
-                extra={"event": "warning"},
-            )
-            return
-        for name in list(self.state.intents):
-            for f in files:
-                if f.get("filename") == name and f.get("id"):
-                    await self._delete(str(f["id"]))
-            await asyncio.to_thread(self.state.forgotten, name)
-
-    async def _delete(self, file_id: str | None) -> None:
-        if not file_id or file_id in self.state.deleted:
-            return
-        try:
-            await self.api.delete_file(file_id)
-        except APIError as exc:
-            log.warning("could not delete %s: %s", file_id, exc, extra={"event": "warning"})
-            return
-        await asyncio.to_thread(self.state.deleted_file, file_id)
-
     # -- waiting and collecting ---------------------------------------------------
 
     async def _wait(self) -> None:
@@ -296,11 +194,13 @@ class BatchRunner:
             base *= min(_MAX_BACKOFF, _VALIDATING_BACKOFF ** max(0, polls - 1))
         return base * self.options.rng.uniform(0.9, 1.1)
 
-    async def _poll(self, act: _Active) -> None:
+    async def _poll(self, act: Active) -> None:
         batch = act.batch
         try:
             seen = await self.api.retrieve(batch.batch_id)
         except APIError as exc:  # polling is idempotent: the next poll tries again
+            if describe(exc).decision is Decision.ABORT:  # a bad key, a wrong URL: it won't pass
+                raise
             log.warning("%s: polling failed: %s", batch.batch_id, exc, extra={"event": "warning"})
             return
         act.polls += 1
@@ -330,18 +230,27 @@ class BatchRunner:
             },
         )
 
-    async def _collect(self, act: _Active) -> None:
+    async def _collect(self, act: Active) -> None:
+        """Record a batch's lines; then mark it collected and delete its files.
+
+        After Ctrl-C the collection stops between lines: the batch stays
+        uncollected, and the next run reads it again, past the lines recorded.
+        """
         batch = act.batch
         collector = Collector(self.api, self.book, self.out_dir, self.writer)
+        del self.active[batch.batch_id]
         for file_id in (batch.output_file_id, batch.error_file_id):
             if file_id:
-                async for record in collector.collect(file_id, batch.batch_id, act.rows):
-                    await self.ledger.record([record])
+                lines = collector.collect(file_id, batch.batch_id, act.rows)
+                async with contextlib.aclosing(lines):
+                    async for record in lines:
+                        await self.ledger.record([record])
+                        if self.pool.stopping:
+                            return
         await asyncio.to_thread(self.state.collected, batch)
-        del self.active[batch.batch_id]
         if not self.options.keep_files:
             for file_id in (batch.file_id, batch.output_file_id, batch.error_file_id):
-                await self._delete(file_id)
+                await self.sub.delete(file_id)
         if batch.status == "completed" or not self.options.wait or self.pool.stopping:
             return
         again = [
@@ -358,7 +267,7 @@ class BatchRunner:
                 sum(len(x) for _, x in again),
                 extra={"event": "batch_resubmit", "batch_id": batch.batch_id},
             )
-            await self._submit(again)
+            await self.sub.submit(again)
 
 
 def _invalid(item: InvalidLine) -> JobRecord:
