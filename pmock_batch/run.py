@@ -27,6 +27,7 @@ from .batchapi import BatchClient, BatchOptions, BatchRunner
 from .client import ImagesClient
 from .config import MANIFEST_NAME, RunConfig
 from .errors import OutputPathError, PmockBatchError
+from .failures import Where
 from .files import check_own_file, contained_file, remove_file, remove_stray_temps
 from .jobs import InvalidLine, Job
 from .lock import run_lock
@@ -247,6 +248,11 @@ async def run_batch(
                     options=batch,
                     writer=writer,
                     field_case=config.field_case,
+                    where=Where(
+                        config.base_url.rstrip("/") + "/batches",
+                        str(config.out_dir),
+                        config.api_key_env,
+                    ),
                 )
             runner = DirectRunner(
                 config,

@@ -184,3 +184,50 @@ async def test_cli_mock_batch_api(tmp_path, capsys):
     assert [r["via"] for r in records] == ["batch", "batch"]
     dry = await run_cli([*args, "--batch-api", "--dry-run"], capsys)
     assert dry.code == 0
+
+
+async def test_a_bad_key_aborts_the_run(tmp_path):
+    jobs = write_jobs(tmp_path / "jobs.jsonl", [{"id": "a", "prompt": "a"}])
+    clock = FakeClock()
+    async with MockServer(MockOptions(require_key="sk-other"), clock=clock) as server:
+        summary = await _batch(jobs, tmp_path / "out", server, clock)
+    assert summary.aborted and "refused the API key (HTTP 401" in summary.aborted
+    assert summary.not_run == 1
+    assert [r["status"] for r in read_manifest(tmp_path / "out")] == ["not_run"]
+
+
+async def test_interrupt_during_collection_resumes_past_the_recorded_lines(tmp_path):
+    jobs = write_jobs(
+        tmp_path / "jobs.jsonl", [{"id": f"j{i}", "prompt": f"p {i}"} for i in range(4)]
+    )
+    out = tmp_path / "out"
+    clock = FakeClock()
+    async with MockServer(MockOptions(), clock=clock) as server:
+        handle = []
+
+        class Stopper:
+            def job_done(self, record):
+                handle[0].stop()  # Ctrl-C right after the first image is recorded
+
+            def retrying(self, *args):
+                pass
+
+            def job_skipped(self, job):
+                pass
+
+        async def sleep(seconds: float) -> None:
+            clock.advance(seconds)
+
+        config = RunConfig(out_dir=out, base_url=server.base_url, api_key=KEY)
+        first = await run_batch(
+            config,
+            iter_jobs(jobs, scan(jobs)),
+            batch=BatchOptions(sleep=sleep, poll_interval=1.0),
+            observer=Stopper(),
+            on_start=handle.append,
+        )
+        assert first.interrupted and first.ok == 1 and first.not_run == 3
+        second = await _batch(jobs, out, server, clock)
+        made = _made(server)
+    assert (second.skipped, second.ok, len(made)) == (1, 3, 1)
+    assert [r["status"] for r in read_manifest(out)] == ["ok"] * 4

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import APIError, Decision
-from ..failures import describe
+from ..failures import Where, abort_message, describe
 from ..images import ImageSink
 from ..jobs import InvalidLine, Job
 from ..models import ErrorRecord, JobRecord
@@ -83,6 +83,7 @@ class BatchRunner:
         options: BatchOptions,
         writer: Writer,
         field_case: str = "snake",
+        where: Where | None = None,
     ) -> None:
         self.api = api
         self.pool = pool
@@ -92,6 +93,7 @@ class BatchRunner:
         self.writer = writer
         self.field_case = field_case
         self.sleep = options.sleep or pool.sleep
+        self.where = where or Where(api.base + "/batches", str(out_dir), "PMOCK_API_KEY")
         self._again: set[str] = set()  # custom_ids already submitted again in this run
         self.state = BatchState(out_dir)
         self.book = Book([], field_case=field_case)
@@ -137,7 +139,11 @@ class BatchRunner:
             await self.sub.submit(self._uncovered())
             await self._wait()
         except APIError as exc:
-            self.pool.abort(f"the Batch API failed: {exc}")
+            failure = describe(exc)
+            if failure.decision is Decision.ABORT:  # the key, the URL, the quota: say what to check
+                self.pool.abort(abort_message(failure, self.where))
+            else:
+                self.pool.abort(f"the Batch API failed: {failure.reason}")
         finally:
             await self._leftovers()
 

@@ -33,7 +33,7 @@ class BatchClient:
 
     def __init__(self, client: ImagesClient, base_url: str, *, timeout: float) -> None:
         self._client = client
-        self._base = base_url.rstrip("/")
+        self._base = self.base = base_url.rstrip("/")
         self._timeout = timeout
         self.secrets = client.api_call(self._base)[2]  # redacted from server text
 
