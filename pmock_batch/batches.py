@@ -85,8 +85,10 @@ def batches(out: Path, cancel: bool, yes: bool, base_url: str | None, api_key_en
         raise UsageError(f"no {STATE_NAME} in {out}: no batches were submitted for it")
     state = BatchState.load(out)
     running = [b for b in state.batches.values() if b.running]
-    if cancel and running and not yes:
-        click.confirm(f"Cancel {len(running)} running batch(es) on the server?", abort=True)
+    question = f"Cancel {len(running)} running batch(es) on the server?"
+    if cancel and running and not yes and not click.confirm(question):
+        click.echo("nothing cancelled", err=True)
+        cancel = False
     url, key = resolve_endpoint(base_url, api_key_env, mock=False)
     config = cfg.RunConfig(out_dir=out, base_url=url, api_key=key, concurrency=1, timeout=60.0)
     for batch, problem in asyncio.run(_refresh(state, config, cancel=cancel and bool(running))):

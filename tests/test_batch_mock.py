@@ -231,3 +231,18 @@ async def test_interrupt_during_collection_resumes_past_the_recorded_lines(tmp_p
         made = _made(server)
     assert (second.skipped, second.ok, len(made)) == (1, 3, 1)
     assert [r["status"] for r in read_manifest(out)] == ["ok"] * 4
+
+
+async def test_a_failed_batch_says_why(tmp_path, caplog, monkeypatch):
+    from pmock_batch.batchapi import plan
+
+    real = plan.input_line  # an input line the server refuses: the whole batch fails
+    monkeypatch.setattr(plan, "input_line", lambda cid, body: real(cid, {**body, "model": ""}))
+    jobs = write_jobs(tmp_path / "jobs.jsonl", [{"id": "a", "prompt": "a"}])
+    clock = FakeClock()
+    async with MockServer(MockOptions(), clock=clock) as server:
+        summary = await _batch(jobs, tmp_path / "out", server, clock)
+        made = _made(server)
+    assert len(made) == 2  # submitted again once, as for an expired batch
+    assert summary.not_run == 1
+    assert "failed: " in caplog.text

@@ -21,7 +21,9 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from ..answers import clean
 from ..errors import APIError, Decision
 from ..failures import Where, abort_message, describe
 from ..images import ImageSink
@@ -212,6 +214,8 @@ class BatchRunner:
         act.polls += 1
         if await asyncio.to_thread(self.state.status, batch, seen) or act.polls == 1:
             self._show(batch)
+        if batch.status == "failed":
+            _log_errors(batch, seen.get("errors"))
         if batch.status in TERMINAL:
             await self._collect(act)
 
@@ -274,6 +278,15 @@ class BatchRunner:
                 extra={"event": "batch_resubmit", "batch_id": batch.batch_id},
             )
             await self.sub.submit(again)
+
+
+def _log_errors(batch: Batch, errors: Any) -> None:
+    """Why the server failed a batch (its input file's problems), the first few."""
+    data = errors.get("data") if isinstance(errors, dict) else None
+    for err in (data if isinstance(data, list) else [])[:5]:
+        if isinstance(err, dict):
+            text = clean(f"{err.get('code')}: {err.get('message')} (line {err.get('line')})", ())
+            log.error("%s failed: %s", batch.batch_id, text, extra={"event": "batch_failed"})
 
 
 def _invalid(item: InvalidLine) -> JobRecord:
