@@ -146,11 +146,15 @@ class BatchRunner:
                 self.pool.abort(abort_message(failure, self.where))
             else:
                 self.pool.abort(f"the Batch API failed: {failure.reason}")
-        finally:
-            await self._leftovers()
+        await self._leftovers()  # not after a crash: the log and the state say where it was
 
     def _uncovered(self) -> list[tuple[Job, list[int]]]:
-        held = {cid for act in self.active.values() for cid in act.rows}
+        held = {  # rows a batch holds for the very same request
+            cid
+            for act in self.active.values()
+            for cid, fp in act.rows.items()
+            if self.book.owed(cid, fp)
+        }
         out = []
         for job, left in self.book.owed_rows():
             free = [i for i in left if job.stems[i] not in held]
@@ -168,7 +172,7 @@ class BatchRunner:
         reason = (
             self.pool.stop_reason
             if self.pool.stopping
-            else ("its batch ended before this image ran (expired or cancelled); run again")
+            else ("its batch ended (expired, cancelled or failed) before this image ran; run again")
         )
         records = self.book.leftovers(running, reason)
         if records:
