@@ -25,7 +25,7 @@ import rich_click as rclick
 
 from . import config as cfg
 from . import console
-from .batchapi import BatchOptions
+from .batchapi import BatchOptions, BatchState
 from .batches import batches
 from .capabilities import load_capabilities
 from .config import DEFAULT_MAX_RETRY_WAIT
@@ -200,6 +200,13 @@ def run(**o: Any) -> int:
     if o["dry_run"]:
         plan = plan_run(jobs, result, out_dir=out_dir, defaults=defaults, caps=caps, **resume)
         console.print_plan(plan, sys.stdout)
+        if o["batch_api"]:  # what a --batch-api run would do first, from OUT/batches.jsonl alone
+            state = BatchState.load(out_dir) if out_dir.is_dir() else None
+            held = sum(not b.collected for b in state.batches.values()) if state else 0
+            click.echo(
+                f"With --batch-api: at most {o['batch_size']:,} images per batch, one model "
+                f"per batch; {held} recorded batch(es) not yet collected would be re-attached"
+            )
         return EXIT_OK
     same = "concurrency timeout connect_timeout max_attempts grace rpm field_case api_key_env"
     config = cfg.RunConfig(

@@ -183,7 +183,8 @@ async def test_cli_mock_batch_api(tmp_path, capsys):
     records = read_manifest(Path("out"))
     assert [r["via"] for r in records] == ["batch", "batch"]
     dry = await run_cli([*args, "--batch-api", "--dry-run"], capsys)
-    assert dry.code == 0
+    assert dry.code == 0 and "2 already done, 0 to run" in dry.out
+    assert "0 recorded batch(es) not yet collected would be re-attached" in dry.out
 
 
 async def test_a_bad_key_aborts_the_run(tmp_path):
