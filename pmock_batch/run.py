@@ -275,6 +275,8 @@ async def run_batch(
                 summary.elapsed_s = loop.time() - started
                 summary.aborted = pool.abort_reason
                 summary.interrupted = pool.interrupted
+                if batch is not None:
+                    summary.batches_running = batch_runner.running
         try:
             if prune:
                 await asyncio.to_thread(prune_stale, config.out_dir, ledger.keys)

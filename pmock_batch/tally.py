@@ -94,6 +94,7 @@ class Summary:
     elapsed_s: float = 0.0
     aborted: str | None = None  # why the run stopped early, if it did
     interrupted: bool = False
+    batches_running: int = 0  # --batch-api: batches still running on the server at the end
 
     @property
     def done(self) -> int:

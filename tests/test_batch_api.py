@@ -190,6 +190,8 @@ async def test_cli_batch_api_json_and_batches_command(fake, tmp_path, capsys, mo
     assert result.code == 0, result.err
     counts = json.loads(result.out.splitlines()[-1])["jobs"]
     assert counts["pending"] == 3
+    assert "pending (in a running batch)" in result.err  # the summary row
+    assert "1 batch(es) still running on the server" in result.err
     listed = await run_cli(["batches", "out"], capsys)
     assert listed.code == 0 and "batch_" in listed.out and "in_progress" in listed.out
     cancelled = await run_cli(["batches", "out", "--cancel", "--yes"], capsys)

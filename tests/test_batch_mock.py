@@ -6,6 +6,10 @@ The injected poll sleep moves the mock's clock, so a batch's whole life
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -167,7 +171,7 @@ async def test_interrupt_while_waiting_records_pending_and_cancels_nothing(tmp_p
         )
         assert summary.interrupted and summary.pending == 1
         assert not server.stats.to_json()["batch_cancels"]
-        assert "1 batch(es) still running on the server" in caplog.text
+        assert summary.batches_running == 1
         clock.advance(10)
         again = await _batch(jobs, tmp_path / "out", server, clock)
         assert again.ok == 1 and len(_made(server)) == 1
@@ -247,3 +251,110 @@ async def test_a_failed_batch_says_why(tmp_path, caplog, monkeypatch):
     assert len(made) == 2  # submitted again once, as for an expired batch
     assert summary.not_run == 1
     assert "failed: " in caplog.text
+
+
+async def test_killed_after_the_upload_before_its_record_the_orphan_goes(tmp_path, monkeypatch):
+    from pmock_batch.batchapi.transport import BatchClient
+
+    jobs = write_jobs(
+        tmp_path / "jobs.jsonl", [{"id": f"j{i}", "prompt": f"p {i}"} for i in range(3)]
+    )
+    real = BatchClient.upload
+
+    async def upload_then_die(self, name, content):
+        await real(self, name, content)  # the server has the file; its id is never written
+        raise Crash
+
+    clock = FakeClock()
+    async with MockServer(MockOptions(), clock=clock) as server:
+        monkeypatch.setattr(BatchClient, "upload", upload_then_die)
+        with pytest.raises(Crash):
+            await _batch(jobs, tmp_path / "out", server, clock)
+        monkeypatch.setattr(BatchClient, "upload", real)
+        summary = await _batch(jobs, tmp_path / "out", server, clock)
+        stats = server.stats.to_json()
+    orphan = stats["files_uploaded"][0]["id"]
+    assert orphan in stats["files_deleted"]  # deleted, not left for 30 days
+    assert summary.ok == 3 and len(stats["batches_created"]) == 1
+
+
+async def test_polls_back_off_while_validating_and_show_the_deadline(tmp_path, caplog):
+    jobs = write_jobs(tmp_path / "jobs.jsonl", [{"id": "a", "prompt": "a"}])
+    clock = FakeClock()
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        clock.advance(seconds)
+
+    caplog.set_level("INFO", logger="pmock_batch")
+    async with MockServer(MockOptions(batch_seconds=200.0), clock=clock) as server:
+        config = RunConfig(out_dir=tmp_path / "out", base_url=server.base_url, api_key=KEY)
+        opts = BatchOptions(sleep=sleep, poll_interval=2.0, clock=clock)
+        summary = await run_batch(config, iter_jobs(jobs, scan(jobs)), batch=opts)
+    assert summary.ok == 1
+    validating = waits[:4]  # validating lasts 20 s here
+    assert validating[0] < validating[1] < validating[2]  # a gentle backoff
+    assert all(w <= 2.0 * 4 * 1.1 for w in waits)
+    assert 1.8 <= waits[-1] <= 2.2  # in progress: the interval, with jitter
+    assert "in_progress, 0 of 1 done" in caplog.text and "ends by" in caplog.text
+
+
+async def _process(argv: list[str], env: dict[str, str], out: Path, until: str):
+    """Start the CLI as a process; return it once it wrote an ``until`` event to the state."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv, env=env, stderr=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL
+    )
+    state = out / "batches.jsonl"
+    before = state.read_text().count(f'"event":"{until}"') if state.exists() else 0
+    for _ in range(2000):
+        if state.exists() and state.read_text().count(f'"event":"{until}"') > before:
+            return proc
+        await asyncio.sleep(0.01)
+    proc.kill()
+    raise AssertionError(f"no {until} event")
+
+
+async def test_ctrl_c_and_kill_9_while_waiting_as_processes(tmp_path):
+    jobs = write_jobs(
+        tmp_path / "jobs.jsonl", [{"id": f"j{i}", "prompt": f"p {i}"} for i in range(3)]
+    )
+    out = tmp_path / "out"
+    async with MockServer(MockOptions(batch_seconds=2.0)) as server:
+        env = {k: v for k, v in os.environ.items() if k != "PMOCK_BASE_URL"}
+        env["PYTHONPATH"] = str(ROOT)
+        argv = [
+            sys.executable,
+            "-m",
+            "pmock_batch",
+            str(jobs),
+            "--base-url",
+            server.base_url,
+            "--out",
+            str(out),
+            "--batch-api",
+            "--poll-interval",
+            "0.1",
+        ]
+        proc = await _process(argv, env, out, "batch")
+        proc.send_signal(signal.SIGKILL)  # kill -9 just after the batch was created
+        await proc.wait()
+        proc = await _process(argv, env, out, "status")
+        proc.send_signal(signal.SIGINT)  # Ctrl-C while polling: nothing is cancelled
+        _, err = await proc.communicate()
+        assert proc.returncode == 130, err.decode()
+        said = " ".join(err.decode().split())
+        assert "1 batch(es) still running on the server; run the same command again" in said
+        assert f"pmock-batch batches {out} --cancel" in said
+        assert not server.stats.to_json()["batch_cancels"]
+        assert await _exit_code(argv, env) == 0
+        made = _made(server)
+    assert len(made) == 1
+    assert [r["status"] for r in read_manifest(out)] == ["ok"] * 3
+
+
+async def _exit_code(argv: list[str], env: dict[str, str]) -> int:
+    proc = await asyncio.create_subprocess_exec(
+        *argv, env=env, stderr=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL
+    )
+    return await proc.wait()

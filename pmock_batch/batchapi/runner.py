@@ -96,6 +96,7 @@ class BatchRunner:
         self.field_case = field_case
         self.sleep = options.sleep or pool.sleep
         self.where = where or Where(api.base + "/batches", str(out_dir), "PMOCK_API_KEY")
+        self.running = 0  # batches still running on the server when the run ends
         self._again: set[str] = set()  # custom_ids already submitted again in this run
         self.state = BatchState(out_dir)
         self.book = Book([], field_case=field_case)
@@ -177,9 +178,9 @@ class BatchRunner:
         records = self.book.leftovers(running, reason)
         if records:
             await self.ledger.record(records)
-        count = len({b for b in running.values()})
-        if count:
-            log.warning(
+        self.running = count = len(set(running.values()))
+        if count:  # the summary says it in words
+            log.debug(
                 "%s",
                 still_running(count, self.out_dir),
                 extra={"event": "batches_running", "batches": count},

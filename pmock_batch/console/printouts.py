@@ -9,6 +9,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from ..batchapi import still_running
 from ..config import RunConfig
 from ..jobs import ScanResult
 from ..preflight import Plan
@@ -113,6 +114,8 @@ def render_summary(summary: Summary, config: RunConfig, console: Console) -> Non
     elif summary.interrupted:
         table.add_row("INTERRUPTED", f"{summary.not_run} job(s) not run; run again to finish")
     console.print(table)
+    if summary.batches_running:
+        console.print(still_running(summary.batches_running, config.out_dir), markup=False)
     groups = _groups(summary)
     if groups:
         console.print("Failures, grouped by kind and message:", markup=False)
