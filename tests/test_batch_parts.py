@@ -56,20 +56,24 @@ def test_split_by_model_lines_and_bytes(tmp_path):
         list(split(rows, batch_size=0))
 
 
-def _line(b64: str = "QUJD" * 50) -> bytes:
+def _line(b64: str = "QUJD/+" * 50) -> bytes:
     body = {
         "created": 1,
         "data": [{"b64_json": b64, "revised_prompt": '}{"x'}],
         "usage": {"total_tokens": 3},
     }
-    return json.dumps(
-        {
-            "id": "r",
-            "custom_id": "fox-2",
-            "response": {"status_code": 200, "request_id": "req_9", "body": body},
-            "error": None,
-        }
-    ).encode()
+    return (
+        json.dumps(
+            {
+                "id": "r",
+                "custom_id": "fox-2",
+                "response": {"status_code": 200, "request_id": "req_9", "body": body},
+                "error": None,
+            }
+        )
+        .replace("/", "\\/")
+        .encode()
+    )  # as a server that escapes slashes sends it
 
 
 @pytest.mark.parametrize("size", [1, 2, 5, 17, 1 << 20])
@@ -78,6 +82,7 @@ def test_the_splitter_hands_out_the_body_in_any_chunking(size):
     for i in range(0, len(line), size):
         body += b"".join(sp.feed(line[i : i + size]))
     assert json.loads(body)["data"][0]["revised_prompt"] == '}{"x'
+    assert json.loads(body)["data"][0]["b64_json"] == "QUJD/+" * 50
     rest = parse_rest(sp.rest)
     assert (rest.custom_id, rest.status_code, rest.request_id) == ("fox-2", 200, "req_9")
     assert sp.has_body and len(sp.rest) < 120  # the body is not kept
