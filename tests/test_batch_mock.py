@@ -358,3 +358,41 @@ async def _exit_code(argv: list[str], env: dict[str, str]) -> int:
         *argv, env=env, stderr=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL
     )
     return await proc.wait()
+
+
+async def test_batch_first_then_direct_then_batch(tmp_path):
+    path = tmp_path / "jobs.jsonl"
+    out = tmp_path / "out"
+    first = [{"id": "a", "prompt": "a"}, {"id": "b", "prompt": "b", "n": 2}]
+    clock = FakeClock()
+    async with MockServer(MockOptions(), clock=clock) as server:
+        write_jobs(path, first)
+        assert (await _batch(path, out, server, clock)).ok == 2
+        write_jobs(path, [*first, {"id": "c", "prompt": "c"}])
+        config = RunConfig(out_dir=out, base_url=server.base_url, api_key=KEY)
+        direct = await run_batch(config, iter_jobs(path, scan(path)))
+        assert (direct.skipped, direct.ok) == (2, 1)  # done by the batch, skipped
+        write_jobs(path, [*first, {"id": "c", "prompt": "c"}, {"id": "d", "prompt": "d"}])
+        again = await _batch(path, out, server, clock)
+        assert (again.skipped, again.ok) == (3, 1)
+        made = _made(server)
+    assert made == [["a", "b-1", "b-2"], ["d"]]
+    records = by_id(read_manifest(out))
+    assert [records[k].get("via") for k in "abcd"] == ["batch", "batch", None, "batch"]
+
+
+async def test_batches_command_lists_and_cancels(tmp_path, capsys, monkeypatch):
+    jobs = write_jobs(tmp_path / "jobs.jsonl", [{"id": "a", "prompt": "a"}])
+    clock = FakeClock()
+    async with MockServer(MockOptions(batch_seconds=100.0), clock=clock) as server:
+        await _batch(jobs, tmp_path / "out", server, clock, wait=False)
+        monkeypatch.setenv("PMOCK_BASE_URL", server.base_url)
+        listed = await run_cli(["batches", str(tmp_path / "out")], capsys)
+        assert listed.code == 0, listed.err
+        assert "validating" in listed.out and "0/1 done" in listed.out and "ends by" in listed.out
+        cancelled = await run_cli(["batches", str(tmp_path / "out"), "--cancel", "--yes"], capsys)
+        assert cancelled.code == 0 and "cancelling" in cancelled.out
+        assert len(server.stats.to_json()["batch_cancels"]) == 1
+        clock.advance(5)
+        summary = await _batch(jobs, tmp_path / "out", server, clock)  # collects, submits again
+        assert summary.ok == 1 and len(_made(server)) == 2
