@@ -146,6 +146,8 @@ async def test_no_wait_twice(tmp_path):
     async with MockServer(MockOptions(), clock=clock) as server:
         first = await _batch(jobs, tmp_path / "out", server, clock, wait=False)
         assert (first.pending, first.ok) == (2, 0)
+        page = (tmp_path / "out" / "report.html").read_text()
+        assert 'data-stat="pending"' in page and ">pending<" in page
         clock.advance(10)  # the batch ends meanwhile
         second = await _batch(jobs, tmp_path / "out", server, clock, wait=False)
         made = _made(server)
