@@ -6,15 +6,12 @@ The injected poll sleep moves the mock's clock, so a batch's whole life
 
 from __future__ import annotations
 
-import asyncio
-import os
-import signal
-import sys
 from pathlib import Path
 
 import pytest
+from batchtools import KEY, Crash, batches_made, run_on_clock
 from conftest import FakeClock
-from helpers import by_id, open_image, read_manifest, run_cli, write_jobs
+from helpers import by_id, open_image, read_manifest, write_jobs
 
 from pmock_batch.batchapi import BatchOptions, BatchState
 from pmock_batch.config import RunConfig
@@ -22,31 +19,13 @@ from pmock_batch.jobs import iter_jobs, scan
 from pmock_batch.mock import MockOptions, MockServer
 from pmock_batch.run import run_batch
 
-KEY = "sk-batch-mock-key"
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "jobs" / "example.jsonl"
-
-
-class Crash(BaseException):
-    """Stands in for kill -9: not an Exception, so nothing in the engine handles it."""
 
 
 @pytest.fixture(autouse=True)
 def _key(monkeypatch):
     monkeypatch.setenv("PMOCK_API_KEY", KEY)
-
-
-async def _batch(path: Path, out: Path, server: MockServer, clock: FakeClock, **options):
-    async def sleep(seconds: float) -> None:
-        clock.advance(seconds)
-
-    config = RunConfig(out_dir=out, base_url=server.base_url, api_key=KEY)
-    opts = BatchOptions(sleep=sleep, poll_interval=0.2, clock=clock, **options)
-    return await run_batch(config, iter_jobs(path, scan(path)), batch=opts)
-
-
-def _made(server: MockServer) -> list[list[str]]:
-    return [b["custom_ids"] for b in server.stats.to_json()["batches_created"]]
 
 
 async def test_example_file_same_as_a_direct_run(tmp_path):
@@ -56,7 +35,7 @@ async def test_example_file_same_as_a_direct_run(tmp_path):
             RunConfig(out_dir=tmp_path / "direct", base_url=server.base_url, api_key=KEY),
             iter_jobs(EXAMPLE, scan(EXAMPLE)),
         )
-        batch = await _batch(EXAMPLE, tmp_path / "batch", server, clock)
+        batch = await run_on_clock(EXAMPLE, tmp_path / "batch", server, clock)
         stats = server.stats.to_json()
     assert (batch.ok, batch.images, batch.failed) == (direct.ok, direct.images, direct.failed)
     one, two = by_id(read_manifest(tmp_path / "direct")), by_id(read_manifest(tmp_path / "batch"))
@@ -95,9 +74,9 @@ async def test_kill_at_each_step_then_rerun_makes_one_batch(tmp_path, step):
     clock = FakeClock()
     async with MockServer(MockOptions(), clock=clock) as server:
         with pytest.raises(Crash):
-            await _batch(jobs, out, server, clock, on_step=crash)
-        summary = await _batch(jobs, out, server, clock)
-        made = _made(server)
+            await run_on_clock(jobs, out, server, clock, on_step=crash)
+        summary = await run_on_clock(jobs, out, server, clock)
+        made = batches_made(server)
         stats = server.stats.to_json()
     assert len(made) == 1 and sorted(made[0]) == [f"j{i}" for i in range(5)]
     assert summary.ok + summary.skipped == 5
@@ -114,8 +93,8 @@ async def test_expired_half_done_then_one_batch_of_the_missing_rows(tmp_path):
     clock = FakeClock()
     options = MockOptions(batch_expire_after_fraction=0.5)
     async with MockServer(options, clock=clock) as server:
-        summary = await _batch(jobs, tmp_path / "out", server, clock)
-        made = _made(server)
+        summary = await run_on_clock(jobs, tmp_path / "out", server, clock)
+        made = batches_made(server)
     first, second = made  # exactly one more batch
     done = {r["id"] for r in read_manifest(tmp_path / "out") if r["status"] == "ok"}
     assert sorted(second) == sorted(set(first) - set(first[:4]))
@@ -129,8 +108,8 @@ async def test_error_rows_are_failed_and_not_resubmitted(tmp_path):
     )
     clock = FakeClock()
     async with MockServer(MockOptions(batch_fail_rows=2), clock=clock) as server:
-        summary = await _batch(jobs, tmp_path / "out", server, clock)
-        made = _made(server)
+        summary = await run_on_clock(jobs, tmp_path / "out", server, clock)
+        made = batches_made(server)
     assert (summary.ok, summary.failed, len(made)) == (2, 2, 1)
     records = read_manifest(tmp_path / "out")
     failed = [r for r in records if r["status"] == "failed"]
@@ -144,13 +123,13 @@ async def test_no_wait_twice(tmp_path):
     )
     clock = FakeClock()
     async with MockServer(MockOptions(), clock=clock) as server:
-        first = await _batch(jobs, tmp_path / "out", server, clock, wait=False)
+        first = await run_on_clock(jobs, tmp_path / "out", server, clock, wait=False)
         assert (first.pending, first.ok) == (2, 0)
         page = (tmp_path / "out" / "report.html").read_text()
         assert 'data-stat="pending"' in page and ">pending<" in page
         clock.advance(10)  # the batch ends meanwhile
-        second = await _batch(jobs, tmp_path / "out", server, clock, wait=False)
-        made = _made(server)
+        second = await run_on_clock(jobs, tmp_path / "out", server, clock, wait=False)
+        made = batches_made(server)
     assert (second.ok, second.pending, len(made)) == (2, 0, 1)
     assert sorted(made[0]) == ["a", "b-1", "b-2"]
 
@@ -175,29 +154,16 @@ async def test_interrupt_while_waiting_records_pending_and_cancels_nothing(tmp_p
         assert not server.stats.to_json()["batch_cancels"]
         assert summary.batches_running == 1
         clock.advance(10)
-        again = await _batch(jobs, tmp_path / "out", server, clock)
-        assert again.ok == 1 and len(_made(server)) == 1
+        again = await run_on_clock(jobs, tmp_path / "out", server, clock)
+        assert again.ok == 1 and len(batches_made(server)) == 1
     assert [b.collected for b in BatchState.load(tmp_path / "out").batches.values()] == [True]
-
-
-async def test_cli_mock_batch_api(tmp_path, capsys):
-    write_jobs(tmp_path / "jobs.jsonl", [{"id": "a", "prompt": "a"}, {"prompt": "b"}])
-    args = ["jobs.jsonl", "--out", "out", "--mock", "--mock-batch-seconds", "0.3"]
-    result = await run_cli([*args, "--batch-api", "--poll-interval", "0.1"], capsys)
-    assert result.code == 0, result.err
-    assert "submitted batch_" in result.err
-    records = read_manifest(Path("out"))
-    assert [r["via"] for r in records] == ["batch", "batch"]
-    dry = await run_cli([*args, "--batch-api", "--dry-run"], capsys)
-    assert dry.code == 0 and "2 already done, 0 to run" in dry.out
-    assert "0 recorded batch(es) not yet collected would be re-attached" in dry.out
 
 
 async def test_a_bad_key_aborts_the_run(tmp_path):
     jobs = write_jobs(tmp_path / "jobs.jsonl", [{"id": "a", "prompt": "a"}])
     clock = FakeClock()
     async with MockServer(MockOptions(require_key="sk-other"), clock=clock) as server:
-        summary = await _batch(jobs, tmp_path / "out", server, clock)
+        summary = await run_on_clock(jobs, tmp_path / "out", server, clock)
     assert summary.aborted and "refused the API key (HTTP 401" in summary.aborted
     assert summary.not_run == 1
     assert [r["status"] for r in read_manifest(tmp_path / "out")] == ["not_run"]
@@ -234,8 +200,8 @@ async def test_interrupt_during_collection_resumes_past_the_recorded_lines(tmp_p
             on_start=handle.append,
         )
         assert first.interrupted and first.ok == 1 and first.not_run == 3
-        second = await _batch(jobs, out, server, clock)
-        made = _made(server)
+        second = await run_on_clock(jobs, out, server, clock)
+        made = batches_made(server)
     assert (second.skipped, second.ok, len(made)) == (1, 3, 1)
     assert [r["status"] for r in read_manifest(out)] == ["ok"] * 4
 
@@ -248,8 +214,8 @@ async def test_a_failed_batch_says_why(tmp_path, caplog, monkeypatch):
     jobs = write_jobs(tmp_path / "jobs.jsonl", [{"id": "a", "prompt": "a"}])
     clock = FakeClock()
     async with MockServer(MockOptions(), clock=clock) as server:
-        summary = await _batch(jobs, tmp_path / "out", server, clock)
-        made = _made(server)
+        summary = await run_on_clock(jobs, tmp_path / "out", server, clock)
+        made = batches_made(server)
     assert len(made) == 2  # submitted again once, as for an expired batch
     assert summary.not_run == 1
     assert "failed: " in caplog.text
@@ -271,9 +237,9 @@ async def test_killed_after_the_upload_before_its_record_the_orphan_goes(tmp_pat
     async with MockServer(MockOptions(), clock=clock) as server:
         monkeypatch.setattr(BatchClient, "upload", upload_then_die)
         with pytest.raises(Crash):
-            await _batch(jobs, tmp_path / "out", server, clock)
+            await run_on_clock(jobs, tmp_path / "out", server, clock)
         monkeypatch.setattr(BatchClient, "upload", real)
-        summary = await _batch(jobs, tmp_path / "out", server, clock)
+        summary = await run_on_clock(jobs, tmp_path / "out", server, clock)
         stats = server.stats.to_json()
     orphan = stats["files_uploaded"][0]["id"]
     assert orphan in stats["files_deleted"]  # deleted, not left for 30 days
@@ -302,66 +268,6 @@ async def test_polls_back_off_while_validating_and_show_the_deadline(tmp_path, c
     assert "in_progress, 0 of 1 done" in caplog.text and "ends by" in caplog.text
 
 
-async def _process(argv: list[str], env: dict[str, str], out: Path, until: str):
-    """Start the CLI as a process; return it once it wrote an ``until`` event to the state."""
-    proc = await asyncio.create_subprocess_exec(
-        *argv, env=env, stderr=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL
-    )
-    state = out / "batches.jsonl"
-    before = state.read_text().count(f'"event":"{until}"') if state.exists() else 0
-    for _ in range(2000):
-        if state.exists() and state.read_text().count(f'"event":"{until}"') > before:
-            return proc
-        await asyncio.sleep(0.01)
-    proc.kill()
-    raise AssertionError(f"no {until} event")
-
-
-async def test_ctrl_c_and_kill_9_while_waiting_as_processes(tmp_path):
-    jobs = write_jobs(
-        tmp_path / "jobs.jsonl", [{"id": f"j{i}", "prompt": f"p {i}"} for i in range(3)]
-    )
-    out = tmp_path / "out"
-    async with MockServer(MockOptions(batch_seconds=2.0)) as server:
-        env = {k: v for k, v in os.environ.items() if k != "PMOCK_BASE_URL"}
-        env["PYTHONPATH"] = str(ROOT)
-        argv = [
-            sys.executable,
-            "-m",
-            "pmock_batch",
-            str(jobs),
-            "--base-url",
-            server.base_url,
-            "--out",
-            str(out),
-            "--batch-api",
-            "--poll-interval",
-            "0.1",
-        ]
-        proc = await _process(argv, env, out, "batch")
-        proc.send_signal(signal.SIGKILL)  # kill -9 just after the batch was created
-        await proc.wait()
-        proc = await _process(argv, env, out, "status")
-        proc.send_signal(signal.SIGINT)  # Ctrl-C while polling: nothing is cancelled
-        _, err = await proc.communicate()
-        assert proc.returncode == 130, err.decode()
-        said = " ".join(err.decode().split())
-        assert "1 batch(es) still running on the server; run the same command again" in said
-        assert f"pmock-batch batches {out} --cancel" in said
-        assert not server.stats.to_json()["batch_cancels"]
-        assert await _exit_code(argv, env) == 0
-        made = _made(server)
-    assert len(made) == 1
-    assert [r["status"] for r in read_manifest(out)] == ["ok"] * 3
-
-
-async def _exit_code(argv: list[str], env: dict[str, str]) -> int:
-    proc = await asyncio.create_subprocess_exec(
-        *argv, env=env, stderr=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL
-    )
-    return await proc.wait()
-
-
 async def test_batch_first_then_direct_then_batch(tmp_path):
     path = tmp_path / "jobs.jsonl"
     out = tmp_path / "out"
@@ -369,32 +275,44 @@ async def test_batch_first_then_direct_then_batch(tmp_path):
     clock = FakeClock()
     async with MockServer(MockOptions(), clock=clock) as server:
         write_jobs(path, first)
-        assert (await _batch(path, out, server, clock)).ok == 2
+        assert (await run_on_clock(path, out, server, clock)).ok == 2
         write_jobs(path, [*first, {"id": "c", "prompt": "c"}])
         config = RunConfig(out_dir=out, base_url=server.base_url, api_key=KEY)
         direct = await run_batch(config, iter_jobs(path, scan(path)))
         assert (direct.skipped, direct.ok) == (2, 1)  # done by the batch, skipped
         write_jobs(path, [*first, {"id": "c", "prompt": "c"}, {"id": "d", "prompt": "d"}])
-        again = await _batch(path, out, server, clock)
+        again = await run_on_clock(path, out, server, clock)
         assert (again.skipped, again.ok) == (3, 1)
-        made = _made(server)
+        made = batches_made(server)
     assert made == [["a", "b-1", "b-2"], ["d"]]
     records = by_id(read_manifest(out))
     assert [records[k].get("via") for k in "abcd"] == ["batch", "batch", None, "batch"]
 
 
-async def test_batches_command_lists_and_cancels(tmp_path, capsys, monkeypatch):
-    jobs = write_jobs(tmp_path / "jobs.jsonl", [{"id": "a", "prompt": "a"}])
+@pytest.mark.parametrize("call", ["upload", "create"])
+async def test_an_answer_lost_after_the_work_was_done_is_not_done_twice(
+    tmp_path, monkeypatch, call
+):
+    from pmock_batch.batchapi.transport import BatchClient
+    from pmock_batch.errors import APITimeoutError
+
+    jobs = write_jobs(
+        tmp_path / "jobs.jsonl", [{"id": f"j{i}", "prompt": f"p {i}"} for i in range(3)]
+    )
+    real = getattr(BatchClient, call)
+    lost: list[str] = []
+
+    async def done_but_lost(self, *args):
+        answer = await real(self, *args)
+        if not lost:
+            lost.append(answer["id"])
+            raise APITimeoutError(f"POST: no complete answer within 1s ({call})")
+        return answer
+
+    monkeypatch.setattr(BatchClient, call, done_but_lost)
     clock = FakeClock()
-    async with MockServer(MockOptions(batch_seconds=100.0), clock=clock) as server:
-        await _batch(jobs, tmp_path / "out", server, clock, wait=False)
-        monkeypatch.setenv("PMOCK_BASE_URL", server.base_url)
-        listed = await run_cli(["batches", str(tmp_path / "out")], capsys)
-        assert listed.code == 0, listed.err
-        assert "validating" in listed.out and "0/1 done" in listed.out and "ends by" in listed.out
-        cancelled = await run_cli(["batches", str(tmp_path / "out"), "--cancel", "--yes"], capsys)
-        assert cancelled.code == 0 and "cancelling" in cancelled.out
-        assert len(server.stats.to_json()["batch_cancels"]) == 1
-        clock.advance(5)
-        summary = await _batch(jobs, tmp_path / "out", server, clock)  # collects, submits again
-        assert summary.ok == 1 and len(_made(server)) == 2
+    async with MockServer(MockOptions(), clock=clock) as server:
+        summary = await run_on_clock(jobs, tmp_path / "out", server, clock)
+        stats = server.stats.to_json()
+    assert summary.ok == 3
+    assert len(stats["files_uploaded"]) == 1 and len(stats["batches_created"]) == 1

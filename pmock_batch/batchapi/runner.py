@@ -113,6 +113,7 @@ class BatchRunner:
             max_bytes=opts.max_file_bytes,
             keep_files=opts.keep_files,
             field_case=self.field_case,
+            sleep=self.sleep,
         )
 
     @property

@@ -12,12 +12,15 @@ uploaded just before a kill kept their ids out of the log (found by name).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import APIError
+from ..errors import APIError, Decision
+from ..failures import describe
 from ..jobs import Job
 from ..pool import Pool
 from .book import Book
@@ -30,6 +33,8 @@ __all__ = ["TAG", "Active", "Submitter"]
 log = logging.getLogger("pmock_batch")
 
 TAG = "pmock_batch_input"  # metadata on every batch: the input file id it was created for
+_ATTEMPTS = 3  # tries of an upload or a batch creation that failed transiently
+_FIRST_PAUSE, _MAX_PAUSE = 2.0, 30.0  # seconds before the next try, doubling
 
 
 @dataclass(slots=True)
@@ -55,6 +60,7 @@ class Submitter:
         max_bytes: int,
         keep_files: bool,
         field_case: str,
+        sleep: Callable[[float], Awaitable[None]],
     ) -> None:
         self.api = api
         self.state = state
@@ -66,6 +72,7 @@ class Submitter:
         self.field_case = field_case
         self.active: dict[str, Active] = {}
         self.submitted = 0  # batches created by this run
+        self.sleep = sleep
 
     async def submit(self, owed: list[tuple[Job, list[int]]]) -> None:
         rows = (row for job, left in owed for row in rows_of(job, self.field_case, only=left))
@@ -74,7 +81,7 @@ class Submitter:
                 return
             name = f"pmock-batch-{secrets.token_hex(6)}.jsonl"
             await asyncio.to_thread(self.state.uploading, name)
-            obj = await self.api.upload(name, infile.content)
+            obj = await self._upload(name, infile.content)
             upload = await asyncio.to_thread(
                 self.state.uploaded, str(obj["id"]), name, infile.model, infile.fingerprints
             )
@@ -88,8 +95,48 @@ class Submitter:
             )
             await self.create(upload)
 
+    async def _upload(self, name: str, content: bytes) -> dict[str, Any]:
+        """``POST /files``; after a transient failure, the file if it arrived, else again."""
+        for attempt in range(1, _ATTEMPTS + 1):
+            try:
+                return await self.api.upload(name, content)
+            except APIError as exc:
+                if attempt == _ATTEMPTS or describe(exc).decision is not Decision.RETRY:
+                    raise
+                await self._pause(attempt, f"uploading {name}", exc)
+            with contextlib.suppress(APIError):  # it may have arrived: use it, never twice
+                for f in await self.api.batch_files():
+                    if f.get("filename") == name and f.get("id"):
+                        return f
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _create(self, upload: Upload) -> dict[str, Any]:
+        """``POST /batches``; after a transient failure, the batch if it was made, else again."""
+        for attempt in range(1, _ATTEMPTS + 1):
+            try:
+                return await self.api.create(upload.file_id, ENDPOINT, {TAG: upload.file_id})
+            except APIError as exc:
+                if attempt == _ATTEMPTS or describe(exc).decision is not Decision.RETRY:
+                    raise
+                await self._pause(attempt, f"creating the batch of {upload.file_id}", exc)
+            found = await self.find(upload)  # it may have been made: never two
+            if found is not None:
+                return found
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _pause(self, attempt: int, what: str, exc: APIError) -> None:
+        wait = min(_MAX_PAUSE, _FIRST_PAUSE * 2 ** (attempt - 1))
+        log.warning(
+            "%s failed (%s); checking and trying again in %.0fs",
+            what,
+            describe(exc).reason,
+            wait,
+            extra={"event": "batch_retry", "attempt": attempt},
+        )
+        await self.sleep(wait)
+
     async def create(self, upload: Upload) -> None:
-        obj = await self.api.create(upload.file_id, ENDPOINT, {TAG: upload.file_id})
+        obj = await self._create(upload)
         at = obj.get("created_at")
         batch = await asyncio.to_thread(
             self.state.created, str(obj["id"]), upload.file_id, float(at) if at else None
