@@ -21,7 +21,13 @@ __all__ = ["STATUS_LABELS", "TIMES", "card", "duration", "esc", "quote_part", "r
 
 TIMES = "\N{MULTIPLICATION SIGN}"  # as in 1024 x 1024
 
-STATUS_LABELS = {"ok": "ok", "failed": "failed", "invalid": "invalid", "not_run": "not run"}
+STATUS_LABELS = {
+    "ok": "ok",
+    "failed": "failed",
+    "invalid": "invalid",
+    "not_run": "not run",
+    "pending": "pending",
+}
 
 
 def esc(value: object) -> str:

@@ -25,10 +25,13 @@ import rich_click as rclick
 
 from . import config as cfg
 from . import console
+from .batchapi import BatchOptions, BatchState
+from .batches import batches
 from .capabilities import load_capabilities
 from .config import DEFAULT_MAX_RETRY_WAIT
 from .errors import LockedError, OutputPathError, PmockBatchError, UsageError
 from .flags import (
+    BATCH_FLAGS,
     CA_ENV,
     COUNT,
     FILE,
@@ -136,7 +139,7 @@ def cli() -> None:
     "run",
     epilog="Exit codes: 0 all ok, 1 some jobs not ok, 2 usage error or invalid job file, "
     "3 run aborted, 4 OUT locked by another run, 5 spending cap reached, 130 interrupted. "
-    "Other commands: validate, report, mock-server.",
+    "Other commands: validate, report, batches, mock-server.",
 )
 @rclick.argument("jobs", type=FILE, metavar="JOBS", panel="Input", help="the JSONL job file")
 @inp("--skip-invalid", help="run the valid lines, record the others, exit 1")
@@ -172,6 +175,7 @@ def cli() -> None:
 @logs("--verbose", short="-v", help="log every attempt, never the key")
 @logs("--log-format", None, ("text", "json"), "text", "json: one object a line")
 @logs("--json", help="the summary as JSON on stdout too")
+@BATCH_FLAGS
 @mock_flags(prefix="mock-", hidden=True)
 def run(**o: Any) -> int:
     """Turn JOBS, a JSONL file of prompts, into images in OUT, with a manifest.
@@ -208,6 +212,13 @@ def run(**o: Any) -> int:
             jobs, result, out_dir=out_dir, defaults=defaults, caps=caps, prices=prices, **resume
         )
         console.print_plan(plan, sys.stdout)
+        if o["batch_api"]:  # what a --batch-api run would do first, from OUT/batches.jsonl alone
+            state = BatchState.load(out_dir) if out_dir.is_dir() else None
+            held = sum(not b.collected for b in state.batches.values()) if state else 0
+            click.echo(
+                f"With --batch-api: at most {o['batch_size']:,} images per batch, one model "
+                f"per batch; {held} recorded batch(es) not yet collected would be re-attached"
+            )
         return EXIT_OK
     same = "concurrency timeout connect_timeout max_attempts grace rpm field_case api_key_env"
     same += " max_images max_cost"
@@ -227,6 +238,16 @@ def run(**o: Any) -> int:
     reporter = console.Reporter(screen, total=total, mode=mode)
     policy = retry_policy(**_pick(o, "max_attempts max_retry_wait max_billed_retries"))
     run_jobs = iter_jobs(jobs, result, defaults=defaults, caps=caps)
+    batch_api = (
+        BatchOptions(
+            batch_size=o["batch_size"],
+            poll_interval=o["poll_interval"],
+            wait=not o["no_wait"],
+            keep_files=o["keep_files"],
+        )
+        if o["batch_api"]
+        else None
+    )
 
     async def batch(on_start: Callable[[Run], None]) -> Summary:
         async with endpoint(mock, config.base_url) as url:
@@ -236,6 +257,7 @@ def run(**o: Any) -> int:
                 policy=policy,
                 observer=reporter,
                 on_start=on_start,
+                batch=batch_api,
                 **resume,
             )
 
@@ -289,7 +311,7 @@ def _exit_code(summary: Summary) -> int:
         return EXIT_INTERRUPTED
     if summary.budget:
         return EXIT_BUDGET
-    if summary.failed or summary.invalid or summary.not_run:
+    if summary.failed or summary.invalid or summary.not_run:  # pending is not a failure
         return EXIT_FAILED
     return EXIT_OK
 
@@ -324,6 +346,9 @@ def report(out: Path, thumbnails: bool) -> int:
         path = write_report(out, thumbnails=thumbnails)
     click.echo(f"Wrote {path}", err=True)
     return EXIT_OK
+
+
+cli.add_command(batches)
 
 
 @cli.command("mock-server")

@@ -254,6 +254,10 @@ class ImagesClient:
             await self._resolver.close()
             self._resolver = None
 
+    def api_call(self, url: str) -> tuple[dict[str, str], str | None, tuple[str, ...]]:
+        """For another API call to ``url`` (the Batch API's): headers, proxy, secrets to redact."""
+        return dict(self._api_headers), self._proxies.for_url(url), self._secrets
+
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:

@@ -22,6 +22,7 @@ from .models import FORMATS, RESPONSE_FORMATS
 from .network import parse_header
 
 __all__ = [
+    "BATCH_FLAGS",
     "CA_ENV",
     "COUNT",
     "FILE",
@@ -125,6 +126,16 @@ REQUEST_DEFAULTS = _apply(
     req("--response-format", None, RESPONSE_FORMATS, None, "dall-e-2/3 only", shown="not sent"),
     req("--output-compression", "0-100", PERCENT, None, "jpeg/webp only", shown="the server's"),
     req("--capabilities", "FILE", FILE, None, "your own TOML table", shown="none"),
+)
+
+
+_batch = panel("Batch API (half price, within 24 h)")
+BATCH_FLAGS = _apply(
+    _batch("--batch-api", help="send the jobs as Batch API batches, not direct requests"),
+    _batch("--batch-size", "N", click.IntRange(1, 50_000), 50_000, "requests per batch"),
+    _batch("--poll-interval", "SECONDS", POSITIVE, 30.0, "between status checks"),
+    _batch("--no-wait", help="submit and collect what has finished, then exit"),
+    _batch("--keep-files", help="keep the batch files on the server"),
 )
 
 

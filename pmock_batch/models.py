@@ -317,7 +317,7 @@ class ErrorRecord(BaseModel):
     param: str | None = None
 
 
-JobStatus = Literal["ok", "failed", "invalid", "not_run"]
+JobStatus = Literal["ok", "failed", "invalid", "not_run", "pending"]  # pending: in a running batch
 
 
 class JobRecord(BaseModel):

@@ -95,6 +95,8 @@ def _header(summary: Summary, name: str, generated_at: datetime) -> str:
             "job_time", duration(summary.job_seconds), "job time, summed", title="summed over jobs"
         ),
     ]
+    if summary.pending:  # --batch-api: in a batch still running on the server
+        stats.insert(5, _stat("pending", f"{summary.pending:,}", "pending"))
     if summary.ambiguous_retries:
         stats.append(_stat("ambiguous", f"{summary.ambiguous_retries:,}", "ambiguous retries"))
     if summary.cost_usd or summary.cost_unpriced:

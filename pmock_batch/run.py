@@ -23,9 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .attempt import DirectRunner, Writer, commit
+from .batchapi import BatchClient, BatchOptions, BatchRunner
 from .client import ImagesClient
 from .config import MANIFEST_NAME, RunConfig
 from .errors import OutputPathError, PmockBatchError
+from .failures import Where
 from .files import check_own_file, contained_file, remove_file, remove_stray_temps
 from .jobs import InvalidLine, Job
 from .lock import run_lock
@@ -196,6 +198,7 @@ async def run_batch(
     writer: Writer = commit,
     pacer: Pacer | None = None,
     prune: bool = False,
+    batch: BatchOptions | None = None,
 ) -> Summary:
     """Run a batch end to end, holding the output directory's lock.
 
@@ -203,7 +206,9 @@ async def run_batch(
     finished (unless ``resume`` is False, i.e. ``--force``), runs the rest,
     and compacts the manifest. Records of jobs no longer in the job file are
     kept, unless ``prune``: then they go, and so do their files (see
-    :func:`prune_stale`). ``on_start`` receives the :class:`Run` before it
+    :func:`prune_stale`). With ``batch``, the jobs go through the Batch API
+    (:class:`~pmock_batch.batchapi.BatchRunner`) instead of direct requests;
+    everything around the runner is the same. ``on_start`` receives the :class:`Run` before it
     starts, so a caller can wire signals to :meth:`Run.stop`. ``writer``
     is injectable so tests can simulate a full disk or a crash mid-write.
     Raises :class:`~pmock_batch.errors.LockedError` if another run holds the
@@ -236,6 +241,21 @@ async def run_batch(
                 observer=observer or RunObserver(),
                 on_write_error=pool.abort,
             )
+            if batch is not None:
+                batch_runner = BatchRunner(
+                    BatchClient(client, config.base_url, timeout=config.timeout),
+                    pool,
+                    ledger,
+                    config.out_dir,
+                    options=batch,
+                    writer=writer,
+                    field_case=config.field_case,
+                    where=Where(
+                        config.base_url.rstrip("/") + "/batches",
+                        str(config.out_dir),
+                        config.api_key_env,
+                    ),
+                )
             runner = DirectRunner(
                 config,
                 client,
@@ -248,13 +268,18 @@ async def run_batch(
             if on_start is not None:
                 on_start(Run(pool, ledger, pacer))
             try:
-                await pool.run(jobs, runner, ledger)
+                if batch is not None:
+                    await batch_runner.run(jobs)
+                else:
+                    await pool.run(jobs, runner, ledger)
             finally:
                 summary = ledger.summary
                 summary.elapsed_s = loop.time() - started
                 summary.aborted = pool.abort_reason
                 summary.interrupted = pool.interrupted
                 summary.budget = runner.budget.reached() if pool.budget_reason else None
+                if batch is not None:
+                    summary.batches_running = batch_runner.running
         try:
             if prune:
                 await asyncio.to_thread(prune_stale, config.out_dir, ledger.keys, ledger.stems)

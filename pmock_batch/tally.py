@@ -4,7 +4,8 @@ The CLI's summary table, ``--json``, the live progress and report.html all
 read a :class:`Summary` built by it, so they cannot disagree about the same
 records. The rules, once:
 
-- every record is one job, counted by its status (ok, failed, invalid, not run);
+- every record is one job, counted by its status (ok, failed, invalid, not run,
+  pending: in a Batch API batch still running on the server);
 - ``images`` counts every image saved, a partly failed ``n > 1`` job's included:
   they are on disk and were paid for;
 - ``failed_by_kind`` counts failed and invalid jobs by ``error.kind``; jobs not
@@ -77,6 +78,7 @@ class Summary:
     failed: int = 0
     invalid: int = 0
     not_run: int = 0
+    pending: int = 0  # in a batch still running on the server (--batch-api --no-wait)
     skipped: int = 0  # done by an earlier run: no record of this one
     images: int = 0
     attempts: int = 0
@@ -102,6 +104,7 @@ class Summary:
     aborted: str | None = None  # why the run stopped early, if it did
     budget: str | None = None  # the spending cap stopped it: "budget reached: $1.02 of $1.00 spent"
     interrupted: bool = False
+    batches_running: int = 0  # --batch-api: batches still running on the server at the end
 
     @property
     def done(self) -> int:
@@ -135,6 +138,8 @@ class Summary:
             self.failed += 1
         elif record.status == "invalid":
             self.invalid += 1
+        elif record.status == "pending":
+            self.pending += 1
         else:
             self.not_run += 1
         self.images += len(record.files)
@@ -200,6 +205,7 @@ class Summary:
                 "failed": self.failed,
                 "invalid": self.invalid,
                 "not_run": self.not_run,
+                "pending": self.pending,
                 "skipped": self.skipped,
             },
             "images": self.images,

@@ -141,6 +141,7 @@ async def test_json_summary_on_stdout_follows_the_schema(tmp_path, capsys, make_
         "failed": 1,
         "invalid": 0,
         "not_run": 0,
+        "pending": 0,
         "skipped": 0,
     }
     assert data["failed_by_kind"] == {"moderation": 1}

@@ -9,6 +9,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from ..batchapi import still_running
 from ..config import RunConfig
 from ..jobs import ScanResult
 from ..preflight import Plan
@@ -82,6 +83,8 @@ def render_summary(summary: Summary, config: RunConfig, console: Console) -> Non
     if summary.invalid:
         table.add_row("invalid", f"{summary.invalid}")
     table.add_row("not run", f"{summary.not_run}")
+    if summary.pending:
+        table.add_row("pending (in a running batch)", f"{summary.pending}")
     table.add_row("skipped (already done)", f"{summary.skipped}")
     retries = "1 retry" if summary.retries == 1 else f"{summary.retries} retries"
     attempts = f"{summary.attempts} ({retries}, {summary.rate_limited} were 429s)"
@@ -120,6 +123,8 @@ def render_summary(summary: Summary, config: RunConfig, console: Console) -> Non
     elif summary.budget:
         table.add_row("BUDGET", f"{summary.budget}; {summary.not_run} job(s) left for the next run")
     console.print(table)
+    if summary.batches_running:
+        console.print(still_running(summary.batches_running, config.out_dir), markup=False)
     groups = _groups(summary)
     if groups:
         console.print("Failures, grouped by kind and message:", markup=False)

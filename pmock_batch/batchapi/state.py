@@ -1,0 +1,198 @@
+"""``OUT/batches.jsonl``: what was uploaded and submitted, so a re-run never submits twice.
+
+The log is append-only, one JSON object a line, each written and fsynced
+before the next step is taken:
+
+- ``uploading``: a file is about to be uploaded (its name), so a kill before
+  the upload's answer leaves a name to look for;
+- ``upload``: its file id, model, and the ``[custom_id, fingerprint]`` rows it holds;
+- ``batch``: the batch id, as soon as ``POST /batches`` answers;
+- ``status``: each status change, with ``request_counts`` and the file ids;
+- ``collected``: every line of the batch was recorded in the manifest;
+- ``deleted``: a file was deleted from the server.
+
+:meth:`BatchState.load` folds the log into :class:`Upload` and :class:`Batch`
+views; a torn last line (a crash mid-write) is ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..files import check_own_file
+
+__all__ = ["STATE_NAME", "TERMINAL", "Batch", "BatchState", "Upload"]
+
+STATE_NAME = "batches.jsonl"
+TERMINAL = frozenset({"completed", "expired", "cancelled", "failed"})
+
+
+@dataclass(slots=True)
+class Upload:
+    """One uploaded input file and the rows it holds."""
+
+    file_id: str
+    name: str
+    model: str
+    rows: dict[str, str]  # custom_id -> fingerprint
+    at: float  # when it was uploaded (Unix seconds)
+    batch_id: str | None = None
+    deleted: bool = False
+
+
+@dataclass(slots=True)
+class Batch:
+    """One submitted batch, as last seen."""
+
+    batch_id: str
+    file_id: str
+    at: float  # when it was created (Unix seconds)
+    status: str = "validating"
+    counts: dict[str, int] = field(default_factory=dict)
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    expires_at: float | None = None
+    collected: bool = False
+
+    @property
+    def running(self) -> bool:
+        return self.status not in TERMINAL
+
+
+class BatchState:
+    """The folded log, and the one writer that appends to it."""
+
+    def __init__(self, out_dir: Path, *, on_step: Callable[[str], None] | None = None) -> None:
+        self.out_dir = out_dir
+        self.path = out_dir / STATE_NAME
+        self.uploads: dict[str, Upload] = {}  # by file id, in log order
+        self.batches: dict[str, Batch] = {}  # by batch id, in log order
+        self.intents: dict[str, float] = {}  # names announced but never recorded as uploaded
+        self.deleted: set[str] = set()  # file ids deleted from the server
+        self._on_step = on_step  # tests: a crash right after a step was recorded
+
+    @classmethod
+    def load(cls, out_dir: Path, *, on_step: Callable[[str], None] | None = None) -> BatchState:
+        """Read ``OUT/batches.jsonl`` (missing: empty). Runs in a worker thread."""
+        state = cls(out_dir, on_step=on_step)
+        check_own_file(out_dir, STATE_NAME)
+        try:
+            with state.path.open("rb") as fh:
+                for raw in fh:
+                    try:
+                        event = json.loads(raw)
+                    except ValueError:
+                        continue  # a torn line left by a crash
+                    if isinstance(event, dict):
+                        state._fold(event)
+        except FileNotFoundError:
+            pass
+        return state
+
+    def _fold(self, e: dict[str, Any]) -> None:
+        kind = e.get("event")
+        if kind == "uploading":
+            self.intents[str(e["name"])] = float(e.get("at", 0))
+        elif kind == "upload":
+            self.intents.pop(str(e["name"]), None)
+            rows = {str(cid): str(fp) for cid, fp in e.get("rows", [])}
+            upload = Upload(str(e["file_id"]), str(e["name"]), str(e["model"]), rows, e["at"])
+            self.uploads[upload.file_id] = upload
+        elif kind == "batch":
+            batch = Batch(str(e["batch_id"]), str(e["file_id"]), float(e["at"]))
+            self.batches[batch.batch_id] = batch
+            if batch.file_id in self.uploads:
+                self.uploads[batch.file_id].batch_id = batch.batch_id
+        elif kind == "status" and (b := self.batches.get(str(e["batch_id"]))) is not None:
+            b.status = str(e["status"])
+            b.counts = dict(e.get("counts") or {})
+            b.output_file_id = e.get("output_file_id")
+            b.error_file_id = e.get("error_file_id")
+            b.expires_at = e.get("expires_at")
+        elif kind == "collected" and (b := self.batches.get(str(e["batch_id"]))) is not None:
+            b.collected = True
+        elif kind == "deleted":
+            file_id = str(e["file_id"])
+            self.deleted.add(file_id)
+            if file_id in self.uploads:
+                self.uploads[file_id].deleted = True
+        elif kind == "forgotten":  # an intent resolved: its orphan was deleted, or none was found
+            self.intents.pop(str(e["name"]), None)
+
+    def _append(self, event: dict[str, Any]) -> None:
+        """Write one line and fsync it; then fold it in. Never through a link."""
+        event.setdefault("at", time.time())
+        data = (json.dumps(event, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        check_own_file(self.out_dir, STATE_NAME)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+        fd = os.open(self.path, flags, 0o644)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._fold(event)
+        if self._on_step is not None:
+            self._on_step(str(event["event"]))
+
+    # -- the steps ----------------------------------------------------------
+
+    def uploading(self, name: str) -> None:
+        self._append({"event": "uploading", "name": name})
+
+    def forgotten(self, name: str) -> None:
+        self._append({"event": "forgotten", "name": name})
+
+    def uploaded(self, file_id: str, name: str, model: str, rows: dict[str, str]) -> Upload:
+        self._append(
+            {
+                "event": "upload",
+                "file_id": file_id,
+                "name": name,
+                "model": model,
+                "rows": [[cid, fp] for cid, fp in rows.items()],
+            }
+        )
+        return self.uploads[file_id]
+
+    def created(self, batch_id: str, file_id: str, at: float | None = None) -> Batch:
+        event: dict[str, Any] = {"event": "batch", "batch_id": batch_id, "file_id": file_id}
+        if at is not None:
+            event["at"] = at
+        self._append(event)
+        return self.batches[batch_id]
+
+    def status(self, batch: Batch, seen: dict[str, Any]) -> bool:
+        """Record what ``GET /batches/{id}`` said, if it changed anything. True if it did."""
+        counts = {k: int(v) for k, v in (seen.get("request_counts") or {}).items()}
+        event = {
+            "event": "status",
+            "batch_id": batch.batch_id,
+            "status": str(seen.get("status")),
+            "counts": counts,
+            "output_file_id": seen.get("output_file_id"),
+            "error_file_id": seen.get("error_file_id"),
+            "expires_at": seen.get("expires_at"),
+        }
+        same = (
+            batch.status == event["status"]
+            and batch.counts == counts
+            and (batch.output_file_id, batch.error_file_id)
+            == (event["output_file_id"], event["error_file_id"])
+        )
+        if not same:
+            self._append(event)
+        return not same
+
+    def collected(self, batch: Batch) -> None:
+        self._append({"event": "collected", "batch_id": batch.batch_id})
+
+    def deleted_file(self, file_id: str) -> None:
+        self._append({"event": "deleted", "file_id": file_id})
