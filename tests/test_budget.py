@@ -68,3 +68,10 @@ async def test_max_cost_counts_usage_and_stops_before_overspending(
     spent = json.loads(result.out)["cost_usd"]
     assert spent <= 0.2 and server.stats.requests == 3  # about $0.053 each: a 4th would pass
     assert "budget reached: $0.1" in result.err
+
+
+async def test_a_cap_with_the_batch_api_is_a_usage_error(tmp_path, capsys):
+    jobs = write_jobs(tmp_path / "jobs.jsonl", [{"id": "a", "prompt": "a"}])
+    result = await run_cli([str(jobs), "--mock", "--batch-api", "--max-images", "3"], capsys)
+    assert result.code == 2
+    assert "--max-images and --max-cost cap direct runs" in result.err
