@@ -54,7 +54,14 @@ from .flags import (
 from .jobs import Defaults, iter_jobs, scan
 from .lock import run_lock
 from .mock.command import mock_flags, mock_options
-from .preflight import check_network, endpoint, plan_run, resolve_endpoint, retry_policy
+from .preflight import (
+    check_jobs_file,
+    check_network,
+    endpoint,
+    plan_run,
+    resolve_endpoint,
+    retry_policy,
+)
 from .prices import load_prices
 from .report import write_report
 from .run import Run, run_batch
@@ -102,7 +109,7 @@ def fail(exc: BaseException) -> int:
         click.echo(exc.format_message(), err=True)
         return code
     if isinstance(exc, BrokenPipeError):
-        _quiet_stdout()
+        console.quiet_stdout()
     text = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
     if template:
         line = f"{PROG}: error: {template.format(text)}"
@@ -192,7 +199,7 @@ def run(**o: Any) -> int:
     caps = load_capabilities(o["capabilities"])
     prices = load_prices(o["prices"])
     jobs: Path = o["jobs"]
-    _check_jobs_file(jobs)
+    check_jobs_file(jobs)
     defaults = _defaults(o)
     result = scan(jobs, defaults=defaults, caps=caps)
     for warning in result.warnings:
@@ -301,13 +308,6 @@ def _mock_options(o: dict[str, Any]) -> Any:
         raise UsageError(f"mock server: {exc}") from exc
 
 
-def _check_jobs_file(jobs: Path) -> None:
-    if jobs.is_dir():
-        raise UsageError(f"{jobs} is a directory; give the JSONL job file")
-    if not jobs.is_file():
-        raise UsageError(f"{jobs}: no such file")
-
-
 def _exit_code(summary: Summary) -> int:
     if summary.aborted:
         return EXIT_ABORTED
@@ -326,7 +326,7 @@ def _exit_code(summary: Summary) -> int:
 def validate(**o: Any) -> int:
     """Check a job file without sending anything. Exit 0 if valid, 2 if not."""
     caps = load_capabilities(o["capabilities"])
-    _check_jobs_file(o["jobs"])
+    check_jobs_file(o["jobs"])
     result = scan(o["jobs"], defaults=_defaults(o), caps=caps)
     for warning in result.warnings:
         click.echo(f"warning: {warning}", err=True)
@@ -392,11 +392,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except (Exception, KeyboardInterrupt) as exc:
         return fail(exc)
-
-
-def _quiet_stdout() -> None:
-    """Point stdout at /dev/null, so the interpreter's last flush does not fail again."""
-    with contextlib.suppress(OSError, ValueError):
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)

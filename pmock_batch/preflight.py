@@ -36,6 +36,7 @@ from .run import stale_files
 __all__ = [
     "MAX_PLAN_FILES",
     "Plan",
+    "check_jobs_file",
     "check_network",
     "endpoint",
     "plan_run",
@@ -208,3 +209,11 @@ def _add_cost(plan: Plan, job: Job, prices: Prices) -> None:
     count = request.count
     total = None if unit is None or usd is None else usd + unit * count
     plan.costs[key] = (images + count, total)
+
+
+def check_jobs_file(jobs: Path) -> None:
+    """The job file exists and is a file (not a folder). Raises UsageError."""
+    if jobs.is_dir():
+        raise UsageError(f"{jobs} is a directory; give the JSONL job file")
+    if not jobs.is_file():
+        raise UsageError(f"{jobs}: no such file")

@@ -727,7 +727,7 @@ async def test_the_mock_flags_are_still_accepted_with_mock(tmp_path, capsys):
 def test_one_table_decides_every_exit_code(capsys, monkeypatch, exc, code, message):
     from pmock_batch import cli
 
-    monkeypatch.setattr(cli, "_quiet_stdout", lambda: None)
+    monkeypatch.setattr(cli.console, "quiet_stdout", lambda: None)
     assert cli.fail(exc) == code
     err = capsys.readouterr().err
     assert err.startswith(message) if message else err == ""

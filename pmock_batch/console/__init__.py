@@ -17,7 +17,7 @@ like; this module just renders it:
 
 from __future__ import annotations
 
-from .logs import make_console, say, setup_logging
+from .logs import make_console, quiet_stdout, say, setup_logging
 from .printouts import (
     SUMMARY_SCHEMA,
     log_summary,
@@ -36,6 +36,7 @@ __all__ = [
     "make_console",
     "print_plan",
     "print_problems",
+    "quiet_stdout",
     "render_summary",
     "say",
     "setup_logging",

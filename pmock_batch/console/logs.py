@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import sys
 from datetime import UTC, datetime
 from typing import IO, Any
 
 from rich.console import Console
 
-__all__ = ["make_console", "plain_lines", "say", "setup_logging"]
+__all__ = ["make_console", "plain_lines", "quiet_stdout", "say", "setup_logging"]
 
 _STANDARD_ATTRS = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
 
@@ -117,3 +119,11 @@ def setup_logging(console: Console, *, quiet: bool, verbose: bool, fmt: str) -> 
     logger.handlers[:] = [handler]
     logger.setLevel(level)
     logger.propagate = False
+
+
+def quiet_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush does not fail again."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
