@@ -268,8 +268,9 @@ class DirectRunner:
             started, sent_at = time.monotonic(), self.pacer.now()
             self.pool.requests += 1
             try:
+                url = job.request.response_format == "url"
                 reply = await request_image(
-                    self.client, self.policy, body, sink, url=job.request.response_format == "url"
+                    self.client, self.policy, body, sink, url=url, edit=job.inputs
                 )
             except APIError as exc:
                 self._answered(this, exc, progress, started, sent_at)
@@ -321,7 +322,7 @@ class DirectRunner:
             retries=progress.retries,
             rate_limited=progress.rate_limited,
             http_status=progress.http_status,
-            request=job.wire_body(self.config.field_case),
+            request=job.record_request(self.config.field_case),
             fingerprint=job.fingerprint,
             ambiguous_retries=progress.ambiguous,
             billed_retries=progress.billed,
