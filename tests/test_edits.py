@@ -134,9 +134,8 @@ def test_input_fidelity_is_sent_on_edits_where_the_table_allows(tmp_path):
         tmp_path,
         {"prompt": "p", "image": "a.png", "model": "gpt-image-1", "input_fidelity": "max"},
     )
-    assert bad == [
-        f"{tmp_path / 'jobs.jsonl'}:1: input_fidelity: 'max' is not one of high, low for gpt-image-1"
-    ]
+    wanted = "input_fidelity: 'max' is not one of high, low for gpt-image-1"
+    assert bad == [f"{tmp_path / 'jobs.jsonl'}:1: {wanted}"]
 
 
 def test_every_input_problem_names_the_line_and_the_file(tmp_path, monkeypatch):
