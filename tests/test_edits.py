@@ -457,3 +457,35 @@ async def test_the_official_sdk_edits_against_the_mock(tmp_path, make_mock):
         ("image[]", "image/webp"),
         ("mask", "image/png"),
     ]
+
+
+async def test_a_retried_edit_sends_its_files_again_whole(tmp_path, capsys, make_mock, monkeypatch):
+    server = await make_mock(MockOptions(script={"retry me": ("500", "drop", "ok")}))
+    monkeypatch.setenv("PMOCK_API_KEY", KEY)
+    a = picture(tmp_path / "a.png")
+    jobs = write(tmp_path, {"id": "r", "prompt": "retry me", "image": ["a.png", "a.png"]})
+    argv = [str(jobs), "--base-url", server.base_url, "--out", str(tmp_path / "out")]
+    result = await run_cli(argv, capsys)
+    assert result.code == 0, result.err
+    assert read_manifest(tmp_path / "out")[0]["attempts"] == 3
+    entries = list(server.stats.log)
+    assert len(entries) == 3
+    size = a.stat().st_size
+    for entry in entries:
+        assert [(p["name"], p["bytes"]) for p in entry.parts or []] == [("image[]", size)] * 2
+
+
+def test_the_form_streams_from_open_files_and_closes_them(tmp_path):
+    from pmock_batch.uploads import edit_form
+
+    picture(tmp_path / "a.png")
+    mask(tmp_path / "m.png")
+    path = write(tmp_path, {"prompt": "p", "image": "a.png", "mask": "m.png", "n": 2})
+    job = next(j for j in iter_jobs(path, scan(path)) if isinstance(j, Job))
+    assert job.inputs is not None
+    with edit_form(job.wire_body(), job.inputs) as form:
+        values = [value for _, _, value in form._fields]
+        handles = [v for v in values if isinstance(v, io.BufferedReader)]
+        assert len(handles) == 2 and not any(isinstance(v, bytes) for v in values)
+        assert not any(h.closed for h in handles)
+    assert all(h.closed for h in handles)
