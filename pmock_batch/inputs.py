@@ -21,11 +21,13 @@ import hashlib
 import os
 import stat
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from PIL import Image, UnidentifiedImageError
+
+from .errors import InputFileError
 
 __all__ = [
     "CONTENT_TYPES",
@@ -44,8 +46,13 @@ MAX_MASK_BYTES = 4 * 1024 * 1024
 CONTENT_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 _HASH_CHUNK = 1 << 20
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 Problems = list[tuple[str, str]]
+
+
+def _stamp(info: os.stat_result) -> tuple[int, int, int, int]:
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,11 +67,28 @@ class InputFile:
     height: int
     sha256: str
     alpha: bool
+    stamp: tuple[int, int, int, int] = (0, 0, 0, 0)  # (device, inode, size, mtime in ns)
 
     @property
     def filename(self) -> str:
         """The file part's name: the file's own name."""
         return self.path.name
+
+    def open(self) -> BinaryIO:
+        """The file, opened for sending: no link at its last step, and the very file that
+        was checked and hashed (same inode, size and time), or :class:`InputFileError`."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | _NOFOLLOW)
+        except OSError as exc:
+            raise InputFileError(f"{self.name}: cannot be opened ({exc.strerror or exc})") from exc
+        handle = os.fdopen(fd, "rb")
+        info = os.fstat(handle.fileno())
+        if _stamp(info) != self.stamp:
+            handle.close()
+            raise InputFileError(
+                f"{self.name}: changed since it was checked; run again to check and hash it anew"
+            )
+        return handle
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +119,7 @@ class InputFiles:
     def __init__(self, base: Path, *, roots: Sequence[Path] = ()) -> None:
         self.base = Path(os.path.abspath(base))
         self.roots = tuple(Path(os.path.realpath(r)) for r in (base, *roots))
-        self._seen: dict[tuple[str, int, int], InputFile | str] = {}
+        self._seen: dict[tuple[str, int, int, int, int], InputFile | str] = {}
         self.hashed = 0  # files read and hashed, for tests and the curious
 
     def edit_inputs(self, image: Any, mask: Any) -> EditInputs | Problems:
@@ -154,6 +178,8 @@ class InputFiles:
             return f"cannot be read ({exc.strerror or exc})"
         except RuntimeError:  # a loop of links
             return "is a loop of links"
+        except ValueError:  # a NUL byte
+            return "is not a valid path"
         if not any(real.is_relative_to(root) for root in self.roots):
             allowed = " or ".join(str(r) for r in self.roots)
             return f"is outside the allowed folders ({allowed}); add one with --inputs DIR"
@@ -161,24 +187,15 @@ class InputFiles:
             return "is not a regular file"
         if info.st_size > limit:
             return f"is {info.st_size:,} bytes; at most {limit:,} are allowed"
-        key = (str(real), info.st_size, info.st_mtime_ns)
+        key = (str(real), *_stamp(info))
         seen = self._seen.get(key)
         if seen is None:
-            seen = self._seen[key] = self._read(real, info.st_size)
+            seen = self._seen[key] = self._read(real, _stamp(info))
         if isinstance(seen, str):
             return seen
-        return InputFile(
-            seen.path,
-            name,
-            seen.content_type,
-            seen.size,
-            seen.width,
-            seen.height,
-            seen.sha256,
-            seen.alpha,
-        )
+        return replace(seen, name=name)
 
-    def _read(self, path: Path, size: int) -> InputFile | str:
+    def _read(self, path: Path, stamp: tuple[int, int, int, int]) -> InputFile | str:
         """Look at the header and hash the file, streaming it."""
         try:
             with path.open("rb") as fh:
@@ -196,5 +213,5 @@ class InputFiles:
             return f"cannot be read ({exc.strerror or exc})"
         self.hashed += 1
         return InputFile(
-            path, "", CONTENT_TYPES[fmt], size, width, height, digest.hexdigest(), alpha
+            path, "", CONTENT_TYPES[fmt], stamp[2], width, height, digest.hexdigest(), alpha, stamp
         )

@@ -8,7 +8,8 @@ API refuses ``application/octet-stream``, aiohttp's default for a file. The
 files are opened, not read: aiohttp streams each part from its file as it
 sends, so a body of sixteen 50 MB images never sits in memory. A form is sent
 once; each attempt builds a new one, and :func:`posting` closes its files
-afterwards.
+afterwards. A file that changed since it was checked and hashed is not sent
+(:class:`~pmock_batch.errors.InputFileError`): its fingerprint would be wrong.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def edit_form(fields: Mapping[str, Any], inputs: EditInputs) -> Iterator[aiohttp
         parts.append(("mask", inputs.mask))
     with ExitStack() as stack:
         for name, file in parts:
-            handle = stack.enter_context(file.path.open("rb"))
+            handle = stack.enter_context(file.open())
             form.add_field(name, handle, filename=file.filename, content_type=file.content_type)
         yield form
 

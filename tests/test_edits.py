@@ -489,3 +489,26 @@ def test_the_form_streams_from_open_files_and_closes_them(tmp_path):
         assert len(handles) == 2 and not any(isinstance(v, bytes) for v in values)
         assert not any(h.closed for h in handles)
     assert all(h.closed for h in handles)
+
+
+def test_a_file_changed_after_its_check_is_not_sent(tmp_path):
+    from pmock_batch.errors import Decision, InputFileError
+    from pmock_batch.failures import describe
+
+    a = picture(tmp_path / "a.png")
+    path = write(tmp_path, {"prompt": "p", "image": "a.png"})
+    job = next(j for j in iter_jobs(path, scan(path)) if isinstance(j, Job))
+    assert job.inputs is not None
+    file = job.inputs.images[0]
+    with file.open() as fh:
+        assert fh.read() == a.read_bytes()
+    picture(a, (1, 1, 1))  # rewritten: another time, maybe another size
+    os.utime(a, ns=(1, 1))
+    with pytest.raises(InputFileError, match=r"a\.png: changed since it was checked") as caught:
+        file.open()
+    failure = describe(caught.value)
+    assert failure.kind == "input" and failure.decision is Decision.FAIL
+    a.unlink()
+    a.symlink_to(tmp_path / "elsewhere.png")
+    with pytest.raises(InputFileError, match=r"a\.png: cannot be opened"):
+        file.open()
