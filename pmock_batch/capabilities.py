@@ -9,6 +9,10 @@ that would be refused are dropped with a warning where the image comes back
 the same); the mock's ``openai`` dialect uses it to refuse what the real API
 refuses (``server`` mode). So the client and the mock cannot drift apart.
 
+An edit (a job with input images) is checked with ``edit=True``: the entry
+must say ``edits`` (dall-e-3's does not), and its ``edit_fields`` are accepted
+besides its ``fields`` (``input_fidelity`` for gpt-image-1, -1.5 and -1-mini).
+
 A model no entry matches gets the ``[default]`` entry: the pmock seed's enums
 are checked, everything set is sent, and a warning says the model is unknown.
 """

@@ -363,11 +363,12 @@ def iter_jobs(
     invalid are yielded as :class:`InvalidLine` without parsing them again.
     """
     defaults = defaults or Defaults()
+    files = scanned.files or InputFiles(path.parent)  # one cache for the whole file
     for number, text in _read_lines(path):
         if number in scanned.invalid:
             yield scanned.invalid[number]
             continue
-        parsed = _parse(number, text, defaults, caps, scanned.files)
+        parsed = _parse(number, text, defaults, caps, files)
         if parsed is None:
             continue
         if isinstance(parsed, Job):
