@@ -229,12 +229,12 @@ def parse_line(
     raw_id, raw_fields, prefix, problems = _split_line(obj)
     if problems and not raw_fields:
         return _Rejected(problems)
+    edit = not prefix and "image" in raw_fields  # even "image": null, which then fails
     image, mask = (
         (raw_fields.pop("image", None), raw_fields.pop("mask", None))
         if not prefix
         else (None, None)
     )
-    edit = image is not None
     if mask is not None and not edit:
         problems.append(("mask", "a mask needs an image to edit"))
     values, field_problems = normalize_fields(raw_fields)

@@ -163,6 +163,7 @@ def test_every_input_problem_names_the_line_and_the_file(tmp_path, monkeypatch):
         ({"image": "heavy.png"}, "image: heavy.png: is "),
         ({"image": ["a.png"] * 17}, "image: 17 images; at most 16 are allowed"),
         ({"image": []}, "image: expected a path or a list of paths"),
+        ({"image": None}, "image: expected a path or a list of paths"),
         ({"image": ["a.png", 3]}, "image[1]: expected a non-empty path"),
         ({"image": "a.png", "mask": "opaque.png"}, "mask: opaque.png: must be a PNG with an alpha"),
         ({"image": "a.png", "mask": "mask.jpg"}, "mask: mask.jpg: must be a PNG with an alpha"),
