@@ -275,8 +275,9 @@ class DirectRunner:
             self.pool.requests += 1
             billed, cost = True, None
             try:
+                url = job.request.response_format == "url"
                 reply = await request_image(
-                    self.client, self.policy, body, sink, url=job.request.response_format == "url"
+                    self.client, self.policy, body, sink, url=url, edit=job.inputs
                 )
                 cost = self._estimate(job, reply.body.usage) if self.budget.capped else None
             except APIError as exc:
@@ -338,7 +339,7 @@ class DirectRunner:
             retries=progress.retries,
             rate_limited=progress.rate_limited,
             http_status=progress.http_status,
-            request=job.wire_body(self.config.field_case),
+            request=job.record_request(self.config.field_case),
             fingerprint=job.fingerprint,
             ambiguous_retries=progress.ambiguous,
             billed_retries=progress.billed,

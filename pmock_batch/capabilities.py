@@ -9,6 +9,10 @@ that would be refused are dropped with a warning where the image comes back
 the same); the mock's ``openai`` dialect uses it to refuse what the real API
 refuses (``server`` mode). So the client and the mock cannot drift apart.
 
+An edit (a job with input images) is checked with ``edit=True``: the entry
+must say ``edits`` (dall-e-3's does not), and its ``edit_fields`` are accepted
+besides its ``fields`` (``input_fidelity`` for gpt-image-1, -1.5 and -1-mini).
+
 A model no entry matches gets the ``[default]`` entry: the pmock seed's enums
 are checked, everything set is sent, and a warning says the model is unknown.
 """
@@ -40,7 +44,17 @@ __all__ = [
 SIZE_RULES = ("gpt-image-2",)
 _SIZE = re.compile(r"([1-9][0-9]{0,4})x([1-9][0-9]{0,4})\Z")
 _ENTRY_KEYS = frozenset(
-    {"match", "fields", "enums", "sizes", "size_rule", "max_n", "response_format"}
+    {
+        "match",
+        "fields",
+        "enums",
+        "sizes",
+        "size_rule",
+        "max_n",
+        "response_format",
+        "edits",
+        "edit_fields",
+    }
 )
 # Never sent to generations: an edits field, and a streaming field (see models.py).
 EDITS_ONLY = "input_fidelity"
@@ -91,6 +105,8 @@ class ModelEntry:
     max_n: int
     response_format: bool
     known: bool = True  # False for the [default] entry given to an unknown model
+    edits: bool = True  # whether the model serves /images/edits
+    edit_fields: frozenset[str] = frozenset()  # fields accepted on edits besides ``fields``
 
     def size_problem(self, size: str) -> str | None:
         """Why ``size`` is not allowed for this model, or None."""
@@ -149,10 +165,17 @@ class Capabilities:
             max_n=self.default.max_n,
             response_format=self.default.response_format,
             known=False,
+            edits=self.default.edits,
+            edit_fields=self.default.edit_fields,
         )
 
     def check(
-        self, request: ImageRequest, *, mode: Mode = "client", entry: ModelEntry | None = None
+        self,
+        request: ImageRequest,
+        *,
+        mode: Mode = "client",
+        entry: ModelEntry | None = None,
+        edit: bool = False,
     ) -> Checked:
         """Check a validated request against its model's entry.
 
@@ -162,11 +185,16 @@ class Capabilities:
         mode (the mock's ``openai`` dialect) every field the entry does not
         list is a problem, as the real API answers 400 ``unknown_parameter``.
         ``entry`` overrides the lookup (the mock's ``pmock`` dialect checks
-        every model against the seed's ``[default]`` entry).
+        every model against the seed's ``[default]`` entry). With ``edit`` the
+        request is an edit: the model must serve edits, and its ``edit_fields``
+        are accepted too (``input_fidelity`` is sent where they list it).
         """
         entry = entry or self.lookup(request.model)
         out = Checked(entry)
         unsent: list[str] = []
+        accepted = entry.fields | entry.edit_fields if edit else entry.fields
+        if edit and not entry.edits:
+            out.problems.append(("model", f"{entry.name} does not edit images (no /images/edits)"))
         if not entry.known and mode == "client":
             out.notes.append(
                 (
@@ -177,12 +205,12 @@ class Capabilities:
                 )
             )
         for name, value in _set_fields(request).items():
-            dropped = self._dropped(entry, name) if mode == "client" else None
+            dropped = self._dropped(entry, name, edit) if mode == "client" else None
             if dropped is not None:  # still a known value, though it is not sent
                 unsent.append(name)
                 out.notes.append((name, dropped))
                 allowed, whose = self.default.enums.get(name), ""
-            elif name not in entry.fields:
+            elif name not in accepted:
                 out.problems.append((name, f"not accepted by {entry.name}"))
                 continue
             else:
@@ -193,7 +221,7 @@ class Capabilities:
                 out.problems.append(
                     (name, f"{shown} is not one of {', '.join(allowed)}{whose}{hint}")
                 )
-        if request.size is not None and "size" in entry.fields:
+        if request.size is not None and "size" in accepted:
             why = entry.size_problem(request.size)
             if why is not None:
                 out.problems.append(("size", why))
@@ -204,10 +232,12 @@ class Capabilities:
         return Checked(entry, out.problems, tuple(unsent), out.notes)
 
     @staticmethod
-    def _dropped(entry: ModelEntry, name: str) -> str | None:
+    def _dropped(entry: ModelEntry, name: str, edit: bool) -> str | None:
         """The warning for a field the client does not send to this model, or None."""
-        if name == EDITS_ONLY:
+        if name == EDITS_ONLY and not edit:
             return "input_fidelity only affects image edits; it is not sent to generations"
+        if name == EDITS_ONLY and name not in entry.edit_fields:
+            return f"{entry.name} ignores input_fidelity on edits; it is not sent"
         if name == STREAM_ONLY:
             return "partial_images needs streaming, which pmock-batch does not do yet; not sent"
         if name == "response_format" and not entry.response_format:
@@ -239,6 +269,8 @@ class Capabilities:
                     size_rule=default.size_rule,
                     max_n=default.max_n,
                     response_format=default.response_format,
+                    edits=default.edits,
+                    edit_fields=default.edit_fields,
                 )
             models[name] = _merge_entry(base, raw, where)
         return Capabilities(default, list(models.values()))
@@ -273,6 +305,12 @@ def _merge_entry(base: ModelEntry, raw: Any, where: str) -> ModelEntry:
     response_format = raw.get("response_format", base.response_format)
     if not isinstance(response_format, bool):
         raise UsageError(f"{where}.response_format: expected true or false")
+    edits = raw.get("edits", base.edits)
+    if not isinstance(edits, bool):
+        raise UsageError(f"{where}.edits: expected true or false")
+    edit_fields = base.edit_fields
+    if "edit_fields" in raw:
+        edit_fields = frozenset(_strings(raw["edit_fields"], f"{where}.edit_fields"))
     return ModelEntry(
         name=base.name,
         match=_strings(raw["match"], f"{where}.match") if "match" in raw else base.match,
@@ -285,6 +323,8 @@ def _merge_entry(base: ModelEntry, raw: Any, where: str) -> ModelEntry:
         max_n=max_n,
         response_format=response_format,
         known=base.known,
+        edits=edits,
+        edit_fields=edit_fields,
     )
 
 

@@ -201,7 +201,7 @@ def run(**o: Any) -> int:
     jobs: Path = o["jobs"]
     check_jobs_file(jobs)
     defaults = _defaults(o)
-    result = scan(jobs, defaults=defaults, caps=caps)
+    result = scan(jobs, defaults=defaults, caps=caps, inputs=o["inputs"])
     for warning in result.warnings:
         log.warning("%s", warning)
     out_dir = o["out"] or Path("out") / jobs.stem
@@ -327,7 +327,7 @@ def validate(**o: Any) -> int:
     """Check a job file without sending anything. Exit 0 if valid, 2 if not."""
     caps = load_capabilities(o["capabilities"])
     check_jobs_file(o["jobs"])
-    result = scan(o["jobs"], defaults=_defaults(o), caps=caps)
+    result = scan(o["jobs"], defaults=_defaults(o), caps=caps, inputs=o["inputs"])
     for warning in result.warnings:
         click.echo(f"warning: {warning}", err=True)
     if result.invalid:

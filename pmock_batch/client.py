@@ -11,9 +11,9 @@ import asyncio
 import contextvars
 import os
 import socket
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Protocol
+from typing import Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -38,6 +38,7 @@ from .images import MAX_IMAGE_BYTES
 from .models import MAX_PROMPT_CHARS
 from .network import ProxyRoutes, ssl_context
 from .text import redact
+from .uploads import Body, posting
 from .version import __version__
 
 __all__ = ["BodySink", "ImagesClient", "Reply", "redact"]
@@ -264,8 +265,9 @@ class ImagesClient:
             raise RuntimeError("ImagesClient is not open; use 'async with'")
         return self._session
 
-    async def generate(self, body: Mapping[str, Any], sink: BodySink | None = None) -> Reply:
-        """POST one request body; return the parsed 200, or raise a mapped error.
+    async def generate(self, body: Body, sink: BodySink | None = None) -> Reply:
+        """POST one request body (an :class:`EditBody` as multipart, to ``/images/edits``);
+        return the parsed 200, or raise a mapped error.
 
         With a ``sink``, a 200's body streams through it chunk by chunk: the
         sink takes the ``b64_json`` value and hands back the small remainder,
@@ -274,12 +276,9 @@ class ImagesClient:
         decompressed: see :meth:`_read_body`.
         """
         cfg = self._config
-        with _mapped("POST /images/generations", cfg.timeout, cfg.endpoint):
+        with posting(body, cfg) as (url, what, payload), _mapped(what, cfg.timeout, url):
             async with self.session.post(
-                cfg.endpoint,
-                json=body,
-                headers=self._api_headers,
-                proxy=self._proxies.for_url(cfg.endpoint),
+                url, **payload, headers=self._api_headers, proxy=self._proxies.for_url(url)
             ) as resp:
                 status, headers = resp.status, resp.headers  # case-insensitive, as received
                 if status >= 300:

@@ -83,5 +83,9 @@ class RunConfig:
         return self.base_url.rstrip("/") + "/images/generations"
 
     @property
+    def edits_endpoint(self) -> str:
+        return self.base_url.rstrip("/") + "/images/edits"
+
+    @property
     def manifest_path(self) -> Path:
         return self.out_dir / MANIFEST_NAME

@@ -6,6 +6,7 @@
     ├── UsageError                     bad flags or environment: exit 2, nothing sent
     ├── LockedError                    another run holds the output directory: exit 4
     ├── OutputPathError                write       fail      outside OUT, or through a link
+    ├── InputFileError                 input       fail      an edit's file changed after its check
     └── APIError                       anything that went wrong talking to the server
         ├── APIStatusError             the server answered a non-2xx status:
         │   ├── BadRequestError        bad_request fail      any other 4xx
@@ -63,6 +64,7 @@ __all__ = [
     "ConflictError",
     "Decision",
     "DownloadError",
+    "InputFileError",
     "InvalidResponseError",
     "LockedError",
     "ModelNotFoundError",
@@ -136,6 +138,12 @@ class OutputPathError(PmockBatchError):
     """An output path would leave OUT, or go through (or replace) a symbolic link below it."""
 
     kind = "write"
+
+
+class InputFileError(PmockBatchError):
+    """An edit's input file is gone, replaced or changed since it was checked and hashed."""
+
+    kind = "input"
 
 
 class APIError(PmockBatchError):

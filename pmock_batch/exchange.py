@@ -18,9 +18,11 @@ from .client import ImagesClient
 from .errors import APIError, InvalidResponseError, PmockBatchError
 from .failures import Failure
 from .images import ImageSink, decode_and_verify, rejected_path
+from .inputs import EditInputs
 from .models import RejectedFile
 from .pool import Progress
 from .retry import RetryPolicy
+from .uploads import EditBody
 
 __all__ = ["keep_rejected", "request_image"]
 
@@ -28,15 +30,22 @@ log = logging.getLogger("pmock_batch")
 
 
 async def request_image(
-    client: ImagesClient, policy: RetryPolicy, body: dict[str, Any], sink: ImageSink, *, url: bool
+    client: ImagesClient,
+    policy: RetryPolicy,
+    body: dict[str, Any],
+    sink: ImageSink,
+    *,
+    url: bool,
+    edit: EditInputs | None = None,
 ) -> Reply:
     """One exchange: the image streams into ``sink`` (or is downloaded into it).
 
+    With ``edit`` the body goes as multipart with those files, to ``/images/edits``.
     Only ``data[0]`` is read. Its ``url`` is followed only when the job asked
     for ``response_format: url``.
     """
     try:
-        reply = await client.generate(body, sink)
+        reply = await client.generate(body if edit is None else EditBody(body, edit), sink)
     except APIError as exc:
         exc.answered = exc.answered or sink.answered
         raise

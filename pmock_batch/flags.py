@@ -110,6 +110,7 @@ class _Finite(click.FloatRange):
 POSITIVE = _Finite(min=0, min_open=True, max=1e6)
 SECONDS = _Finite(min=0, max=1e6)
 FILE = click.Path(path_type=Path)
+DIR = click.Path(path_type=Path, exists=True, file_okay=False)
 req, inp, end = panel("Request defaults"), panel("Input"), panel("Endpoint")
 net, pool = panel("Network"), panel("Concurrency and retries")
 out, logs = panel("Output"), panel("Logging")
@@ -126,6 +127,7 @@ REQUEST_DEFAULTS = _apply(
     req("--response-format", None, RESPONSE_FORMATS, None, "dall-e-2/3 only", shown="not sent"),
     req("--output-compression", "0-100", PERCENT, None, "jpeg/webp only", shown="the server's"),
     req("--capabilities", "FILE", FILE, None, "your own TOML table", shown="none"),
+    inp("--inputs", "DIR", DIR, None, "a folder edits' image files may be in", shown="none"),
 )
 
 

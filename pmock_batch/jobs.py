@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from .capabilities import Capabilities, shipped_capabilities
 from .errors import Problem
+from .inputs import EditInputs, InputFiles
 from .models import (
     COMPRESSIBLE_FORMATS,
     ImageRequest,
@@ -77,10 +78,18 @@ class Job:
     named: bool = True  # False when the id is a slug of the prompt
     unsent: tuple[str, ...] = ()  # fields set but not sent: the model's entry says so
     notes: tuple[tuple[str, str], ...] = ()  # (key, warning) from the capability check
+    inputs: EditInputs | None = None  # an edit's input files; None for a generation
 
     def wire_body(self, field_case: str = "snake") -> dict[str, Any]:
-        """The JSON body of each of this job's requests, as sent."""
+        """The body of each of this job's requests, as sent (an edit's form fields)."""
         return self.request.wire_body(field_case, unsent=self.unsent)
+
+    def record_request(self, field_case: str = "snake") -> dict[str, Any]:
+        """The request as a record shows it: the body, plus an edit's file names."""
+        body = self.wire_body(field_case)
+        if self.inputs is not None:
+            body.update(self.inputs.described())
+        return body
 
     @property
     def stems(self) -> list[str]:
@@ -105,6 +114,7 @@ class ScanResult:
     file: str
     jobs: int = 0
     images: int = 0
+    files: InputFiles | None = None  # edits' input files, checked and hashed once per run
     problems: list[Problem] = field(default_factory=list)  # the first few, for display
     problem_count: int = 0  # all of them
     invalid: dict[int, InvalidLine] = field(default_factory=dict)  # by line number
@@ -191,9 +201,17 @@ class _Rejected:
 
 
 def parse_line(
-    text: str, *, defaults: Defaults, caps: Capabilities | None = None
+    text: str,
+    *,
+    defaults: Defaults,
+    caps: Capabilities | None = None,
+    files: InputFiles | None = None,
 ) -> Job | _Rejected | None:
-    """Parse one line. Returns a Job, its problems, or None for a blank or comment line."""
+    """Parse one line. Returns a Job, its problems, or None for a blank or comment line.
+
+    A line with ``image`` is an edit: its files are checked by ``files``
+    (relative to the current folder when it is None).
+    """
     stripped = text.strip()
     if not stripped or stripped.startswith("#"):
         return None
@@ -211,6 +229,14 @@ def parse_line(
     raw_id, raw_fields, prefix, problems = _split_line(obj)
     if problems and not raw_fields:
         return _Rejected(problems)
+    edit = not prefix and "image" in raw_fields  # even "image": null, which then fails
+    image, mask = (
+        (raw_fields.pop("image", None), raw_fields.pop("mask", None))
+        if not prefix
+        else (None, None)
+    )
+    if mask is not None and not edit:
+        problems.append(("mask", "a mask needs an image to edit"))
     values, field_problems = normalize_fields(raw_fields)
     problems += [
         (prefix + name if not name.startswith("'") else name, msg) for name, msg in field_problems
@@ -226,11 +252,17 @@ def parse_line(
     except ValidationError as exc:
         problems += [(prefix + name, msg) for name, msg in describe_errors(exc)]
         return _Rejected(problems, job_id)
-    checked = (caps or shipped_capabilities()).check(request)
+    checked = (caps or shipped_capabilities()).check(request, edit=edit)
     problems += [(prefix + name, msg) for name, msg in checked.problems]
+    inputs: EditInputs | None = None
+    if edit and not problems:
+        found = (files or InputFiles(Path.cwd())).edit_inputs(image, mask)
+        if isinstance(found, list):
+            return _Rejected(found, job_id)
+        inputs = found
     if problems:
         return _Rejected(problems, job_id)
-    digest = fingerprint(request)
+    digest = fingerprint(request, inputs.canonical() if inputs is not None else None)
     return Job(
         line=0,
         id=job_id or slug(request.prompt, digest),
@@ -239,6 +271,7 @@ def parse_line(
         named=job_id is not None,
         unsent=checked.unsent,
         notes=tuple(checked.notes),
+        inputs=inputs,
     )
 
 
@@ -255,30 +288,42 @@ def _read_lines(path: Path) -> Iterator[tuple[int, str | None]]:
 
 
 def _parse(
-    number: int, text: str | None, defaults: Defaults, caps: Capabilities | None
+    number: int,
+    text: str | None,
+    defaults: Defaults,
+    caps: Capabilities | None,
+    files: InputFiles | None,
 ) -> Job | _Rejected | None:
     if text is None:
         return _Rejected([("", "not valid UTF-8")])
-    result = parse_line(text, defaults=defaults, caps=caps)
+    result = parse_line(text, defaults=defaults, caps=caps, files=files)
     if isinstance(result, Job):
         return replace(result, line=number)
     return result
 
 
 def scan(
-    path: Path, *, defaults: Defaults | None = None, caps: Capabilities | None = None
+    path: Path,
+    *,
+    defaults: Defaults | None = None,
+    caps: Capabilities | None = None,
+    inputs: Path | None = None,
 ) -> ScanResult:
     """Validate every line of ``path``; collect problems instead of raising.
 
     Each kind of capability warning (a field not sent, an unknown model) is
-    reported once, for the first line it applies to.
+    reported once, for the first line it applies to. An edit's files are
+    relative to the job file's folder; ``inputs`` (``--inputs DIR``) is a
+    second folder they may be in. The result keeps the files' digests, so
+    :func:`iter_jobs` does not hash them again.
     """
     defaults = defaults or Defaults()
-    result = ScanResult(file=str(path))
+    roots = (inputs,) if inputs is not None else ()
+    result = ScanResult(file=str(path), files=InputFiles(path.parent, roots=roots))
     seen = Names()
     warned: set[str] = set()
     for number, text in _read_lines(path):
-        parsed = _parse(number, text, defaults, caps)
+        parsed = _parse(number, text, defaults, caps, result.files)
         if parsed is None:
             continue
         parsed_problems = collisions(parsed, seen) if isinstance(parsed, Job) else parsed.problems
@@ -318,11 +363,12 @@ def iter_jobs(
     invalid are yielded as :class:`InvalidLine` without parsing them again.
     """
     defaults = defaults or Defaults()
+    files = scanned.files or InputFiles(path.parent)  # one cache for the whole file
     for number, text in _read_lines(path):
         if number in scanned.invalid:
             yield scanned.invalid[number]
             continue
-        parsed = _parse(number, text, defaults, caps)
+        parsed = _parse(number, text, defaults, caps, files)
         if parsed is None:
             continue
         if isinstance(parsed, Job):

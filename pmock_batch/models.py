@@ -178,11 +178,15 @@ FIELD_NAMES: tuple[str, ...] = tuple(ImageRequest.model_fields)
 CAMEL_FIELDS: dict[str, str] = {to_camel(n): n for n in FIELD_NAMES if to_camel(n) != n}
 
 
-def fingerprint(request: ImageRequest) -> str:
-    """SHA-256 of the canonical request body: sorted keys, snake_case, no whitespace."""
-    text = json.dumps(
-        request.canonical(), sort_keys=True, separators=(",", ":"), ensure_ascii=False
-    )
+def fingerprint(request: ImageRequest, extra: Mapping[str, Any] | None = None) -> str:
+    """SHA-256 of the canonical request body: sorted keys, snake_case, no whitespace.
+
+    ``extra`` adds keys that are not request fields: an edit's input digests
+    (``image_sha256``, ``mask_sha256``). A generation has none, so its
+    fingerprint is what it always was.
+    """
+    body = {**request.canonical(), **extra} if extra else request.canonical()
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 

@@ -351,3 +351,35 @@ async def test_mock_dialect_flag_runs_the_in_process_mock_as_openai(tmp_path, ca
     assert "response_format" not in records["a"]["request"]
     assert records["b"]["request"]["response_format"] == "url"  # from the flag
     assert (records["a"]["files"][0]["width"], records["b"]["files"][0]["width"]) == (1536, 512)
+
+
+def test_edits_and_edit_fields_are_data_a_user_table_can_change(tmp_path):
+    from pmock_batch.capabilities import load_capabilities
+    from pmock_batch.errors import UsageError
+    from pmock_batch.models import ImageRequest
+
+    table = tmp_path / "caps.toml"
+    table.write_text(
+        '[models.dall-e-3]\nedits = true\n[models.gpt-image-2]\nedit_fields = ["input_fidelity"]\n'
+        '[models.gpt-image-2.enums]\ninput_fidelity = ["high"]\n',
+        encoding="utf-8",
+    )
+    caps = load_capabilities(table)
+    assert caps.lookup("dall-e-3").edits
+    request = ImageRequest(prompt="p", model="gpt-image-2", input_fidelity="high")
+    checked = caps.check(request, edit=True)
+    assert checked.problems == [] and checked.unsent == ()
+    low = ImageRequest(prompt="p", model="gpt-image-2", input_fidelity="low")
+    assert caps.check(low, edit=True).problems[0][0] == "input_fidelity"
+    assert caps.check(request).unsent == ("input_fidelity",)  # never on generations
+    shipped = load_capabilities()
+    dalle = ImageRequest(prompt="p", model="dall-e-3")
+    assert shipped.check(dalle, edit=True).problems == [
+        ("model", "dall-e-3 does not edit images (no /images/edits)")
+    ]
+    assert shipped.check(request, mode="server", edit=True).problems == [
+        ("input_fidelity", "not accepted by gpt-image-2")
+    ]
+    table.write_text('[models.dall-e-3]\nedits = "yes"\n', encoding="utf-8")
+    with pytest.raises(UsageError, match=r"edits: expected true or false"):
+        load_capabilities(table)

@@ -4,6 +4,8 @@ Routes::
 
     POST /v1/images/generations                 generate (OpenAI's path)
     POST /api/ai/openai/v1/images/generations   generate (pmock's path)
+    POST /v1/images/edits                       edit, multipart (see mock.edits)
+    POST /api/ai/openai/v1/images/edits         edit (pmock's path)
     GET  /_mock/files/{name}                    an image made for response_format "url"
     /v1/files..., /v1/batches...                the Batch API (see mock.batch_routes)
     GET  /_mock/stats                           the stats as JSON
@@ -31,6 +33,7 @@ from aiohttp import web
 
 from ..models import ImageRequest
 from .batch_routes import add_batch_routes, settle_batches
+from .edits import EDIT_PATHS, EditForm, check_edit, read_edit
 from .faults import Outcome, parse_outcome, pick_outcome
 from .images import CONTENT_TYPES
 from .options import MockOptions
@@ -74,6 +77,8 @@ def create_app(
     app[STATE] = MockState(options or MockOptions(), clock=clock)
     for path in GENERATION_PATHS:
         app.router.add_post(path, _generate)
+    for path in EDIT_PATHS:
+        app.router.add_post(path, _edit)
     app.router.add_get(FILES_PATH + "/{name}", _file)
     add_batch_routes(app)
     app.router.add_get("/_mock/stats", _stats)
@@ -135,6 +140,26 @@ async def _generate(request: web.Request) -> web.StreamResponse:
         return await _act(request, state, plan, headers)
 
 
+async def _edit(request: web.Request) -> web.StreamResponse:
+    """An edit: as a generation, but multipart, checked by :func:`check_edit`."""
+    state = request.app[STATE]
+    with state.stats.track():
+        form = await read_edit(request)
+        entry = ReceivedRequest(
+            request.path,
+            form.body(),
+            request.headers.get("Authorization"),
+            headers=dict(request.headers),
+            parts=form.parts(),
+        )
+        attempt = state.stats.receive(entry)
+        headers = {"x-request-id": "req_" + secrets.token_hex(16)}
+        plan = _decide(state, entry, attempt, headers, is_json=True, form=form)
+        state.stats.answer(entry, plan.outcome.name)
+        await state.sleep(state.latency(entry.prompt or "", attempt))
+        return await _act(request, state, plan, headers, form=form)
+
+
 async def _receive(request: web.Request) -> tuple[ReceivedRequest, bool]:
     """Read and parse the body; say whether it was JSON (if not, it is recorded as None)."""
     raw = await request.read()
@@ -157,6 +182,7 @@ def _decide(
     headers: dict[str, str],
     *,
     is_json: bool,
+    form: EditForm | None = None,
 ) -> Plan:
     """Choose the answer; ``headers`` gains the rate-limit headers."""
     options = state.options
@@ -175,7 +201,10 @@ def _decide(
     if not is_json:
         message = "We could not parse the JSON body of your request: it is not valid JSON."
         return Plan(Outcome("400", status=400), error=error_body(message, code="invalid_json"))
-    parsed = parse_request(entry.body, dialect=options.dialect)
+    if form is not None:
+        parsed = check_edit(form, dialect=options.dialect)
+    else:
+        parsed = parse_request(entry.body, dialect=options.dialect)
     if isinstance(parsed, Rejection):
         return Plan(Outcome("400", status=400), error=parsed.body())
     lowered = parsed.prompt.lower()
@@ -193,7 +222,12 @@ def _decide(
 
 
 async def _act(
-    request: web.Request, state: MockState, plan: Plan, headers: dict[str, str]
+    request: web.Request,
+    state: MockState,
+    plan: Plan,
+    headers: dict[str, str],
+    *,
+    form: EditForm | None = None,
 ) -> web.StreamResponse:
     outcome = plan.outcome
     if outcome.name == "hang":
@@ -214,7 +248,7 @@ async def _act(
             body = hostile_error(body, token_of(request))
         response = web.json_response(body, status=status, headers=headers)
         return await _send(request, response)
-    payload = await success_body(request, state, plan.request, outcome)
+    payload = await success_body(request, state, plan.request, outcome, edit=form)
     if outcome.name == "truncate":
         return await _truncated(request, payload, headers)
     headers["Content-Type"] = "application/json"

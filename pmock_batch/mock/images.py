@@ -39,6 +39,7 @@ __all__ = [
     "ImageCache",
     "ImageSpec",
     "bomb_png",
+    "encode_image",
     "parse_size",
     "render_image",
 ]
@@ -171,6 +172,9 @@ def _encode(image: Image.Image, spec: ImageSpec, *, pad: int = 0) -> bytes:
     else:
         raise ValueError(f"unsupported image format {spec.format!r}")
     return buf.getvalue()
+
+
+encode_image = _encode  # for an edit's answer (mock/edits.py)
 
 
 def _jpeg_segments(filler: bytes) -> bytes:

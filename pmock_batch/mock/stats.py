@@ -14,7 +14,9 @@ as the attributes::
       "download_attempts": {"ab12.png": 2},  GETs of /_mock/files/ per file name
       "log": [{"path": "/v1/images/generations", "body": {...} or null,
                "has_authorization": true, "authorization": "Bearer sk-test-…",
-               "outcome": "ok"}],     the latest requests, oldest first (capped)
+               "outcome": "ok"}],     the latest requests, oldest first (capped); an
+                                      edit's has "parts": [{"name": "image[]", "filename",
+                                      "content_type", "bytes"}] and its files' names in body
       "files_uploaded": [{"id": "file-…", "filename": "a.jsonl", "purpose": "batch",
                           "bytes": 812}],         every upload, oldest first
       "files_deleted": ["file-…"],                ids deleted, in order
@@ -71,6 +73,7 @@ class ReceivedRequest:
     authorization: str | None  # the Authorization header exactly as received
     outcome: str | None = None  # the stats key of the answer, once decided
     headers: dict[str, str] = field(default_factory=dict)  # every header, as received
+    parts: list[dict[str, Any]] | None = None  # an edit's file parts: name, filename, type, bytes
 
     @property
     def prompt(self) -> str | None:
@@ -91,6 +94,7 @@ class ReceivedRequest:
             "has_authorization": self.has_authorization,
             "authorization": _shown(self.authorization),
             "outcome": self.outcome,
+            **({"parts": self.parts} if self.parts is not None else {}),
         }
 
 

@@ -5,6 +5,7 @@ a ``url`` under :data:`FILES_PATH`.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import functools
 import hashlib
@@ -16,6 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from ..models import ImageRequest
+from .edits import EditForm, tinted
 from .faults import Outcome
 from .images import ImageSpec, bomb_png, parse_size
 from .responses import hostile_text, usage
@@ -51,11 +53,15 @@ async def success_body(
     outcome: Outcome,
     *,
     keep_image: bool = True,
+    edit: EditForm | None = None,
 ) -> bytes:
     """The JSON body of a successful generation; ``keep_image=False`` leaves the image out of
-    the cache (a batch's output file)."""
+    the cache (a batch's output file). For an ``edit`` the image is its first input, tinted,
+    at the input's size unless a size was asked for."""
     options = state.options
     width, height = parse_size(req.size)
+    if edit is not None and req.size in (None, "auto"):
+        width, height = edit.images[0].size
     if options.image_px is not None:  # a small square stand-in, whatever size was asked for
         width = height = options.image_px
     payload = round(options.payload_mb * 1_000_000) if options.payload_mb else None
@@ -68,7 +74,10 @@ async def success_body(
         quality=req.output_compression,
         payload_bytes=payload,
     )
-    data = await state.images.get(spec, keep=keep_image)
+    if edit is not None:
+        data = await asyncio.to_thread(tinted, edit, spec)
+    else:
+        data = await state.images.get(spec, keep=keep_image)
     if options.trailing_bytes:  # decoders stop at the image's end and ignore these
         data += trailing_junk(options.trailing_bytes)
     if outcome.name == "corrupt":

@@ -83,9 +83,13 @@ def _unknown(param: str) -> Rejection:
 
 
 def parse_request(
-    body: Any, *, dialect: str = "pmock", caps: Capabilities | None = None
+    body: Any, *, dialect: str = "pmock", caps: Capabilities | None = None, edit: bool = False
 ) -> ImageRequest | Rejection:
-    """The validated request, or a :class:`Rejection` naming every problem."""
+    """The validated request, or a :class:`Rejection` naming every problem.
+
+    ``edit``: the fields of an ``/images/edits`` request (the model must edit
+    images; its ``edit_fields``, such as ``input_fidelity``, are accepted too).
+    """
     if not isinstance(body, dict):
         kind = type(body).__name__ if body is not None else "null"
         wrong = ("body", f"expected a JSON object, got {kind}")
@@ -117,7 +121,7 @@ def parse_request(
             known = ", ".join(repr(e.name) for e in caps.models)
             text = f"Invalid value: {request.model!r}. Supported values are: {known}."
             return Rejection((("model", text),), param="model", code="invalid_value", text=text)
-        checked = caps.check(request, mode="server", entry=entry)
+        checked = caps.check(request, mode="server", entry=entry, edit=edit)
         for field, problem in checked.problems:
             if problem.startswith("not accepted"):
                 return _unknown(field)
