@@ -25,10 +25,10 @@ from .client import ImagesClient
 from .config import RunConfig
 from .errors import (
     APIError,
-    APITimeoutError,
     CannotConnectError,
     Decision,
 )
+from .events import EventReader, PartialSaver
 from .exchange import keep_rejected, request_image
 from .failures import Failure, Where, abort_message, describe
 from .images import ImageInfo, ImageSink, image_warnings
@@ -213,7 +213,7 @@ class DirectRunner:
             progress.retries += 1
             if failure.billed:
                 progress.billed += 1
-            elif isinstance(failure.error, APITimeoutError):
+            elif failure.ambiguous:  # a timeout, or a stream cut after its partials
                 progress.ambiguous += 1
             self.hook.retrying(job.id, attempt, wait, failure.reason)
             log.debug(
@@ -267,9 +267,15 @@ class DirectRunner:
             progress.attempts += 1
             started, sent_at = time.monotonic(), self.pacer.now()
             self.pool.requests += 1
+            events = self._events(body, sink, progress)
             try:
                 reply = await request_image(
-                    self.client, self.policy, body, sink, url=job.request.response_format == "url"
+                    self.client,
+                    self.policy,
+                    body,
+                    sink,
+                    url=job.request.response_format == "url",
+                    events=events,
                 )
             except APIError as exc:
                 self._answered(this, exc, progress, started, sent_at)
@@ -282,7 +288,22 @@ class DirectRunner:
         image = await sink.verify()
         relative = f"{stem}.{image.extension}"
         await self.writer(sink, self.config.out_dir, relative)
+        progress.partials.extend(reply.partials)
         return image, reply, relative
+
+    def _events(
+        self, body: dict[str, Any], sink: ImageSink, progress: Progress
+    ) -> EventReader | None:
+        """The reader of a streamed answer (``stream: true``), or None."""
+        if body.get("stream") is not True:
+            return None
+        progress.streamed = 0
+
+        def on_partial(count: int) -> None:
+            progress.streamed = count
+
+        saver = PartialSaver(self.config.out_dir, sink.stem) if self.config.save_partials else None
+        return EventReader(sink, saver=saver, on_partial=on_partial)
 
     def _answered(
         self, this: _Try, exc: APIError, progress: Progress, started: float, sent_at: float
@@ -326,6 +347,7 @@ class DirectRunner:
             ambiguous_retries=progress.ambiguous,
             billed_retries=progress.billed,
             rejected=progress.rejected,
+            partials=progress.partials,
             finished_at=_now(),
             **fields,
         )

@@ -115,7 +115,7 @@ def _pick(o: dict[str, Any], names: str) -> dict[str, Any]:
 
 def _defaults(o: dict[str, Any]) -> Defaults:
     request = "model size quality output_format background moderation output_compression"
-    return Defaults(**_pick(o, f"{request} response_format"))
+    return Defaults(**_pick(o, f"{request} response_format"), stream=o["stream"] or None)
 
 
 @click.group(
@@ -165,6 +165,7 @@ def cli() -> None:
 @pool("--grace", "SECONDS", SECONDS, cfg.DEFAULT_GRACE, "for jobs in flight after Ctrl-C")
 @out("--out", "DIR", FILE, None, "output directory", shown="out/<JOBS name without extension>")
 @out("--prices", "FILE", FILE, None, "your own price table, TOML", shown="none")
+@out("--save-partials", help="with streaming, keep the partial images in OUT/.partials/")
 @logs("--quiet", short="-q", help="errors and the summary only")
 @logs("--verbose", short="-v", help="log every attempt, never the key")
 @logs("--log-format", None, ("text", "json"), "text", "json: one object a line")
@@ -212,7 +213,7 @@ def run(**o: Any) -> int:
         headers=headers,
         trust_env=not o["mock"],
         prices=prices,
-        **_pick(o, f"{same} proxy ca_bundle"),
+        **_pick(o, f"{same} proxy ca_bundle save_partials"),
     )
     mode = "none" if o["quiet"] else "lines"
     if mode == "lines" and screen.is_terminal and o["log_format"] == "text":

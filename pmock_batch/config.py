@@ -75,6 +75,7 @@ class RunConfig:
     ca_bundle: Path | None = None  # PEM CAs to trust instead of the system's
     trust_env: bool = True  # honour HTTP(S)_PROXY, ALL_PROXY, NO_PROXY, SSL_CERT_FILE, SSL_CERT_DIR
     prices: Prices | None = None  # the price table for cost_usd; None: the shipped one
+    save_partials: bool = False  # keep a streamed job's partial images in OUT/.partials/
 
     @property
     def endpoint(self) -> str:

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 from typing import Any
 
 from .answers import Reply
 from .client import ImagesClient
 from .errors import APIError, InvalidResponseError, PmockBatchError
+from .events import EventReader
 from .failures import Failure
 from .images import ImageSink, decode_and_verify, rejected_path
 from .models import RejectedFile
@@ -28,18 +30,34 @@ log = logging.getLogger("pmock_batch")
 
 
 async def request_image(
-    client: ImagesClient, policy: RetryPolicy, body: dict[str, Any], sink: ImageSink, *, url: bool
+    client: ImagesClient,
+    policy: RetryPolicy,
+    body: dict[str, Any],
+    sink: ImageSink,
+    *,
+    url: bool,
+    events: EventReader | None = None,
 ) -> Reply:
     """One exchange: the image streams into ``sink`` (or is downloaded into it).
 
     Only ``data[0]`` is read. Its ``url`` is followed only when the job asked
-    for ``response_format: url``.
+    for ``response_format: url``. With ``events`` (a job with ``stream: true``)
+    the answer is read as server-sent events: the ``completed`` event's image
+    goes to ``sink``. A stream that fails after partial images had arrived,
+    before its image, is marked ``ambiguous``: the server was at work.
     """
     try:
-        reply = await client.generate(body, sink)
+        reply = await client.generate(body, sink if events is None else events)
     except APIError as exc:
         exc.answered = exc.answered or sink.answered
+        if events is not None and events.partials and not exc.answered:
+            exc.ambiguous = True
         raise
+    finally:
+        if events is not None:
+            events.discard()
+    if events is not None and events.saved:
+        reply = replace(reply, partials=tuple(events.saved))
     item = reply.body.data[0]
     try:
         if not sink.streamed:

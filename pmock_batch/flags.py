@@ -125,6 +125,7 @@ REQUEST_DEFAULTS = _apply(
     req("--response-format", None, RESPONSE_FORMATS, None, "dall-e-2/3 only", shown="not sent"),
     req("--output-compression", "0-100", PERCENT, None, "jpeg/webp only", shown="the server's"),
     req("--capabilities", "FILE", FILE, None, "your own TOML table", shown="none"),
+    req("--stream", help="stream answers (server-sent events): partial images, then the image"),
 )
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from .jobs import InvalidLine, Job
-from .models import FileRecord, JobRecord, RejectedFile
+from .models import FileRecord, JobRecord, PartialFile, RejectedFile
 
 __all__ = ["Ledger", "Pool", "Progress", "Runner"]
 
@@ -45,6 +45,8 @@ class Progress:
     http_status: int | None = None
     files: list[FileRecord] = field(default_factory=list)
     rejected: list[RejectedFile] = field(default_factory=list)
+    partials: list[PartialFile] = field(default_factory=list)  # saved with --save-partials
+    streamed: int = 0  # partial images received by the attempt in flight (the live display)
 
 
 class Runner(Protocol):
