@@ -21,7 +21,15 @@ from .images import ImageSpec, bomb_png, parse_size
 from .responses import hostile_text, usage
 from .state import MockState
 
-__all__ = ["BAD_BASE64", "FILES_PATH", "gzip_padding", "success_body", "token_of", "trailing_junk"]
+__all__ = [
+    "BAD_BASE64",
+    "FILES_PATH",
+    "gzip_padding",
+    "success_body",
+    "success_image",
+    "token_of",
+    "trailing_junk",
+]
 
 FILES_PATH = "/_mock/files"
 BAD_BASE64 = "!!this is not base64!!"
@@ -55,26 +63,8 @@ async def success_body(
     """The JSON body of a successful generation; ``keep_image=False`` leaves the image out of
     the cache (a batch's output file)."""
     options = state.options
-    width, height = parse_size(req.size)
-    if options.image_px is not None:  # a small square stand-in, whatever size was asked for
-        width = height = options.image_px
-    payload = round(options.payload_mb * 1_000_000) if options.payload_mb else None
-    spec = ImageSpec(
-        prompt=req.prompt,
-        width=width,
-        height=height,
-        format=req.format,
-        transparent=req.background == "transparent",
-        quality=req.output_compression,
-        payload_bytes=payload,
-    )
-    data = await state.images.get(spec, keep=keep_image)
-    if options.trailing_bytes:  # decoders stop at the image's end and ignore these
-        data += trailing_junk(options.trailing_bytes)
-    if outcome.name == "corrupt":
-        data = data[: max(16, len(data) // 2)]
-    elif outcome.name == "bomb":  # a sound PNG whose header claims 40,000 x 40,000 pixels
-        data = bomb_png()
+    data, spec = await success_image(state, req, outcome, keep_image=keep_image)
+    width, height = spec.width, spec.height
     item: dict[str, Any]
     if outcome.name == "bad_base64":
         item = {"b64_json": BAD_BASE64}
@@ -105,6 +95,34 @@ async def success_body(
         created = "yesterday"
         body["created"] = hostile_text(created, token_of(request)) if options.hostile else created
     return json.dumps(body).encode("utf-8")
+
+
+async def success_image(
+    state: MockState, req: ImageRequest, outcome: Outcome, *, keep_image: bool = True
+) -> tuple[bytes, ImageSpec]:
+    """The image of a successful generation, as the faults change it, and its spec."""
+    options = state.options
+    width, height = parse_size(req.size)
+    if options.image_px is not None:  # a small square stand-in, whatever size was asked for
+        width = height = options.image_px
+    payload = round(options.payload_mb * 1_000_000) if options.payload_mb else None
+    spec = ImageSpec(
+        prompt=req.prompt,
+        width=width,
+        height=height,
+        format=req.format,
+        transparent=req.background == "transparent",
+        quality=req.output_compression,
+        payload_bytes=payload,
+    )
+    data = await state.images.get(spec, keep=keep_image)
+    if options.trailing_bytes:  # decoders stop at the image's end and ignore these
+        data += trailing_junk(options.trailing_bytes)
+    if outcome.name == "corrupt":
+        data = data[: max(16, len(data) // 2)]
+    elif outcome.name == "bomb":  # a sound PNG whose header claims 40,000 x 40,000 pixels
+        data = bomb_png()
+    return data, spec
 
 
 def trailing_junk(count: int) -> bytes:
