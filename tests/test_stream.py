@@ -1,0 +1,198 @@
+"""Issue 13 §2 over real loopback HTTP: streamed answers (``stream: true``).
+
+The final image comes only from the ``completed`` event; partial images are
+counted, or saved with ``--save-partials``; a stream that ends before its
+image is retried, and counted as ambiguous when partials had arrived.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+from helpers import by_id, open_image, read_manifest, run_cli, write_jobs
+
+from pmock_batch.mock import MockOptions
+from pmock_batch.mock.streams import PARTIAL_TOKENS
+from pmock_batch.retry import RetryPolicy
+
+KEY = "sk-stream-test-key"
+
+
+@pytest.fixture(autouse=True)
+def _key(monkeypatch):
+    monkeypatch.setenv("PMOCK_API_KEY", KEY)
+
+
+@pytest.fixture(autouse=True)
+def _no_backoff(monkeypatch):
+    """The CLI's retry policy gets an injected sleep: no test waits through real backoff."""
+
+    async def sleep(seconds: float) -> None:
+        return None
+
+    monkeypatch.setattr(
+        "pmock_batch.preflight.RetryPolicy", functools.partial(RetryPolicy, sleep=sleep)
+    )
+
+
+def _argv(tmp_path: Path, server, *extra: str) -> list[str]:
+    jobs = tmp_path / "jobs.jsonl"
+    return [str(jobs), "--base-url", server.base_url, "--out", str(tmp_path / "out"), *extra]
+
+
+def _bodies(server) -> list[dict]:
+    return [entry.body for entry in server.stats.log]
+
+
+@pytest.mark.parametrize("partials", [0, 2, 3])
+async def test_a_streamed_job_saves_the_completed_image(tmp_path, make_mock, capsys, partials):
+    server = await make_mock(MockOptions(image_px=64))
+    line = {"id": "fox", "prompt": "a fox", "stream": True, "partial_images": partials}
+    write_jobs(tmp_path / "jobs.jsonl", [line])
+    result = await run_cli(_argv(tmp_path, server, "--json"), capsys)
+    assert result.code == 0, result.err
+    [body] = _bodies(server)
+    assert body["stream"] is True and body["partial_images"] == partials
+    record = read_manifest(tmp_path / "out")[0]
+    assert record["status"] == "ok" and record["attempts"] == 1
+    assert record["partials"] == []  # counted, not saved
+    assert record["usage"]["output_tokens"] > PARTIAL_TOKENS * partials
+    path = tmp_path / "out" / "fox.png"
+    assert open_image(path).size == (64, 64)
+    assert record["files"][0]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert not (tmp_path / "out" / ".partials").exists()
+    assert "partial_images" not in result.err  # sent, so no warning
+
+
+async def test_the_final_image_is_the_completed_one_not_a_partial(tmp_path, make_mock, capsys):
+    """The same prompt without streaming gives the same image: partials are blurred previews."""
+    server = await make_mock(MockOptions(image_px=64))
+    write_jobs(
+        tmp_path / "jobs.jsonl",
+        [
+            {"id": "plain", "prompt": "a fox"},
+            {"id": "streamed", "prompt": "a fox", "stream": True, "partial_images": 3},
+        ],
+    )
+    result = await run_cli(_argv(tmp_path, server), capsys)
+    assert result.code == 0, result.err
+    out = tmp_path / "out"
+    assert (out / "plain.png").read_bytes() == (out / "streamed.png").read_bytes()
+
+
+async def test_stream_flag_streams_every_job_and_the_fingerprint_is_unchanged(
+    tmp_path, make_mock, capsys
+):
+    server = await make_mock(MockOptions(image_px=32))
+    write_jobs(tmp_path / "jobs.jsonl", [{"id": "fox", "prompt": "a fox", "partial_images": 1}])
+    first = await run_cli(_argv(tmp_path, server), capsys)
+    assert first.code == 0, first.err
+    assert "partial_images needs streaming" in first.err
+    assert "stream" not in _bodies(server)[0] and "partial_images" not in _bodies(server)[0]
+    fingerprint = read_manifest(tmp_path / "out")[0]["fingerprint"]
+    again = await run_cli(_argv(tmp_path, server, "--stream", "--force"), capsys)
+    assert again.code == 0, again.err
+    body = _bodies(server)[-1]
+    assert body["stream"] is True and body["partial_images"] == 1
+    assert read_manifest(tmp_path / "out")[0]["fingerprint"] == fingerprint
+
+
+async def test_save_partials_writes_each_partial_and_lists_it(tmp_path, make_mock, capsys):
+    server = await make_mock(MockOptions(image_px=48))
+    write_jobs(tmp_path / "jobs.jsonl", [{"id": "fox", "prompt": "a fox", "partial_images": 2}])
+    argv = _argv(tmp_path, server, "--stream", "--save-partials")
+    result = await run_cli(argv, capsys)
+    assert result.code == 0, result.err
+    out = tmp_path / "out"
+    record = read_manifest(out)[0]
+    assert [p["index"] for p in record["partials"]] == [0, 1]
+    for item in record["partials"]:
+        assert item["path"] == f".partials/fox.{item['index']}.png"
+        data = (out / item["path"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == item["sha256"]
+        assert open_image(out / item["path"]).size == (48, 48)
+        assert data != (out / "fox.png").read_bytes()  # a preview, not the image
+    assert sorted(p.name for p in (out / ".partials").iterdir()) == ["fox.0.png", "fox.1.png"]
+    assert "fox.0.png" in (out / "report.html").read_text(encoding="utf-8")
+
+
+async def test_stream_cut_after_a_partial_is_retried_and_ambiguous(tmp_path, make_mock, capsys):
+    server = await make_mock(MockOptions(image_px=40, script={"a fox": ["stream_cut:1"]}))
+    write_jobs(tmp_path / "jobs.jsonl", [{"id": "fox", "prompt": "a fox", "partial_images": 2}])
+    result = await run_cli(_argv(tmp_path, server, "--stream", "--json"), capsys)
+    assert result.code == 0, result.err
+    assert server.stats.requests == 2
+    record = by_id(read_manifest(tmp_path / "out"))["fox"]
+    assert record["status"] == "ok" and record["attempts"] == 2 and record["retries"] == 1
+    assert record["ambiguous_retries"] == 1 and record["billed_retries"] == 0
+    assert json.loads(result.out)["ambiguous_retries"] == 1
+    plain = await make_mock(MockOptions(image_px=40))
+    write_jobs(tmp_path / "plain.jsonl", [{"id": "fox", "prompt": "a fox"}])
+    argv = [str(tmp_path / "plain.jsonl"), "--base-url", plain.base_url]
+    again = await run_cli([*argv, "--out", str(tmp_path / "plain")], capsys)
+    assert again.code == 0, again.err
+    expected = (tmp_path / "plain" / "fox.png").read_bytes()
+    assert (tmp_path / "out" / "fox.png").read_bytes() == expected  # the final image, whole
+
+
+async def test_a_cut_before_any_partial_is_retried_but_not_ambiguous(tmp_path, make_mock, capsys):
+    server = await make_mock(MockOptions(image_px=40, script={"a fox": ["stream_cut:0"]}))
+    write_jobs(tmp_path / "jobs.jsonl", [{"id": "fox", "prompt": "a fox", "partial_images": 2}])
+    result = await run_cli(_argv(tmp_path, server, "--stream"), capsys)
+    assert result.code == 0, result.err
+    record = read_manifest(tmp_path / "out")[0]
+    assert record["retries"] == 1 and record["ambiguous_retries"] == 0
+
+
+async def test_a_stream_that_hangs_after_its_partials_times_out_and_is_retried(
+    tmp_path, make_mock, capsys
+):
+    options = MockOptions(image_px=32, script={"a fox": ["hang"]}, hang_seconds=30)
+    server = await make_mock(options)
+    write_jobs(tmp_path / "jobs.jsonl", [{"id": "fox", "prompt": "a fox", "partial_images": 1}])
+    result = await run_cli(_argv(tmp_path, server, "--stream", "--timeout", "1"), capsys)
+    assert result.code == 0, result.err
+    record = read_manifest(tmp_path / "out")[0]
+    assert record["status"] == "ok" and record["ambiguous_retries"] == 1
+
+
+async def test_drop_applies_to_streams(tmp_path, make_mock, capsys):
+    server = await make_mock(MockOptions(image_px=32, script={"a fox": ["drop"]}))
+    write_jobs(tmp_path / "jobs.jsonl", [{"id": "fox", "prompt": "a fox", "stream": True}])
+    result = await run_cli(_argv(tmp_path, server), capsys)
+    assert result.code == 0, result.err
+    record = read_manifest(tmp_path / "out")[0]
+    assert record["attempts"] == 2 and record["ambiguous_retries"] == 0
+
+
+async def test_dall_e_does_not_stream(tmp_path, make_mock, capsys):
+    server = await make_mock(MockOptions(image_px=32))
+    write_jobs(tmp_path / "jobs.jsonl", [{"id": "fox", "prompt": "a fox", "model": "dall-e-3"}])
+    result = await run_cli(_argv(tmp_path, server, "--stream"), capsys)
+    assert result.code == 0, result.err
+    assert "dall-e-3 does not stream" in result.err
+    assert "stream" not in _bodies(server)[0]
+
+
+async def test_the_openai_sdk_streams_from_the_mock(make_mock):
+    openai = pytest.importorskip("openai")
+    server = await make_mock(MockOptions(image_px=32, dialect="openai"))
+    client = openai.AsyncOpenAI(api_key=KEY, base_url=server.base_url, max_retries=0)
+    try:
+        stream = await client.images.generate(
+            model="gpt-image-1", prompt="a fox", stream=True, partial_images=2
+        )
+        events = [event async for event in stream]
+    finally:
+        await client.close()
+    assert [e.type for e in events] == [
+        "image_generation.partial_image",
+        "image_generation.partial_image",
+        "image_generation.completed",
+    ]
+    assert [e.partial_image_index for e in events[:2]] == [0, 1]
+    assert events[-1].usage.output_tokens > 0
