@@ -282,6 +282,7 @@ class DirectRunner:
                 raise
             finally:
                 self.pool.requests -= 1
+                progress.streamed = None
         self.tripwire.succeeded()
         self.pacer.observe(reply.headers, sent_at=sent_at)
         this.logged(reply.status, started)

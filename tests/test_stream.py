@@ -196,3 +196,36 @@ async def test_the_openai_sdk_streams_from_the_mock(make_mock):
     ]
     assert [e.partial_image_index for e in events[:2]] == [0, 1]
     assert events[-1].usage.output_tokens > 0
+
+
+async def test_the_live_status_shows_partials_of_streams_in_flight(tmp_path, make_mock):
+    import asyncio
+
+    from pmock_batch.config import RunConfig
+    from pmock_batch.console.progress import streaming
+    from pmock_batch.jobs import iter_jobs, scan
+    from pmock_batch.run import run_batch
+
+    server = await make_mock(MockOptions(image_px=32, partial_delay=0.2))
+    path = write_jobs(
+        tmp_path / "jobs.jsonl",
+        [{"id": "fox", "prompt": "a fox", "stream": True, "partial_images": 3}],
+    )
+    config = RunConfig(out_dir=tmp_path / "out", base_url=server.base_url, api_key=KEY)
+    seen: list[str] = []
+    runs = []
+
+    async def watch() -> None:
+        while not runs:
+            await asyncio.sleep(0.01)
+        for _ in range(200):
+            seen.append(streaming(runs[0].status()))
+            await asyncio.sleep(0.01)
+
+    watcher = asyncio.create_task(watch())
+    summary = await run_batch(config, iter_jobs(path, scan(path)), on_start=runs.append)
+    watcher.cancel()
+    assert summary.ok == 1
+    shown = [text for text in seen if text]
+    assert " · partials: fox 0" in shown and " · partials: fox 2" in shown
+    assert streaming(runs[0].status()) == ""  # nothing in flight after the run
