@@ -7,6 +7,7 @@ image is retried, and counted as ambiguous when partials had arrived.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import json
@@ -15,9 +16,13 @@ from pathlib import Path
 import pytest
 from helpers import by_id, open_image, read_manifest, run_cli, write_jobs
 
+from pmock_batch.config import RunConfig
+from pmock_batch.console.progress import streaming
+from pmock_batch.jobs import iter_jobs, scan
 from pmock_batch.mock import MockOptions
 from pmock_batch.mock.streams import PARTIAL_TOKENS
 from pmock_batch.retry import RetryPolicy
+from pmock_batch.run import run_batch
 
 KEY = "sk-stream-test-key"
 
@@ -199,13 +204,6 @@ async def test_the_openai_sdk_streams_from_the_mock(make_mock):
 
 
 async def test_the_live_status_shows_partials_of_streams_in_flight(tmp_path, make_mock):
-    import asyncio
-
-    from pmock_batch.config import RunConfig
-    from pmock_batch.console.progress import streaming
-    from pmock_batch.jobs import iter_jobs, scan
-    from pmock_batch.run import run_batch
-
     server = await make_mock(MockOptions(image_px=32, partial_delay=0.2))
     path = write_jobs(
         tmp_path / "jobs.jsonl",
@@ -214,16 +212,20 @@ async def test_the_live_status_shows_partials_of_streams_in_flight(tmp_path, mak
     config = RunConfig(out_dir=tmp_path / "out", base_url=server.base_url, api_key=KEY)
     seen: list[str] = []
     runs = []
+    started = asyncio.Event()
+
+    def on_start(run) -> None:
+        runs.append(run)
+        started.set()
 
     async def watch() -> None:
-        while not runs:
-            await asyncio.sleep(0.01)
+        await started.wait()
         for _ in range(200):
             seen.append(streaming(runs[0].status()))
             await asyncio.sleep(0.01)
 
     watcher = asyncio.create_task(watch())
-    summary = await run_batch(config, iter_jobs(path, scan(path)), on_start=runs.append)
+    summary = await run_batch(config, iter_jobs(path, scan(path)), on_start=on_start)
     watcher.cancel()
     assert summary.ok == 1
     shown = [text for text in seen if text]
