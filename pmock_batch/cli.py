@@ -47,6 +47,7 @@ from .flags import (
     out,
     panel,
     pool,
+    req,
 )
 from .jobs import Defaults, iter_jobs, scan
 from .lock import run_lock
@@ -115,7 +116,7 @@ def _pick(o: dict[str, Any], names: str) -> dict[str, Any]:
 
 def _defaults(o: dict[str, Any]) -> Defaults:
     request = "model size quality output_format background moderation output_compression"
-    return Defaults(**_pick(o, f"{request} response_format"), stream=o["stream"] or None)
+    return Defaults(**_pick(o, f"{request} response_format"), stream=o.get("stream") or None)
 
 
 @click.group(
@@ -144,6 +145,7 @@ def cli() -> None:
 @inp("--prune", help="drop jobs gone from JOBS, and their files")
 @inp("--verify", help="on resume, check SHA-256s, not just sizes")
 @REQUEST_DEFAULTS
+@req("--stream", help="stream answers as server-sent events: partial images, then the image")
 @end("--base-url", "URL", str, None, "base URL", shown=f"${cfg.BASE_URL_ENV} or pmock's")
 @end(
     "--mock",

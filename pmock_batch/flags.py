@@ -40,6 +40,7 @@ __all__ = [
     "out",
     "panel",
     "pool",
+    "req",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -125,7 +126,6 @@ REQUEST_DEFAULTS = _apply(
     req("--response-format", None, RESPONSE_FORMATS, None, "dall-e-2/3 only", shown="not sent"),
     req("--output-compression", "0-100", PERCENT, None, "jpeg/webp only", shown="the server's"),
     req("--capabilities", "FILE", FILE, None, "your own TOML table", shown="none"),
-    req("--stream", help="stream answers (server-sent events): partial images, then the image"),
 )
 
 
