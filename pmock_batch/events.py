@@ -171,13 +171,14 @@ class EventReader:
         self._route = route
 
     async def _data(self, data: bytes) -> None:
-        if self._route == _UNDECIDED:
-            self._head += data
+        if self._route == _UNDECIDED:  # no event: line; the data's "type" decides
+            room = _SNIFF - len(self._head)
+            self._head += data[:room]
             found = _TYPE.search(self._head)
             if found is None and len(self._head) < _SNIFF and b'"b64_json"' not in self._head:
-                return
+                return  # all of data is in the head
             await self._begin(_route(found[1].decode("ascii", "replace")) if found else _SKIP)
-            data, self._head = bytes(self._head), bytearray()
+            data, self._head = bytes(self._head) + data[room:], bytearray()
         if self._route == _FINAL:
             await self.sink.feed_json(data)
         elif self._route == _SAVED and self._partial is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -176,3 +177,20 @@ async def test_events_after_the_image_are_skipped(tmp_path: Path) -> None:
     assert reader.partials == 0
     assert (await sink.verify()).format == "png"
     sink.discard()
+
+
+@pytest.mark.parametrize("size", [1000, 1 << 20])
+async def test_unnamed_events_longer_than_the_sniff_are_routed_by_their_type(
+    tmp_path: Path, size: int
+) -> None:
+    noise = Image.frombytes("RGB", (64, 64), random.Random(1).randbytes(64 * 64 * 3))
+    out = io.BytesIO()
+    noise.save(out, format="PNG")
+    big = out.getvalue()
+    assert len(base64.b64encode(big)) > 4096
+    completed = {"type": "image_generation.completed", "b64_json": base64.b64encode(big).decode()}
+    stream = _partial(0, named=False) + _event(None, completed)
+    sink, reader, _, _ = await _read(tmp_path, stream, size=size)
+    assert reader.partials == 1 and reader.held < 100  # the JSON outside the image
+    await sink.commit(tmp_path, "fox.png")
+    assert (tmp_path / "fox.png").read_bytes() == big
