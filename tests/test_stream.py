@@ -16,8 +16,12 @@ from pathlib import Path
 import pytest
 from helpers import by_id, open_image, read_manifest, run_cli, write_jobs
 
+from pmock_batch.client import ImagesClient
 from pmock_batch.config import RunConfig
 from pmock_batch.console.progress import streaming
+from pmock_batch.errors import InvalidResponseError
+from pmock_batch.events import EventReader
+from pmock_batch.images import ImageSink
 from pmock_batch.jobs import iter_jobs, scan
 from pmock_batch.mock import MockOptions
 from pmock_batch.mock.streams import PARTIAL_TOKENS
@@ -231,3 +235,20 @@ async def test_the_live_status_shows_partials_of_streams_in_flight(tmp_path, mak
     shown = [text for text in seen if text]
     assert " · partials: fox 0" in shown and " · partials: fox 2" in shown
     assert streaming(runs[0].status()) == ""  # nothing in flight after the run
+
+
+async def test_partials_count_against_the_whole_body_cap_not_the_extra_one(tmp_path, make_mock):
+    """A partial's data is never held (the 4 KiB cap outside images is kept), but its bytes
+    count in the body's total, which is capped at the image cap's base64 plus the extra."""
+    server = await make_mock(MockOptions(image_px=128, payload_mb=0.2))
+    config = RunConfig(out_dir=tmp_path, base_url=server.base_url, api_key=KEY)
+    body = {"prompt": "a fox", "model": "gpt-image-2", "stream": True}
+    async with ImagesClient(config, max_image_bytes=210_000, max_extra_bytes=4096) as client:
+        sink = ImageSink(tmp_path, "fox")
+        reply = await client.generate({**body, "partial_images": 1}, EventReader(sink))
+        assert reply.body.usage and (await sink.verify()).bytes > 190_000
+        sink.discard()
+        sink = ImageSink(tmp_path, "fox")
+        with pytest.raises(InvalidResponseError, match="bytes in all"):
+            await client.generate({**body, "partial_images": 3}, EventReader(sink))
+        sink.discard()
