@@ -252,3 +252,59 @@ async def test_partials_count_against_the_whole_body_cap_not_the_extra_one(tmp_p
         with pytest.raises(InvalidResponseError, match="bytes in all"):
             await client.generate({**body, "partial_images": 3}, EventReader(sink))
         sink.discard()
+
+
+# -- the mock ----------------------------------------------------------------------
+
+
+def test_stream_cut_is_an_outcome_with_its_count():
+    from pmock_batch.mock.faults import parse_fault_rates, parse_outcome
+
+    assert parse_outcome("stream_cut:2").after == 2
+    assert parse_outcome("stream_cut").after == 0
+    assert parse_fault_rates("stream_cut:1=0.5") == {"stream_cut:1": 0.5}
+    for bad in ("stream_cut:x", "stream_cut:4", "stream_cut:-1"):
+        with pytest.raises(ValueError, match="K must be a whole number from 0 to 3"):
+            parse_outcome(bad)
+
+
+async def test_the_mock_spaces_its_events_and_indexes_its_partials(make_mock):
+    import aiohttp
+
+    server = await make_mock(MockOptions(image_px=16, partial_delay=0.15))
+    body = {"prompt": "a fox", "stream": True, "partial_images": 2}
+    loop = asyncio.get_running_loop()
+    arrivals: list[float] = []
+    text = b""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(server.base_url + "/images/generations", json=body) as resp,
+    ):
+        assert resp.status == 200 and resp.content_type == "text/event-stream"
+        start = loop.time()
+        async for line in resp.content:
+            if line.startswith(b"event:"):
+                arrivals.append(loop.time() - start)
+            text += line
+    events = [json.loads(line[6:]) for line in text.splitlines() if line.startswith(b"data: ")]
+    assert [e["type"] for e in events] == [
+        "image_generation.partial_image",
+        "image_generation.partial_image",
+        "image_generation.completed",
+    ]
+    assert [e.get("partial_image_index") for e in events] == [0, 1, None]
+    assert events[-1]["usage"]["output_tokens"] >= 2 * PARTIAL_TOKENS
+    assert arrivals[-1] - arrivals[0] >= 0.25  # two more delays of 0.15 s
+
+
+async def test_the_openai_dialect_refuses_stream_for_dall_e(make_mock):
+    import aiohttp
+
+    server = await make_mock(MockOptions(dialect="openai"))
+    body = {"prompt": "a fox", "model": "dall-e-3", "stream": True}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(server.base_url + "/images/generations", json=body) as resp,
+    ):
+        assert resp.status == 400
+        assert (await resp.json())["error"]["param"] == "stream"
