@@ -13,6 +13,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import aiohttp
 import pytest
 from helpers import by_id, open_image, read_manifest, run_cli, write_jobs
 
@@ -24,6 +25,7 @@ from pmock_batch.events import EventReader
 from pmock_batch.images import ImageSink
 from pmock_batch.jobs import iter_jobs, scan
 from pmock_batch.mock import MockOptions
+from pmock_batch.mock.faults import parse_fault_rates, parse_outcome
 from pmock_batch.mock.streams import PARTIAL_TOKENS
 from pmock_batch.retry import RetryPolicy
 from pmock_batch.run import run_batch
@@ -258,8 +260,6 @@ async def test_partials_count_against_the_whole_body_cap_not_the_extra_one(tmp_p
 
 
 def test_stream_cut_is_an_outcome_with_its_count():
-    from pmock_batch.mock.faults import parse_fault_rates, parse_outcome
-
     assert parse_outcome("stream_cut:2").after == 2
     assert parse_outcome("stream_cut").after == 0
     assert parse_fault_rates("stream_cut:1=0.5") == {"stream_cut:1": 0.5}
@@ -269,8 +269,6 @@ def test_stream_cut_is_an_outcome_with_its_count():
 
 
 async def test_the_mock_spaces_its_events_and_indexes_its_partials(make_mock):
-    import aiohttp
-
     server = await make_mock(MockOptions(image_px=16, partial_delay=0.15))
     body = {"prompt": "a fox", "stream": True, "partial_images": 2}
     loop = asyncio.get_running_loop()
@@ -298,8 +296,6 @@ async def test_the_mock_spaces_its_events_and_indexes_its_partials(make_mock):
 
 
 async def test_the_openai_dialect_refuses_stream_for_dall_e(make_mock):
-    import aiohttp
-
     server = await make_mock(MockOptions(dialect="openai"))
     body = {"prompt": "a fox", "model": "dall-e-3", "stream": True}
     async with (
