@@ -16,7 +16,7 @@ from typing import Any, overload
 from pydantic import ValidationError
 
 from .errors import APIStatusError, Headers, InvalidResponseError, status_error
-from .models import ImagesResponse, PartialFile
+from .models import ImagesResponse
 from .text import server_text
 
 __all__ = [
@@ -49,7 +49,6 @@ class Reply:
     body: ImagesResponse
     status: int
     headers: Headers  # case-insensitive
-    partials: tuple[PartialFile, ...] = ()  # a streamed answer's partial images, saved
 
 
 def parse_images(raw: bytes) -> ImagesResponse:

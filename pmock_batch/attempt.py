@@ -106,6 +106,23 @@ def _warn(job: Job, text: str) -> None:
     log.warning("%s: %s", job.id, text, extra={"event": "warning", "job_id": job.id})
 
 
+def _reader(
+    config: RunConfig, body: dict[str, Any], sink: ImageSink, progress: Progress
+) -> EventReader | None:
+    """The reader of a streamed answer (``stream: true``), or None. It keeps the live count
+    of partials in ``progress.streamed``; with ``--save-partials`` it saves them."""
+    if body.get("stream") is not True:
+        return None
+    progress.streamed = 0
+
+    def on_partial(count: int | None) -> None:  # None: the exchange is over
+        progress.streamed = count
+
+    saving = config.save_partials
+    saver = PartialSaver(config.out_dir, sink.stem, progress.partials) if saving else None
+    return EventReader(sink, saver=saver, on_partial=on_partial)
+
+
 class DirectRunner:
     """Runs jobs over HTTP, one POST per image, against ``config.endpoint``."""
 
@@ -267,44 +284,24 @@ class DirectRunner:
             progress.attempts += 1
             started, sent_at = time.monotonic(), self.pacer.now()
             self.pool.requests += 1
-            events = self._events(body, sink, progress)
+            events = _reader(self.config, body, sink, progress)
+            url = job.request.response_format == "url"
             try:
                 reply = await request_image(
-                    self.client,
-                    self.policy,
-                    body,
-                    sink,
-                    url=job.request.response_format == "url",
-                    events=events,
+                    self.client, self.policy, body, sink, url=url, events=events
                 )
             except APIError as exc:
                 self._answered(this, exc, progress, started, sent_at)
                 raise
             finally:
                 self.pool.requests -= 1
-                progress.streamed = None
         self.tripwire.succeeded()
         self.pacer.observe(reply.headers, sent_at=sent_at)
         this.logged(reply.status, started)
         image = await sink.verify()
         relative = f"{stem}.{image.extension}"
         await self.writer(sink, self.config.out_dir, relative)
-        progress.partials.extend(reply.partials)
         return image, reply, relative
-
-    def _events(
-        self, body: dict[str, Any], sink: ImageSink, progress: Progress
-    ) -> EventReader | None:
-        """The reader of a streamed answer (``stream: true``), or None."""
-        if body.get("stream") is not True:
-            return None
-        progress.streamed = 0
-
-        def on_partial(count: int) -> None:
-            progress.streamed = count
-
-        saver = PartialSaver(self.config.out_dir, sink.stem) if self.config.save_partials else None
-        return EventReader(sink, saver=saver, on_partial=on_partial)
 
     def _answered(
         self, this: _Try, exc: APIError, progress: Progress, started: float, sent_at: float

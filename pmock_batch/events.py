@@ -31,7 +31,7 @@ import json
 import logging
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -57,13 +57,22 @@ _UNDECIDED, _FINAL, _PARTIAL, _SAVED, _ERROR, _SKIP = range(6)
 
 @dataclass(frozen=True, slots=True)
 class PartialSaver:
-    """Where ``--save-partials`` puts one image's partials: ``OUT/.partials/<stem>.*``."""
+    """Where ``--save-partials`` puts one image's partials: ``OUT/.partials/<stem>.*``.
+
+    Each one saved is listed in ``saved`` (the job's record), the newest for each path:
+    a retry's partial replaces the file, and the entry, of the same index.
+    """
 
     out_dir: Path
     stem: str
+    saved: list[PartialFile] = field(default_factory=list)
 
     def sink(self) -> ImageSink:
         return ImageSink(self.out_dir, f"{PARTIALS_DIR}/{self.stem}", top=True)
+
+    def keep(self, item: PartialFile) -> None:
+        self.saved[:] = [p for p in self.saved if p.path != item.path]
+        self.saved.append(item)
 
 
 def _route(name: str) -> int:
@@ -77,14 +86,18 @@ def _route(name: str) -> int:
 
 
 class EventReader:
-    """Reads one streamed answer: partials counted (or saved), the image into ``sink``."""
+    """Reads one streamed answer: partials counted (or saved), the image into ``sink``.
+
+    ``on_partial`` is told the number of partials so far as each arrives, and None
+    when the exchange is over (:meth:`discard`): the live progress shows it.
+    """
 
     def __init__(
         self,
         sink: ImageSink,
         *,
         saver: PartialSaver | None = None,
-        on_partial: Callable[[int], None] | None = None,
+        on_partial: Callable[[int | None], None] | None = None,
     ) -> None:
         self.sink = sink
         self.partials = 0  # partial_image events received
@@ -230,14 +243,19 @@ class EventReader:
             return
         finally:
             sink.discard()
+        item = PartialFile(path=relative, index=index, sha256=image.sha256)
         self.saved = [p for p in self.saved if p.index != index]
-        self.saved.append(PartialFile(path=relative, index=index, sha256=image.sha256))
+        self.saved.append(item)
+        self._saver.keep(item)
 
     def discard(self) -> None:
-        """Remove a partial's temporary file, if one is half-written. Safe to call twice."""
+        """The exchange is over: remove a half-written partial's temporary file, and tell
+        ``on_partial`` (with None). Safe to call twice."""
         if self._partial is not None:
             self._partial.discard()
             self._partial = None
+        if self._on_partial is not None:
+            self._on_partial(None)
 
 
 def _object(raw: bytes, what: str) -> dict[str, Any]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import replace
 from typing import Any
 
 from .answers import Reply
@@ -56,8 +55,6 @@ async def request_image(
     finally:
         if events is not None:
             events.discard()
-    if events is not None and events.saved:
-        reply = replace(reply, partials=tuple(events.saved))
     item = reply.body.data[0]
     try:
         if not sink.streamed:

@@ -101,7 +101,7 @@ def _completed(named: bool = True, kind: str = "image_generation") -> bytes:
 async def _read(tmp_path: Path, stream: bytes, *, size: int = 5, save: bool = False):
     sink = ImageSink(tmp_path, "fox")
     saver = PartialSaver(tmp_path, "fox") if save else None
-    seen: list[int] = []
+    seen: list[int | None] = []
     reader = EventReader(sink, saver=saver, on_partial=seen.append)
     try:
         for start in range(0, len(stream), size):
@@ -117,7 +117,7 @@ async def _read(tmp_path: Path, stream: bytes, *, size: int = 5, save: bool = Fa
 async def test_the_image_is_the_completed_event(tmp_path: Path, named: bool, kind: str) -> None:
     stream = _partial(0, named) + _partial(1, named) + _completed(named, kind)
     sink, reader, body, seen = await _read(tmp_path, stream)
-    assert seen == [1, 2] and reader.partials == 2 and reader.answered
+    assert seen == [1, 2, None] and reader.partials == 2 and reader.answered
     assert body["usage"] == {"output_tokens": 300} and body["data"] == [{"b64_json": ""}]
     info = await sink.verify()
     await sink.commit(tmp_path, "fox.png")

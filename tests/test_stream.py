@@ -304,3 +304,19 @@ async def test_the_openai_dialect_refuses_stream_for_dall_e(make_mock):
     ):
         assert resp.status == 400
         assert (await resp.json())["error"]["param"] == "stream"
+
+
+async def test_saved_partials_of_a_cut_attempt_are_replaced_by_the_retry(
+    tmp_path, make_mock, capsys
+):
+    server = await make_mock(MockOptions(image_px=40, script={"a fox": ["stream_cut:1"]}))
+    write_jobs(tmp_path / "jobs.jsonl", [{"id": "fox", "prompt": "a fox", "partial_images": 2}])
+    result = await run_cli(_argv(tmp_path, server, "--stream", "--save-partials"), capsys)
+    assert result.code == 0, result.err
+    out = tmp_path / "out"
+    record = read_manifest(out)[0]
+    assert record["ambiguous_retries"] == 1
+    assert [p["path"] for p in record["partials"]] == [".partials/fox.0.png", ".partials/fox.1.png"]
+    for item in record["partials"]:
+        assert hashlib.sha256((out / item["path"]).read_bytes()).hexdigest() == item["sha256"]
+    assert not [p for p in (out / ".partials").iterdir() if p.name.endswith(".tmp")]
