@@ -320,3 +320,22 @@ async def test_saved_partials_of_a_cut_attempt_are_replaced_by_the_retry(
     for item in record["partials"]:
         assert hashlib.sha256((out / item["path"]).read_bytes()).hexdigest() == item["sha256"]
     assert not [p for p in (out / ".partials").iterdir() if p.name.endswith(".tmp")]
+
+
+async def test_an_error_event_is_retried_and_ambiguous_after_partials(tmp_path, make_mock, capsys):
+    server = await make_mock(MockOptions(image_px=32, script={"a fox": ["stream_error"]}))
+    write_jobs(tmp_path / "jobs.jsonl", [{"id": "fox", "prompt": "a fox", "partial_images": 1}])
+    result = await run_cli(_argv(tmp_path, server, "--stream", "--verbose"), capsys)
+    assert result.code == 0, result.err
+    assert "the stream sent an error event: The server had an error." in result.err
+    record = read_manifest(tmp_path / "out")[0]
+    assert record["status"] == "ok" and record["attempts"] == 2
+    assert record["ambiguous_retries"] == 1
+
+
+async def test_stream_error_without_streaming_is_a_500(tmp_path, make_mock, capsys):
+    server = await make_mock(MockOptions(image_px=32, script={"a fox": ["stream_error"]}))
+    write_jobs(tmp_path / "jobs.jsonl", [{"id": "fox", "prompt": "a fox"}])
+    result = await run_cli(_argv(tmp_path, server), capsys)
+    assert result.code == 0, result.err
+    assert read_manifest(tmp_path / "out")[0]["http_status"] == 500

@@ -204,7 +204,9 @@ async def _act(
         return _drop(request)
     if outcome.name == "drop" or (outcome.name == "stream_cut" and not streamed):
         return _drop(request)
-    if plan.error is not None or plan.request is None:
+    if streamed and plan.request is not None and outcome.name == "stream_error":
+        return await stream_answer(request, state, plan.request, outcome, headers)
+    if plan.error is not None or plan.request is None or outcome.name == "stream_error":
         status = outcome.status or 400
         retry_after = outcome.retry_after
         if retry_after is None and outcome.name == "429":

@@ -22,6 +22,9 @@ table and in the stats:
 ``stream_cut:K``
     a streamed answer (``stream: true``) is cut after K partial images, before
     the image; an answer that is not streamed is dropped.
+``stream_error``
+    a streamed answer sends its partial images, then an ``error`` event and
+    ends; an answer that is not streamed gets a 500.
 ``padded_json``
     a 200 whose JSON comes after ``padding_bytes`` of whitespace (valid JSON).
 ``gzip_bomb``
@@ -88,6 +91,7 @@ NAMED_OUTCOMES = (
     "gzip_bomb",
     "bad_shape",
     "url",
+    "stream_error",
 )
 DOWNLOAD_OUTCOMES = ("ok", "drop", "truncate")  # or a plain STATUS
 
@@ -121,6 +125,8 @@ def parse_outcome(text: str) -> Outcome:
             return Outcome("quota", status=429)
         if word == "moderation":
             return Outcome("moderation", status=400)
+        if word == "stream_error":
+            return Outcome("stream_error", status=500)
         return OK if word == "ok" else Outcome(word)
     code, sep, wait = word.partition(":")
     if code == "stream_cut":

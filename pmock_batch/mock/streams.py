@@ -8,8 +8,9 @@ bills them). ``kind`` is ``image_generation`` or ``image_edit``: the writer
 serves any route that makes an image. ``partial_delay`` spaces the events.
 
 Faults: ``stream_cut:K`` closes the connection after K partials, before the
-image; ``hang`` sends the partials, then nothing until ``hang_seconds`` pass,
-then closes. (``drop`` never gets this far: no answer at all.)
+image; ``stream_error`` sends the partials, then an ``error`` event, and ends;
+``hang`` sends the partials, then nothing until ``hang_seconds`` pass, then
+closes. (``drop`` never gets this far: no answer at all.)
 """
 
 from __future__ import annotations
@@ -91,6 +92,14 @@ async def stream_answer(
             await response.write(event_bytes(f"{kind}.partial_image", event))
         if outcome.name == "stream_cut":
             return _cut(request, response)
+        if outcome.name == "stream_error":
+            error = {
+                "type": "error",
+                "error": {"message": "The server had an error.", "code": None},
+            }
+            await response.write(event_bytes("error", error))
+            await response.write_eof()
+            return response
         if outcome.name == "hang":
             await state.sleep(state.options.hang_seconds)
             return _cut(request, response)
