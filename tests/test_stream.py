@@ -339,3 +339,30 @@ async def test_stream_error_without_streaming_is_a_500(tmp_path, make_mock, caps
     result = await run_cli(_argv(tmp_path, server), capsys)
     assert result.code == 0, result.err
     assert read_manifest(tmp_path / "out")[0]["http_status"] == 500
+
+
+class _Watched(EventReader):
+    """An event reader that notes the most it held, and how much went through it."""
+
+    most = 0
+    fed = 0
+
+    async def feed_json(self, chunk: bytes) -> None:
+        await super().feed_json(chunk)
+        self.fed += len(chunk)
+        self.most = max(self.most, self.held)
+
+
+async def test_a_large_streamed_image_is_never_held_whole(tmp_path, make_mock):
+    """16 MB of base64 in the completed event, and previews: the reader holds a few KB."""
+    server = await make_mock(MockOptions(image_px=256, payload_mb=12))
+    config = RunConfig(out_dir=tmp_path, base_url=server.base_url, api_key=KEY)
+    body = {"prompt": "a fox", "model": "gpt-image-2", "stream": True, "partial_images": 2}
+    async with ImagesClient(config) as client:
+        sink = ImageSink(tmp_path, "fox")
+        reader = _Watched(sink)
+        await client.generate(body, reader)
+        assert (await sink.verify()).bytes > 11_000_000
+        sink.discard()
+    assert reader.fed > 16_000_000 and reader.partials == 2
+    assert reader.most < 64 * 1024, reader.most
