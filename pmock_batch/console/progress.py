@@ -185,6 +185,7 @@ class Reporter(RunObserver):
             f"progress: {done}/{self.total} done ({pct:.0f}%), ok {s.ok}, "
             f"failed {s.failed + s.invalid}, {status.retrying} retrying, skipped {s.skipped}, "
             f"{self.images_per_minute(s):.1f} images/min{eta_text}; {self.state(status)}"
+            f"{streaming(status)}"
         )
 
     def tick(self) -> None:
@@ -213,6 +214,7 @@ class Reporter(RunObserver):
                         "retrying": status.retrying,
                         "skipped": s.skipped,
                         "images_per_minute": round(self.images_per_minute(s), 1),
+                        "partials": dict(status.streaming),  # of the streams in flight
                     },
                 )
 
