@@ -215,7 +215,8 @@ async def test_a_linked_manifest_or_lock_stops_the_run_before_anything_is_sent(
     result = await run_cli(_argv(tmp_path, server, out), capsys)
     assert result.code == 2
     assert result.err.strip().endswith(
-        f"pmock-batch: error: refusing to write {name!r}: {out}/{name} is a symbolic link"
+        f"pmock-batch: error: refusing to write {name!r}: {out}/{name} "
+        "is a symbolic link"
     )
     assert server.stats.requests == 0
     assert snapshot(outside) == before
