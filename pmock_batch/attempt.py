@@ -26,10 +26,10 @@ from .client import ImagesClient
 from .config import RunConfig
 from .errors import (
     APIError,
-    APITimeoutError,
     CannotConnectError,
     Decision,
 )
+from .events import EventReader, PartialSaver
 from .exchange import keep_rejected, request_image
 from .failures import Failure, Where, abort_message, describe
 from .images import ImageInfo, ImageSink, image_warnings
@@ -105,6 +105,23 @@ class _Try:
 
 def _warn(job: Job, text: str) -> None:
     log.warning("%s: %s", job.id, text, extra={"event": "warning", "job_id": job.id})
+
+
+def _reader(
+    config: RunConfig, body: dict[str, Any], sink: ImageSink, progress: Progress
+) -> EventReader | None:
+    """The reader of a streamed answer (``stream: true``), or None. It keeps the live count
+    of partials in ``progress.streamed``; with ``--save-partials`` it saves them."""
+    if body.get("stream") is not True:
+        return None
+    progress.streamed = 0
+
+    def on_partial(count: int | None) -> None:  # None: the exchange is over
+        progress.streamed = count
+
+    saving = config.save_partials
+    saver = PartialSaver(config.out_dir, sink.stem, progress.partials) if saving else None
+    return EventReader(sink, saver=saver, on_partial=on_partial)
 
 
 class DirectRunner:
@@ -215,7 +232,7 @@ class DirectRunner:
             progress.retries += 1
             if failure.billed:
                 progress.billed += 1
-            elif isinstance(failure.error, APITimeoutError):
+            elif failure.ambiguous:  # a timeout, or a stream cut after its partials
                 progress.ambiguous += 1
             self.hook.retrying(job.id, attempt, wait, failure.reason)
             log.debug(
@@ -274,14 +291,22 @@ class DirectRunner:
             started, sent_at = time.monotonic(), self.pacer.now()
             self.pool.requests += 1
             billed, cost = True, None
+            events = _reader(self.config, body, sink, progress)
             try:
                 url = job.request.response_format == "url"
                 reply = await request_image(
-                    self.client, self.policy, body, sink, url=url, edit=job.inputs
+                    self.client,
+                    self.policy,
+                    body,
+                    sink,
+                    url=url,
+                    edit=job.inputs,
+                    events=events,
                 )
                 cost = self._estimate(job, reply.body.usage) if self.budget.capped else None
             except APIError as exc:
-                billed = describe(exc, self.policy).billed or isinstance(exc, APITimeoutError)
+                failure = describe(exc, self.policy)
+                billed = failure.billed or failure.ambiguous  # paid, or maybe paid
                 self._answered(this, exc, progress, started, sent_at)
                 raise
             finally:
@@ -344,6 +369,7 @@ class DirectRunner:
             ambiguous_retries=progress.ambiguous,
             billed_retries=progress.billed,
             rejected=progress.rejected,
+            partials=progress.partials,
             finished_at=_now(),
             **fields,
         )

@@ -56,9 +56,13 @@ class B64JsonScanner:
     Only that path counts: a ``"b64_json"`` key anywhere else (in another
     object, in ``data[1]``, inside a string) is ordinary JSON, kept in the
     remainder. :attr:`outside` counts the bytes kept, so that a caller can cap them.
+    With ``top=True`` the value is the body's own ``b64_json`` instead: a
+    streamed event's ``{"type": ..., "b64_json": "..."}`` (see :mod:`pmock_batch.events`).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, top: bool = False) -> None:
+        self._value_path = _TOP if top else _ITEM  # the object whose "b64_json" is the value
+        self._top_key = _KEY if top else _DATA  # the key on the path in the body object
         self.remainder = bytearray()  # the body without the value's text
         self.found = False  # a b64_json string value was seen (and maybe finished)
         self._state = _OUTSIDE
@@ -122,7 +126,7 @@ class B64JsonScanner:
                 self._depth == self._path
             )  # directly inside the innermost container on the path
             if c == 0x22:  # '"'
-                if direct and self._at_value and self._path == _ITEM:
+                if direct and self._at_value and self._path == self._value_path:
                     self._state = _IN_VALUE
                     self.found = True
                     break
@@ -135,7 +139,12 @@ class B64JsonScanner:
                 if direct and (
                     (c == 0x7B and self._path == 0)
                     or (c == 0x7B and self._path == _ARRAY and self._first)
-                    or (c == 0x5B and self._path == _TOP and self._at_value)
+                    or (
+                        c == 0x5B
+                        and self._path == _TOP
+                        and self._at_value
+                        and self._top_key == _DATA
+                    )
                 ):
                     self._path += 1
                     self._expect_key = c == 0x7B
@@ -192,7 +201,7 @@ class B64JsonScanner:
         self._in_string = False  # the closing quote
         if self._is_key:
             self._is_key = self._expect_key = False
-            target = _DATA if self._path == _TOP else _KEY
+            target = self._top_key if self._path == _TOP else _KEY
             self._matched = bytes(self._string) == target
         return i
 

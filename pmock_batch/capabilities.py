@@ -180,8 +180,10 @@ class Capabilities:
         """Check a validated request against its model's entry.
 
         In ``client`` mode (the job reader) ``response_format`` for a model that
-        refuses it, ``input_fidelity`` and ``partial_images`` are dropped with a
-        warning, since the image that comes back is the same. In ``server``
+        refuses it, ``input_fidelity``, ``stream`` for a model that does not
+        stream, and ``partial_images`` without streaming are dropped with a
+        warning, since the image that comes back is the same (``stream: false``
+        silently: it is the default). In ``server``
         mode (the mock's ``openai`` dialect) every field the entry does not
         list is a problem, as the real API answers 400 ``unknown_parameter``.
         ``entry`` overrides the lookup (the mock's ``pmock`` dialect checks
@@ -205,7 +207,10 @@ class Capabilities:
                 )
             )
         for name, value in _set_fields(request).items():
-            dropped = self._dropped(entry, name, edit) if mode == "client" else None
+            if mode == "client" and name == "stream" and value is False:
+                unsent.append(name)  # the default: the answer comes whole either way
+                continue
+            dropped = self._dropped(entry, name, request, edit) if mode == "client" else None
             if dropped is not None:  # still a known value, though it is not sent
                 unsent.append(name)
                 out.notes.append((name, dropped))
@@ -232,14 +237,16 @@ class Capabilities:
         return Checked(entry, out.problems, tuple(unsent), out.notes)
 
     @staticmethod
-    def _dropped(entry: ModelEntry, name: str, edit: bool) -> str | None:
+    def _dropped(entry: ModelEntry, name: str, request: ImageRequest, edit: bool) -> str | None:
         """The warning for a field the client does not send to this model, or None."""
         if name == EDITS_ONLY and not edit:
             return "input_fidelity only affects image edits; it is not sent to generations"
         if name == EDITS_ONLY and name not in entry.edit_fields:
             return f"{entry.name} ignores input_fidelity on edits; it is not sent"
-        if name == STREAM_ONLY:
-            return "partial_images needs streaming, which pmock-batch does not do yet; not sent"
+        if name == "stream" and name not in entry.fields:
+            return f"{entry.name} does not stream; its answer is read whole, stream is not sent"
+        if name == STREAM_ONLY and not (request.stream and "stream" in entry.fields):
+            return "partial_images needs streaming (stream: true or --stream); not sent"
         if name == "response_format" and not entry.response_format:
             return f"{entry.name} always returns b64_json; response_format is not sent"
         return None

@@ -1,8 +1,9 @@
 """One job's card in the report, and the escaping and formatting the page shares.
 
 :func:`card` renders one manifest record as an ``<article class="card">``:
-its image(s) (or why there is none), prompt, revised prompt, status badge,
-facts (size, format, attempts, time) and warnings. Every value is escaped
+its image(s) (or why there is none), the strip of its saved partial images
+(``--save-partials``), prompt, revised prompt, status badge, facts (size,
+format, attempts, time) and warnings. Every value is escaped
 with :func:`esc`; every link is a relative URL from :func:`relative_url`,
 which never points outside the output directory.
 """
@@ -108,6 +109,22 @@ def _media(record: JobRecord, thumbs: Mapping[str, str]) -> str:
     )
 
 
+def _partials(record: JobRecord) -> str:
+    """A strip of the job's saved partial images, in index order: previews, small."""
+    links = []
+    for item in sorted(record.partials, key=lambda p: p.index):
+        href = relative_url(item.path)
+        if href is None:
+            continue
+        links.append(
+            f'<a href="{esc(href)}" title="{esc(item.path)}">'
+            f'<img loading="lazy" src="{esc(href)}" alt="partial {item.index}" height="48"></a>'
+        )
+    if not links:
+        return ""
+    return f'<div class="partials" title="partial images">{"".join(links)}</div>'
+
+
 def _meta(record: JobRecord) -> str:
     sizes = list(dict.fromkeys(f"{f.width}{TIMES}{f.height}" for f in record.files))
     formats = list(dict.fromkeys(f.format.upper() for f in record.files))
@@ -157,6 +174,6 @@ def card(record: JobRecord, thumbs: Mapping[str, str]) -> str:
         f"{_media(record, thumbs)}"
         f'<div class="body"><div class="head"><h2 class="id">{esc(name)}</h2>'
         f'<span class="badge {esc(status)}">{esc(STATUS_LABELS.get(status, status))}</span></div>'
-        f"{prompt_html}{revised}"
+        f"{prompt_html}{_partials(record)}{revised}"
         f'<ul class="meta">{_meta(record)}</ul>{warnings}</div></article>'
     )

@@ -50,6 +50,7 @@ from .flags import (
     out,
     panel,
     pool,
+    req,
 )
 from .jobs import Defaults, iter_jobs, scan
 from .lock import run_lock
@@ -126,7 +127,7 @@ def _pick(o: dict[str, Any], names: str) -> dict[str, Any]:
 
 def _defaults(o: dict[str, Any]) -> Defaults:
     request = "model size quality output_format background moderation output_compression"
-    return Defaults(**_pick(o, f"{request} response_format"))
+    return Defaults(**_pick(o, f"{request} response_format"), stream=o.get("stream") or None)
 
 
 @click.group(
@@ -155,6 +156,7 @@ def cli() -> None:
 @inp("--prune", help="drop jobs gone from JOBS, and their files")
 @inp("--verify", help="on resume, check SHA-256s, not just sizes")
 @REQUEST_DEFAULTS
+@req("--stream", help="stream answers as server-sent events: partial images, then the image")
 @end("--base-url", "URL", str, None, "base URL", shown=f"${cfg.BASE_URL_ENV} or pmock's")
 @end(
     "--mock",
@@ -178,6 +180,7 @@ def cli() -> None:
 @pool("--max-cost", "USD", POSITIVE, None, "estimated spend at most, then exit 5", shown="none")
 @out("--out", "DIR", FILE, None, "output directory", shown="out/<JOBS name without extension>")
 @out("--prices", "FILE", FILE, None, "your own price table, TOML", shown="none")
+@out("--save-partials", help="with streaming, keep the partial images in OUT/.partials/")
 @logs("--quiet", short="-q", help="errors and the summary only")
 @logs("--verbose", short="-v", help="log every attempt, never the key")
 @logs("--log-format", None, ("text", "json"), "text", "json: one object a line")
@@ -240,7 +243,7 @@ def run(**o: Any) -> int:
         headers=headers,
         trust_env=not o["mock"],
         prices=prices,
-        **_pick(o, f"{same} proxy ca_bundle"),
+        **_pick(o, f"{same} proxy ca_bundle save_partials"),
     )
     mode = "none" if o["quiet"] else "lines"
     if mode == "lines" and screen.is_terminal and o["log_format"] == "text":

@@ -77,6 +77,7 @@ class RunConfig:
     prices: Prices | None = None  # the price table for cost_usd; None: the shipped one
     max_images: int | None = None  # --max-images: stop dispatching past this many billed images
     max_cost: float | None = None  # --max-cost: ... past this many USD, estimated
+    save_partials: bool = False  # keep a streamed job's partial images in OUT/.partials/
 
     @property
     def endpoint(self) -> str:

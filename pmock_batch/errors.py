@@ -22,6 +22,7 @@
         ├── APIConnectionError         connection  retry     refused, reset, dropped, cut off
         │   ├── CannotConnectError     connection  retry     never reached the server
         │   ├── APITimeoutError        timeout     retry     timed out (it may have been billed)
+        │   ├── IncompleteStreamError  stream      retry     a stream ended before its image
         │   ├── UntrustedCertificateError certificate abort  the TLS certificate is not trusted
         │   └── ProxyRefusedError      proxy       abort (403, 407) or retry: CONNECT refused
         ├── InvalidResponseError       invalid_response retry a 2xx whose body or image is unusable
@@ -41,7 +42,8 @@ translated into this tree in exactly one place, :mod:`pmock_batch.client`,
 always with ``raise ... from exc`` so the cause is kept.
 
 An :class:`APIError` with ``answered`` set came after the server had answered
-2xx: that attempt was billed.
+2xx: that attempt was billed. One with ``ambiguous`` set (a timeout; a stream
+cut after its partial images) may have been: the server was at work.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ __all__ = [
     "ConflictError",
     "Decision",
     "DownloadError",
+    "IncompleteStreamError",
     "InputFileError",
     "InvalidResponseError",
     "LockedError",
@@ -151,6 +154,7 @@ class APIError(PmockBatchError):
 
     kind = "api"
     answered: bool = False  # the server had answered 2xx (and billed) before this went wrong
+    ambiguous: bool = False  # the server may have done (and billed) the work: a retry may pay twice
 
 
 class APIStatusError(APIError):
@@ -318,6 +322,15 @@ class APITimeoutError(APIConnectionError):
     """The request timed out. The server may have done (and billed) the work."""
 
     kind = "timeout"
+    ambiguous = True
+
+
+class IncompleteStreamError(APIConnectionError):
+    """A streamed answer ended before its ``completed`` event: an ``error`` event, or a
+    body that simply ended. (A cut or a timeout keeps its own class.) Retried; ambiguous
+    when partial images had arrived, since the server was then generating."""
+
+    kind = "stream"
 
 
 class UntrustedCertificateError(APIConnectionError):

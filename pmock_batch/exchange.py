@@ -16,6 +16,7 @@ from typing import Any
 from .answers import Reply
 from .client import ImagesClient
 from .errors import APIError, InvalidResponseError, PmockBatchError
+from .events import EventReader
 from .failures import Failure
 from .images import ImageSink, decode_and_verify, rejected_path
 from .inputs import EditInputs
@@ -37,18 +38,28 @@ async def request_image(
     *,
     url: bool,
     edit: EditInputs | None = None,
+    events: EventReader | None = None,
 ) -> Reply:
     """One exchange: the image streams into ``sink`` (or is downloaded into it).
 
     With ``edit`` the body goes as multipart with those files, to ``/images/edits``.
     Only ``data[0]`` is read. Its ``url`` is followed only when the job asked
-    for ``response_format: url``.
+    for ``response_format: url``. With ``events`` (a job with ``stream: true``)
+    the answer is read as server-sent events: the ``completed`` event's image
+    goes to ``sink``. A stream that fails after partial images had arrived,
+    before its image, is marked ``ambiguous``: the server was at work.
     """
     try:
-        reply = await client.generate(body if edit is None else EditBody(body, edit), sink)
+        payload = body if edit is None else EditBody(body, edit)
+        reply = await client.generate(payload, sink if events is None else events)
     except APIError as exc:
         exc.answered = exc.answered or sink.answered
+        if events is not None and events.partials and not exc.answered:
+            exc.ambiguous = True
         raise
+    finally:
+        if events is not None:
+            events.discard()
     item = reply.body.data[0]
     try:
         if not sink.streamed:

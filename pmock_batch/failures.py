@@ -61,6 +61,9 @@ class Failure:
     param: str | None = None
     wait: float | None = None  # seconds the server asked to wait (retry-after-ms, Retry-After)
     billed: bool = False  # the server had answered 2xx: this attempt was paid for
+    ambiguous: bool = (
+        False  # not known to be billed, but it may have been (a timeout, a cut stream)
+    )
     error: BaseException | None = None  # what was raised, for the abort message's details
 
     @property
@@ -130,7 +133,10 @@ def _describe(exc: BaseException, max_wait: float) -> Failure:
         return _status_failure(exc, max_wait)
     if isinstance(exc, PmockBatchError):
         billed = isinstance(exc, APIError) and exc.answered
-        return Failure(exc.kind, exc.decision, str(exc), billed=billed, error=exc)
+        ambiguous = isinstance(exc, APIError) and exc.ambiguous and not billed
+        return Failure(
+            exc.kind, exc.decision, str(exc), billed=billed, ambiguous=ambiguous, error=exc
+        )
     if isinstance(exc, Image.DecompressionBombError):  # normally mapped by the sink already
         return Failure("invalid_response", Decision.FAIL, f"decompression bomb: {exc}", error=exc)
     if isinstance(exc, OSError):

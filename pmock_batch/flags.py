@@ -41,6 +41,7 @@ __all__ = [
     "out",
     "panel",
     "pool",
+    "req",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])

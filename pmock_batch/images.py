@@ -232,11 +232,12 @@ class ImageSink:
     ``.rejected/``); :meth:`discard` removes it.
     """
 
-    def __init__(self, out_dir: Path, stem: str) -> None:
+    def __init__(self, out_dir: Path, stem: str, *, top: bool = False) -> None:
         self.out_dir = out_dir
         self.stem = stem
         self.size = 0
-        self._scanner = B64JsonScanner()
+        # top: the JSON is a streamed event's, with its own "b64_json" (see events.py)
+        self._scanner = B64JsonScanner(top=top)
         self._decoder = B64Decoder()
         self._sha = hashlib.sha256()
         self._head = bytearray()
@@ -249,6 +250,10 @@ class ImageSink:
     def streamed(self) -> bool:
         """The JSON body held a ``b64_json`` string, which went to the file."""
         return self._scanner.found
+
+    def expect_event(self) -> None:
+        """Take an event's JSON (``{"type": ..., "b64_json": ...}``) instead of a body's."""
+        self._scanner = B64JsonScanner(top=True)
 
     @property
     def held(self) -> int:

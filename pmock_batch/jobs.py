@@ -47,6 +47,7 @@ class Defaults:
     moderation: str | None = None
     output_compression: int | None = None
     response_format: str | None = None
+    stream: bool | None = None  # --stream: True; None leaves each line's own
 
     def fill(self, values: dict[str, Any]) -> dict[str, Any]:
         """Return ``values`` with every default the line did not set filled in.

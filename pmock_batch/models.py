@@ -37,6 +37,7 @@ __all__ = [
     "ImageRequest",
     "ImagesResponse",
     "JobRecord",
+    "PartialFile",
     "RejectedFile",
     "describe_errors",
     "did_you_mean",
@@ -90,6 +91,7 @@ class ImageRequest(BaseModel):
     output_compression: Annotated[int, Field(ge=0, le=100)] | None = None
     output_format: OutputFormat | None = None
     partial_images: Annotated[int, Field(ge=0, le=3)] | None = None
+    stream: bool | None = None  # server-sent events: partial images, then the image
     quality: str | None = None
     response_format: ResponseFormat | None = None
     size: str | None = None
@@ -155,9 +157,10 @@ class ImageRequest(BaseModel):
 
         ``response_format`` counts as ``b64_json`` when unset, since that is
         what the job gets either way; so fingerprints (and the file names of
-        id-less jobs) stay what they were when it was always sent.
+        id-less jobs) stay what they were when it was always sent. ``stream`` is
+        left out: the image is the same, streamed or not.
         """
-        body = self.model_dump(exclude_none=True)
+        body = self.model_dump(exclude_none=True, exclude={"stream"})
         body.setdefault("response_format", "b64_json")
         return body
 
@@ -311,6 +314,14 @@ class RejectedFile(BaseModel):
     reason: str  # why the image was rejected
 
 
+class PartialFile(BaseModel):
+    """A streamed partial image saved with ``--save-partials``: a preview, never the image."""
+
+    path: str  # relative to the output directory: .partials/<id>.<index>.<ext>
+    index: int  # the event's 0-based partial_image_index
+    sha256: str
+
+
 class ErrorRecord(BaseModel):
     """Why a job did not finish ok."""
 
@@ -346,7 +357,8 @@ class JobRecord(BaseModel):
     started_at: str | None = None
     finished_at: str | None = None
     warnings: list[str] = Field(default_factory=list)
-    ambiguous_retries: int = 0  # retries after a timeout, when the first try may have been billed
+    ambiguous_retries: int = 0  # retries after a timeout or a cut stream: maybe billed twice
     billed_retries: int = 0  # retries after a 2xx whose image was unusable: each one was billed
     rejected: list[RejectedFile] = Field(default_factory=list)  # kept bytes of billed failures
+    partials: list[PartialFile] = Field(default_factory=list)  # saved with --save-partials
     cost_usd: float | None = None  # estimated from usage and the price table (prices.py)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from .jobs import InvalidLine, Job
-from .models import FileRecord, JobRecord, RejectedFile
+from .models import FileRecord, JobRecord, PartialFile, RejectedFile
 
 __all__ = ["Ledger", "Pool", "Progress", "Runner"]
 
@@ -45,6 +45,8 @@ class Progress:
     http_status: int | None = None
     files: list[FileRecord] = field(default_factory=list)
     rejected: list[RejectedFile] = field(default_factory=list)
+    partials: list[PartialFile] = field(default_factory=list)  # saved with --save-partials
+    streamed: int | None = None  # partial images of the streamed attempt in flight, if one is
 
 
 class Runner(Protocol):
@@ -79,6 +81,7 @@ class Pool:
         self.grace = grace
         self.slots = asyncio.Semaphore(concurrency)  # requests at the server, at most
         self.in_flight = 0  # jobs running now
+        self._live: dict[asyncio.Task[JobRecord], tuple[str, Progress]] = {}  # jobs running now
         self.requests = 0  # requests at the server now: the runner counts them in a slot
         self._stopping = asyncio.Event()
         self._abort_reason: str | None = None
@@ -168,6 +171,10 @@ class Pool:
                 task.cancel()
             await asyncio.gather(*workers, *self._tasks, watcher, return_exceptions=True)
 
+    def streaming(self) -> list[tuple[str, int]]:
+        """``(job id, partial images so far)`` of the jobs whose answer is streaming now."""
+        return [(i, p.streamed) for i, p in self._live.values() if p.streamed is not None]
+
     async def _cancel_after_grace(self) -> None:
         """Once the run is stopping, give jobs in flight ``grace`` seconds, then cancel them."""
         await self._stopping.wait()
@@ -187,10 +194,12 @@ class Pool:
             task = asyncio.create_task(runner.run(job, progress))
             self._tasks.add(task)
             self.in_flight += 1
+            self._live[task] = (job.id, progress)
             try:
                 await asyncio.wait({task})
             finally:
                 self._tasks.discard(task)
+                self._live.pop(task, None)
                 self.in_flight -= 1
             if task.cancelled():  # after the grace period: what was sent and saved still counts
                 await ledger.record([self._unfinished(runner, job, progress)])

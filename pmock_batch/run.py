@@ -76,6 +76,7 @@ class RunStatus:
     retrying: int  # jobs waiting to retry
     held_for: float  # seconds the pool is held by the rate limit (0: not held)
     stopping: bool
+    streaming: tuple[tuple[str, int], ...] = ()  # (job id, partials so far) of streams in flight
 
 
 class Ledger:
@@ -183,6 +184,7 @@ class Run:
             retrying=len(self._ledger.backing_off),
             held_for=self._pacer.hold_remaining,
             stopping=self._pool.stopping,
+            streaming=tuple(self._pool.streaming()),
         )
 
 

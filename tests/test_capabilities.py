@@ -152,7 +152,7 @@ def test_fields_the_model_refuses_are_not_sent_and_warned_once(tmp_path: Path) -
     assert result.warnings == [
         f"{path}:1: gpt-image-2 always returns b64_json; response_format is not sent",
         f"{path}:2: input_fidelity only affects image edits; it is not sent to generations",
-        f"{path}:3: partial_images needs streaming, which pmock-batch does not do yet; not sent",
+        f"{path}:3: partial_images needs streaming (stream: true or --stream); not sent",
     ]
     bodies = {job.id: job.wire_body() for job in jobs}
     assert bodies["a"] == {"prompt": "a", "model": "gpt-image-2"}

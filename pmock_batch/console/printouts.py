@@ -92,7 +92,7 @@ def render_summary(summary: Summary, config: RunConfig, console: Console) -> Non
     if summary.ambiguous_retries:
         table.add_row(
             "ambiguous retries",
-            f"{summary.ambiguous_retries} after timeouts: possibly billed twice",
+            f"{summary.ambiguous_retries} after timeouts or cut streams: possibly billed twice",
         )
     if summary.billed_retries:
         table.add_row(

@@ -144,6 +144,7 @@ class Reporter(RunObserver):
         return (
             f"ok {s.ok} · failed {s.failed + s.invalid} · {status.retrying} retrying · "
             f"skipped {s.skipped} · {self.images_per_minute(s):.1f} images/min"
+            f"{streaming(status)}"
         )
 
     def _eta(self, summary: Summary) -> str:
@@ -184,6 +185,7 @@ class Reporter(RunObserver):
             f"progress: {done}/{self.total} done ({pct:.0f}%), ok {s.ok}, "
             f"failed {s.failed + s.invalid}, {status.retrying} retrying, skipped {s.skipped}, "
             f"{self.images_per_minute(s):.1f} images/min{eta_text}; {self.state(status)}"
+            f"{streaming(status)}"
         )
 
     def tick(self) -> None:
@@ -212,6 +214,7 @@ class Reporter(RunObserver):
                         "retrying": status.retrying,
                         "skipped": s.skipped,
                         "images_per_minute": round(self.images_per_minute(s), 1),
+                        "partials": dict(status.streaming),  # of the streams in flight
                     },
                 )
 
@@ -277,3 +280,12 @@ async def live_run(
         for sig in signals:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.remove_signal_handler(sig)
+
+
+def streaming(status: RunStatus, shown: int = 3) -> str:
+    """`` · partials: fox 2, cat 0 +3 more``: the streamed jobs in flight, or ``""``."""
+    if not status.streaming:
+        return ""
+    names = ", ".join(f"{job} {count}" for job, count in status.streaming[:shown])
+    more = len(status.streaming) - shown
+    return f" · partials: {names}{f' +{more} more' if more > 0 else ''}"

@@ -15,7 +15,8 @@ A generation request is checked in this order; the first that applies answers:
 the API key (401), the requests-per-minute limit (429), the body (400), the
 moderation words (400 ``moderation_blocked``), then the scripted or randomly
 drawn outcome (see :mod:`pmock_batch.mock.faults`). The latency is added before
-the answer is sent, whatever it is.
+the answer is sent, whatever it is. A request with ``stream: true`` is answered
+with server-sent events (:mod:`pmock_batch.mock.streams`).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from .responses import (
 )
 from .state import STATE, MockState, authorized
 from .stats import MockStats, ReceivedRequest
+from .streams import stream_answer
 from .success import FILES_PATH, gzip_padding, success_body, token_of
 from .validation import Rejection, parse_request
 
@@ -230,12 +232,15 @@ async def _act(
     form: EditForm | None = None,
 ) -> web.StreamResponse:
     outcome = plan.outcome
-    if outcome.name == "hang":
+    streamed = plan.request is not None and plan.request.stream is True
+    if outcome.name == "hang" and not streamed:  # a stream hangs after its partials
         await state.sleep(state.options.hang_seconds)
         return _drop(request)
-    if outcome.name == "drop":
+    if outcome.name == "drop" or (outcome.name == "stream_cut" and not streamed):
         return _drop(request)
-    if plan.error is not None or plan.request is None:
+    if streamed and plan.request is not None and outcome.name == "stream_error":
+        return await stream_answer(request, state, plan.request, outcome, headers)
+    if plan.error is not None or plan.request is None or outcome.name == "stream_error":
         status = outcome.status or 400
         retry_after = outcome.retry_after
         if retry_after is None and outcome.name == "429":
@@ -248,6 +253,8 @@ async def _act(
             body = hostile_error(body, token_of(request))
         response = web.json_response(body, status=status, headers=headers)
         return await _send(request, response)
+    if streamed:
+        return await stream_answer(request, state, plan.request, outcome, headers)
     payload = await success_body(request, state, plan.request, outcome, edit=form)
     if outcome.name == "truncate":
         return await _truncated(request, payload, headers)

@@ -128,6 +128,12 @@ MOCK_FLAGS: dict[str, dict[str, Any]] = {
         help="outcomes of each url image's GETs by attempt, e.g. '500,drop,truncate' "
         "(default: all ok)",
     ),
+    "partial-delay": dict(
+        type=click.FloatRange(min=0),
+        default=0.0,
+        metavar="S",
+        help="seconds before each event of a streamed answer (stream: true) (default: 0)",
+    ),
     "revised-prompt": dict(is_flag=True, help="add a revised_prompt to every image (default: off)"),
     "dialect": dict(
         type=click.Choice(DIALECTS),
@@ -204,6 +210,7 @@ def mock_options(params: Mapping[str, Any]) -> MockOptions:
         dialect=params["mock_dialect"],
         trailing_bytes=params["mock_trailing_bytes"],
         download_script=params["mock_download_script"],
+        partial_delay=params["mock_partial_delay"],
         batch_seconds=params["mock_batch_seconds"],
         batch_expire_after_fraction=params["mock_batch_expire_after_fraction"],
         batch_fail_rows=params["mock_batch_fail_rows"],

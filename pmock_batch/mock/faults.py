@@ -18,6 +18,13 @@ table and in the stats:
     40,000 x 40,000 pixels: a decompression bomb, which Pillow refuses to open.
 ``hang``
     no answer until ``hang_seconds`` pass (or the server stops), then a drop.
+    A streamed answer sends its partial images first, then hangs.
+``stream_cut:K``
+    a streamed answer (``stream: true``) is cut after K partial images, before
+    the image; an answer that is not streamed is dropped.
+``stream_error``
+    a streamed answer sends its partial images, then an ``error`` event and
+    ends; an answer that is not streamed gets a 500.
 ``padded_json``
     a 200 whose JSON comes after ``padding_bytes`` of whitespace (valid JSON).
 ``gzip_bomb``
@@ -84,6 +91,7 @@ NAMED_OUTCOMES = (
     "gzip_bomb",
     "bad_shape",
     "url",
+    "stream_error",
 )
 DOWNLOAD_OUTCOMES = ("ok", "drop", "truncate")  # or a plain STATUS
 
@@ -95,6 +103,7 @@ class Outcome:
     name: str
     status: int | None = None  # the HTTP status for error outcomes
     retry_after: float | None = None  # seconds, from ``STATUS:SECONDS``
+    after: int | None = None  # partial images sent before a ``stream_cut:K``
 
     @property
     def is_http_error(self) -> bool:
@@ -116,11 +125,19 @@ def parse_outcome(text: str) -> Outcome:
             return Outcome("quota", status=429)
         if word == "moderation":
             return Outcome("moderation", status=400)
+        if word == "stream_error":
+            return Outcome("stream_error", status=500)
         return OK if word == "ok" else Outcome(word)
     code, sep, wait = word.partition(":")
+    if code == "stream_cut":
+        if sep and not (wait.isdigit() and int(wait) <= 3):
+            raise ValueError(f"outcome {text!r}: K must be a whole number from 0 to 3")
+        return Outcome("stream_cut", after=int(wait) if sep else 0)
     if not code.isdigit():
         known = ", ".join(NAMED_OUTCOMES)
-        raise ValueError(f"unknown outcome {text!r}; use one of {known}, or a status like 500")
+        raise ValueError(
+            f"unknown outcome {text!r}; use one of {known}, stream_cut:K, or a status like 500"
+        )
     status = int(code)
     if status == 200 and not sep:
         return OK

@@ -71,6 +71,7 @@ class MockOptions:
     # carries the request's bearer key and terminal control sequences (see mock.responses).
     hostile: bool = False
     url_redirects: int = 0  # image URLs redirect this many times before the file
+    partial_delay: float = 0.0  # seconds before each event of a streamed answer
     # The Batch API (see mock.batches): its compressed clock and what it can simulate.
     batch_seconds: float = DEFAULT_BATCH_SECONDS  # validating -> completed
     batch_expire_after_fraction: float | None = None  # expire with this fraction of rows done
@@ -83,6 +84,7 @@ class MockOptions:
             "latency_jitter",
             "retry_after",
             "hang_seconds",
+            "partial_delay",
             "batch_seconds",
             "batch_cancel_delay",
         ):

@@ -23,7 +23,15 @@ from .images import ImageSpec, bomb_png, parse_size
 from .responses import hostile_text, usage
 from .state import MockState
 
-__all__ = ["BAD_BASE64", "FILES_PATH", "gzip_padding", "success_body", "token_of", "trailing_junk"]
+__all__ = [
+    "BAD_BASE64",
+    "FILES_PATH",
+    "gzip_padding",
+    "success_body",
+    "success_image",
+    "token_of",
+    "trailing_junk",
+]
 
 FILES_PATH = "/_mock/files"
 BAD_BASE64 = "!!this is not base64!!"
@@ -59,31 +67,8 @@ async def success_body(
     the cache (a batch's output file). For an ``edit`` the image is its first input, tinted,
     at the input's size unless a size was asked for."""
     options = state.options
-    width, height = parse_size(req.size)
-    if edit is not None and req.size in (None, "auto"):
-        width, height = edit.images[0].size
-    if options.image_px is not None:  # a small square stand-in, whatever size was asked for
-        width = height = options.image_px
-    payload = round(options.payload_mb * 1_000_000) if options.payload_mb else None
-    spec = ImageSpec(
-        prompt=req.prompt,
-        width=width,
-        height=height,
-        format=req.format,
-        transparent=req.background == "transparent",
-        quality=req.output_compression,
-        payload_bytes=payload,
-    )
-    if edit is not None:
-        data = await asyncio.to_thread(tinted, edit, spec)
-    else:
-        data = await state.images.get(spec, keep=keep_image)
-    if options.trailing_bytes:  # decoders stop at the image's end and ignore these
-        data += trailing_junk(options.trailing_bytes)
-    if outcome.name == "corrupt":
-        data = data[: max(16, len(data) // 2)]
-    elif outcome.name == "bomb":  # a sound PNG whose header claims 40,000 x 40,000 pixels
-        data = bomb_png()
+    data, spec = await success_image(state, req, outcome, keep_image=keep_image, edit=edit)
+    width, height = spec.width, spec.height
     item: dict[str, Any]
     if outcome.name == "bad_base64":
         item = {"b64_json": BAD_BASE64}
@@ -114,6 +99,47 @@ async def success_body(
         created = "yesterday"
         body["created"] = hostile_text(created, token_of(request)) if options.hostile else created
     return json.dumps(body).encode("utf-8")
+
+
+async def success_image(
+    state: MockState,
+    req: ImageRequest,
+    outcome: Outcome,
+    *,
+    keep_image: bool = True,
+    edit: EditForm | None = None,
+) -> tuple[bytes, ImageSpec]:
+    """The image of a successful generation (or edit), as the faults change it, and its spec.
+
+    For an ``edit`` the image is its first input, tinted, at the input's size
+    unless a size was asked for."""
+    options = state.options
+    width, height = parse_size(req.size)
+    if edit is not None and req.size in (None, "auto"):
+        width, height = edit.images[0].size
+    if options.image_px is not None:  # a small square stand-in, whatever size was asked for
+        width = height = options.image_px
+    payload = round(options.payload_mb * 1_000_000) if options.payload_mb else None
+    spec = ImageSpec(
+        prompt=req.prompt,
+        width=width,
+        height=height,
+        format=req.format,
+        transparent=req.background == "transparent",
+        quality=req.output_compression,
+        payload_bytes=payload,
+    )
+    if edit is not None:
+        data = await asyncio.to_thread(tinted, edit, spec)
+    else:
+        data = await state.images.get(spec, keep=keep_image)
+    if options.trailing_bytes:  # decoders stop at the image's end and ignore these
+        data += trailing_junk(options.trailing_bytes)
+    if outcome.name == "corrupt":
+        data = data[: max(16, len(data) // 2)]
+    elif outcome.name == "bomb":  # a sound PNG whose header claims 40,000 x 40,000 pixels
+        data = bomb_png()
+    return data, spec
 
 
 def trailing_junk(count: int) -> bytes:
