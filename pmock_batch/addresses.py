@@ -22,7 +22,7 @@ from yarl import URL
 
 from .errors import InvalidResponseError
 
-__all__ = ["KINDS", "AddressPolicy", "address_kind", "checked_url", "host_kind"]
+__all__ = ["KINDS", "AddressPolicy", "address_kind", "checked_url", "host_kind", "same_host"]
 
 # public: globally routable. loopback: this machine (and 0.0.0.0, which reaches it).
 # link_local: 169.254.0.0/16 and fe80::/10, where metadata services live.
@@ -121,3 +121,8 @@ def checked_url(url: str, policy: AddressPolicy) -> str:
     if not policy.allows(host):
         raise InvalidResponseError(policy.refusal(host, host))
     return host
+
+
+def same_host(a: str, b: str) -> bool:
+    """Whether two host names are one: case and a trailing dot do not count."""
+    return a.rstrip(".").lower() == b.rstrip(".").lower()

@@ -16,12 +16,11 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
 from .answers import Reply
-from .budget import Budget
+from .budget import Budget, image_cost
 from .client import ImagesClient
 from .config import RunConfig
 from .errors import (
@@ -37,7 +36,7 @@ from .jobs import InvalidLine, Job
 from .models import ErrorRecord, FileRecord, JobRecord, JobStatus
 from .pacing import Pacer
 from .pool import Pool, Progress
-from .prices import cost_usd, price_record
+from .records import invalid_record, job_record, now, unfinished_record
 from .retry import RetryPolicy
 from .tally import add_usage
 from .tripwire import Tripwire
@@ -62,10 +61,6 @@ class RetryHook(Protocol):
 
 class _Stopped(Exception):
     """Raised inside a job when the run stopped before its next attempt."""
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +149,7 @@ class DirectRunner:
     # -- one job ---------------------------------------------------------
 
     async def run(self, job: Job, progress: Progress) -> JobRecord:
-        started_at, t0 = _now(), time.monotonic()
+        started_at, t0 = now(), time.monotonic()
         warnings: list[str] = []
         usage: dict[str, Any] = {}
         revised: str | None = None
@@ -283,8 +278,9 @@ class DirectRunner:
             await self.pacer.acquire()
             if self.pool.stopping:
                 raise _Stopped
-            estimate = self._estimate(job) if self.budget.capped else None
-            if self.budget.capped and not self.budget.reserve(estimate):
+            capped, prices = self.budget.capped, self.config.prices
+            estimate = image_cost(job.request, None, prices) if capped else None
+            if capped and not self.budget.reserve(estimate):
                 self.pool.out_of_budget(self.budget.reached())
                 raise _Stopped
             progress.attempts += 1
@@ -303,7 +299,7 @@ class DirectRunner:
                     edit=job.inputs,
                     events=events,
                 )
-                cost = self._estimate(job, reply.body.usage) if self.budget.capped else None
+                cost = image_cost(job.request, reply.body.usage, prices) if capped else None
             except APIError as exc:
                 failure = describe(exc, self.policy)
                 billed = failure.billed or failure.ambiguous  # paid, or maybe paid
@@ -311,7 +307,7 @@ class DirectRunner:
                 raise
             finally:
                 self.pool.requests -= 1
-                if self.budget.capped:
+                if capped:
                     self.budget.settle(estimate, billed=billed, cost=cost)
         self.tripwire.succeeded()
         self.pacer.observe(reply.headers, sent_at=sent_at)
@@ -320,12 +316,6 @@ class DirectRunner:
         relative = f"{stem}.{image.extension}"
         await self.writer(sink, self.config.out_dir, relative)
         return image, reply, relative
-
-    def _estimate(self, job: Job, usage: dict[str, Any] | None = None) -> float | None:
-        """One image's cost: from its ``usage`` once answered, else the per-image list price."""
-        request = job.request
-        prices = self.config.prices
-        return cost_usd(usage, request.model, request.size, request.quality, prices=prices)
 
     def _answered(
         self, this: _Try, exc: APIError, progress: Progress, started: float, sent_at: float
@@ -353,50 +343,17 @@ class DirectRunner:
                 self.pacer.refused(failure.wait)
         this.logged(failure.status, started)
 
-    # -- records -----------------------------------------------------------
+    # -- records: built in records.py, shared with the Batch API runner's use --------
 
     def _record(self, job: Job, progress: Progress, **fields: Any) -> JobRecord:
-        record = JobRecord(
-            id=job.id,
-            line=job.line,
-            files=progress.files,
-            attempts=progress.attempts,
-            retries=progress.retries,
-            rate_limited=progress.rate_limited,
-            http_status=progress.http_status,
-            request=job.record_request(self.config.field_case),
-            fingerprint=job.fingerprint,
-            ambiguous_retries=progress.ambiguous,
-            billed_retries=progress.billed,
-            rejected=progress.rejected,
-            partials=progress.partials,
-            finished_at=_now(),
-            **fields,
-        )
-        return price_record(record, via="direct", prices=self.config.prices)
+        return job_record(job, progress, self.config.field_case, self.config.prices, **fields)
 
     def unfinished(
         self, job: Job, progress: Progress | None, reason: str, kind: str = "not_run"
     ) -> JobRecord:
-        """A job that did not finish. One cancelled in flight keeps its attempts (the server
-        saw them) and the images it saved (they were paid for); with images it is ``failed``."""
-        progress = progress or Progress()
-        record = self._record(
-            job,
-            progress,
-            status="failed" if progress.files else "not_run",
-            error=ErrorRecord(kind=kind, message=reason),
+        return unfinished_record(
+            job, progress, reason, kind, self.config.field_case, self.config.prices
         )
-        record.finished_at = None
-        return record
 
     def invalid(self, item: InvalidLine) -> JobRecord:
-        now = _now()
-        return JobRecord(
-            id=item.id,
-            line=item.line,
-            status="invalid",
-            error=ErrorRecord(kind="invalid", message=item.message),
-            started_at=now,
-            finished_at=now,
-        )
+        return invalid_record(item)

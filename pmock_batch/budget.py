@@ -14,10 +14,19 @@ request (a 4xx, a 5xx, a refused connection) costs nothing. Pure: no I/O.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from .prices import format_usd
+from .models import ImageRequest
+from .prices import Prices, cost_usd, format_usd
 
-__all__ = ["Budget"]
+__all__ = ["Budget", "image_cost"]
+
+
+def image_cost(
+    request: ImageRequest, usage: dict[str, Any] | None, prices: Prices | None
+) -> float | None:
+    """One image's cost: from its ``usage`` once answered, else the per-image list price."""
+    return cost_usd(usage, request.model, request.size, request.quality, prices=prices)
 
 
 @dataclass(slots=True)

@@ -20,7 +20,7 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
-from .addresses import AddressPolicy, address_kind, checked_url, host_kind
+from .addresses import AddressPolicy, address_kind, checked_url, host_kind, same_host
 from .answers import Reply, b64_size, clean, parse_images, status_from_body, too_large
 from .config import MAX_DOWNLOAD_REDIRECTS, MAX_RESPONSE_EXTRA_BYTES, RunConfig
 from .errors import (
@@ -170,7 +170,7 @@ class _GuardedResolver(AbstractResolver):
     ) -> list[ResolveResult]:
         results = await self._inner.resolve(host, port, family)
         guard = _DOWNLOAD_GUARD.get()
-        if guard is not None and _same_host(host, guard[0]):
+        if guard is not None and same_host(host, guard[0]):
             for result in results:
                 if not guard[1].allows(result["host"]):
                     raise InvalidResponseError(guard[1].refusal(guard[0], result["host"]))
@@ -178,10 +178,6 @@ class _GuardedResolver(AbstractResolver):
 
     async def close(self) -> None:
         await self._inner.close()
-
-
-def _same_host(a: str, b: str) -> bool:
-    return a.rstrip(".").lower() == b.rstrip(".").lower()
 
 
 class ImagesClient:
