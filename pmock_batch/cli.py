@@ -216,10 +216,8 @@ def run(**o: Any) -> int:
         return EXIT_OK
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"OUT is a file, not a directory: {out_dir}; give --out a folder")
-    if o["batch_api"] and (o["max_images"] or o["max_cost"]):
-        raise UsageError(
-            "--max-images and --max-cost cap direct runs; with --batch-api use --batch-size"
-        )
+    if o["batch_api"]:
+        check_batch_api(jobs, result.edits, capped=bool(o["max_images"] or o["max_cost"]))
     resume = {"resume": not o["force"], "verify": o["verify"], "prune": o["prune"]}
     if o["dry_run"]:
         plan = plan_run(

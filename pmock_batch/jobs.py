@@ -115,6 +115,7 @@ class ScanResult:
     file: str
     jobs: int = 0
     images: int = 0
+    edits: int = 0  # jobs with input images
     files: InputFiles | None = None  # edits' input files, checked and hashed once per run
     problems: list[Problem] = field(default_factory=list)  # the first few, for display
     problem_count: int = 0  # all of them
@@ -340,6 +341,7 @@ def scan(
         assert isinstance(parsed, Job)
         result.jobs += 1
         result.images += parsed.request.count
+        result.edits += parsed.inputs is not None
         for key, note in parsed.notes:
             if key not in warned:
                 warned.add(key)

@@ -36,6 +36,7 @@ from .run import stale_files
 __all__ = [
     "MAX_PLAN_FILES",
     "Plan",
+    "check_batch_api",
     "check_jobs_file",
     "check_network",
     "endpoint",
@@ -217,3 +218,16 @@ def check_jobs_file(jobs: Path) -> None:
         raise UsageError(f"{jobs} is a directory; give the JSONL job file")
     if not jobs.is_file():
         raise UsageError(f"{jobs}: no such file")
+
+
+def check_batch_api(jobs: Path, edits: int, *, capped: bool) -> None:
+    """What a ``--batch-api`` run cannot do yet, refused before anything is sent."""
+    if edits:
+        raise UsageError(
+            f"{edits} edit job(s) in {jobs}: the Batch API runner does not send edits "
+            "yet; run them without --batch-api"
+        )
+    if capped:
+        raise UsageError(
+            "--max-images and --max-cost cap direct runs; with --batch-api use --batch-size"
+        )
