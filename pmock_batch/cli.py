@@ -56,6 +56,7 @@ from .jobs import Defaults, iter_jobs, scan
 from .lock import run_lock
 from .mock.command import mock_flags, mock_options
 from .preflight import (
+    check_batch_api,
     check_jobs_file,
     check_network,
     endpoint,
