@@ -7,9 +7,11 @@ served over TLS with a throwaway CA from trustme where HTTPS is tested.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import signal
 import socket
 import ssl
 import subprocess
@@ -85,7 +87,11 @@ class ForwardProxy:
         if basic_auth is not None:
             argv += ["--basic-auth", basic_auth]
         self._proc = subprocess.Popen(
-            argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_plain_env()
+            argv,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=_plain_env(),
+            start_new_session=True,  # its acceptors are forked children: stop() kills the group
         )
         deadline = time.monotonic() + 15
         while True:
@@ -111,9 +117,10 @@ class ForwardProxy:
         return [(m["method"], m["target"]) for m in _FORWARDED.finditer(text)]
 
     def stop(self) -> None:
-        """Kill it: a graceful stop waits a second for idle connections, and nothing is lost."""
-        if self._proc.poll() is None:
-            self._proc.kill()
+        """Kill its process group: a graceful stop waits a second for idle connections, and
+        killing only the parent would leave its forked acceptors running after the tests."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self._proc.pid, signal.SIGKILL)
         self._proc.wait(timeout=10)
 
 
