@@ -460,6 +460,57 @@ async def test_the_official_sdk_edits_against_the_mock(tmp_path, make_mock):
     ]
 
 
+async def test_the_official_sdk_streams_an_edit_as_image_edit_events(tmp_path, make_mock):
+    server = await make_mock(MockOptions(dialect="openai"))
+    one = picture(tmp_path / "a.png", (0, 200, 0))
+    client = openai.AsyncOpenAI(base_url=server.base_url, api_key="test", max_retries=0)
+    async with client:
+        with one.open("rb") as fh:
+            stream = await client.images.edit(
+                image=fh, prompt="tint it", model="gpt-image-1", stream=True, partial_images=2
+            )
+            events = [event async for event in stream]
+    assert [e.type for e in events] == [
+        "image_edit.partial_image",
+        "image_edit.partial_image",
+        "image_edit.completed",
+    ]
+    assert [e.partial_image_index for e in events[:2]] == [0, 1]
+    final = Image.open(io.BytesIO(base64.b64decode(events[-1].b64_json)))
+    assert final.size == (SIDE, SIDE)  # the input's size, tinted: the edit used the input
+    assert _tinted_towards(final.convert("RGB").getpixel((5, 5)), (0, 200, 0))
+    [entry] = server.stats.log
+    assert entry.path == "/v1/images/edits" and entry.body["stream"] in (True, "true")
+
+
+@pytest.mark.parametrize("dialect", ["pmock", "openai"])
+async def test_a_streamed_edit_saves_the_tinted_input_and_its_partials(
+    tmp_path, capsys, make_mock, monkeypatch, dialect
+):
+    server = await make_mock(MockOptions(dialect=dialect))
+    monkeypatch.setenv("PMOCK_API_KEY", KEY)
+    green = (0, 200, 0)
+    picture(tmp_path / "a.png", green)
+    line = {"id": "e", "prompt": "tint it", "image": "a.png", "model": "gpt-image-1"}
+    jobs = write(tmp_path, line | {"stream": True, "partial_images": 2})
+    out = tmp_path / "out"
+    argv = [str(jobs), "--base-url", server.base_url, "--out", str(out), "--save-partials"]
+    result = await run_cli(argv, capsys)
+    assert result.code == 0, result.err
+    [entry] = server.stats.log
+    assert entry.path == "/v1/images/edits"
+    assert entry.body["stream"] in (True, "true") and int(entry.body["partial_images"]) == 2
+    record = by_id(read_manifest(out))["e"]
+    assert record["status"] == "ok" and record["attempts"] == 1
+    assert [p["index"] for p in record["partials"]] == [0, 1]
+    for partial in record["partials"]:
+        saved = out / partial["path"]
+        assert hashlib.sha256(saved.read_bytes()).hexdigest() == partial["sha256"]
+    image = open_image(out / record["files"][0]["path"]).convert("RGB")
+    assert image.size == (SIDE, SIDE)
+    assert _tinted_towards(image.getpixel((5, 5)), green)
+
+
 async def test_a_retried_edit_sends_its_files_again_whole(tmp_path, capsys, make_mock, monkeypatch):
     server = await make_mock(MockOptions(script={"retry me": ("500", "drop", "ok")}))
     monkeypatch.setenv("PMOCK_API_KEY", KEY)

@@ -239,7 +239,7 @@ async def _act(
     if outcome.name == "drop" or (outcome.name == "stream_cut" and not streamed):
         return _drop(request)
     if streamed and plan.request is not None and outcome.name == "stream_error":
-        return await stream_answer(request, state, plan.request, outcome, headers)
+        return await stream_answer(request, state, plan.request, outcome, headers, edit=form)
     if plan.error is not None or plan.request is None or outcome.name == "stream_error":
         status = outcome.status or 400
         retry_after = outcome.retry_after
@@ -254,7 +254,7 @@ async def _act(
         response = web.json_response(body, status=status, headers=headers)
         return await _send(request, response)
     if streamed:
-        return await stream_answer(request, state, plan.request, outcome, headers)
+        return await stream_answer(request, state, plan.request, outcome, headers, edit=form)
     payload = await success_body(request, state, plan.request, outcome, edit=form)
     if outcome.name == "truncate":
         return await _truncated(request, payload, headers)

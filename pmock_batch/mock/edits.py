@@ -36,6 +36,7 @@ EDIT_PATHS = ("/v1/images/edits", "/api/ai/openai/v1/images/edits")
 TINT = (255, 0, 160)  # the colour an edit is blended towards
 TINT_ALPHA = 0.4
 _INT_FIELDS = ("n", "output_compression", "partial_images")
+_BOOL_FIELDS = {"true": True, "false": False}  # how a form sends ``stream`` (as the SDK does)
 _FILE_PARTS = ("image", "image[]", "mask")
 _TYPES = {v: k for k, v in CONTENT_TYPES.items()}  # image/png -> PNG
 
@@ -193,6 +194,8 @@ def check_edit(form: EditForm, *, dialect: str) -> ImageRequest | Rejection:
     for name, value in form.fields.items():
         if name in _INT_FIELDS and value.strip().isdigit():
             fields[name] = int(value)
+        elif name == "stream" and value.strip().lower() in _BOOL_FIELDS:
+            fields[name] = _BOOL_FIELDS[value.strip().lower()]
         else:
             fields[name] = value
     return parse_request(fields, dialect=dialect, edit=True)

@@ -27,6 +27,7 @@ from aiohttp import web
 from PIL import Image, ImageFilter
 
 from ..models import ImageRequest
+from .edits import EditForm
 from .faults import Outcome
 from .images import ImageSpec
 from .responses import usage
@@ -66,10 +67,14 @@ async def stream_answer(
     outcome: Outcome,
     headers: dict[str, str],
     *,
-    kind: str = "image_generation",
+    edit: EditForm | None = None,
 ) -> web.StreamResponse:
-    """Send ``req``'s answer as events; faults ``stream_cut:K`` and ``hang`` apply here."""
-    data, spec = await success_image(state, req, outcome)
+    """Send ``req``'s answer as events; faults ``stream_cut:K`` and ``hang`` apply here.
+
+    An ``edit`` streams its tinted input as ``image_edit.*`` events, as the real API names
+    them; a generation streams ``image_generation.*``."""
+    kind = "image_generation" if edit is None else "image_edit"
+    data, spec = await success_image(state, req, outcome, edit=edit)
     count = req.partial_images or 0
     response = web.StreamResponse(status=200, headers=headers)
     response.content_type = "text/event-stream"
