@@ -27,6 +27,7 @@ from .batchapi import BatchClient, BatchOptions, BatchRunner
 from .client import ImagesClient
 from .config import MANIFEST_NAME, RunConfig
 from .errors import OutputPathError, PmockBatchError
+from .events import PARTIALS_DIR
 from .failures import Where
 from .files import check_own_file, contained_file, remove_file, remove_stray_temps
 from .jobs import InvalidLine, Job
@@ -321,16 +322,29 @@ def stale_files(
     out: list[tuple[str, list[Path]]] = []
     for record in stale_records(out_dir / MANIFEST_NAME, current):
         name = str(record.get("id") or f"line {record.get('line')}")
-        files = record.get("files") if isinstance(record.get("files"), list) else []
+        listed = [
+            item
+            for key in ("files", "partials")  # a streamed job's saved partials go with it
+            if isinstance(record.get(key), list)
+            for item in record[key]
+            if isinstance(item, dict)
+        ]
         paths = [
             path
-            for f in files or []
-            if isinstance(f, dict)
-            and (path := contained_file(out_dir, str(f.get("path", "")))) is not None
-            and path.relative_to(out_dir).with_suffix("").as_posix() not in keep
+            for item in listed
+            if (path := contained_file(out_dir, str(item.get("path", "")))) is not None
+            and _stem(path.relative_to(out_dir)) not in keep
         ]
         out.append((name, paths))
     return out
+
+
+def _stem(relative: Path) -> str:
+    """The job stem a file in OUT belongs to: ``a/b`` of ``a/b.png``, and of a partial
+    ``.partials/a/b.0.png``."""
+    if relative.parts[0] == PARTIALS_DIR:
+        return relative.relative_to(PARTIALS_DIR).with_suffix("").with_suffix("").as_posix()
+    return relative.with_suffix("").as_posix()
 
 
 def prune_stale(out_dir: Path, current: Set[str], keep: Set[str]) -> int:

@@ -131,6 +131,29 @@ async def test_save_partials_writes_each_partial_and_lists_it(tmp_path, make_moc
     assert "fox.0.png" in (out / "report.html").read_text(encoding="utf-8")
 
 
+async def test_prune_removes_the_saved_partials_of_a_job_no_longer_in_the_file(
+    tmp_path, make_mock, capsys
+):
+    server = await make_mock(MockOptions(image_px=32))
+    lines = [
+        {"id": "v1.2", "prompt": "a fox", "partial_images": 2},
+        {"id": "kept", "prompt": "a hen", "partial_images": 1},
+    ]
+    write_jobs(tmp_path / "jobs.jsonl", lines)
+    argv = _argv(tmp_path, server, "--stream", "--save-partials")
+    assert (await run_cli(argv, capsys)).code == 0
+    out = tmp_path / "out"
+    saved = sorted(p.name for p in (out / ".partials").iterdir())
+    assert saved == ["kept.0.png", "v1.2.0.png", "v1.2.1.png"]
+    write_jobs(tmp_path / "jobs.jsonl", lines[1:])
+    plan = await run_cli([*argv, "--prune", "--dry-run"], capsys)
+    assert plan.code == 0 and str(out / ".partials" / "v1.2.1.png") in plan.out, plan.out
+    assert (await run_cli([*argv, "--prune"], capsys)).code == 0
+    assert sorted(p.name for p in (out / ".partials").iterdir()) == ["kept.0.png"]
+    assert not (out / "v1.2.png").exists() and (out / "kept.png").is_file()
+    assert [r["id"] for r in read_manifest(out)] == ["kept"]
+
+
 async def test_stream_cut_after_a_partial_is_retried_and_ambiguous(tmp_path, make_mock, capsys):
     server = await make_mock(MockOptions(image_px=40, script={"a fox": ["stream_cut:1"]}))
     write_jobs(tmp_path / "jobs.jsonl", [{"id": "fox", "prompt": "a fox", "partial_images": 2}])
