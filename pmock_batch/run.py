@@ -78,6 +78,7 @@ class RunStatus:
     held_for: float  # seconds the pool is held by the rate limit (0: not held)
     stopping: bool
     streaming: tuple[tuple[str, int], ...] = ()  # (job id, partials so far) of streams in flight
+    batch_api: bool = False  # the jobs are in Batch API batches: the run waits on them
 
 
 class Ledger:
@@ -165,10 +166,13 @@ class Ledger:
 class Run:
     """The handle of a run in progress: stop it, or look at it."""
 
-    def __init__(self, pool: Pool, ledger: Ledger, pacer: Pacer) -> None:
+    def __init__(
+        self, pool: Pool, ledger: Ledger, pacer: Pacer, *, batch_api: bool = False
+    ) -> None:
         self._pool = pool
         self._ledger = ledger
         self._pacer = pacer
+        self._batch_api = batch_api
 
     def stop(self) -> None:
         """Stop dispatching new jobs (SIGINT/SIGTERM). Jobs in flight may finish."""
@@ -186,6 +190,7 @@ class Run:
             held_for=self._pacer.hold_remaining,
             stopping=self._pool.stopping,
             streaming=tuple(self._pool.streaming()),
+            batch_api=self._batch_api,
         )
 
 
@@ -269,7 +274,7 @@ async def run_batch(
                 writer=writer,
             )
             if on_start is not None:
-                on_start(Run(pool, ledger, pacer))
+                on_start(Run(pool, ledger, pacer, batch_api=batch is not None))
             try:
                 if batch is not None:
                     await batch_runner.run(jobs)

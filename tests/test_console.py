@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -16,6 +17,7 @@ from helpers import read_manifest, run_cli, write_jobs
 
 from pmock_batch.config import RunConfig
 from pmock_batch.console import SUMMARY_SCHEMA, Reporter, make_console, render_summary
+from pmock_batch.console.progress import STATE_WIDTH
 from pmock_batch.mock import MockOptions
 from pmock_batch.models import ErrorRecord, JobRecord
 from pmock_batch.run import RunStatus
@@ -250,6 +252,14 @@ def test_paused_and_backing_off_only_when_nothing_is_in_flight() -> None:
     assert reporter.state(run.status()) == "paused 10s"
     run.held_for = 0.0
     assert reporter.state(run.status()) == "backing off"
+
+
+def test_a_batch_api_run_is_in_batches_not_generating() -> None:
+    reporter, run = _bar(80)
+    status = dataclasses.replace(run.status(), batch_api=True)
+    assert reporter.state(status) == "in batches"
+    assert len("in batches") <= STATE_WIDTH
+    assert reporter.state(dataclasses.replace(status, stopping=True)) == "stopping"
 
 
 def test_reporter_bar_on_a_terminal_shows_counts_and_pause():

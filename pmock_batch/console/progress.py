@@ -133,6 +133,8 @@ class Reporter(RunObserver):
             return "stopping"
         if status.summary.done >= self.total:
             return "done"
+        if status.batch_api:  # the server works through the batches; the run polls
+            return "in batches"
         if status.in_flight == 0 and status.held_for > 0:
             return f"paused {status.held_for:.0f}s"[:STATE_WIDTH]
         if status.in_flight == 0 and status.retrying:
