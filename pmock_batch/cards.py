@@ -3,7 +3,7 @@
 :func:`card` renders one manifest record as an ``<article class="card">``:
 its image(s) (or why there is none), the strip of its saved partial images
 (``--save-partials``), prompt, revised prompt, status badge, facts (size,
-format, attempts, time) and warnings. Every value is escaped
+format, attempts, time, or the Batch API batch) and warnings. Every value is escaped
 with :func:`esc`; every link is a relative URL from :func:`relative_url`,
 which never points outside the output directory.
 """
@@ -134,7 +134,10 @@ def _meta(record: JobRecord) -> str:
         fmt = _request_field(record.request, "output_format", "outputFormat") or "png"
         formats = [str(fmt).upper()]
     items = [("size", ", ".join(sizes)), ("format", ", ".join(formats))]
-    if record.status != "invalid":
+    via_batch = getattr(record, "via", None) == "batch"  # set by the Batch API runner
+    if via_batch:  # no per-request time: the server ran it within its batch
+        items.append(("via", f"Batch API, {getattr(record, 'batch_id', None) or 'batch'}"))
+    elif record.status != "invalid":
         items += [
             ("retries", _plural(record.retries, "retry", "retries")),
             ("time", duration(record.elapsed_s)),

@@ -84,7 +84,10 @@ async def test_batch_api_end_to_end(fake, tmp_path):
     records = by_id(read_manifest(out))
     assert [f["path"] for f in records["owl"]["files"]] == ["owl-1.png", "owl-2.png"]
     assert records["fox"]["usage"] == {"total_tokens": 10}
-    assert (out / "report.html").is_file()
+    page = (out / "report.html").read_text(encoding="utf-8")
+    batch_id = records["fox"]["batch_id"]
+    assert f'<li data-meta="via">Batch API, {batch_id}</li>' in page
+    assert 'data-meta="time"' not in page  # a batch's jobs have no time of their own
     assert api.files == {}  # input, output and error files deleted after collection
     state = BatchState.load(out)
     assert [b.collected for b in state.batches.values()] == [True]
