@@ -33,7 +33,7 @@ from .exchange import keep_rejected, request_image
 from .failures import Failure, Where, abort_message, describe
 from .images import ImageInfo, ImageSink, image_warnings
 from .jobs import InvalidLine, Job
-from .models import ErrorRecord, FileRecord, JobRecord, JobStatus
+from .models import ErrorRecord, JobRecord, JobStatus
 from .pacing import Pacer
 from .pool import Pool, Progress
 from .records import invalid_record, job_record, now, unfinished_record
@@ -177,16 +177,7 @@ class DirectRunner:
             for warning in image_warnings(image, size=job.request.size):
                 warnings.append(f"{relative}: {warning}")
                 _warn(job, warnings[-1])
-            progress.files.append(
-                FileRecord(
-                    path=relative,
-                    sha256=image.sha256,
-                    bytes=image.bytes,
-                    format=image.format,
-                    width=image.width,
-                    height=image.height,
-                )
-            )
+            progress.files.append(image.record(relative))
             add_usage(usage, reply.body.usage)
             revised = revised or reply.body.data[0].revised_prompt
         return self._record(

@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 from .errors import UsageError
 from .models import ImageRequest, did_you_mean
+from .tables import check_table, read_table
 
 __all__ = [
     "Capabilities",
@@ -291,12 +292,7 @@ def _strings(value: Any, where: str) -> tuple[str, ...]:
 
 def _merge_entry(base: ModelEntry, raw: Any, where: str) -> ModelEntry:
     """``base`` updated with the keys of ``raw``; enums are merged value list by value list."""
-    if not isinstance(raw, dict):
-        raise UsageError(f"{where}: expected a table")
-    unknown = set(raw) - _ENTRY_KEYS
-    if unknown:
-        keys = ", ".join(sorted(unknown))
-        raise UsageError(f"{where}: unknown key(s) {keys}; known: {', '.join(sorted(_ENTRY_KEYS))}")
+    raw = check_table(raw, _ENTRY_KEYS, where)
     enums = dict(base.enums)
     raw_enums = raw.get("enums", {})
     if not isinstance(raw_enums, dict):
@@ -350,10 +346,4 @@ def load_capabilities(path: Path | None = None) -> Capabilities:
     table = shipped_capabilities()
     if path is None:
         return table
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise UsageError(f"cannot read the capability table {path}: {exc.strerror}") from exc
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path}: not a valid TOML file: {exc}") from exc
-    return table.merged(data, source=str(path))
+    return table.merged(read_table(path, "capability table"), source=str(path))

@@ -32,6 +32,7 @@ from .b64stream import B64Decoder, B64JsonScanner
 from .errors import InvalidResponseError, ResponseTooLargeError
 from .files import AtomicFile, write_atomic
 from .framing import END_MARKERS, FrameWalker, sniff
+from .models import FileRecord
 
 __all__ = [
     "EXTENSIONS",
@@ -87,6 +88,17 @@ class ImageInfo:
     @property
     def extension(self) -> str:
         return EXTENSIONS[self.format]
+
+    def record(self, path: str) -> FileRecord:
+        """The manifest's record of this image, saved at ``path`` (relative to OUT)."""
+        return FileRecord(
+            path=path,
+            sha256=self.sha256,
+            bytes=self.bytes,
+            format=self.format,
+            width=self.width,
+            height=self.height,
+        )
 
 
 def check_frame(frame: FrameWalker) -> str:

@@ -25,6 +25,7 @@ from typing import Any
 
 from .errors import UsageError
 from .models import JobRecord
+from .tables import check_table, read_table
 
 __all__ = [
     "PriceEntry",
@@ -206,12 +207,7 @@ def _price(value: Any, where: str) -> float:
 
 def _merge_entry(base: PriceEntry, raw: Any, where: str) -> PriceEntry:
     """``base`` updated with the keys of ``raw``; ``per_image`` is merged size by size."""
-    if not isinstance(raw, dict):
-        raise UsageError(f"{where}: expected a table")
-    unknown = set(raw) - _ENTRY_KEYS
-    if unknown:
-        keys = ", ".join(sorted(unknown))
-        raise UsageError(f"{where}: unknown key(s) {keys}; known: {', '.join(sorted(_ENTRY_KEYS))}")
+    raw = check_table(raw, _ENTRY_KEYS, where)
     match = base.match
     if "match" in raw:
         value = raw["match"]
@@ -252,13 +248,7 @@ def load_prices(path: Path | None = None) -> Prices:
     table = shipped_prices()
     if path is None:
         return table
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise UsageError(f"cannot read the price table {path}: {exc.strerror}") from exc
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path}: not a valid TOML file: {exc}") from exc
-    return table.merged(data, source=str(path))
+    return table.merged(read_table(path, "price table"), source=str(path))
 
 
 def cost_usd(

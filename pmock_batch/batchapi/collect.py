@@ -27,7 +27,7 @@ from ..errors import APIError, InvalidResponseError
 from ..exchange import keep_rejected
 from ..failures import describe
 from ..images import ImageSink, decode_and_verify, image_warnings
-from ..models import FileRecord, JobRecord
+from ..models import JobRecord
 from .book import Book, Entry
 from .lines import LineSplitter, OutputLine, parse_rest, split_lines
 from .transport import BatchClient
@@ -133,15 +133,7 @@ class Collector:
             f"{relative}: {w}" for w in image_warnings(image, size=job.request.size)
         )
         entry.revised = entry.revised or reply.data[0].revised_prompt
-        file = FileRecord(
-            path=relative,
-            sha256=image.sha256,
-            bytes=image.bytes,
-            format=image.format,
-            width=image.width,
-            height=image.height,
-        )
-        return self.book.ok(entry, index, file, reply.usage)
+        return self.book.ok(entry, index, image.record(relative), reply.usage)
 
 
 def _failure(line: OutputLine, raw: bytes, api: BatchClient) -> APIError:
