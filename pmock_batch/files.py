@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import io
 import os
 import posixpath
 import secrets
@@ -43,6 +44,7 @@ __all__ = [
     "check_own_file",
     "contained_file",
     "open_folder",
+    "open_regular",
     "remove_file",
     "remove_stray_temps",
     "sha256_of",
@@ -57,6 +59,9 @@ _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 _DIR_FLAGS = os.O_RDONLY | _DIRECTORY | _CLOEXEC
 _TMP_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC
+# O_NONBLOCK: a FIFO swapped in where a file was opens at once (and is refused), not
+# blocking the run until some writer comes; on a regular file it changes nothing.
+_READ_FLAGS = os.O_RDONLY | _NOFOLLOW | _CLOEXEC | getattr(os, "O_NONBLOCK", 0)
 
 
 def _outside(out_dir: Path, relative: str) -> OutputPathError:
@@ -325,6 +330,17 @@ def contained_file(out_dir: Path, relative: str) -> Path | None:
     return path
 
 
+def open_regular(path: Path) -> io.BufferedReader:
+    """``path`` opened for reading if it is a regular file, not reached through a link at
+    its last step; else :class:`OSError`. Never blocks (a FIFO is refused, not waited on)."""
+    fd = os.open(path, _READ_FLAGS)
+    handle = os.fdopen(fd, "rb")
+    if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+        handle.close()
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
+    return handle
+
+
 def sha256_of(path: Path, size: int) -> str | None:
     """The SHA-256 of a regular file that has exactly ``size`` bytes, else None.
 
@@ -332,12 +348,10 @@ def sha256_of(path: Path, size: int) -> str | None:
     opening, and never read past ``size`` bytes (plus one, to see it is longer).
     """
     try:
-        fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
+        fh = open_regular(path)
     except OSError:
         return None
-    with os.fdopen(fd, "rb") as fh:
-        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-            return None
+    with fh:
         digest = hashlib.sha256()
         left = size + 1
         while left > 0 and (chunk := fh.read(min(_HASH_CHUNK, left))):

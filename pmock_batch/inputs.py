@@ -28,6 +28,7 @@ from typing import Any, BinaryIO
 from PIL import Image, UnidentifiedImageError
 
 from .errors import InputFileError
+from .files import open_regular
 
 __all__ = [
     "CONTENT_TYPES",
@@ -46,7 +47,6 @@ MAX_MASK_BYTES = 4 * 1024 * 1024
 CONTENT_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 _HASH_CHUNK = 1 << 20
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 Problems = list[tuple[str, str]]
 
@@ -78,10 +78,9 @@ class InputFile:
         """The file, opened for sending: no link at its last step, and the very file that
         was checked and hashed (same inode, size and time), or :class:`InputFileError`."""
         try:
-            fd = os.open(self.path, os.O_RDONLY | _NOFOLLOW)
+            handle = open_regular(self.path)
         except OSError as exc:
             raise InputFileError(f"{self.name}: cannot be opened ({exc.strerror or exc})") from exc
-        handle = os.fdopen(fd, "rb")
         info = os.fstat(handle.fileno())
         if _stamp(info) != self.stamp:
             handle.close()
@@ -198,7 +197,9 @@ class InputFiles:
     def _read(self, path: Path, stamp: tuple[int, int, int, int]) -> InputFile | str:
         """Look at the header and hash the file, streaming it."""
         try:
-            with path.open("rb") as fh:
+            with open_regular(path) as fh:
+                if _stamp(os.fstat(fh.fileno())) != stamp:  # replaced since it was looked at
+                    return "changed while it was being checked; run again"
                 try:
                     with Image.open(fh) as image:
                         fmt, (width, height) = image.format, image.size

@@ -31,7 +31,14 @@ from pmock_batch.errors import (
     status_error,
 )
 from pmock_batch.failures import describe
-from pmock_batch.files import TMP_SUFFIX, AtomicFile, remove_file, remove_stray_temps
+from pmock_batch.files import (
+    TMP_SUFFIX,
+    AtomicFile,
+    open_regular,
+    remove_file,
+    remove_stray_temps,
+    sha256_of,
+)
 from pmock_batch.images import ImageSink
 from pmock_batch.jobs import iter_jobs, scan
 from pmock_batch.mock import MockOptions
@@ -482,3 +489,18 @@ async def test_running_out_of_memory_is_kind_memory(tmp_path, make_mock):
     assert records["b"]["status"] == "ok"
     assert summary.failed_by_kind == {"memory": 1}
     assert not list((tmp_path / "out").rglob(f"*{TMP_SUFFIX}"))
+
+
+def test_open_regular_refuses_a_fifo_at_once_and_a_link(tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(OSError):
+        open_regular(fifo)  # O_NONBLOCK: no writer is waited for
+    assert sha256_of(fifo, 0) is None
+    real = tmp_path / "real.png"
+    real.write_bytes(b"abc")
+    (tmp_path / "link.png").symlink_to(real)
+    with pytest.raises(OSError):
+        open_regular(tmp_path / "link.png")
+    with open_regular(real) as fh:
+        assert fh.read() == b"abc"

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import signal
+import stat
 import sys
 from pathlib import Path
 
@@ -308,7 +309,7 @@ def _point_record_at(out: Path, job_id: str, path: str, data: bytes) -> None:
 
 
 @pytest.mark.parametrize("verify", [False, True])
-@pytest.mark.parametrize("where", ["outside", "absolute", "device", "link"])
+@pytest.mark.parametrize("where", ["outside", "absolute", "device", "link", "fifo"])
 async def test_resume_counts_only_regular_files_inside_out(
     tmp_path, make_mock, capsys, where, verify
 ):
@@ -327,6 +328,9 @@ async def test_resume_counts_only_regular_files_inside_out(
         _point_record_at(out, "j0", str(secret), secret.read_bytes())
     elif where == "device":
         _point_record_at(out, "j0", "/dev/zero", b"\0" * 1000)
+    elif where == "fifo":  # a FIFO where the image was: opening it must not wait for a writer
+        (out / "j0.png").unlink()
+        os.mkfifo(out / "j0.png")
     else:  # a link inside OUT to a file outside it, recorded with that file's size and hash
         (out / "j0.png").unlink()
         (out / "j0.png").symlink_to(secret)
@@ -336,9 +340,9 @@ async def test_resume_counts_only_regular_files_inside_out(
     assert server.stats.requests == requests + 1  # j0 was not done; j1 was
     assert secret.read_bytes() == b"top secret"
     [record] = [r for r in read_manifest(out) if r["id"] == "j0"]
-    if where == "link":  # never written through, never renamed over: the job fails
+    if where in ("link", "fifo"):  # never written through, never renamed over: the job fails
         assert (result.code, record["status"], record["error"]["kind"]) == (1, "failed", "write")
-        assert (out / "j0.png").is_symlink()
+        assert (out / "j0.png").is_symlink() or stat.S_ISFIFO((out / "j0.png").lstat().st_mode)
     else:
         assert result.code == 0, result.err
         assert record["files"][0]["path"] == "j0.png"
