@@ -215,11 +215,7 @@ class DirectRunner:
         name = _Try(job.id, index, len(job.stems), 0).name
 
         def on_retry(failure: Failure, attempt: int, wait: float) -> None:
-            progress.retries += 1
-            if failure.billed:
-                progress.billed += 1
-            elif failure.ambiguous:  # a timeout, or a stream cut after its partials
-                progress.ambiguous += 1
+            progress.pending_retry = (failure.billed, failure.ambiguous)  # counted when sent
             self.hook.retrying(job.id, attempt, wait, failure.reason)
             log.debug(
                 "%s: attempt %d failed (%s); retrying in %.1fs",
@@ -274,6 +270,7 @@ class DirectRunner:
             if capped and not self.budget.reserve(estimate):
                 self.pool.out_of_budget(self.budget.reached())
                 raise _Stopped
+            progress.retry_sent()
             progress.attempts += 1
             started, sent_at = time.monotonic(), self.pacer.now()
             self.pool.requests += 1

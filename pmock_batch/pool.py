@@ -47,6 +47,20 @@ class Progress:
     rejected: list[RejectedFile] = field(default_factory=list)
     partials: list[PartialFile] = field(default_factory=list)  # saved with --save-partials
     streamed: int | None = None  # partial images of the streamed attempt in flight, if one is
+    pending_retry: tuple[bool, bool] | None = None  # (billed, ambiguous): decided, not yet sent
+
+    def retry_sent(self) -> None:
+        """Count the retry decided earlier, now that it goes out: a stop, an abort or the
+        budget may come first, and a retry never sent was neither made nor paid for."""
+        if self.pending_retry is None:
+            return
+        billed, ambiguous = self.pending_retry
+        self.pending_retry = None
+        self.retries += 1
+        if billed:
+            self.billed += 1
+        elif ambiguous:  # a timeout, or a stream cut after its partials
+            self.ambiguous += 1
 
 
 class Runner(Protocol):

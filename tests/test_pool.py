@@ -293,3 +293,26 @@ async def test_an_unexpected_error_logs_its_traceback(tmp_path, make_mock, caplo
     assert (
         "RuntimeError: a bug in a writer" in json.loads(_JsonFormatter().format(bug))["traceback"]
     )
+
+
+@pytest.mark.parametrize("first", ["500", "drop", "bad_base64"])
+async def test_a_retry_stopped_before_it_is_sent_is_not_counted(tmp_path, make_mock, first):
+    """The retry is decided, then the run stops during its backoff: it was never sent,
+    so it is neither a retry nor an ambiguous or billed one."""
+    server = await make_mock(MockOptions(script={"p": [first, "ok"]}))
+    runs: list[Run] = []
+
+    async def stop_instead_of_waiting(seconds: float) -> None:
+        runs[0].stop()
+
+    policy = RetryPolicy(max_attempts=6, sleep=stop_instead_of_waiting, rng=random.Random(1))
+    config = _config(tmp_path, server.base_url, concurrency=1)
+    jobs = _jobs(tmp_path / "jobs.jsonl", [{"id": "v", "prompt": "p"}])
+    summary = await asyncio.wait_for(
+        run_batch(config, jobs, policy=policy, on_start=runs.append), 10
+    )
+    record = by_id(read_manifest(tmp_path / "out"))["v"]
+    assert server.stats.requests == 1 and record["attempts"] == 1
+    assert record["status"] == "not_run"
+    assert (record["retries"], record["ambiguous_retries"], record["billed_retries"]) == (0, 0, 0)
+    assert summary.counts()["retries"] == 0
