@@ -254,6 +254,18 @@ def test_paused_and_backing_off_only_when_nothing_is_in_flight() -> None:
     assert reporter.state(run.status()) == "backing off"
 
 
+def test_a_re_run_passing_over_done_jobs_is_skipping_not_generating() -> None:
+    console = make_console(io.StringIO(), tty=True)
+    reporter = Reporter(console, total=10, mode="bar", clock=lambda: 1.0)
+    summary = Summary()
+    summary.skipped = 4
+    status = RunStatus(summary, in_flight=0, retrying=0, held_for=0.0, stopping=False)
+    assert reporter.state(status) == "skipping"
+    assert reporter.state(dataclasses.replace(status, in_flight=1)) == "generating"
+    summary.skipped = 10
+    assert reporter.state(status) == "done"
+
+
 def test_a_batch_api_run_is_in_batches_not_generating() -> None:
     reporter, run = _bar(80)
     status = dataclasses.replace(run.status(), batch_api=True)

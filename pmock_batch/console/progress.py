@@ -135,6 +135,8 @@ class Reporter(RunObserver):
             return "done"
         if status.batch_api:  # the server works through the batches; the run polls
             return "in batches"
+        if status.in_flight == 0 and status.summary.jobs == 0 and status.summary.skipped:
+            return "skipping"  # a re-run passing over what an earlier run did
         if status.in_flight == 0 and status.held_for > 0:
             return f"paused {status.held_for:.0f}s"[:STATE_WIDTH]
         if status.in_flight == 0 and status.retrying:
