@@ -42,6 +42,7 @@ from .flags import (
     PROXY_ENV,
     REQUEST_DEFAULTS,
     SECONDS,
+    SHARD_FLAGS,
     DefaultGroup,
     end,
     inp,
@@ -67,6 +68,7 @@ from .preflight import (
 from .prices import load_prices
 from .report import write_report
 from .run import Run, run_batch
+from .shards import shard_from_flags
 from .tally import Summary
 from .version import __version__
 
@@ -187,6 +189,7 @@ def cli() -> None:
 @logs("--log-format", None, ("text", "json"), "text", "json: one object a line")
 @logs("--json", help="the summary as JSON on stdout too")
 @BATCH_FLAGS
+@SHARD_FLAGS
 @mock_flags(prefix="mock-", hidden=True)
 def run(**o: Any) -> int:
     """Turn JOBS, a JSONL file of prompts, into images in OUT, with a manifest.
@@ -195,6 +198,7 @@ def run(**o: Any) -> int:
     """
     screen = console.make_console(sys.stderr)
     console.setup_logging(screen, quiet=o["quiet"], verbose=o["verbose"], fmt=o["log_format"])
+    o["shard"] = shard_from_flags(o)  # checked first: --shard K/N, or auto
     # --dry-run sends nothing, so it needs no key.
     keyless = o["mock"] or o["dry_run"]
     base_url, key = resolve_endpoint(o["base_url"], o["api_key_env"], mock=keyless)
@@ -233,8 +237,8 @@ def run(**o: Any) -> int:
                 f"per batch; {held} recorded batch(es) not yet collected would be re-attached"
             )
         return EXIT_OK
-    same = "concurrency timeout connect_timeout max_attempts grace rpm field_case api_key_env"
-    same += " max_images max_cost"
+    same = "concurrency timeout connect_timeout max_attempts grace rpm field_case api_key_env "
+    same += "max_images max_cost shard"
     config = cfg.RunConfig(
         out_dir=out_dir,
         base_url=base_url,

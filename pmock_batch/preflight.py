@@ -26,6 +26,7 @@ from .jobs import Defaults, Job, ScanResult, iter_jobs
 from .network import ProxyRoutes, check_headers, ssl_context
 from .resume import DoneIndex
 from .retry import RetryPolicy
+from .shards import manifest_paths
 
 if TYPE_CHECKING:  # the mock (and aiohttp.web) is imported only when it is used
     from .mock import MockOptions
@@ -175,7 +176,7 @@ def plan_run(
     read through.
     """
     check_own_file(out_dir, MANIFEST_NAME)
-    done = DoneIndex.load(out_dir / MANIFEST_NAME) if resume else DoneIndex()
+    done = DoneIndex.load_all(manifest_paths(out_dir)) if resume else DoneIndex()
     prices = prices or shipped_prices()
     plan = Plan(path, out_dir, result.jobs, result.images, len(result.invalid), 0)
     plan.batch_discount = prices.batch_discount
