@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 import rich_click as rclick
@@ -68,7 +68,7 @@ from .preflight import (
 from .prices import load_prices
 from .report import write_report
 from .run import Run, run_batch
-from .shards import shard_from_flags
+from .shards import shard_from_flags, shard_total
 from .tally import Summary
 from .version import __version__
 
@@ -77,7 +77,6 @@ __all__ = ["EXIT_CODES", "AbortedError", "cli", "fail", "main"]
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ABORTED, EXIT_LOCKED, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 EXIT_BUDGET = 5  # --max-cost or --max-images stopped the run; the next run continues
 PROG = "pmock-batch"
-F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("pmock_batch")
 
 
@@ -252,6 +251,7 @@ def run(**o: Any) -> int:
     if mode == "lines" and screen.is_terminal and o["log_format"] == "text":
         mode = "bar"
     total = result.jobs + (len(result.invalid) if o["skip_invalid"] else 0)
+    total = shard_total(o["shard"], total, jobs, result, defaults, caps)
     reporter = console.Reporter(screen, total=total, mode=mode)
     policy = retry_policy(**_pick(o, "max_attempts max_retry_wait max_billed_retries"))
     run_jobs = iter_jobs(jobs, result, defaults=defaults, caps=caps)

@@ -27,9 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .capabilities import Capabilities
 from .config import MANIFEST_NAME
 from .errors import UsageError
-from .jobs import InvalidLine, Job
+from .jobs import Defaults, InvalidLine, Job, ScanResult, iter_jobs
 from .lock import LOCK_NAME, run_lock
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "out_lock",
     "parse_shard",
     "shard_from_flags",
+    "shard_total",
     "share_of",
 ]
 
@@ -133,6 +135,24 @@ def shard_from_flags(o: Mapping[str, Any]) -> Shard | None:
     if o["batch_api"]:
         raise UsageError("--batch-api cannot be used with --shard: OUT/batches.jsonl is shared")
     return shard
+
+
+def shard_total(
+    shard: Shard | None,
+    total: int,
+    path: Path,
+    scanned: ScanResult,
+    defaults: Defaults,
+    caps: Capabilities,
+) -> int:
+    """The jobs the progress counts to: ``total``, or a shard's share of them.
+
+    A shard reads the job file once more for it (the lines are checked again,
+    an edit's files are not hashed again).
+    """
+    if shard is None:
+        return total
+    return sum(1 for _ in shard.select(iter_jobs(path, scanned, defaults=defaults, caps=caps)))
 
 
 @contextmanager

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import sys
 from pathlib import Path
 
@@ -263,3 +264,39 @@ async def test_shards_as_processes_on_one_out(tmp_path, make_mock):
     assert server.stats.requests == sum(1 + i % 3 for i in range(24))
     done = [r["id"] for k in range(3) for r in _manifest(out / f"manifest.shard-{k}-of-3.jsonl")]
     assert sorted(done) == sorted(f"j{i}" for i in range(24))
+
+
+async def test_a_shard_leaves_others_files_alone(tmp_path, make_mock, capsys):
+    """Another shard's temporary file and manifest.jsonl are not a shard's to touch."""
+    server = await make_mock(MockOptions())
+    jobs = write_jobs(tmp_path / "jobs.jsonl", _lines(9))
+    out = tmp_path / "out"
+    out.mkdir()
+    temp = out / ".j99.png.0123abcd.pmock-tmp"  # as if another shard were writing j99.png
+    temp.write_bytes(b"half an image")
+    (out / "manifest.jsonl").write_text('{"id":"old","line":1,"status":"failed"}\n')
+    before = (out / "manifest.jsonl").read_bytes()
+    argv = [str(jobs), "--base-url", server.base_url, "--out", str(out)]
+    result = await run_cli([*argv, "--shard", "0/2"], capsys)
+    assert result.code == 0, result.err
+    assert temp.exists() and (out / "manifest.jsonl").read_bytes() == before
+    mine = sum(share_of(f"j{i}", 2) == 0 for i in range(9))
+    assert re.search(rf"progress: {mine}/{mine} done|\| jobs +\| {mine} +\|", result.err)
+    assert (await run_cli(argv, capsys)).code == 0  # unsharded: it cleans up after a crash
+    assert not temp.exists()
+
+
+async def test_invalid_lines_are_recorded_by_shard_zero_only(tmp_path, make_mock, capsys):
+    server = await make_mock(MockOptions())
+    jobs = write_jobs(tmp_path / "jobs.jsonl", [*_lines(6), "RAW:{not json"])
+    out = tmp_path / "out"
+    argv = [str(jobs), "--base-url", server.base_url, "--out", str(out), "--skip-invalid"]
+    codes = [(await run_cli([*argv, "--shard", f"{k}/2"], capsys)).code for k in range(2)]
+    assert codes == [1, 0]  # shard 1 had no invalid line to record
+    invalid = [
+        k
+        for k in range(2)
+        for r in _manifest(out / f"manifest.shard-{k}-of-2.jsonl")
+        if r["status"] == "invalid"
+    ]
+    assert invalid == [0]
