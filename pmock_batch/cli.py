@@ -225,7 +225,7 @@ def run(**o: Any) -> int:
     resume = {"resume": not o["force"], "verify": o["verify"], "prune": o["prune"]}
     if o["dry_run"]:
         plan = plan_run(
-            jobs, result, out_dir=out_dir, defaults=defaults, caps=caps, prices=prices, **resume
+            jobs, result, out_dir, defaults, caps, prices=prices, shard=o["shard"], **resume
         )
         console.print_plan(plan, sys.stdout)
         if o["batch_api"]:  # what a --batch-api run would do first, from OUT/batches.jsonl alone

@@ -300,3 +300,15 @@ async def test_invalid_lines_are_recorded_by_shard_zero_only(tmp_path, make_mock
         if r["status"] == "invalid"
     ]
     assert invalid == [0]
+
+
+async def test_dry_run_plans_the_share_only(tmp_path, capsys):
+    jobs = write_jobs(tmp_path / "jobs.jsonl", _lines(30))
+    mine = [i for i in range(30) if share_of(f"j{i}", 3) == 2]
+    images = sum(1 + i % 3 for i in mine)
+    argv = [str(jobs), "--mock", "--out", str(tmp_path / "out"), "--dry-run", "--shard", "2/3"]
+    result = await run_cli(argv, capsys)
+    assert result.code == 0, result.err
+    assert f": {len(mine)} job(s), {images} image(s), into " in result.out
+    assert f"0 already done, {len(mine)} to run" in result.out
+    assert not (tmp_path / "out").exists()
