@@ -40,7 +40,8 @@ def run_lock(out_dir: Path, name: str = LOCK_NAME, *, shared: bool = False) -> I
             fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError as exc:
             raise LockedError(
-                f"another pmock-batch run is using {out_dir} (it holds {path}); nothing was done"
+                f"another pmock-batch run (or shard) is using {out_dir} (it holds {path}); "
+                "nothing was done"
             ) from exc
         if not shared:  # a shared lock's file names no one
             os.ftruncate(fd, 0)
