@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 import rich_click as rclick
@@ -42,6 +42,7 @@ from .flags import (
     PROXY_ENV,
     REQUEST_DEFAULTS,
     SECONDS,
+    SHARD_FLAGS,
     DefaultGroup,
     end,
     inp,
@@ -67,6 +68,7 @@ from .preflight import (
 from .prices import load_prices
 from .report import write_report
 from .run import Run, run_batch
+from .shards import shard_from_flags, shard_total
 from .tally import Summary
 from .version import __version__
 
@@ -75,7 +77,6 @@ __all__ = ["EXIT_CODES", "AbortedError", "cli", "fail", "main"]
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ABORTED, EXIT_LOCKED, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 EXIT_BUDGET = 5  # --max-cost or --max-images stopped the run; the next run continues
 PROG = "pmock-batch"
-F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("pmock_batch")
 
 
@@ -187,6 +188,7 @@ def cli() -> None:
 @logs("--log-format", None, ("text", "json"), "text", "json: one object a line")
 @logs("--json", help="the summary as JSON on stdout too")
 @BATCH_FLAGS
+@SHARD_FLAGS
 @mock_flags(prefix="mock-", hidden=True)
 def run(**o: Any) -> int:
     """Turn JOBS, a JSONL file of prompts, into images in OUT, with a manifest.
@@ -195,6 +197,7 @@ def run(**o: Any) -> int:
     """
     screen = console.make_console(sys.stderr)
     console.setup_logging(screen, quiet=o["quiet"], verbose=o["verbose"], fmt=o["log_format"])
+    o["shard"] = shard_from_flags(o)  # checked first: --shard K/N, or auto
     # --dry-run sends nothing, so it needs no key.
     keyless = o["mock"] or o["dry_run"]
     base_url, key = resolve_endpoint(o["base_url"], o["api_key_env"], mock=keyless)
@@ -222,7 +225,7 @@ def run(**o: Any) -> int:
     resume = {"resume": not o["force"], "verify": o["verify"], "prune": o["prune"]}
     if o["dry_run"]:
         plan = plan_run(
-            jobs, result, out_dir=out_dir, defaults=defaults, caps=caps, prices=prices, **resume
+            jobs, result, out_dir, defaults, caps, prices=prices, shard=o["shard"], **resume
         )
         console.print_plan(plan, sys.stdout)
         if o["batch_api"]:  # what a --batch-api run would do first, from OUT/batches.jsonl alone
@@ -233,8 +236,8 @@ def run(**o: Any) -> int:
                 f"per batch; {held} recorded batch(es) not yet collected would be re-attached"
             )
         return EXIT_OK
-    same = "concurrency timeout connect_timeout max_attempts grace rpm field_case api_key_env"
-    same += " max_images max_cost"
+    same = "concurrency timeout connect_timeout max_attempts grace rpm field_case api_key_env "
+    same += "max_images max_cost shard"
     config = cfg.RunConfig(
         out_dir=out_dir,
         base_url=base_url,
@@ -248,6 +251,7 @@ def run(**o: Any) -> int:
     if mode == "lines" and screen.is_terminal and o["log_format"] == "text":
         mode = "bar"
     total = result.jobs + (len(result.invalid) if o["skip_invalid"] else 0)
+    total = shard_total(o["shard"], total, jobs, result, defaults, caps)
     reporter = console.Reporter(screen, total=total, mode=mode)
     policy = retry_policy(**_pick(o, "max_attempts max_retry_wait max_billed_retries"))
     run_jobs = iter_jobs(jobs, result, defaults=defaults, caps=caps)

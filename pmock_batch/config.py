@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .prices import Prices
+    from .shards import Shard
 
 __all__ = [
     "API_KEY_ENV",
@@ -78,6 +79,7 @@ class RunConfig:
     max_images: int | None = None  # --max-images: stop dispatching past this many billed images
     max_cost: float | None = None  # --max-cost: ... past this many USD, estimated
     save_partials: bool = False  # keep a streamed job's partial images in OUT/.partials/
+    shard: Shard | None = None  # --shard K/N: only this share of the jobs, its own manifest
 
     @property
     def endpoint(self) -> str:
@@ -89,4 +91,10 @@ class RunConfig:
 
     @property
     def manifest_path(self) -> Path:
-        return self.out_dir / MANIFEST_NAME
+        """``OUT/manifest.jsonl``, or a shard's ``OUT/manifest.shard-K-of-N.jsonl``."""
+        return self.out_dir / (self.shard.manifest_name if self.shard else MANIFEST_NAME)
+
+    @property
+    def report_path(self) -> Path:
+        """``OUT/report.html``, or a shard's ``OUT/report.shard-K-of-N.html``."""
+        return self.out_dir / (self.shard.report_name if self.shard else "report.html")

@@ -33,6 +33,7 @@ __all__ = [
     "PROXY_ENV",
     "REQUEST_DEFAULTS",
     "SECONDS",
+    "SHARD_FLAGS",
     "DefaultGroup",
     "end",
     "inp",
@@ -139,6 +140,11 @@ BATCH_FLAGS = _apply(
     _batch("--poll-interval", "SECONDS", POSITIVE, 30.0, "between status checks"),
     _batch("--no-wait", help="submit and collect what has finished, then exit"),
     _batch("--keep-files", help="keep the batch files on the server"),
+)
+
+SHARD_FLAGS = _apply(  # in the Input group: a new group would cost the help two more lines
+    inp("--shard", "K/N", str, None, "run only share K of N (0 <= K < N), or auto", shown="all"),
+    inp("--shard-count", "N", POSITIVE_INT, None, "N for --shard auto", shown="none"),
 )
 
 

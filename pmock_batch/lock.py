@@ -21,25 +21,31 @@ LOCK_NAME = ".lock"
 
 
 @contextmanager
-def run_lock(out_dir: Path) -> Iterator[None]:
+def run_lock(out_dir: Path, name: str = LOCK_NAME, *, shared: bool = False) -> Iterator[None]:
     """Hold an exclusive lock on ``out_dir`` for the block; raise LockedError if taken.
+
+    ``name`` is the lock file (a shard's is ``.lock.shard-K-of-N``). ``shared``
+    takes a shared lock instead, as shards do on ``.lock``: many shards at
+    once, but never beside an unsharded run, which holds it exclusive.
 
     A link (or anything but a regular file) at ``.lock`` raises
     :class:`~pmock_batch.errors.OutputPathError`: it is never written through.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    check_own_file(out_dir, LOCK_NAME)
-    path = out_dir / LOCK_NAME
+    check_own_file(out_dir, name)
+    path = out_dir / name
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError as exc:
             raise LockedError(
-                f"another pmock-batch run is using {out_dir} (it holds {path}); nothing was done"
+                f"another pmock-batch run (or shard) is using {out_dir} (it holds {path}); "
+                "nothing was done"
             ) from exc
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        if not shared:  # a shared lock's file names no one
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
         yield
     finally:
         os.close(fd)  # closing releases the lock

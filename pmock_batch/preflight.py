@@ -26,6 +26,7 @@ from .jobs import Defaults, Job, ScanResult, iter_jobs
 from .network import ProxyRoutes, check_headers, ssl_context
 from .resume import DoneIndex
 from .retry import RetryPolicy
+from .shards import Shard, manifest_paths
 
 if TYPE_CHECKING:  # the mock (and aiohttp.web) is imported only when it is used
     from .mock import MockOptions
@@ -156,10 +157,11 @@ class Plan:
 def plan_run(
     path: Path,
     result: ScanResult,
-    *,
     out_dir: Path,
     defaults: Defaults,
     caps: Capabilities,
+    *,
+    shard: Shard | None = None,
     resume: bool = True,
     verify: bool = False,
     prune: bool = False,
@@ -171,20 +173,28 @@ def plan_run(
     Resume is checked as the run checks it (the same :class:`DoneIndex`), and
     files are named by :func:`file_name`. The owed images are priced from the
     price table's per-image prices (a run's records are priced from their
-    ``usage``). Raises OutputPathError if the manifest is a link: it is never
-    read through.
+    ``usage``). With ``shard``, only its share is planned and counted. Raises
+    OutputPathError if the manifest is a link: it is never read through.
     """
-    check_own_file(out_dir, MANIFEST_NAME)
-    done = DoneIndex.load(out_dir / MANIFEST_NAME) if resume else DoneIndex()
+    check_own_file(out_dir, shard.manifest_name if shard else MANIFEST_NAME)
+    done = DoneIndex.load_all(manifest_paths(out_dir)) if resume else DoneIndex()
     prices = prices or shipped_prices()
     plan = Plan(path, out_dir, result.jobs, result.images, len(result.invalid), 0)
+    if shard is not None:  # counted below, as the share's
+        plan.jobs = plan.images = plan.invalid = 0
     plan.batch_discount = prices.batch_discount
     current: set[str] = set()
     stems: set[str] = set()
     for item in iter_jobs(path, result, defaults=defaults, caps=caps):
         current.add(item.id if item.id is not None else f"#line{item.line}")
-        if not isinstance(item, Job):
+        if shard is not None and not shard.owns(item):
             continue
+        if not isinstance(item, Job):
+            if shard is not None:
+                plan.invalid += 1
+            continue
+        if shard is not None:
+            plan.jobs, plan.images = plan.jobs + 1, plan.images + item.request.count
         stems.update(item.stems)
         if done.is_done(item, out_dir, verify=verify):
             plan.done += 1

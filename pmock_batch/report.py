@@ -218,8 +218,16 @@ def _page(
     )
 
 
-def write_report(out_dir: Path, *, thumbnails: bool = False, run: Summary | None = None) -> Path:
+def write_report(
+    out_dir: Path,
+    *,
+    thumbnails: bool = False,
+    run: Summary | None = None,
+    names: tuple[str, str] = (MANIFEST_NAME, REPORT_NAME),
+) -> Path:
     """Write ``out_dir/report.html`` from ``out_dir/manifest.jsonl`` alone; return its path.
+
+    ``names`` are the manifest and the page: a shard's are its own.
 
     Without ``thumbnails`` no image is opened, so this is cheap enough to run
     at the end of every batch. With it, each image gets a small JPEG under
@@ -231,9 +239,10 @@ def write_report(out_dir: Path, *, thumbnails: bool = False, run: Summary | None
     symbolic link (nothing is written through one), and ``OSError`` if the
     page cannot be written.
     """
-    manifest = out_dir / MANIFEST_NAME
-    check_own_file(out_dir, MANIFEST_NAME)  # never read in place of the manifest
-    check_own_file(out_dir, REPORT_NAME)  # before any work: refused anyway at the rename
+    manifest_name, report_name = names
+    manifest = out_dir / manifest_name
+    check_own_file(out_dir, manifest_name)  # never read in place of the manifest
+    check_own_file(out_dir, report_name)  # before any work: refused anyway at the rename
     if not manifest.is_file():
         raise UsageError(f"no manifest at {manifest}: nothing to report")
 
@@ -261,4 +270,4 @@ def write_report(out_dir: Path, *, thumbnails: bool = False, run: Summary | None
 
     name = out_dir.resolve().name or str(out_dir)
     page = _page(summary, cards(), name=name, generated_at=datetime.now(UTC), run=run)
-    return write_atomic(out_dir, REPORT_NAME, (part.encode("utf-8") for part in page))
+    return write_atomic(out_dir, report_name, (part.encode("utf-8") for part in page))

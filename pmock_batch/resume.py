@@ -9,7 +9,7 @@ facts per job, never whole records, so it stays small for large batches.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,21 +49,32 @@ def _latest(path: Path) -> Iterator[tuple[str, _Done | None]]:
 
 
 class DoneIndex:
-    """The jobs a manifest records as done, by id."""
+    """The jobs the manifests record as done, by id."""
 
-    def __init__(self, entries: dict[str, _Done] | None = None) -> None:
+    def __init__(self, entries: dict[str, list[_Done]] | None = None) -> None:
         self._entries = entries or {}
 
     @classmethod
     def load(cls, manifest: Path) -> DoneIndex:
         """Read the manifest log; the latest record of each id decides."""
-        entries: dict[str, _Done] = {}
-        if manifest.exists():
+        return cls.load_all([manifest])
+
+    @classmethod
+    def load_all(cls, manifests: Iterable[Path]) -> DoneIndex:
+        """Read several logs (``manifest.jsonl`` and the shards'): in each, the latest
+        record of an id decides; a job done in any of them is done."""
+        entries: dict[str, list[_Done]] = {}
+        for manifest in manifests:
+            if not manifest.exists():
+                continue
+            own: dict[str, _Done] = {}
             for job_id, done in _latest(manifest):
                 if done is None:
-                    entries.pop(job_id, None)
+                    own.pop(job_id, None)
                 else:
-                    entries[job_id] = done
+                    own[job_id] = done
+            for job_id, done in own.items():
+                entries.setdefault(job_id, []).append(done)
         return cls(entries)
 
     def __len__(self) -> int:
@@ -75,8 +86,14 @@ class DoneIndex:
         Without ``verify`` this costs one ``stat`` per file. With ``verify`` it
         also hashes every file, so call it from a worker thread.
         """
-        done = self._entries.get(job.id)
-        if done is None or done.fingerprint != job.fingerprint:
+        return any(
+            self._intact(done, job, out_dir, verify=verify)
+            for done in self._entries.get(job.id, ())
+        )
+
+    @staticmethod
+    def _intact(done: _Done, job: Job, out_dir: Path, *, verify: bool) -> bool:
+        if done.fingerprint != job.fingerprint:
             return False
         if len(done.files) != job.request.count:
             return False

@@ -31,7 +31,6 @@ from .events import PARTIALS_DIR
 from .failures import Where
 from .files import check_own_file, contained_file, remove_file, remove_stray_temps
 from .jobs import InvalidLine, Job
-from .lock import run_lock
 from .manifest import ManifestWriter, compact, stale_records
 from .models import JobRecord
 from .pacing import Pacer
@@ -39,6 +38,7 @@ from .pool import Pool
 from .report import write_report
 from .resume import DoneIndex
 from .retry import RetryPolicy
+from .shards import manifest_paths, out_lock
 from .tally import Summary
 
 __all__ = [
@@ -226,10 +226,15 @@ async def run_batch(
     """
     loop = asyncio.get_running_loop()
     started = loop.time()
-    with run_lock(config.out_dir):
-        check_own_file(config.out_dir, MANIFEST_NAME)
-        await asyncio.to_thread(remove_stray_temps, config.out_dir)
-        done = await asyncio.to_thread(DoneIndex.load, config.manifest_path) if resume else None
+    shard = config.shard  # a shard: its own jobs, lock, manifest and report (see shards.py)
+    with out_lock(config.out_dir, shard):
+        check_own_file(config.out_dir, config.manifest_path.name)
+        if shard is None:  # another shard may be writing its temporary files
+            await asyncio.to_thread(remove_stray_temps, config.out_dir)
+        else:
+            jobs = shard.select(jobs)
+        manifests = manifest_paths(config.out_dir)
+        done = await asyncio.to_thread(DoneIndex.load_all, manifests) if resume else None
         pool = Pool(concurrency=config.concurrency, grace=config.grace)
         pacer = pacer or Pacer(
             rpm=config.rpm,
@@ -305,7 +310,8 @@ async def run_batch(
                 extra={"event": "warning", "reason": str(exc)},
             )
         try:
-            await asyncio.to_thread(write_report, config.out_dir, run=summary)
+            names = (config.manifest_path.name, config.report_path.name)
+            await asyncio.to_thread(write_report, config.out_dir, run=summary, names=names)
         except (OSError, PmockBatchError, ValueError) as exc:  # the images matter more
             log.warning(
                 "could not write the report: %s",

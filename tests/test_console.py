@@ -162,7 +162,7 @@ async def test_json_summary_on_stdout_follows_the_schema(tmp_path, capsys, make_
         "schema", "exit_code", "jobs", "failed_by_kind", "images", "attempts", "retries",
         "ambiguous_retries", "billed_retries", "warnings", "rate_limited", "elapsed_s",
         "images_per_minute", "usage", "out_dir", "manifest", "report", "aborted", "interrupted",
-        "budget",
+        "budget", "shard",
         "failures", "failure_groups", "cost_usd", "cost_unpriced",
     }  # fmt: skip
     assert set(data) == expected_keys

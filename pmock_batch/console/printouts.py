@@ -47,7 +47,8 @@ def summary_json(summary: Summary, config: RunConfig, *, exit_code: int) -> dict
         "images_per_minute": round(summary.images_per_minute, 2),
         "out_dir": str(config.out_dir),
         "manifest": str(config.manifest_path),
-        "report": str(config.out_dir / "report.html"),
+        "report": str(config.report_path),
+        "shard": config.shard.label if config.shard else None,
         "aborted": summary.aborted,
         "interrupted": summary.interrupted,
         "budget": summary.budget,
@@ -73,6 +74,8 @@ def render_summary(summary: Summary, config: RunConfig, console: Console) -> Non
     table.add_column("what", style="bold" if tty else "")
     table.add_column("value", overflow="fold")
     total = summary.jobs + summary.skipped
+    if config.shard:
+        table.add_row("shard", f"{config.shard.label}: {total} job(s) of this share only")
     table.add_row("jobs", f"{total}")
     table.add_row("ok", f"{summary.ok}")
     failed = f"{summary.failed}"
@@ -113,7 +116,7 @@ def render_summary(summary: Summary, config: RunConfig, console: Console) -> Non
         table.add_row("cost (estimate)", cost_text(summary))
     table.add_row("images", f"{config.out_dir}/")
     table.add_row("manifest", str(config.manifest_path))
-    report = config.out_dir / "report.html"
+    report = config.report_path
     if report.exists():
         table.add_row("report", str(report))
     if summary.aborted:
