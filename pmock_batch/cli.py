@@ -54,6 +54,7 @@ from .flags import (
 )
 from .jobs import Defaults, iter_jobs, scan
 from .lock import run_lock
+from .merge import merge
 from .mock.command import mock_flags, mock_options
 from .preflight import (
     check_batch_api,
@@ -148,7 +149,7 @@ def cli() -> None:
     "run",
     epilog="Exit codes: 0 all ok, 1 some jobs not ok, 2 usage error or invalid job file, "
     "3 run aborted, 4 OUT locked by another run, 5 spending cap reached, 130 interrupted. "
-    "Other commands: validate, report, batches, mock-server.",
+    "Other commands: validate, report, batches, merge, mock-server.",
 )
 @rclick.argument("jobs", type=FILE, metavar="JOBS", panel="Input", help="the JSONL job file")
 @inp("--skip-invalid", help="run the valid lines, record the others, exit 1")
@@ -355,6 +356,7 @@ def report(out: Path, thumbnails: bool) -> int:
 
 
 cli.add_command(batches)
+cli.add_command(merge)
 
 
 @cli.command("mock-server")

@@ -21,15 +21,15 @@ LOCK_NAME = ".lock"
 
 
 @contextmanager
-def run_lock(out_dir: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``out_dir`` for the block; raise LockedError if taken.
+def run_lock(out_dir: Path, name: str = LOCK_NAME) -> Iterator[None]:
+    """Hold an exclusive lock on ``out_dir/name`` for the block; raise LockedError if taken.
 
-    A link (or anything but a regular file) at ``.lock`` raises
+    A link (or anything but a regular file) at ``name`` raises
     :class:`~pmock_batch.errors.OutputPathError`: it is never written through.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    check_own_file(out_dir, LOCK_NAME)
-    path = out_dir / LOCK_NAME
+    check_own_file(out_dir, name)
+    path = out_dir / name
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     try:
         try:

@@ -1,0 +1,157 @@
+"""``pmock-batch merge``: shard manifests and other output folders, over real loopback HTTP."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from helpers import by_id, read_manifest, run_cli, write_jobs
+
+from pmock_batch.lock import run_lock
+from pmock_batch.mock import MockOptions
+
+KEY = "sk-merge-test-key"
+
+
+@pytest.fixture(autouse=True)
+def _key(monkeypatch):
+    monkeypatch.setenv("PMOCK_API_KEY", KEY)
+
+
+def _lines(ids: range) -> list[dict[str, str]]:
+    return [{"id": f"j{i}", "prompt": f"prompt {i}"} for i in ids]
+
+
+async def _run(tmp_path: Path, name: str, lines, out: Path, server, capsys) -> None:
+    folder = tmp_path / f"jobs-{name}"
+    folder.mkdir(exist_ok=True)
+    jobs = write_jobs(folder / "jobs.jsonl", lines)
+    result = await run_cli([str(jobs), "--base-url", server.base_url, "--out", str(out)], capsys)
+    assert result.code == 0, result.err
+
+
+def _snapshot(out: Path) -> dict[str, bytes]:
+    """Every file under OUT but the lock files, with its bytes."""
+    found = {}
+    for path in sorted(out.rglob("*")):
+        if path.is_file() and not path.name.startswith(".lock"):
+            found[str(path.relative_to(out))] = path.read_bytes()
+    return found
+
+
+async def test_merge_matrix_outputs_then_a_rerun_sends_nothing(tmp_path, make_mock, capsys):
+    server = await make_mock(MockOptions())
+    a, b, out = tmp_path / "a", tmp_path / "b", tmp_path / "out"
+    await _run(tmp_path, "a", _lines(range(0, 3)), a, server, capsys)
+    await _run(tmp_path, "b", _lines(range(3, 6)), b, server, capsys)
+    assert server.stats.requests == 6
+    result = await run_cli(["merge", str(out), str(a), str(b)], capsys)
+    assert result.code == 0, result.err
+    assert "6 job(s), 6 ok" in result.err and "6 image(s) copied" in result.err
+    records = by_id(read_manifest(out))
+    assert sorted(records) == [f"j{i}" for i in range(6)]
+    assert all(r["status"] == "ok" for r in records.values())
+    for record in records.values():
+        (image,) = record["files"]
+        assert (out / image["path"]).stat().st_size == image["bytes"]
+    assert "j5" in (out / "report.html").read_text(encoding="utf-8")
+    await _run(tmp_path, "all", _lines(range(6)), out, server, capsys)
+    assert server.stats.requests == 6  # the whole job file: nothing sent
+
+
+async def test_merge_shard_manifests_on_a_shared_volume(tmp_path, make_mock, capsys):
+    server = await make_mock(MockOptions())
+    out = tmp_path / "out"
+    for k, ids in ((1, range(0, 2)), (2, range(2, 5))):
+        await _run(tmp_path, f"s{k}", _lines(ids), out, server, capsys)
+        (out / "manifest.jsonl").rename(out / f"manifest.shard-{k}-of-2.jsonl")
+    result = await run_cli(["merge", str(out)], capsys)
+    assert result.code == 0, result.err
+    assert "0 image(s) copied, 5 already in" in result.err
+    assert sorted(by_id(read_manifest(out))) == [f"j{i}" for i in range(5)]
+    assert not list(out.glob("manifest.shard-*"))  # merged, then removed
+    await _run(tmp_path, "all", _lines(range(5)), out, server, capsys)
+    assert server.stats.requests == 5
+
+
+async def test_merge_twice_changes_nothing(tmp_path, make_mock, capsys):
+    server = await make_mock(MockOptions())
+    a, out = tmp_path / "a", tmp_path / "out"
+    await _run(tmp_path, "a", _lines(range(0, 2)), a, server, capsys)
+    await _run(tmp_path, "o", _lines(range(2, 4)), out, server, capsys)
+    (out / "manifest.jsonl").rename(out / "manifest.shard-1-of-1.jsonl")
+    assert (await run_cli(["merge", str(out), str(a)], capsys)).code == 0
+    before = _snapshot(out)
+    assert len(read_manifest(out)) == 4
+    again = await run_cli(["merge", str(out), str(a)], capsys)
+    assert again.code == 0, again.err
+    assert "nothing changed" in again.err and "0 image(s) copied" in again.err
+    assert _snapshot(out) == before
+
+
+async def test_conflicting_ok_results_are_refused_unless_prefer_newest(tmp_path, make_mock, capsys):
+    server = await make_mock(MockOptions())
+    a, b = tmp_path / "a", tmp_path / "b"
+    await _run(tmp_path, "a", [{"id": "j0", "prompt": "a cat"}], a, server, capsys)
+    await _run(tmp_path, "b", [{"id": "j0", "prompt": "a dog"}], b, server, capsys)
+    before = _snapshot(a)
+    refused = await run_cli(["merge", str(a), str(b)], capsys)
+    assert refused.code == 2
+    assert "pmock-batch: error: job 'j0' has two different ok results" in refused.err
+    assert str(a / "manifest.jsonl") in refused.err and str(b / "manifest.jsonl") in refused.err
+    assert _snapshot(a) == before  # nothing changed
+    newest = by_id(read_manifest(b))["j0"]
+    result = await run_cli(["merge", str(a), str(b), "--prefer", "newest"], capsys)
+    assert result.code == 0, result.err
+    kept = by_id(read_manifest(a))["j0"]
+    assert kept["fingerprint"] == newest["fingerprint"]
+    assert (a / "j0.png").read_bytes() == (b / "j0.png").read_bytes()
+    await _run(tmp_path, "b", [{"id": "j0", "prompt": "a dog"}], a, server, capsys)
+    assert server.stats.requests == 2  # the dog is done in a now
+
+
+async def test_a_corrupted_image_is_not_copied_and_is_reported(tmp_path, make_mock, capsys):
+    server = await make_mock(MockOptions())
+    a, out = tmp_path / "a", tmp_path / "out"
+    await _run(tmp_path, "a", _lines(range(3)), a, server, capsys)
+    image = a / "j1.png"
+    data = bytearray(image.read_bytes())
+    data[-20] ^= 0xFF  # same size, other bytes
+    image.write_bytes(bytes(data))
+    result = await run_cli(["merge", str(out), str(a)], capsys)
+    assert result.code == 1
+    assert "job 'j1'" in result.err and "not merged as ok" in result.err
+    assert not (out / "j1.png").exists()
+    records = by_id(read_manifest(out))
+    assert records["j1"]["status"] == "failed" and records["j1"]["error"]["kind"] == "merge"
+    assert records["j0"]["status"] == records["j2"]["status"] == "ok"
+    await _run(tmp_path, "all", _lines(range(3)), out, server, capsys)
+    assert server.stats.requests == 4  # only j1 again
+
+
+async def test_a_link_in_another_output_is_not_followed(tmp_path, make_mock, capsys):
+    server = await make_mock(MockOptions())
+    a, out = tmp_path / "a", tmp_path / "out"
+    await _run(tmp_path, "a", _lines(range(2)), a, server, capsys)
+    elsewhere = tmp_path / "elsewhere.png"
+    (a / "j0.png").rename(elsewhere)  # the same bytes, reached through a link
+    os.symlink(elsewhere, a / "j0.png")
+    result = await run_cli(["merge", str(out), str(a)], capsys)
+    assert result.code == 1
+    assert "job 'j0'" in result.err and "behind a link" in result.err
+    assert not os.path.lexists(out / "j0.png")
+    assert (out / "j1.png").is_file()
+
+
+@pytest.mark.parametrize("lock", [".lock", ".lock.shard-1-of-2"])
+async def test_merge_refuses_while_out_or_a_shard_is_locked(tmp_path, make_mock, capsys, lock):
+    server = await make_mock(MockOptions())
+    a, out = tmp_path / "a", tmp_path / "out"
+    await _run(tmp_path, "a", _lines(range(2)), a, server, capsys)
+    out.mkdir()
+    with run_lock(out, name=lock):
+        result = await run_cli(["merge", str(out), str(a)], capsys)
+    assert result.code == 4, result.err
+    assert str(out / lock) in result.err
+    assert _snapshot(out) == {}
