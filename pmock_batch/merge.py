@@ -15,10 +15,9 @@ matches its recorded size and SHA-256; they are checked while copied, through
 record whose images fail is not merged as ``ok``. Nothing is read through a
 link (:func:`~pmock_batch.files.contained_file`), nothing written outside OUT.
 
-The order makes a crash harmless: images first (each atomic), then the new
-``manifest.jsonl`` (atomic), and only then are OUT's shard manifests removed;
-a merge interrupted anywhere is simply run again. It holds OUT's lock and
-every shard lock, so no run or shard writes meanwhile.
+A crash is harmless: images first (each atomic), then the new manifest
+(atomic), and only then are OUT's shard manifests removed; an interrupted
+merge is simply run again. It holds OUT's lock and every shard lock.
 """
 
 from __future__ import annotations
@@ -105,6 +104,7 @@ class MergeResult:
     copied: int = 0  # images copied into OUT
     present: int = 0  # images already in OUT with the right SHA-256
     removed: list[str] = field(default_factory=list)  # OUT's shard manifests merged and removed
+    kept: list[str] = field(default_factory=list)  # manifests with damaged records: not removed
     rejected: list[str] = field(default_factory=list)  # ok records not merged as ok, and why
     warnings: list[str] = field(default_factory=list)
     changed: bool = False  # the manifest was rewritten
@@ -176,6 +176,7 @@ def _read(source: _Source, result: MergeResult) -> Iterator[_Seen]:
                 record = JobRecord.model_validate(data)
             except ValidationError:
                 result.warnings.append(f"{source}:{row}: a damaged record; skipped")
+                result.kept.append(str(source))  # an own shard manifest is then kept
                 continue
             yield _Seen(record, raw.rstrip(b"\r\n"), source)
 
@@ -357,8 +358,9 @@ def merge_outputs(out: Path, others: Sequence[Path], *, prefer_newest: bool = Fa
         result.jobs = len(chosen)
         result.ok = sum(s.record.status == "ok" for s, _ in chosen)
         result.changed = _write_manifest(out, [s for s, _ in chosen])
-        for source in sources:
-            if source.own and source.name != MANIFEST_NAME and remove_file(out, source.name):
+        for source in sources:  # only now: the new manifest holds all they held
+            own = source.own and source.name != MANIFEST_NAME and str(source) not in result.kept
+            if own and remove_file(out, source.name):
                 result.removed.append(source.name)
         if result.changed or result.removed or not (out / REPORT_NAME).is_file():
             try:

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 from helpers import by_id, read_manifest, run_cli, write_jobs
 
+from pmock_batch import merge as merging
 from pmock_batch.lock import run_lock
+from pmock_batch.merge import merge_outputs
 from pmock_batch.mock import MockOptions
 
 KEY = "sk-merge-test-key"
@@ -17,6 +19,14 @@ KEY = "sk-merge-test-key"
 @pytest.fixture(autouse=True)
 def _key(monkeypatch):
     monkeypatch.setenv("PMOCK_API_KEY", KEY)
+
+
+class Crash(BaseException):
+    """Stands in for kill -9: not an Exception, so nothing handles it."""
+
+
+def _crash(*_: object, **__: object) -> None:
+    raise Crash
 
 
 def _lines(ids: range) -> list[dict[str, str]]:
@@ -155,3 +165,44 @@ async def test_merge_refuses_while_out_or_a_shard_is_locked(tmp_path, make_mock,
     assert result.code == 4, result.err
     assert str(out / lock) in result.err
     assert _snapshot(out) == {}
+
+
+async def test_a_crash_at_any_step_loses_nothing(tmp_path, make_mock, capsys, monkeypatch):
+    server = await make_mock(MockOptions())
+    a, out = tmp_path / "a", tmp_path / "out"
+    await _run(tmp_path, "a", _lines(range(0, 2)), a, server, capsys)
+    await _run(tmp_path, "o", _lines(range(2, 4)), out, server, capsys)
+    shard = out / "manifest.shard-1-of-1.jsonl"
+    (out / "manifest.jsonl").rename(shard)
+    logged = shard.read_bytes()
+    write_manifest, remove_file = merging._write_manifest, merging.remove_file
+    monkeypatch.setattr(merging, "_write_manifest", _crash)  # images copied, no manifest yet
+    with pytest.raises(Crash):
+        merge_outputs(out, [a])
+    assert shard.read_bytes() == logged and not (out / "manifest.jsonl").exists()
+    monkeypatch.setattr(merging, "_write_manifest", write_manifest)
+    monkeypatch.setattr(merging, "remove_file", _crash)  # the manifest written, shards not removed
+    with pytest.raises(Crash):
+        merge_outputs(out, [a])
+    assert shard.read_bytes() == logged and len(read_manifest(out)) == 4
+    monkeypatch.setattr(merging, "remove_file", remove_file)
+    result = await run_cli(["merge", str(out), str(a)], capsys)
+    assert result.code == 0, result.err
+    assert "removed manifest.shard-1-of-1.jsonl" in result.err and not shard.exists()
+    assert sorted(by_id(read_manifest(out))) == [f"j{i}" for i in range(4)]
+    await _run(tmp_path, "all", _lines(range(4)), out, server, capsys)
+    assert server.stats.requests == 4
+
+
+async def test_a_damaged_record_keeps_its_shard_manifest(tmp_path, make_mock, capsys):
+    server = await make_mock(MockOptions())
+    out = tmp_path / "out"
+    await _run(tmp_path, "o", _lines(range(2)), out, server, capsys)
+    shard = out / "manifest.shard-1-of-2.jsonl"
+    (out / "manifest.jsonl").rename(shard)
+    with shard.open("a", encoding="utf-8") as fh:
+        fh.write('{"id": "j9", "line": "nine", "status": "ok"}\n')
+    result = await run_cli(["merge", str(out)], capsys)
+    assert result.code == 0, result.err
+    assert f"{shard}:3: a damaged record; skipped" in result.err
+    assert shard.exists() and len(read_manifest(out)) == 2
