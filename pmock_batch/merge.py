@@ -121,10 +121,7 @@ def _key(record: JobRecord) -> str:
 
 
 def _shard_names(folder: Path, pattern: re.Pattern[str]) -> list[str]:
-    try:
-        names = os.listdir(folder)
-    except FileNotFoundError:
-        return []
+    names = os.listdir(folder) if folder.is_dir() else []
     return sorted(name for name in names if pattern.match(name))
 
 
@@ -260,13 +257,16 @@ def _copy_partials(out: Path, seen: _Seen, result: MergeResult) -> None:
         src = contained_file(seen.source.folder, p.path)
         if src is None:
             continue
+        why = "it does not match its recorded SHA-256"
         try:
             with AtomicFile(out, p.path) as tmp:
                 size = src.stat().st_size
                 if size <= MAX_IMAGE_BYTES and _fill(tmp, src, size) == p.sha256:
                     tmp.commit()
+                    continue
         except (OSError, OutputPathError) as exc:
-            result.warnings.append(f"{seen.source}: partial {p.path} not copied: {exc}")
+            why = str(exc)
+        result.warnings.append(f"{seen.source}: partial {p.path} not copied: {why}")
 
 
 def _demote(seen: _Seen, why: str) -> _Seen:

@@ -33,11 +33,12 @@ def _lines(ids: range) -> list[dict[str, str]]:
     return [{"id": f"j{i}", "prompt": f"prompt {i}"} for i in ids]
 
 
-async def _run(tmp_path: Path, name: str, lines, out: Path, server, capsys) -> None:
+async def _run(tmp_path: Path, name: str, lines, out: Path, server, capsys, *extra: str) -> None:
     folder = tmp_path / f"jobs-{name}"
     folder.mkdir(exist_ok=True)
     jobs = write_jobs(folder / "jobs.jsonl", lines)
-    result = await run_cli([str(jobs), "--base-url", server.base_url, "--out", str(out)], capsys)
+    argv = [str(jobs), "--base-url", server.base_url, "--out", str(out), *extra]
+    result = await run_cli(argv, capsys)
     assert result.code == 0, result.err
 
 
@@ -206,3 +207,19 @@ async def test_a_damaged_record_keeps_its_shard_manifest(tmp_path, make_mock, ca
     assert result.code == 0, result.err
     assert f"{shard}:3: a damaged record; skipped" in result.err
     assert shard.exists() and len(read_manifest(out)) == 2
+
+
+async def test_saved_partials_are_copied_too(tmp_path, make_mock, capsys):
+    server = await make_mock(MockOptions(image_px=32))
+    a, out = tmp_path / "a", tmp_path / "out"
+    lines = [{"id": "fox", "prompt": "a fox", "partial_images": 2}]
+    await _run(tmp_path, "a", lines, a, server, capsys, "--stream", "--save-partials")
+    (a / ".partials" / "fox.1.png").write_bytes(b"not the partial")  # best effort: skipped
+    result = await run_cli(["merge", str(out), str(a)], capsys)
+    assert result.code == 0, result.err
+    assert "partial .partials/fox.1.png not copied" in result.err
+    assert (out / ".partials" / "fox.0.png").read_bytes() == (
+        a / ".partials" / "fox.0.png"
+    ).read_bytes()
+    assert not (out / ".partials" / "fox.1.png").exists()
+    assert [p["index"] for p in by_id(read_manifest(out))["fox"]["partials"]] == [0, 1]
