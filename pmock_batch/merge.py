@@ -9,11 +9,10 @@ record; two ``ok`` records with different fingerprints are a conflict
 (:class:`~pmock_batch.errors.MergeConflictError`, before anything changes)
 unless ``prefer_newest``.
 
-An ``ok`` record's images are brought into OUT only if every one of them
-matches its recorded size and SHA-256; they are checked while copied, through
-:class:`~pmock_batch.files.AtomicFile`, and committed only all together. A
-record whose images fail is not merged as ``ok``. Nothing is read through a
-link (:func:`~pmock_batch.files.contained_file`), nothing written outside OUT.
+An ``ok`` record's images are brought into OUT by :mod:`pmock_batch.transfer`
+only if every one of them matches its recorded size and SHA-256 (checked
+while copied, committed all together; never through a link, never outside
+OUT). A record whose images fail is not merged as ``ok``.
 
 A crash is harmless: images first (each atomic), then the new manifest
 (atomic), and only then are OUT's shard manifests removed; an interrupted
@@ -27,7 +26,6 @@ import hashlib
 import json
 import os
 import re
-import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +36,7 @@ import rich_click as rclick
 from pydantic import ValidationError
 
 from .config import MANIFEST_NAME
-from .errors import MergeConflictError, OutputPathError, PmockBatchError, UsageError
+from .errors import MergeConflictError, PmockBatchError, UsageError
 from .files import (
     AtomicFile,
     check_own_file,
@@ -48,16 +46,15 @@ from .files import (
     sha256_of,
 )
 from .flags import FILE
-from .images import MAX_IMAGE_BYTES
 from .lock import LOCK_NAME, run_lock
 from .models import ErrorRecord, JobRecord
 from .report import REPORT_NAME, write_report
+from .transfer import bring_files, bring_partials, intact
 
 __all__ = ["MergeResult", "merge", "merge_outputs"]
 
 SHARD_MANIFEST = re.compile(r"manifest\.shard-[0-9]+-of-[0-9]+\.jsonl\Z")
 SHARD_LOCK = re.compile(r"\.lock\.shard-[0-9]+-of-[0-9]+\Z")
-_CHUNK = 1 << 20
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _SHOWN_CONFLICTS = 3
 
@@ -193,82 +190,6 @@ def _conflicts(jobs: dict[str, _Job]) -> list[str]:
     return lines
 
 
-def _intact(out: Path, record: JobRecord) -> bool:
-    """Every image of ``record`` is in OUT already, with its size and SHA-256."""
-    for f in record.files:
-        target = contained_file(out, f.path)
-        if target is None or sha256_of(target, f.bytes) != f.sha256:
-            return False
-    return bool(record.files)
-
-
-def _fill(tmp: AtomicFile, src: Path, size: int) -> str | None:
-    """Copy at most ``size`` + 1 bytes of ``src`` (no link) into ``tmp``; their SHA-256 if
-    exactly ``size`` bytes."""
-    fd = os.open(src, os.O_RDONLY | _NOFOLLOW)
-    with os.fdopen(fd, "rb") as fh:
-        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-            return None
-        digest, left = hashlib.sha256(), size + 1
-        while left > 0 and (chunk := fh.read(min(_CHUNK, left))):
-            digest.update(chunk)
-            tmp.write(chunk)
-            left -= len(chunk)
-    return digest.hexdigest() if left == 1 else None
-
-
-def _copy_all(out: Path, seen: _Seen, result: MergeResult) -> str | None:
-    """Bring ``seen``'s images into OUT, all or none; why not, or None when done."""
-    pending: list[AtomicFile] = []
-    try:
-        present = 0
-        for f in seen.record.files:
-            target = contained_file(out, f.path)
-            if target is not None and sha256_of(target, f.bytes) == f.sha256:
-                present += 1
-                continue
-            src = None if seen.source.own else contained_file(seen.source.folder, f.path)
-            if src is None:
-                return f"{f.path} is missing, not a regular file, or behind a link"
-            tmp = AtomicFile(out, f.path)
-            pending.append(tmp)
-            if _fill(tmp, src, f.bytes) != f.sha256:
-                return f"{f.path} does not match its recorded size and SHA-256"
-        for tmp in pending:
-            tmp.commit()
-    except (OSError, OutputPathError) as exc:
-        return f"cannot copy it: {exc}"
-    finally:
-        for tmp in pending:
-            tmp.discard()
-    result.present += present
-    result.copied += len(pending)
-    return None
-
-
-def _copy_partials(out: Path, seen: _Seen, result: MergeResult) -> None:
-    """Best effort: the record's saved partial images, when the source has them intact."""
-    if seen.source.own:
-        return
-    for p in seen.record.partials:
-        target = contained_file(out, p.path)
-        if target is not None and sha256_of(target, target.stat().st_size) == p.sha256:
-            continue
-        src = contained_file(seen.source.folder, p.path)
-        if src is None:
-            continue
-        why = "it does not match its recorded SHA-256"
-        try:
-            with AtomicFile(out, p.path) as tmp:
-                size = src.stat().st_size
-                if size <= MAX_IMAGE_BYTES and _fill(tmp, src, size) == p.sha256:
-                    tmp.commit()
-                    continue
-        except (OSError, OutputPathError) as exc:
-            why = str(exc)
-        result.warnings.append(f"{seen.source}: partial {p.path} not copied: {why}")
-
-
 def _demote(seen: _Seen, why: str) -> _Seen:
     """An ok record whose images failed, as a failed one: a re-run redoes the job."""
     error = ErrorRecord(kind="merge", message=f"not merged as ok: {why}")
@@ -282,12 +203,18 @@ def _choose(out: Path, key: str, job: _Job, result: MergeResult) -> _Seen:
     if oks:
         winner = oks[0].record.fingerprint
         same = [s for s in oks if s.record.fingerprint == winner]
-        same.sort(key=lambda s: not _intact(out, s.record))  # stable: newest first otherwise
+        same.sort(key=lambda s: not intact(out, s.record.files))  # stable: newest first otherwise
         failed: list[tuple[_Seen, str]] = []
         for seen in same:
-            why = _copy_all(out, seen, result)
+            folder = None if seen.source.own else seen.source.folder
+            brought = bring_files(out, folder, seen.record.files)
+            why = brought.problem
             if why is None:
-                _copy_partials(out, seen, result)
+                result.copied += brought.copied
+                result.present += brought.present
+                if folder is not None:
+                    for problem in bring_partials(out, folder, seen.record.partials):
+                        result.warnings.append(f"{seen.source}: {problem}")
                 return seen
             failed.append((seen, why))
             result.rejected.append(f"{seen.source}: job {key!r}: {why}; not merged as ok")

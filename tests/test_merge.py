@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -223,3 +225,18 @@ async def test_saved_partials_are_copied_too(tmp_path, make_mock, capsys):
     ).read_bytes()
     assert not (out / ".partials" / "fox.1.png").exists()
     assert [p["index"] for p in by_id(read_manifest(out))["fox"]["partials"]] == [0, 1]
+
+
+async def test_a_record_naming_a_file_the_tool_keeps_is_not_copied(tmp_path, make_mock, capsys):
+    server = await make_mock(MockOptions())
+    a, out = tmp_path / "a", tmp_path / "out"
+    await _run(tmp_path, "a", _lines(range(1)), a, server, capsys)
+    record = read_manifest(a)[0]
+    report = (a / "report.html").read_bytes()
+    forged = hashlib.sha256(report).hexdigest()
+    record["files"][0].update(path="report.html", bytes=len(report), sha256=forged)
+    (a / "manifest.jsonl").write_text(json.dumps(record) + "\n", encoding="utf-8")
+    result = await run_cli(["merge", str(out), str(a)], capsys)
+    assert result.code == 1
+    assert "'report.html' is not an image path a run writes" in result.err
+    assert by_id(read_manifest(out))["j0"]["status"] == "failed"
