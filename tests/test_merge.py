@@ -240,3 +240,19 @@ async def test_a_record_naming_a_file_the_tool_keeps_is_not_copied(tmp_path, mak
     assert result.code == 1
     assert "'report.html' is not an image path a run writes" in result.err
     assert by_id(read_manifest(out))["j0"]["status"] == "failed"
+
+
+async def test_usage_errors_change_nothing(tmp_path, make_mock, capsys):
+    server = await make_mock(MockOptions())
+    a, empty, out = tmp_path / "a", tmp_path / "empty", tmp_path / "out"
+    await _run(tmp_path, "a", _lines(range(1)), a, server, capsys)
+    empty.mkdir()
+    nothing = await run_cli(["merge", str(out)], capsys)
+    assert nothing.code == 2 and "nothing to merge" in nothing.err
+    missing = await run_cli(["merge", str(out), str(tmp_path / "nope")], capsys)
+    assert missing.code == 2 and "not a directory" in missing.err
+    bare = await run_cli(["merge", str(out), str(a), str(empty)], capsys)
+    assert bare.code == 2 and f"no manifest.jsonl or shard manifest in {empty}" in bare.err
+    itself = await run_cli(["merge", str(a), str(a)], capsys)
+    assert itself.code == 2 and "is OUT itself" in itself.err
+    assert not out.exists() or _snapshot(out) == {}
