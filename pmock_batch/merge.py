@@ -203,7 +203,8 @@ def _choose(out: Path, key: str, job: _Job, result: MergeResult) -> _Seen:
     if oks:
         winner = oks[0].record.fingerprint
         same = [s for s in oks if s.record.fingerprint == winner]
-        same.sort(key=lambda s: not intact(out, s.record.files))  # stable: newest first otherwise
+        if len(same) > 1:  # the one already in OUT first; stable: newest first otherwise
+            same.sort(key=lambda s: not intact(out, s.record.files))
         failed: list[tuple[_Seen, str]] = []
         for seen in same:
             folder = None if seen.source.own else seen.source.folder
