@@ -1,11 +1,8 @@
 """The command line: Click commands and the one error -> exit-code table.
 
-With :mod:`pmock_batch.console`, the only code that writes to the terminal;
-the work is in :mod:`pmock_batch.run`. ``pmock-batch JOBS`` runs the default
-command, ``run``; the others are ``validate``, ``report`` and ``mock-server``.
-Every exception a command raises is turned into an exit code by
-:data:`EXIT_CODES` and into one ``pmock-batch: error: ...`` line by :func:`fail`.
-"""
+With :mod:`pmock_batch.console`, the only code that writes to the terminal. ``pmock-batch
+JOBS`` runs ``run``; the others are ``validate``, ``report``, ``batches``, ``merge`` and
+``mock-server``. :data:`EXIT_CODES` turns what a command raises into an exit code."""
 
 from __future__ import annotations
 
@@ -55,6 +52,7 @@ from .flags import (
 )
 from .jobs import Defaults, iter_jobs, scan
 from .lock import run_lock
+from .merge import merge
 from .mock.command import mock_flags, mock_options
 from .preflight import (
     check_batch_api,
@@ -149,7 +147,7 @@ def cli() -> None:
     "run",
     epilog="Exit codes: 0 all ok, 1 some jobs not ok, 2 usage error or invalid job file, "
     "3 run aborted, 4 OUT locked by another run, 5 spending cap reached, 130 interrupted. "
-    "Other commands: validate, report, batches, mock-server.",
+    "Other commands: validate, report, batches, merge, mock-server.",
 )
 @rclick.argument("jobs", type=FILE, metavar="JOBS", panel="Input", help="the JSONL job file")
 @inp("--skip-invalid", help="run the valid lines, record the others, exit 1")
@@ -359,6 +357,7 @@ def report(out: Path, thumbnails: bool) -> int:
 
 
 cli.add_command(batches)
+cli.add_command(merge)
 
 
 @cli.command("mock-server")

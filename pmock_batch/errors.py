@@ -4,6 +4,7 @@
 
     PmockBatchError                    kind        decision
     ├── UsageError                     bad flags or environment: exit 2, nothing sent
+    │   └── MergeConflictError         `merge`: one job, two different ok results: exit 2
     ├── LockedError                    another run holds the output directory: exit 4
     ├── OutputPathError                write       fail      outside OUT, or through a link
     ├── InputFileError                 input       fail      an edit's file changed after its check
@@ -70,6 +71,7 @@ __all__ = [
     "InputFileError",
     "InvalidResponseError",
     "LockedError",
+    "MergeConflictError",
     "ModelNotFoundError",
     "ModerationError",
     "NotFoundError",
@@ -115,6 +117,10 @@ class PmockBatchError(Exception):
 
 class UsageError(PmockBatchError):
     """A bad flag, a missing key, or an environment the run cannot start in."""
+
+
+class MergeConflictError(UsageError):
+    """``merge`` found one job with two different ok fingerprints; nothing was merged."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,7 @@ def run_lock(out_dir: Path, name: str = LOCK_NAME, *, shared: bool = False) -> I
     takes a shared lock instead, as shards do on ``.lock``: many shards at
     once, but never beside an unsharded run, which holds it exclusive.
 
-    A link (or anything but a regular file) at ``.lock`` raises
+    A link (or anything but a regular file) at ``name`` raises
     :class:`~pmock_batch.errors.OutputPathError`: it is never written through.
     """
     out_dir.mkdir(parents=True, exist_ok=True)

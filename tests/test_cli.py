@@ -679,7 +679,7 @@ async def test_no_arguments_print_the_commands_and_exit_2(capsys):
     assert result.code == 2
     assert result.err.startswith("Usage: pmock-batch [OPTIONS] COMMAND [ARGS]...")
     commands = re.findall(r"^  ([a-z-]+) ", result.err.partition("Commands:")[2], re.M)
-    assert commands == ["run", "validate", "report", "batches", "mock-server"]
+    assert commands == ["run", "validate", "report", "batches", "merge", "mock-server"]
     assert "./report" in result.err
 
 

@@ -1,0 +1,258 @@
+"""``pmock-batch merge``: shard manifests and other output folders, over real loopback HTTP."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+from helpers import by_id, read_manifest, run_cli, write_jobs
+
+from pmock_batch import merge as merging
+from pmock_batch.lock import run_lock
+from pmock_batch.merge import merge_outputs
+from pmock_batch.mock import MockOptions
+
+KEY = "sk-merge-test-key"
+
+
+@pytest.fixture(autouse=True)
+def _key(monkeypatch):
+    monkeypatch.setenv("PMOCK_API_KEY", KEY)
+
+
+class Crash(BaseException):
+    """Stands in for kill -9: not an Exception, so nothing handles it."""
+
+
+def _crash(*_: object, **__: object) -> None:
+    raise Crash
+
+
+def _lines(ids: range) -> list[dict[str, str]]:
+    return [{"id": f"j{i}", "prompt": f"prompt {i}"} for i in ids]
+
+
+async def _run(tmp_path: Path, name: str, lines, out: Path, server, capsys, *extra: str) -> None:
+    folder = tmp_path / f"jobs-{name}"
+    folder.mkdir(exist_ok=True)
+    jobs = write_jobs(folder / "jobs.jsonl", lines)
+    argv = [str(jobs), "--base-url", server.base_url, "--out", str(out), *extra]
+    result = await run_cli(argv, capsys)
+    assert result.code == 0, result.err
+
+
+def _snapshot(out: Path) -> dict[str, bytes]:
+    """Every file under OUT but the lock files, with its bytes."""
+    found = {}
+    for path in sorted(out.rglob("*")):
+        if path.is_file() and not path.name.startswith(".lock"):
+            found[str(path.relative_to(out))] = path.read_bytes()
+    return found
+
+
+async def test_merge_matrix_outputs_then_a_rerun_sends_nothing(tmp_path, make_mock, capsys):
+    server = await make_mock(MockOptions())
+    a, b, out = tmp_path / "a", tmp_path / "b", tmp_path / "out"
+    await _run(tmp_path, "a", _lines(range(0, 3)), a, server, capsys)
+    await _run(tmp_path, "b", _lines(range(3, 6)), b, server, capsys)
+    assert server.stats.requests == 6
+    result = await run_cli(["merge", str(out), str(a), str(b)], capsys)
+    assert result.code == 0, result.err
+    assert "6 job(s), 6 ok" in result.err and "6 image(s) copied" in result.err
+    records = by_id(read_manifest(out))
+    assert sorted(records) == [f"j{i}" for i in range(6)]
+    assert all(r["status"] == "ok" for r in records.values())
+    for record in records.values():
+        (image,) = record["files"]
+        assert (out / image["path"]).stat().st_size == image["bytes"]
+    assert "j5" in (out / "report.html").read_text(encoding="utf-8")
+    await _run(tmp_path, "all", _lines(range(6)), out, server, capsys)
+    assert server.stats.requests == 6  # the whole job file: nothing sent
+
+
+async def test_merge_shard_manifests_on_a_shared_volume(tmp_path, make_mock, capsys):
+    server = await make_mock(MockOptions())
+    out = tmp_path / "out"
+    for k, ids in ((1, range(0, 2)), (2, range(2, 5))):
+        await _run(tmp_path, f"s{k}", _lines(ids), out, server, capsys)
+        (out / "manifest.jsonl").rename(out / f"manifest.shard-{k}-of-2.jsonl")
+    result = await run_cli(["merge", str(out)], capsys)
+    assert result.code == 0, result.err
+    assert "0 image(s) copied, 5 already in" in result.err
+    assert sorted(by_id(read_manifest(out))) == [f"j{i}" for i in range(5)]
+    assert not list(out.glob("manifest.shard-*"))  # merged, then removed
+    await _run(tmp_path, "all", _lines(range(5)), out, server, capsys)
+    assert server.stats.requests == 5
+
+
+async def test_merge_twice_changes_nothing(tmp_path, make_mock, capsys):
+    server = await make_mock(MockOptions())
+    a, out = tmp_path / "a", tmp_path / "out"
+    await _run(tmp_path, "a", _lines(range(0, 2)), a, server, capsys)
+    await _run(tmp_path, "o", _lines(range(2, 4)), out, server, capsys)
+    (out / "manifest.jsonl").rename(out / "manifest.shard-1-of-1.jsonl")
+    assert (await run_cli(["merge", str(out), str(a)], capsys)).code == 0
+    before = _snapshot(out)
+    assert len(read_manifest(out)) == 4
+    again = await run_cli(["merge", str(out), str(a)], capsys)
+    assert again.code == 0, again.err
+    assert "nothing changed" in again.err and "0 image(s) copied" in again.err
+    assert _snapshot(out) == before
+
+
+async def test_conflicting_ok_results_are_refused_unless_prefer_newest(tmp_path, make_mock, capsys):
+    server = await make_mock(MockOptions())
+    a, b = tmp_path / "a", tmp_path / "b"
+    await _run(tmp_path, "a", [{"id": "j0", "prompt": "a cat"}], a, server, capsys)
+    await _run(tmp_path, "b", [{"id": "j0", "prompt": "a dog"}], b, server, capsys)
+    before = _snapshot(a)
+    refused = await run_cli(["merge", str(a), str(b)], capsys)
+    assert refused.code == 2
+    assert "pmock-batch: error: job 'j0' has two different ok results" in refused.err
+    assert str(a / "manifest.jsonl") in refused.err and str(b / "manifest.jsonl") in refused.err
+    assert _snapshot(a) == before  # nothing changed
+    newest = by_id(read_manifest(b))["j0"]
+    result = await run_cli(["merge", str(a), str(b), "--prefer", "newest"], capsys)
+    assert result.code == 0, result.err
+    kept = by_id(read_manifest(a))["j0"]
+    assert kept["fingerprint"] == newest["fingerprint"]
+    assert (a / "j0.png").read_bytes() == (b / "j0.png").read_bytes()
+    await _run(tmp_path, "b", [{"id": "j0", "prompt": "a dog"}], a, server, capsys)
+    assert server.stats.requests == 2  # the dog is done in a now
+
+
+async def test_a_corrupted_image_is_not_copied_and_is_reported(tmp_path, make_mock, capsys):
+    server = await make_mock(MockOptions())
+    a, out = tmp_path / "a", tmp_path / "out"
+    await _run(tmp_path, "a", _lines(range(3)), a, server, capsys)
+    image = a / "j1.png"
+    data = bytearray(image.read_bytes())
+    data[-20] ^= 0xFF  # same size, other bytes
+    image.write_bytes(bytes(data))
+    result = await run_cli(["merge", str(out), str(a)], capsys)
+    assert result.code == 1
+    assert "job 'j1'" in result.err and "not merged as ok" in result.err
+    assert not (out / "j1.png").exists()
+    records = by_id(read_manifest(out))
+    assert records["j1"]["status"] == "failed" and records["j1"]["error"]["kind"] == "merge"
+    assert records["j0"]["status"] == records["j2"]["status"] == "ok"
+    await _run(tmp_path, "all", _lines(range(3)), out, server, capsys)
+    assert server.stats.requests == 4  # only j1 again
+
+
+async def test_a_link_in_another_output_is_not_followed(tmp_path, make_mock, capsys):
+    server = await make_mock(MockOptions())
+    a, out = tmp_path / "a", tmp_path / "out"
+    await _run(tmp_path, "a", _lines(range(2)), a, server, capsys)
+    elsewhere = tmp_path / "elsewhere.png"
+    (a / "j0.png").rename(elsewhere)  # the same bytes, reached through a link
+    os.symlink(elsewhere, a / "j0.png")
+    result = await run_cli(["merge", str(out), str(a)], capsys)
+    assert result.code == 1
+    assert "job 'j0'" in result.err and "behind a link" in result.err
+    assert not os.path.lexists(out / "j0.png")
+    assert (out / "j1.png").is_file()
+
+
+@pytest.mark.parametrize("lock", [".lock", ".lock.shard-1-of-2"])
+async def test_merge_refuses_while_out_or_a_shard_is_locked(tmp_path, make_mock, capsys, lock):
+    server = await make_mock(MockOptions())
+    a, out = tmp_path / "a", tmp_path / "out"
+    await _run(tmp_path, "a", _lines(range(2)), a, server, capsys)
+    out.mkdir()
+    with run_lock(out, name=lock):
+        result = await run_cli(["merge", str(out), str(a)], capsys)
+    assert result.code == 4, result.err
+    assert str(out / lock) in result.err
+    assert _snapshot(out) == {}
+
+
+async def test_a_crash_at_any_step_loses_nothing(tmp_path, make_mock, capsys, monkeypatch):
+    server = await make_mock(MockOptions())
+    a, out = tmp_path / "a", tmp_path / "out"
+    await _run(tmp_path, "a", _lines(range(0, 2)), a, server, capsys)
+    await _run(tmp_path, "o", _lines(range(2, 4)), out, server, capsys)
+    shard = out / "manifest.shard-1-of-1.jsonl"
+    (out / "manifest.jsonl").rename(shard)
+    logged = shard.read_bytes()
+    write_manifest, remove_file = merging._write_manifest, merging.remove_file
+    monkeypatch.setattr(merging, "_write_manifest", _crash)  # images copied, no manifest yet
+    with pytest.raises(Crash):
+        merge_outputs(out, [a])
+    assert shard.read_bytes() == logged and not (out / "manifest.jsonl").exists()
+    monkeypatch.setattr(merging, "_write_manifest", write_manifest)
+    monkeypatch.setattr(merging, "remove_file", _crash)  # the manifest written, shards not removed
+    with pytest.raises(Crash):
+        merge_outputs(out, [a])
+    assert shard.read_bytes() == logged and len(read_manifest(out)) == 4
+    monkeypatch.setattr(merging, "remove_file", remove_file)
+    result = await run_cli(["merge", str(out), str(a)], capsys)
+    assert result.code == 0, result.err
+    assert "removed manifest.shard-1-of-1.jsonl" in result.err and not shard.exists()
+    assert sorted(by_id(read_manifest(out))) == [f"j{i}" for i in range(4)]
+    await _run(tmp_path, "all", _lines(range(4)), out, server, capsys)
+    assert server.stats.requests == 4
+
+
+async def test_a_damaged_record_keeps_its_shard_manifest(tmp_path, make_mock, capsys):
+    server = await make_mock(MockOptions())
+    out = tmp_path / "out"
+    await _run(tmp_path, "o", _lines(range(2)), out, server, capsys)
+    shard = out / "manifest.shard-1-of-2.jsonl"
+    (out / "manifest.jsonl").rename(shard)
+    with shard.open("a", encoding="utf-8") as fh:
+        fh.write('{"id": "j9", "line": "nine", "status": "ok"}\n')
+    result = await run_cli(["merge", str(out)], capsys)
+    assert result.code == 0, result.err
+    assert f"{shard}:3: a damaged record; skipped" in result.err
+    assert shard.exists() and len(read_manifest(out)) == 2
+
+
+async def test_saved_partials_are_copied_too(tmp_path, make_mock, capsys):
+    server = await make_mock(MockOptions(image_px=32))
+    a, out = tmp_path / "a", tmp_path / "out"
+    lines = [{"id": "fox", "prompt": "a fox", "partial_images": 2}]
+    await _run(tmp_path, "a", lines, a, server, capsys, "--stream", "--save-partials")
+    (a / ".partials" / "fox.1.png").write_bytes(b"not the partial")  # best effort: skipped
+    result = await run_cli(["merge", str(out), str(a)], capsys)
+    assert result.code == 0, result.err
+    assert "partial .partials/fox.1.png not copied" in result.err
+    assert (out / ".partials" / "fox.0.png").read_bytes() == (
+        a / ".partials" / "fox.0.png"
+    ).read_bytes()
+    assert not (out / ".partials" / "fox.1.png").exists()
+    assert [p["index"] for p in by_id(read_manifest(out))["fox"]["partials"]] == [0, 1]
+
+
+async def test_a_record_naming_a_file_the_tool_keeps_is_not_copied(tmp_path, make_mock, capsys):
+    server = await make_mock(MockOptions())
+    a, out = tmp_path / "a", tmp_path / "out"
+    await _run(tmp_path, "a", _lines(range(1)), a, server, capsys)
+    record = read_manifest(a)[0]
+    report = (a / "report.html").read_bytes()
+    forged = hashlib.sha256(report).hexdigest()
+    record["files"][0].update(path="report.html", bytes=len(report), sha256=forged)
+    (a / "manifest.jsonl").write_text(json.dumps(record) + "\n", encoding="utf-8")
+    result = await run_cli(["merge", str(out), str(a)], capsys)
+    assert result.code == 1
+    assert "'report.html' is not an image path a run writes" in result.err
+    assert by_id(read_manifest(out))["j0"]["status"] == "failed"
+
+
+async def test_usage_errors_change_nothing(tmp_path, make_mock, capsys):
+    server = await make_mock(MockOptions())
+    a, empty, out = tmp_path / "a", tmp_path / "empty", tmp_path / "out"
+    await _run(tmp_path, "a", _lines(range(1)), a, server, capsys)
+    empty.mkdir()
+    nothing = await run_cli(["merge", str(out)], capsys)
+    assert nothing.code == 2 and "nothing to merge" in nothing.err
+    missing = await run_cli(["merge", str(out), str(tmp_path / "nope")], capsys)
+    assert missing.code == 2 and "not a directory" in missing.err
+    bare = await run_cli(["merge", str(out), str(a), str(empty)], capsys)
+    assert bare.code == 2 and f"no manifest.jsonl or shard manifest in {empty}" in bare.err
+    itself = await run_cli(["merge", str(a), str(a)], capsys)
+    assert itself.code == 2 and "is OUT itself" in itself.err
+    assert not out.exists() or _snapshot(out) == {}
