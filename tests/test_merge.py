@@ -256,3 +256,34 @@ async def test_usage_errors_change_nothing(tmp_path, make_mock, capsys):
     itself = await run_cli(["merge", str(a), str(a)], capsys)
     assert itself.code == 2 and "is OUT itself" in itself.err
     assert not out.exists() or _snapshot(out) == {}
+
+
+@pytest.mark.parametrize("shared", [True, False])
+async def test_real_shards_then_merge_then_a_rerun_sends_nothing(
+    tmp_path, make_mock, capsys, shared
+):
+    """--shard K/3 runs (on one OUT, or on one OUT each as matrix jobs), then merge."""
+    server = await make_mock(MockOptions())
+    lines = [{"id": f"j{i}", "prompt": f"prompt {i}", "n": 1 + i % 2} for i in range(12)]
+    jobs = write_jobs(tmp_path / "jobs.jsonl", lines)
+    out = tmp_path / "out"
+    outs = [out if shared else tmp_path / f"shard-{k}" for k in range(3)]
+    for k, folder in enumerate(outs):
+        argv = [str(jobs), "--base-url", server.base_url, "--out", str(folder)]
+        result = await run_cli([*argv, "--shard", f"{k}/3"], capsys)
+        assert result.code == 0, result.err
+    images = sum(line["n"] for line in lines)
+    assert server.stats.requests == images  # each image once, over the three shards
+    others = [] if shared else [str(folder) for folder in outs]
+    result = await run_cli(["merge", str(out), *others], capsys)
+    assert result.code == 0, result.err
+    records = by_id(read_manifest(out))
+    assert sorted(records) == sorted(f"j{i}" for i in range(12))
+    assert all(r["status"] == "ok" for r in records.values())
+    assert not list(out.glob("manifest.shard-*"))
+    for record in records.values():
+        for image in record["files"]:
+            assert (out / image["path"]).stat().st_size == image["bytes"]
+    again = await run_cli([str(jobs), "--base-url", server.base_url, "--out", str(out)], capsys)
+    assert again.code == 0, again.err
+    assert server.stats.requests == images  # the whole file, unsharded: nothing sent
