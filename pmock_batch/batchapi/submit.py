@@ -7,6 +7,12 @@ batch id was never written, to the batch carrying its
 ``metadata.pmock_batch_input`` tag (listing recent batches), else it creates
 one now. It deletes orphans: uploads nothing owed needs any more, and files
 uploaded just before a kill kept their ids out of the log (found by name).
+
+An edit's input images go up first, each distinct file (by SHA-256) once,
+with ``purpose=vision``; each id is written to the log before a line names
+it, and a re-run names the recorded id instead of uploading again. They are
+kept on the server (re-runs and new jobs reuse them): ``pmock-batch batches
+OUT --delete-inputs`` is not there yet; delete them with the Files API.
 """
 
 from __future__ import annotations
@@ -15,16 +21,17 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import APIError, Decision
 from ..failures import describe
+from ..inputs import InputFile as Source
 from ..jobs import Job
 from ..pool import Pool
 from .book import Book
-from .plan import ENDPOINT, rows_of, split
+from .plan import rows_of, split
 from .state import Batch, BatchState, Upload
 from .transport import BatchClient
 
@@ -75,7 +82,14 @@ class Submitter:
         self.sleep = sleep
 
     async def submit(self, owed: list[tuple[Job, list[int]]]) -> None:
-        rows = (row for job, left in owed for row in rows_of(job, self.field_case, only=left))
+        ids = await self._inputs(job for job, _ in owed)
+        if self.pool.stopping:
+            return
+        rows = (
+            row
+            for job, left in owed
+            for row in rows_of(job, self.field_case, only=left, file_ids=ids)
+        )
         for infile in split(rows, batch_size=self.batch_size, max_bytes=self.max_bytes):
             if self.pool.stopping:
                 return
@@ -83,7 +97,12 @@ class Submitter:
             await asyncio.to_thread(self.state.uploading, name)
             obj = await self._upload(name, infile.content)
             upload = await asyncio.to_thread(
-                self.state.uploaded, str(obj["id"]), name, infile.model, infile.fingerprints
+                self.state.uploaded,
+                str(obj["id"]),
+                name,
+                infile.model,
+                infile.fingerprints,
+                infile.endpoint,
             )
             log.info(
                 "uploaded %s: %d image(s) of %s (%s bytes)",
@@ -94,6 +113,42 @@ class Submitter:
                 extra={"event": "batch_upload", "file_id": upload.file_id},
             )
             await self.create(upload)
+
+    async def _inputs(self, jobs: Iterable[Job]) -> dict[str, str]:
+        """Upload the edits' input images the log names no id for, each once: SHA-256 -> id."""
+        sources: dict[str, Source] = {}
+        for job in jobs:
+            if job.inputs is not None:
+                for source in (*job.inputs.images, job.inputs.mask):
+                    if source is not None:
+                        sources.setdefault(source.sha256, source)
+        for digest, source in sources.items():
+            if digest in self.state.inputs or self.pool.stopping:
+                continue
+            obj = await self._retried(f"uploading {source.name}", self.api.upload_image, source)
+            await asyncio.to_thread(self.state.input_file, digest, str(obj["id"]))
+            log.info(
+                "uploaded %s as %s (%s bytes)",
+                source.name,
+                obj["id"],
+                f"{source.size:,}",
+                extra={"event": "batch_input_upload", "file_id": str(obj["id"])},
+            )
+        return dict(self.state.inputs)
+
+    async def _retried(
+        self, what: str, call: Callable[[Source], Awaitable[dict[str, Any]]], source: Source
+    ) -> dict[str, Any]:
+        """``call(source)``, tried again after a transient failure. One that arrived
+        unanswered stays on the server, unnamed by the log: an orphan of the Files API."""
+        for attempt in range(1, _ATTEMPTS + 1):
+            try:
+                return await call(source)
+            except APIError as exc:
+                if attempt == _ATTEMPTS or describe(exc).decision is not Decision.RETRY:
+                    raise
+                await self._pause(attempt, what, exc)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _upload(self, name: str, content: bytes) -> dict[str, Any]:
         """``POST /files``; after a transient failure, the file if it arrived, else again."""
@@ -114,7 +169,7 @@ class Submitter:
         """``POST /batches``; after a transient failure, the batch if it was made, else again."""
         for attempt in range(1, _ATTEMPTS + 1):
             try:
-                return await self.api.create(upload.file_id, ENDPOINT, {TAG: upload.file_id})
+                return await self.api.create(upload.file_id, upload.endpoint, {TAG: upload.file_id})
             except APIError as exc:
                 if attempt == _ATTEMPTS or describe(exc).decision is not Decision.RETRY:
                     raise
