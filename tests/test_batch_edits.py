@@ -6,17 +6,18 @@ injected poll sleep moves the clock, nothing sleeps.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
-from batchtools import KEY, run_on_clock
+from batchtools import KEY, Crash, run_on_clock
 from conftest import FakeClock
 from helpers import by_id, open_image, read_manifest, write_jobs
 from test_edits import SIDE, _tinted_towards, mask, picture
 
-from pmock_batch.batchapi import BatchState
+from pmock_batch.batchapi import BatchClient, BatchState
 from pmock_batch.batchapi.plan import EDIT_ENDPOINT, ENDPOINT, rows_of
 from pmock_batch.jobs import iter_jobs, scan
 from pmock_batch.mock import MockOptions, MockServer, get_state
@@ -118,3 +119,35 @@ async def test_a_row_naming_a_file_the_server_lost_fails_alone(tmp_path):
     assert (again.ok, again.failed) == (0, 1)
     record = by_id(read_manifest(out))["e5"]
     assert record["status"] == "failed" and image["id"] in record["error"]["message"]
+
+
+async def test_an_image_upload_cut_off_before_its_id_was_written_is_deleted_next_run(
+    tmp_path, monkeypatch
+):
+    _inputs(tmp_path)
+    jobs = write_jobs(tmp_path / "jobs.jsonl", JOBS[:1])
+    out = tmp_path / "out"
+    real = BatchClient.upload_image
+
+    async def arrives_then_killed(self: BatchClient, source: Any) -> dict[str, Any]:
+        await real(self, source)
+        raise Crash  # the file is on the server; its id never reached the log
+
+    clock = FakeClock()
+    async with MockServer(MockOptions(), clock=clock) as server:
+        monkeypatch.setattr(BatchClient, "upload_image", arrives_then_killed)
+        with pytest.raises(Crash):
+            await run_on_clock(jobs, out, server, clock)
+        (orphan,) = _uploads(server, "vision")
+        assert BatchState.load(out).image_intents  # announced, never recorded
+        monkeypatch.setattr(BatchClient, "upload_image", real)
+        summary = await run_on_clock(jobs, out, server, clock)
+        assert summary.ok == 1
+        assert orphan["id"] in server.stats.to_json()["files_deleted"]
+        (_, kept) = _uploads(server, "vision")
+        assert BatchState.load(out).inputs == {_sha(tmp_path / "in" / "a.png"): kept["id"]}
+        assert not BatchState.load(out).image_intents
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()

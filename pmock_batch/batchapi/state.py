@@ -6,9 +6,11 @@ before the next step is taken:
 - ``uploading``: a file is about to be uploaded (its name), so a kill before
   the upload's answer leaves a name to look for;
 - ``upload``: its file id, endpoint, model, and the ``[custom_id, fingerprint]`` rows it holds;
-- ``input_file``: an edit's input image was uploaded (its SHA-256 and file id),
-  written before any line names it, so a re-run names it again instead of
-  uploading it twice;
+- ``input_uploading``: an edit's input image is about to be uploaded (its
+  SHA-256, file name and size), so a kill before the answer leaves it findable;
+- ``input_file``: it was uploaded (its SHA-256 and file id), written before
+  any line names it, so a re-run names it again instead of uploading it twice;
+- ``input_forgotten``: an image upload cut off was dealt with (its orphan deleted);
 - ``batch``: the batch id, as soon as ``POST /batches`` answers;
 - ``status``: each status change, with ``request_counts`` and the file ids;
 - ``collected``: every line of the batch was recorded in the manifest;
@@ -31,7 +33,7 @@ from typing import Any
 from ..files import check_own_file
 from .plan import ENDPOINT
 
-__all__ = ["STATE_NAME", "TERMINAL", "Batch", "BatchState", "Upload"]
+__all__ = ["STATE_NAME", "TERMINAL", "Batch", "BatchState", "ImageIntent", "Upload"]
 
 STATE_NAME = "batches.jsonl"
 TERMINAL = frozenset({"completed", "expired", "cancelled", "failed"})
@@ -49,6 +51,16 @@ class Upload:
     batch_id: str | None = None
     deleted: bool = False
     endpoint: str = ENDPOINT
+
+
+@dataclass(frozen=True, slots=True)
+class ImageIntent:
+    """An edit's input image announced for upload, its id not (yet) recorded."""
+
+    sha256: str
+    name: str  # the file name it is uploaded under
+    size: int  # bytes
+    at: float  # when it was announced (Unix seconds)
 
 
 @dataclass(slots=True)
@@ -81,6 +93,7 @@ class BatchState:
         self.intents: dict[str, float] = {}  # names announced but never recorded as uploaded
         self.deleted: set[str] = set()  # file ids deleted from the server
         self.inputs: dict[str, str] = {}  # an edit's input image: SHA-256 -> file id
+        self.image_intents: dict[str, ImageIntent] = {}  # by SHA-256: uploads cut off
         self._on_step = on_step  # tests: a crash right after a step was recorded
 
     @classmethod
@@ -111,8 +124,14 @@ class BatchState:
             upload = Upload(str(e["file_id"]), str(e["name"]), str(e["model"]), rows, e["at"])
             upload.endpoint = str(e.get("endpoint") or ENDPOINT)  # older logs: generations
             self.uploads[upload.file_id] = upload
+        elif kind == "input_uploading":
+            intent = ImageIntent(str(e["sha256"]), str(e["name"]), int(e["size"]), float(e["at"]))
+            self.image_intents[intent.sha256] = intent
         elif kind == "input_file":
+            self.image_intents.pop(str(e["sha256"]), None)
             self.inputs[str(e["sha256"])] = str(e["file_id"])
+        elif kind == "input_forgotten":
+            self.image_intents.pop(str(e["sha256"]), None)
         elif kind == "batch":
             batch = Batch(str(e["batch_id"]), str(e["file_id"]), float(e["at"]))
             self.batches[batch.batch_id] = batch
@@ -179,6 +198,13 @@ class BatchState:
             }
         )
         return self.uploads[file_id]
+
+    def input_uploading(self, sha256: str, name: str, size: int) -> ImageIntent:
+        self._append({"event": "input_uploading", "sha256": sha256, "name": name, "size": size})
+        return self.image_intents[sha256]
+
+    def input_forgotten(self, sha256: str) -> None:
+        self._append({"event": "input_forgotten", "sha256": sha256})
 
     def input_file(self, sha256: str, file_id: str) -> None:
         self._append({"event": "input_file", "sha256": sha256, "file_id": file_id})

@@ -8,11 +8,7 @@ batch id was never written, to the batch carrying its
 one now. It deletes orphans: uploads nothing owed needs any more, and files
 uploaded just before a kill kept their ids out of the log (found by name).
 
-An edit's input images go up first, each distinct file (by SHA-256) once,
-with ``purpose=vision``; each id is written to the log before a line names
-it, and a re-run names the recorded id instead of uploading again. They are
-kept on the server (re-runs and new jobs reuse them): ``pmock-batch batches
-OUT --delete-inputs`` is not there yet; delete them with the Files API.
+An edit's input images go up first (:mod:`~pmock_batch.batchapi.edit_inputs`).
 """
 
 from __future__ import annotations
@@ -21,16 +17,16 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import APIError, Decision
 from ..failures import describe
-from ..inputs import InputFile as Source
 from ..jobs import Job
 from ..pool import Pool
 from .book import Book
+from .edit_inputs import InputUploader
 from .plan import rows_of, split
 from .state import Batch, BatchState, Upload
 from .transport import BatchClient
@@ -80,9 +76,10 @@ class Submitter:
         self.active: dict[str, Active] = {}
         self.submitted = 0  # batches created by this run
         self.sleep = sleep
+        self.images = InputUploader(api, state, pool, pause=self._pause, delete=self.delete)
 
     async def submit(self, owed: list[tuple[Job, list[int]]]) -> None:
-        ids = await self._inputs(job for job, _ in owed)
+        ids = await self.images.upload(job for job, _ in owed)
         if self.pool.stopping:
             return
         rows = (
@@ -113,42 +110,6 @@ class Submitter:
                 extra={"event": "batch_upload", "file_id": upload.file_id},
             )
             await self.create(upload)
-
-    async def _inputs(self, jobs: Iterable[Job]) -> dict[str, str]:
-        """Upload the edits' input images the log names no id for, each once: SHA-256 -> id."""
-        sources: dict[str, Source] = {}
-        for job in jobs:
-            if job.inputs is not None:
-                for source in (*job.inputs.images, job.inputs.mask):
-                    if source is not None:
-                        sources.setdefault(source.sha256, source)
-        for digest, source in sources.items():
-            if digest in self.state.inputs or self.pool.stopping:
-                continue
-            obj = await self._retried(f"uploading {source.name}", self.api.upload_image, source)
-            await asyncio.to_thread(self.state.input_file, digest, str(obj["id"]))
-            log.info(
-                "uploaded %s as %s (%s bytes)",
-                source.name,
-                obj["id"],
-                f"{source.size:,}",
-                extra={"event": "batch_input_upload", "file_id": str(obj["id"])},
-            )
-        return dict(self.state.inputs)
-
-    async def _retried(
-        self, what: str, call: Callable[[Source], Awaitable[dict[str, Any]]], source: Source
-    ) -> dict[str, Any]:
-        """``call(source)``, tried again after a transient failure. One that arrived
-        unanswered stays on the server, unnamed by the log: an orphan of the Files API."""
-        for attempt in range(1, _ATTEMPTS + 1):
-            try:
-                return await call(source)
-            except APIError as exc:
-                if attempt == _ATTEMPTS or describe(exc).decision is not Decision.RETRY:
-                    raise
-                await self._pause(attempt, what, exc)
-        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _upload(self, name: str, content: bytes) -> dict[str, Any]:
         """``POST /files``; after a transient failure, the file if it arrived, else again."""
@@ -252,6 +213,7 @@ class Submitter:
 
     async def orphans(self) -> None:
         """Delete files uploaded just before a crash that kept their ids from the log."""
+        await self.images.orphans()
         if not self.state.intents:
             return
         try:

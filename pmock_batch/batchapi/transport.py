@@ -115,9 +115,9 @@ class BatchClient:
             return False
         return True
 
-    async def batch_files(self) -> list[dict[str, Any]]:
-        """``GET /files?purpose=batch``: the files uploaded for batches."""
-        page = _object(await self._call("GET", "/files?purpose=batch"))
+    async def batch_files(self, purpose: str = "batch") -> list[dict[str, Any]]:
+        """``GET /files?purpose=batch`` (or ``vision``): the files uploaded for batches."""
+        page = _object(await self._call("GET", f"/files?purpose={purpose}"))
         return [f for f in page.get("data") or [] if isinstance(f, dict)]
 
     async def download(self, url: str, sink: ImageSink) -> None:
