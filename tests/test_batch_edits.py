@@ -151,3 +151,26 @@ async def test_an_image_upload_cut_off_before_its_id_was_written_is_deleted_next
 
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("step", ["input_uploading", "input_file", "upload", "batch"])
+async def test_kill_at_each_edit_step_then_rerun_uploads_once_and_makes_one_batch(tmp_path, step):
+    _inputs(tmp_path)
+    jobs = write_jobs(tmp_path / "jobs.jsonl", JOBS[:1] + JOBS[2:3])  # two edits of a.png
+    out = tmp_path / "out"
+
+    def crash(event: str) -> None:
+        if event == step:
+            raise Crash
+
+    clock = FakeClock()
+    async with MockServer(MockOptions(), clock=clock) as server:
+        with pytest.raises(Crash):
+            await run_on_clock(jobs, out, server, clock, on_step=crash)
+        summary = await run_on_clock(jobs, out, server, clock)
+        made = server.stats.to_json()["batches_created"]
+        assert summary.ok == 2
+        assert len(_uploads(server, "vision")) == 1
+        assert [(b["endpoint"], sorted(b["custom_ids"])) for b in made] == [
+            (EDIT_ENDPOINT, ["e1", "e3"])
+        ]
