@@ -105,7 +105,7 @@ async def test_edits_in_batch_api_mode_upload_each_distinct_file_once(tmp_path, 
         assert by_id(read_manifest(out))["e4"]["status"] == "ok"
 
 
-async def test_a_row_naming_a_file_the_server_lost_fails_alone(tmp_path):
+async def test_a_recorded_input_the_server_lost_is_uploaded_again(tmp_path):
     _inputs(tmp_path)
     jobs = write_jobs(tmp_path / "jobs.jsonl", JOBS[:1])
     out = tmp_path / "out"
@@ -113,12 +113,34 @@ async def test_a_row_naming_a_file_the_server_lost_fails_alone(tmp_path):
     async with MockServer(MockOptions(), clock=clock) as server:
         assert (await run_on_clock(jobs, out, server, clock)).ok == 1
         (image,) = _uploads(server, "vision")
-        get_state(server.app).stored_files.delete(image["id"])  # gone behind the log's back
+        get_state(server.app).stored_files.delete(image["id"])  # expired, or deleted by hand
         write_jobs(jobs, [*JOBS[:1], {"id": "e5", "prompt": "tint a, lost", "image": "in/a.png"}])
         again = await run_on_clock(jobs, out, server, clock)
-    assert (again.ok, again.failed) == (0, 1)
-    record = by_id(read_manifest(out))["e5"]
-    assert record["status"] == "failed" and image["id"] in record["error"]["message"]
+        assert (again.ok, again.failed) == (1, 0)
+        _, second = _uploads(server, "vision")
+    assert BatchState.load(out).inputs == {_sha(tmp_path / "in" / "a.png"): second["id"]}
+
+
+async def test_a_row_naming_a_file_the_server_does_not_hold_fails_alone(tmp_path):
+    _inputs(tmp_path)
+    jobs = write_jobs(tmp_path / "jobs.jsonl", JOBS[:2])  # e1 names a.png; e2 b.png, a.png, m.png
+    out = tmp_path / "out"
+    clock = FakeClock()
+    async with MockServer(MockOptions(), clock=clock) as server:
+        store = get_state(server.app).stored_files
+
+        def lose_the_mask(event: str) -> None:
+            if event == "upload":  # the batch's input file is up; its batch not yet made
+                (mask_file,) = [f for f in _uploads(server, "vision") if f["filename"] == "m.png"]
+                store.delete(mask_file["id"])
+
+        summary = await run_on_clock(jobs, out, server, clock, on_step=lose_the_mask)
+    assert (summary.ok, summary.failed) == (1, 1)
+    records = by_id(read_manifest(out))
+    assert records["e1"]["status"] == "ok"
+    assert (
+        records["e2"]["status"] == "failed" and "no file found" in records["e2"]["error"]["message"]
+    )
 
 
 async def test_an_image_upload_cut_off_before_its_id_was_written_is_deleted_next_run(

@@ -4,7 +4,9 @@ Before the input file of an edit batch is built, every input image its rows
 name goes up with ``POST /files`` (``purpose=vision``), each distinct file
 (by SHA-256) once, streamed from the file with its own name and content
 type. Each id is written to ``OUT/batches.jsonl`` (``input_file``) before a
-line names it, and a re-run names the recorded id instead of uploading again.
+line names it, and a re-run names the recorded id instead of uploading again
+(once it has seen, with one ``GET /files/{id}`` a run, that the server still
+holds it; one gone is recorded ``deleted`` and uploaded anew).
 The images are kept on the server, whatever ``--keep-files`` says: re-runs and
 new jobs that use the same file name them again (delete them with the Files
 API when done; their ids are in the log). An upload is announced first
@@ -54,6 +56,7 @@ class InputUploader:
         self.pool = pool
         self._pause = pause
         self._delete = delete
+        self._checked: set[str] = set()  # recorded ids seen on the server in this run
 
     async def upload(self, jobs: Iterable[Job]) -> dict[str, str]:
         """Upload the edits' input images the log names no id for, each once: SHA-256 -> id."""
@@ -64,13 +67,16 @@ class InputUploader:
                     if source is not None:
                         sources.setdefault(source.sha256, source)
         for digest, source in sources.items():
-            if digest in self.state.inputs or self.pool.stopping:
+            if self.pool.stopping:
+                break
+            if digest in self.state.inputs and await self._still_there(digest):
                 continue
             intent = await asyncio.to_thread(
                 self.state.input_uploading, digest, source.filename, source.size
             )
             obj = await self._upload_image(source, intent)
             await asyncio.to_thread(self.state.input_file, digest, str(obj["id"]))
+            self._checked.add(str(obj["id"]))
             log.info(
                 "uploaded %s as %s (%s bytes)",
                 source.name,
@@ -79,6 +85,29 @@ class InputUploader:
                 extra={"event": "batch_input_upload", "file_id": str(obj["id"])},
             )
         return dict(self.state.inputs)
+
+    async def _still_there(self, digest: str) -> bool:
+        """Whether the recorded upload of ``digest`` is still on the server (asked once a run):
+        one deleted or expired is recorded ``deleted``, and uploaded again."""
+        file_id = self.state.inputs[digest]
+        if file_id in self._checked:
+            return True
+        try:
+            there = await self.api.has_file(file_id)
+        except APIError as exc:  # a key or URL problem stops the run; else the row will tell
+            if describe(exc).decision is Decision.ABORT:
+                raise
+            return True
+        if not there:
+            log.info(
+                "%s is gone from the server; uploading it again",
+                file_id,
+                extra={"event": "batch_input_gone", "file_id": file_id},
+            )
+            await asyncio.to_thread(self.state.deleted_file, file_id)
+            return False
+        self._checked.add(file_id)
+        return True
 
     async def _upload_image(self, source: Source, intent: ImageIntent) -> dict[str, Any]:
         """``POST /files`` (vision); after a transient failure, the file if it arrived, else

@@ -107,6 +107,14 @@ class BatchClient:
                 return
             after = str(page.get("last_id") or data[-1].get("id"))
 
+    async def has_file(self, file_id: str) -> bool:
+        """``GET /files/{id}``: whether the server still holds the file."""
+        try:
+            await self._call("GET", f"/files/{file_id}")
+        except NotFoundError:
+            return False
+        return True
+
     async def delete_file(self, file_id: str) -> bool:
         """``DELETE /files/{id}``. False if it was gone already."""
         try:
