@@ -219,7 +219,7 @@ def run(**o: Any) -> int:
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"OUT is a file, not a directory: {out_dir}; give --out a folder")
     if o["batch_api"]:
-        check_batch_api(jobs, result.edits, capped=bool(o["max_images"] or o["max_cost"]))
+        check_batch_api(capped=bool(o["max_images"] or o["max_cost"]))
     resume = {"resume": not o["force"], "verify": o["verify"], "prune": o["prune"]}
     if o["dry_run"]:
         plan = plan_run(
@@ -230,8 +230,9 @@ def run(**o: Any) -> int:
             state = BatchState.load(out_dir) if out_dir.is_dir() else None
             held = sum(not b.collected for b in state.batches.values()) if state else 0
             click.echo(
-                f"With --batch-api: at most {o['batch_size']:,} images per batch, one model "
-                f"per batch; {held} recorded batch(es) not yet collected would be re-attached"
+                f"With --batch-api: at most {o['batch_size']:,} images per batch, one endpoint "
+                f"and model per batch; {held} recorded batch(es) not yet collected would be "
+                "re-attached"
             )
         return EXIT_OK
     same = "concurrency timeout connect_timeout max_attempts grace rpm field_case api_key_env "

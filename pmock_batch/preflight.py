@@ -230,13 +230,9 @@ def check_jobs_file(jobs: Path) -> None:
         raise UsageError(f"{jobs}: no such file")
 
 
-def check_batch_api(jobs: Path, edits: int, *, capped: bool) -> None:
-    """What a ``--batch-api`` run cannot do yet, refused before anything is sent."""
-    if edits:
-        raise UsageError(
-            f"{edits} edit job(s) in {jobs}: the Batch API runner does not send edits "
-            "yet; run them without --batch-api"
-        )
+def check_batch_api(*, capped: bool) -> None:
+    """What a ``--batch-api`` run cannot do, refused before anything is sent (edits it sends:
+    their input images are uploaded first)."""
     if capped:
         raise UsageError(
             "--max-images and --max-cost cap direct runs; with --batch-api use --batch-size"

@@ -210,7 +210,9 @@ async def test_a_failed_batch_says_why(tmp_path, caplog, monkeypatch):
     from pmock_batch.batchapi import plan
 
     real = plan.input_line  # an input line the server refuses: the whole batch fails
-    monkeypatch.setattr(plan, "input_line", lambda cid, body: real(cid, {**body, "model": ""}))
+    monkeypatch.setattr(
+        plan, "input_line", lambda cid, body, *url: real(cid, {**body, "model": ""}, *url)
+    )
     jobs = write_jobs(tmp_path / "jobs.jsonl", [{"id": "a", "prompt": "a"}])
     clock = FakeClock()
     async with MockServer(MockOptions(), clock=clock) as server:

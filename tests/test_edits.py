@@ -566,12 +566,12 @@ def test_a_file_changed_after_its_check_is_not_sent(tmp_path):
         file.open()
 
 
-async def test_edits_are_refused_with_the_batch_api_for_now(tmp_path, capsys):
+async def test_edits_are_accepted_with_the_batch_api(tmp_path, capsys):
     from helpers import run_cli, write_jobs
     from PIL import Image
 
     Image.new("RGB", (64, 64), "white").save(tmp_path / "ref.png")
     jobs = write_jobs(tmp_path / "jobs.jsonl", [{"id": "e", "prompt": "tint", "image": "ref.png"}])
-    result = await run_cli([str(jobs), "--mock", "--batch-api"], capsys)
-    assert result.code == 2
-    assert "1 edit job(s)" in result.err and "does not send edits yet" in result.err
+    result = await run_cli([str(jobs), "--mock", "--batch-api", "--dry-run"], capsys)
+    assert result.code == 0, result.err
+    assert "one endpoint and model per batch" in result.out

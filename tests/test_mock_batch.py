@@ -380,7 +380,7 @@ async def test_uploads_follow_the_batch_rules(batch_mock, monkeypatch):
 @pytest.mark.parametrize(
     ("fields", "param", "code"),
     [
-        ({"endpoint": "/v1/images/edits"}, "endpoint", "invalid_value"),
+        ({"endpoint": "/v1/images/variations"}, "endpoint", "invalid_value"),
         ({"endpoint": "/v1/chat/completions"}, "endpoint", "invalid_value"),
         ({"completion_window": "1h"}, "completion_window", "invalid_value"),
         ({"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata", "invalid_value"),

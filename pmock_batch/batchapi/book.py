@@ -107,7 +107,7 @@ class Book:
             error=error,
             revised_prompt=entry.revised,
             usage=entry.usage or None,
-            request=job.wire_body(self.field_case),
+            request=job.record_request(self.field_case),
             fingerprint=job.fingerprint,
             started_at=entry.started_at,
             finished_at=now() if status in ("ok", "failed") else None,

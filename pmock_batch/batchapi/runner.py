@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..answers import clean
-from ..errors import APIError, Decision
+from ..errors import APIError, Decision, InputFileError
 from ..failures import Where, abort_message, describe
 from ..images import ImageSink
 from ..jobs import InvalidLine, Job
@@ -148,6 +148,8 @@ class BatchRunner:
                 self.pool.abort(abort_message(failure, self.where))
             else:
                 self.pool.abort(f"the Batch API failed: {failure.reason}")
+        except InputFileError as exc:  # an edit's input changed since it was hashed
+            self.pool.abort(str(exc))
         await self._leftovers()  # not after a crash: the log and the state say where it was
 
     def _uncovered(self) -> list[tuple[Job, list[int]]]:

@@ -5,7 +5,12 @@ before the next step is taken:
 
 - ``uploading``: a file is about to be uploaded (its name), so a kill before
   the upload's answer leaves a name to look for;
-- ``upload``: its file id, model, and the ``[custom_id, fingerprint]`` rows it holds;
+- ``upload``: its file id, endpoint, model, and the ``[custom_id, fingerprint]`` rows it holds;
+- ``input_uploading``: an edit's input image is about to be uploaded (its
+  SHA-256, file name and size), so a kill before the answer leaves it findable;
+- ``input_file``: it was uploaded (its SHA-256 and file id), written before
+  any line names it, so a re-run names it again instead of uploading it twice;
+- ``input_forgotten``: an image upload cut off was dealt with (its orphan deleted);
 - ``batch``: the batch id, as soon as ``POST /batches`` answers;
 - ``status``: each status change, with ``request_counts`` and the file ids;
 - ``collected``: every line of the batch was recorded in the manifest;
@@ -26,8 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from ..files import check_own_file
+from .plan import ENDPOINT
 
-__all__ = ["STATE_NAME", "TERMINAL", "Batch", "BatchState", "Upload"]
+__all__ = ["STATE_NAME", "TERMINAL", "Batch", "BatchState", "ImageIntent", "Upload"]
 
 STATE_NAME = "batches.jsonl"
 TERMINAL = frozenset({"completed", "expired", "cancelled", "failed"})
@@ -44,6 +50,17 @@ class Upload:
     at: float  # when it was uploaded (Unix seconds)
     batch_id: str | None = None
     deleted: bool = False
+    endpoint: str = ENDPOINT
+
+
+@dataclass(frozen=True, slots=True)
+class ImageIntent:
+    """An edit's input image announced for upload, its id not (yet) recorded."""
+
+    sha256: str
+    name: str  # the file name it is uploaded under
+    size: int  # bytes
+    at: float  # when it was announced (Unix seconds)
 
 
 @dataclass(slots=True)
@@ -75,6 +92,8 @@ class BatchState:
         self.batches: dict[str, Batch] = {}  # by batch id, in log order
         self.intents: dict[str, float] = {}  # names announced but never recorded as uploaded
         self.deleted: set[str] = set()  # file ids deleted from the server
+        self.inputs: dict[str, str] = {}  # an edit's input image: SHA-256 -> file id
+        self.image_intents: dict[str, ImageIntent] = {}  # by SHA-256: uploads cut off
         self._on_step = on_step  # tests: a crash right after a step was recorded
 
     @classmethod
@@ -103,7 +122,16 @@ class BatchState:
             self.intents.pop(str(e["name"]), None)
             rows = {str(cid): str(fp) for cid, fp in e.get("rows", [])}
             upload = Upload(str(e["file_id"]), str(e["name"]), str(e["model"]), rows, e["at"])
+            upload.endpoint = str(e.get("endpoint") or ENDPOINT)  # older logs: generations
             self.uploads[upload.file_id] = upload
+        elif kind == "input_uploading":
+            intent = ImageIntent(str(e["sha256"]), str(e["name"]), int(e["size"]), float(e["at"]))
+            self.image_intents[intent.sha256] = intent
+        elif kind == "input_file":
+            self.image_intents.pop(str(e["sha256"]), None)
+            self.inputs[str(e["sha256"])] = str(e["file_id"])
+        elif kind == "input_forgotten":
+            self.image_intents.pop(str(e["sha256"]), None)
         elif kind == "batch":
             batch = Batch(str(e["batch_id"]), str(e["file_id"]), float(e["at"]))
             self.batches[batch.batch_id] = batch
@@ -120,6 +148,7 @@ class BatchState:
         elif kind == "deleted":
             file_id = str(e["file_id"])
             self.deleted.add(file_id)
+            self.inputs = {k: v for k, v in self.inputs.items() if v != file_id}
             if file_id in self.uploads:
                 self.uploads[file_id].deleted = True
         elif kind == "forgotten":  # an intent resolved: its orphan was deleted, or none was found
@@ -150,17 +179,35 @@ class BatchState:
     def forgotten(self, name: str) -> None:
         self._append({"event": "forgotten", "name": name})
 
-    def uploaded(self, file_id: str, name: str, model: str, rows: dict[str, str]) -> Upload:
+    def uploaded(
+        self,
+        file_id: str,
+        name: str,
+        model: str,
+        rows: dict[str, str],
+        endpoint: str = ENDPOINT,
+    ) -> Upload:
         self._append(
             {
                 "event": "upload",
                 "file_id": file_id,
                 "name": name,
+                "endpoint": endpoint,
                 "model": model,
                 "rows": [[cid, fp] for cid, fp in rows.items()],
             }
         )
         return self.uploads[file_id]
+
+    def input_uploading(self, sha256: str, name: str, size: int) -> ImageIntent:
+        self._append({"event": "input_uploading", "sha256": sha256, "name": name, "size": size})
+        return self.image_intents[sha256]
+
+    def input_forgotten(self, sha256: str) -> None:
+        self._append({"event": "input_forgotten", "sha256": sha256})
+
+    def input_file(self, sha256: str, file_id: str) -> None:
+        self._append({"event": "input_file", "sha256": sha256, "file_id": file_id})
 
     def created(self, batch_id: str, file_id: str, at: float | None = None) -> Batch:
         event: dict[str, Any] = {"event": "batch", "batch_id": batch_id, "file_id": file_id}

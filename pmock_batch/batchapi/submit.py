@@ -7,6 +7,8 @@ batch id was never written, to the batch carrying its
 ``metadata.pmock_batch_input`` tag (listing recent batches), else it creates
 one now. It deletes orphans: uploads nothing owed needs any more, and files
 uploaded just before a kill kept their ids out of the log (found by name).
+
+An edit's input images go up first (:mod:`~pmock_batch.batchapi.edit_inputs`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from ..failures import describe
 from ..jobs import Job
 from ..pool import Pool
 from .book import Book
-from .plan import ENDPOINT, rows_of, split
+from .edit_inputs import InputUploader
+from .plan import rows_of, split
 from .state import Batch, BatchState, Upload
 from .transport import BatchClient
 
@@ -73,9 +76,17 @@ class Submitter:
         self.active: dict[str, Active] = {}
         self.submitted = 0  # batches created by this run
         self.sleep = sleep
+        self.images = InputUploader(api, state, pool, pause=self._pause, delete=self.delete)
 
     async def submit(self, owed: list[tuple[Job, list[int]]]) -> None:
-        rows = (row for job, left in owed for row in rows_of(job, self.field_case, only=left))
+        ids = await self.images.upload(job for job, _ in owed)
+        if self.pool.stopping:
+            return
+        rows = (
+            row
+            for job, left in owed
+            for row in rows_of(job, self.field_case, only=left, file_ids=ids)
+        )
         for infile in split(rows, batch_size=self.batch_size, max_bytes=self.max_bytes):
             if self.pool.stopping:
                 return
@@ -83,7 +94,12 @@ class Submitter:
             await asyncio.to_thread(self.state.uploading, name)
             obj = await self._upload(name, infile.content)
             upload = await asyncio.to_thread(
-                self.state.uploaded, str(obj["id"]), name, infile.model, infile.fingerprints
+                self.state.uploaded,
+                str(obj["id"]),
+                name,
+                infile.model,
+                infile.fingerprints,
+                infile.endpoint,
             )
             log.info(
                 "uploaded %s: %d image(s) of %s (%s bytes)",
@@ -114,7 +130,7 @@ class Submitter:
         """``POST /batches``; after a transient failure, the batch if it was made, else again."""
         for attempt in range(1, _ATTEMPTS + 1):
             try:
-                return await self.api.create(upload.file_id, ENDPOINT, {TAG: upload.file_id})
+                return await self.api.create(upload.file_id, upload.endpoint, {TAG: upload.file_id})
             except APIError as exc:
                 if attempt == _ATTEMPTS or describe(exc).decision is not Decision.RETRY:
                     raise
@@ -197,6 +213,7 @@ class Submitter:
 
     async def orphans(self) -> None:
         """Delete files uploaded just before a crash that kept their ids from the log."""
+        await self.images.orphans()
         if not self.state.intents:
             return
         try:

@@ -21,8 +21,11 @@ from ..answers import status_from_body
 from ..client import ImagesClient, _mapped
 from ..errors import InvalidResponseError, NotFoundError
 from ..images import ImageSink
+from ..inputs import InputFile as Source
 
-__all__ = ["BatchClient"]
+__all__ = ["IMAGE_PURPOSE", "BatchClient"]
+
+IMAGE_PURPOSE = "vision"  # an edit's input image, named by file id in a batch's lines
 
 _CHUNK = 1 << 20  # bytes handed over per read of a file's content
 _MAX_JSON = 8 * 1024 * 1024  # a file or batch object larger than this is refused
@@ -62,6 +65,17 @@ class BatchClient:
         form.add_field("file", content, filename=name, content_type="application/jsonl")
         return _object(await self._call("POST", "/files", data=form))
 
+    async def upload_image(self, source: Source) -> dict[str, Any]:
+        """``POST /files`` with ``purpose=vision``: an edit's input image, streamed from its
+        file with its own name and content type. Returns the file object."""
+        with source.open() as handle:  # InputFileError if it changed since it was hashed
+            form = aiohttp.FormData()
+            form.add_field("purpose", IMAGE_PURPOSE)
+            form.add_field(
+                "file", handle, filename=source.filename, content_type=source.content_type
+            )
+            return _object(await self._call("POST", "/files", data=form))
+
     async def create(
         self, file_id: str, endpoint: str, metadata: Mapping[str, str]
     ) -> dict[str, Any]:
@@ -93,6 +107,14 @@ class BatchClient:
                 return
             after = str(page.get("last_id") or data[-1].get("id"))
 
+    async def has_file(self, file_id: str) -> bool:
+        """``GET /files/{id}``: whether the server still holds the file."""
+        try:
+            await self._call("GET", f"/files/{file_id}")
+        except NotFoundError:
+            return False
+        return True
+
     async def delete_file(self, file_id: str) -> bool:
         """``DELETE /files/{id}``. False if it was gone already."""
         try:
@@ -101,9 +123,9 @@ class BatchClient:
             return False
         return True
 
-    async def batch_files(self) -> list[dict[str, Any]]:
-        """``GET /files?purpose=batch``: the files uploaded for batches."""
-        page = _object(await self._call("GET", "/files?purpose=batch"))
+    async def batch_files(self, purpose: str = "batch") -> list[dict[str, Any]]:
+        """``GET /files?purpose=batch`` (or ``vision``): the files uploaded for batches."""
+        page = _object(await self._call("GET", f"/files?purpose={purpose}"))
         return [f for f in page.get("data") or [] if isinstance(f, dict)]
 
     async def download(self, url: str, sink: ImageSink) -> None:

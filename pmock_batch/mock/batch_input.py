@@ -1,5 +1,12 @@
 """A batch's input: its lines read and checked the way the real API checks them, its
-metadata, and the outcome each row gets when it runs (decided when the batch is created)."""
+metadata, and the outcome each row gets when it runs (decided when the batch is created).
+
+An ``/v1/images/edits`` line has the JSON form: ``images``, a list of 1 to 16
+``{"file_id"}`` naming uploaded files (``image_url`` is not served by the mock),
+and an optional ``mask: {"file_id"}``. Its shape is checked with the line; the
+ids are looked up when the batch is created, and a row naming a file the mock
+does not hold fails on its own (a 400 in the error file), as the real API's would.
+"""
 
 from __future__ import annotations
 
@@ -8,24 +15,31 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
+from ..inputs import MAX_IMAGES
 from ..models import ImageRequest
+from .edits import EditForm, check_files, stored_form
 from .faults import OK, Outcome, pick_outcome
+from .files import FileStore
 from .options import MockOptions
-from .responses import moderation_body, outcome_error, status_error
+from .responses import error_body, moderation_body, outcome_error, status_error
 from .validation import Rejection, parse_request
 
 __all__ = [
     "BATCH_ENDPOINTS",
+    "EDIT_ENDPOINT",
     "MAX_BATCH_ROWS",
+    "EditRefs",
     "InputProblem",
     "ParsedInput",
     "Row",
     "check_metadata",
     "decide_row",
+    "edit_of",
     "parse_input",
 ]
 
-BATCH_ENDPOINTS = ("/v1/images/generations",)  # what the mock runs; edits are refused
+EDIT_ENDPOINT = "/v1/images/edits"
+BATCH_ENDPOINTS = ("/v1/images/generations", EDIT_ENDPOINT)  # what the mock runs
 MAX_BATCH_ROWS = 50_000
 MAX_LISTED_ERRORS = 100  # validation errors a failed batch lists
 MAX_METADATA_PAIRS = 16
@@ -56,6 +70,7 @@ class Row:
     request: ImageRequest
     outcome: Outcome = OK
     error: dict[str, Any] | None = None  # the error body, when the row fails
+    edit: EditForm | None = None  # an edit's inputs, from the files its line names
 
     @property
     def failed(self) -> bool:
@@ -69,10 +84,19 @@ class Row:
 
 
 @dataclass(frozen=True, slots=True)
+class EditRefs:
+    """The files an edit line names: its images' ids and its mask's."""
+
+    images: tuple[str, ...]
+    mask: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ParsedInput:
     """An input file read: its requests, or every problem found."""
 
-    requests: tuple[tuple[str, ImageRequest], ...]  # (custom_id, request), in order
+    # (custom_id, request, an edit's files or None), in order
+    requests: tuple[tuple[str, ImageRequest, EditRefs | None], ...]
     problems: tuple[InputProblem, ...]
     model: str | None
 
@@ -83,7 +107,7 @@ def parse_input(data: bytes, *, endpoint: str, dialect: str) -> ParsedInput:
     ``invalid_method``, ``url_mismatch``, the body's 400 code, ``model_mismatch``,
     ``empty_file``, ``too_many_tasks``)."""
     problems: list[InputProblem] = []
-    requests: list[tuple[str, ImageRequest]] = []
+    requests: list[tuple[str, ImageRequest, EditRefs | None]] = []
     seen: set[str] = set()
     model: str | None = None
     model_line = 0
@@ -97,7 +121,7 @@ def parse_input(data: bytes, *, endpoint: str, dialect: str) -> ParsedInput:
             problems.append(problem)
             continue
         assert parsed is not None
-        custom_id, request = parsed
+        custom_id, request, refs = parsed
         if model is None:
             model, model_line = request.model, number
         elif request.model != model:
@@ -107,7 +131,7 @@ def parse_input(data: bytes, *, endpoint: str, dialect: str) -> ParsedInput:
             )
             problems.append(InputProblem("model_mismatch", message, number, "body.model"))
             continue
-        requests.append((custom_id, request))
+        requests.append((custom_id, request, refs))
     if lines == 0:
         problems.append(InputProblem("empty_file", "The batch input file is empty."))
     elif lines > MAX_BATCH_ROWS:
@@ -120,7 +144,7 @@ def parse_input(data: bytes, *, endpoint: str, dialect: str) -> ParsedInput:
 
 def _parse_line(
     raw: bytes, number: int, *, endpoint: str, dialect: str, seen: set[str]
-) -> tuple[InputProblem | None, tuple[str, ImageRequest] | None]:
+) -> tuple[InputProblem | None, tuple[str, ImageRequest, EditRefs | None] | None]:
     try:
         line = json.loads(raw)
     except (ValueError, RecursionError):
@@ -149,11 +173,61 @@ def _parse_line(
     if line["url"] != endpoint:
         message = f"The URL {line['url']!r} does not match the batch's endpoint {endpoint!r}."
         return InputProblem("url_mismatch", message, number, "url"), None
-    parsed = parse_request(line["body"], dialect=dialect)
+    body, refs = line["body"], None
+    if endpoint == EDIT_ENDPOINT and isinstance(body, dict):
+        found = _edit_refs(body, number)
+        if isinstance(found, InputProblem):
+            return found, None
+        refs, body = found, {k: v for k, v in body.items() if k not in ("images", "mask")}
+    parsed = parse_request(body, dialect=dialect, edit=refs is not None)
     if isinstance(parsed, Rejection):
         param = f"body.{parsed.param}" if parsed.param else "body"
         return InputProblem(parsed.code or "invalid_request", parsed.message, number, param), None
-    return None, (custom_id, parsed)
+    return None, (custom_id, parsed, refs)
+
+
+def _file_id(value: Any) -> str | None:
+    if isinstance(value, dict) and isinstance(value.get("file_id"), str) and value["file_id"]:
+        return str(value["file_id"])
+    return None
+
+
+def _edit_refs(body: dict[str, Any], number: int) -> EditRefs | InputProblem:
+    """The files an edit line names, or why its ``images`` or ``mask`` is refused."""
+    images = body.get("images")
+    if images is None:
+        message = "Missing required parameter: 'images'."
+        return InputProblem("missing_required_parameter", message, number, "body.images")
+    ids = [_file_id(item) for item in images] if isinstance(images, list) else []
+    if not 1 <= len(ids) <= MAX_IMAGES or None in ids:
+        message = (
+            f"Invalid 'images': expected a list of 1 to {MAX_IMAGES} objects, each with a "
+            "'file_id' (the mock does not fetch 'image_url')."
+        )
+        return InputProblem("invalid_value", message, number, "body.images")
+    mask = body.get("mask")
+    mask_id = _file_id(mask) if mask is not None else None
+    if mask is not None and mask_id is None:
+        message = "Invalid 'mask': expected an object with a 'file_id'."
+        return InputProblem("invalid_value", message, number, "body.mask")
+    return EditRefs(tuple(i for i in ids if i is not None), mask_id)
+
+
+def edit_of(refs: EditRefs, files: FileStore) -> EditForm | dict[str, Any]:
+    """An edit row's inputs from the files it names, or the error body of its 400."""
+    named: list[tuple[str, bytes]] = []
+    for file_id in (*refs.images, *([refs.mask] if refs.mask else [])):
+        stored = files.get(file_id)
+        if stored is None or stored.data is None:
+            param = "mask" if file_id == refs.mask else "images"
+            message = f"Invalid 'file_id': no file found with id {file_id!r}."
+            return error_body(message, param=param, code="invalid_value")
+        named.append((stored.filename, stored.data))
+    form = stored_form(named[: len(refs.images)], named[-1] if refs.mask else None)
+    rejected = check_files(form)
+    if rejected is not None:
+        return error_body(rejected.message, param=rejected.param, code=rejected.code)
+    return form
 
 
 def check_metadata(value: Any) -> dict[str, str] | None:

@@ -257,7 +257,9 @@ async def _write_output(
     what is rendered here is not kept: the mock's memory stays flat whatever the file's size)."""
     succeeded, _, _ = batch.ran(state.clock())
     for row in succeeded:
-        body = await success_body(request, state, row.request, row.outcome, keep_image=False)
+        body = await success_body(
+            request, state, row.request, row.outcome, keep_image=False, edit=row.edit
+        )
         await response.write(batch.output_head(row))
         await response.write(body)
         await response.write(OUTPUT_TAIL)
@@ -282,9 +284,6 @@ async def _create_batch(request: web.Request) -> web.StreamResponse:
             message = f"Missing required parameter: {key!r}."
             return _bad(message, param=key, code="missing_required_parameter")
     endpoint = body["endpoint"]
-    if endpoint == "/v1/images/edits":
-        message = "The mock does not run /v1/images/edits batches; use /v1/images/generations."
-        return _bad(message, param="endpoint", code="invalid_value")
     if endpoint not in BATCH_ENDPOINTS:
         known = ", ".join(repr(e) for e in BATCH_ENDPOINTS)
         message = f"Invalid value: {endpoint!r}. Supported values are: {known}."

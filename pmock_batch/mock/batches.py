@@ -33,6 +33,7 @@ the output line's body; transport faults such as ``drop`` do not apply).
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -42,7 +43,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .batch_input import InputProblem, Row, decide_row, parse_input
+from .batch_input import InputProblem, Row, decide_row, edit_of, parse_input
+from .faults import Outcome
 from .files import FileStore, StoredFile, new_id
 from .options import MockOptions
 
@@ -289,18 +291,21 @@ class BatchStore:
         """A new batch over ``input_file``; ``attempt(prompt)`` counts a row as an attempt."""
         parsed = parse_input(input_file.data or b"", endpoint=endpoint, dialect=options.dialect)
         rows: list[Row] = []
-        for index, (custom_id, request) in enumerate(parsed.requests):
+        for index, (custom_id, request, refs) in enumerate(parsed.requests):
             number = attempt(request.prompt)
-            rows.append(
-                decide_row(
-                    index,
-                    custom_id,
-                    request,
-                    options=options,
-                    attempt=number,
-                    rng=rng(request.prompt, number),
-                )
+            edit = edit_of(refs, self.files) if refs is not None else None
+            if isinstance(edit, dict):  # a file it names is not here: this row fails alone
+                rows.append(Row(index, custom_id, request, Outcome("400", 400), edit))
+                continue
+            row = decide_row(
+                index,
+                custom_id,
+                request,
+                options=options,
+                attempt=number,
+                rng=rng(request.prompt, number),
             )
+            rows.append(dataclasses.replace(row, edit=edit) if edit is not None else row)
         batch = Batch(
             id=new_id("batch_", 32),
             input_file_id=input_file.id,

@@ -30,7 +30,16 @@ from ..models import ImageRequest
 from .images import ImageSpec, encode_image
 from .validation import Rejection, parse_request
 
-__all__ = ["EDIT_PATHS", "TINT", "EditForm", "check_edit", "read_edit", "tinted"]
+__all__ = [
+    "EDIT_PATHS",
+    "TINT",
+    "EditForm",
+    "check_edit",
+    "check_files",
+    "read_edit",
+    "stored_form",
+    "tinted",
+]
 
 EDIT_PATHS = ("/v1/images/edits", "/api/ai/openai/v1/images/edits")
 TINT = (255, 0, 160)  # the colour an edit is blended towards
@@ -161,8 +170,8 @@ def _check_file(upload: Upload, param: str) -> Rejection | None:
     return None
 
 
-def check_edit(form: EditForm, *, dialect: str) -> ImageRequest | Rejection:
-    """The checks of the module docstring; the validated request, or the first rejection."""
+def check_files(form: EditForm) -> Rejection | None:
+    """The checks of the form's files (the module docstring's); the first rejection, or None."""
     if form.rejection is not None:
         return form.rejection
     if not form.images:
@@ -190,6 +199,14 @@ def check_edit(form: EditForm, *, dialect: str) -> ImageRequest | Rejection:
                 f"{form.images[0].size[0]}x{form.images[0].size[1]}; they must match."
             )
             return _reject(text, "mask", "invalid_value")
+    return None
+
+
+def check_edit(form: EditForm, *, dialect: str) -> ImageRequest | Rejection:
+    """The checks of the module docstring; the validated request, or the first rejection."""
+    rejected = check_files(form)
+    if rejected is not None:
+        return rejected
     fields: dict[str, Any] = {}
     for name, value in form.fields.items():
         if name in _INT_FIELDS and value.strip().isdigit():
@@ -199,6 +216,24 @@ def check_edit(form: EditForm, *, dialect: str) -> ImageRequest | Rejection:
         else:
             fields[name] = value
     return parse_request(fields, dialect=dialect, edit=True)
+
+
+def stored_form(images: list[tuple[str, bytes]], mask: tuple[str, bytes] | None) -> EditForm:
+    """A Batch API edit's inputs (``(file name, bytes)`` of uploaded files) as a form, each
+    file's content type the one its bytes show; check it with :func:`check_files`."""
+
+    def upload(name: str, filename: str, data: bytes) -> Upload:
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                kind = CONTENT_TYPES.get(image.format or "")
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+            kind = None
+        return Upload(name, filename, kind or "application/octet-stream", data)
+
+    form = EditForm(images=[upload("image[]", name, data) for name, data in images])
+    if mask is not None:
+        form.mask = upload("mask", *mask)
+    return form
 
 
 def tinted(form: EditForm, spec: ImageSpec) -> bytes:
