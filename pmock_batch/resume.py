@@ -4,6 +4,9 @@ A job is done when its latest manifest record is ``ok`` for the same request
 fingerprint and every file it recorded is still a regular file inside OUT
 with the recorded size (and, with ``verify``, the recorded SHA-256). The index keeps only those
 facts per job, never whole records, so it stays small for large batches.
+
+With several manifests (shards: ``manifest.shard-K-of-N.jsonl``), the newest
+``ok`` record of a job across them decides: its files are the ones last written.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .files import contained_file, sha256_of
+from .files import contained_file, open_regular, sha256_of
 from .jobs import Job
 
 __all__ = ["DoneIndex"]
@@ -23,11 +26,18 @@ __all__ = ["DoneIndex"]
 class _Done:
     fingerprint: str
     files: tuple[tuple[str, int, str], ...]  # (path relative to OUT, bytes, sha256)
+    at: str = ""  # finished_at (ISO 8601 UTC): the newest across manifests decides
 
 
 def _latest(path: Path) -> Iterator[tuple[str, _Done | None]]:
-    """Yield ``(id, done-or-None)`` for every well-formed record, in log order."""
-    with path.open("rb") as fh:
+    """Yield ``(id, done-or-None)`` for every well-formed record, in log order.
+
+    A manifest that is not a regular file (a link, a FIFO) is not read."""
+    try:
+        fh = open_regular(path)
+    except FileNotFoundError:
+        return
+    with fh:
         for raw in fh:
             try:
                 data = json.loads(raw)
@@ -44,14 +54,14 @@ def _latest(path: Path) -> Iterator[tuple[str, _Done | None]]:
                 except (KeyError, TypeError, ValueError):
                     files = ()
                 if files:
-                    done = _Done(data["fingerprint"], files)
+                    done = _Done(data["fingerprint"], files, str(data.get("finished_at") or ""))
             yield data["id"], done
 
 
 class DoneIndex:
     """The jobs the manifests record as done, by id."""
 
-    def __init__(self, entries: dict[str, list[_Done]] | None = None) -> None:
+    def __init__(self, entries: dict[str, _Done] | None = None) -> None:
         self._entries = entries or {}
 
     @classmethod
@@ -62,11 +72,9 @@ class DoneIndex:
     @classmethod
     def load_all(cls, manifests: Iterable[Path]) -> DoneIndex:
         """Read several logs (``manifest.jsonl`` and the shards'): in each, the latest
-        record of an id decides; a job done in any of them is done."""
-        entries: dict[str, list[_Done]] = {}
+        record of an id decides; across them, the newest of those that are ``ok``."""
+        entries: dict[str, _Done] = {}
         for manifest in manifests:
-            if not manifest.exists():
-                continue
             own: dict[str, _Done] = {}
             for job_id, done in _latest(manifest):
                 if done is None:
@@ -74,7 +82,9 @@ class DoneIndex:
                 else:
                     own[job_id] = done
             for job_id, done in own.items():
-                entries.setdefault(job_id, []).append(done)
+                seen = entries.get(job_id)
+                if seen is None or done.at >= seen.at:
+                    entries[job_id] = done
         return cls(entries)
 
     def __len__(self) -> int:
@@ -86,10 +96,8 @@ class DoneIndex:
         Without ``verify`` this costs one ``stat`` per file. With ``verify`` it
         also hashes every file, so call it from a worker thread.
         """
-        return any(
-            self._intact(done, job, out_dir, verify=verify)
-            for done in self._entries.get(job.id, ())
-        )
+        done = self._entries.get(job.id)
+        return done is not None and self._intact(done, job, out_dir, verify=verify)
 
     @staticmethod
     def _intact(done: _Done, job: Job, out_dir: Path, *, verify: bool) -> bool:

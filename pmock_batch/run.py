@@ -228,7 +228,8 @@ async def run_batch(
     started = loop.time()
     shard = config.shard  # a shard: its own jobs, lock, manifest and report (see shards.py)
     with out_lock(config.out_dir, shard):
-        check_own_file(config.out_dir, config.manifest_path.name)
+        for name in {MANIFEST_NAME, config.manifest_path.name}:  # read, or written too
+            check_own_file(config.out_dir, name)
         if shard is None:  # another shard may be writing its temporary files
             await asyncio.to_thread(remove_stray_temps, config.out_dir)
         else:

@@ -15,7 +15,7 @@ from helpers import run_cli, write_jobs
 
 from pmock_batch.config import RunConfig
 from pmock_batch.errors import LockedError, UsageError
-from pmock_batch.jobs import iter_jobs, scan
+from pmock_batch.jobs import InvalidLine, iter_jobs, scan
 from pmock_batch.lock import run_lock
 from pmock_batch.mock import MockOptions
 from pmock_batch.retry import RetryPolicy
@@ -185,6 +185,53 @@ async def test_resume_across_shard_counts(tmp_path, make_mock, capsys):
     assert len(ids) == len(set(ids)) == 31
     dry = await run_cli([*argv, "--dry-run"], capsys)
     assert "31 already done, 0 to run" in dry.out
+
+
+async def test_the_newest_ok_record_across_manifests_decides(tmp_path, make_mock, capsys):
+    """A shard did x with prompt A, an unsharded run then redid x with prompt B (same
+    file): x with prompt A again is not done, though the shard's record still says so."""
+    server = await make_mock(MockOptions())
+    out = tmp_path / "out"
+    jobs = tmp_path / "jobs.jsonl"
+    argv = [str(jobs), "--base-url", server.base_url, "--out", str(out)]
+    path = write_jobs(jobs, [{"id": "x", "prompt": "A"}])
+    [job] = [j for j in iter_jobs(path, scan(path)) if not isinstance(j, InvalidLine)]
+    key = job_key(job)
+    mine = share_of(key, 2)
+    assert (await run_cli([*argv, "--shard", f"{mine}/2"], capsys)).code == 0
+    write_jobs(jobs, [{"id": "x", "prompt": "B"}])
+    assert (await run_cli(argv, capsys)).code == 0
+    b_image = (out / "x.png").read_bytes()
+    assert server.stats.requests == 2
+    # Sizes can match by chance (here they are made to): only the record's age tells.
+    shard_manifest = out / f"manifest.shard-{mine}-of-2.jsonl"
+    [record] = _manifest(shard_manifest)
+    record["files"][0]["bytes"] = len(b_image)
+    shard_manifest.write_text(json.dumps(record) + "\n")
+    write_jobs(jobs, [{"id": "x", "prompt": "A"}])
+    assert (await run_cli(argv, capsys)).code == 0
+    assert server.stats.requests == 3  # the shard's record is superseded: A is made again
+    assert (out / "x.png").read_bytes() != b_image
+
+
+@pytest.mark.parametrize("kind", ["fifo", "link"])
+async def test_a_shard_refuses_a_manifest_that_is_not_a_regular_file(
+    tmp_path, make_mock, capsys, kind
+):
+    server = await make_mock(MockOptions())
+    out = tmp_path / "out"
+    out.mkdir()
+    if kind == "fifo":
+        os.mkfifo(out / "manifest.jsonl")
+    else:
+        (tmp_path / "elsewhere.jsonl").write_text("")
+        (out / "manifest.jsonl").symlink_to(tmp_path / "elsewhere.jsonl")
+    jobs = write_jobs(tmp_path / "jobs.jsonl", _lines(4))
+    argv = [str(jobs), "--base-url", server.base_url, "--out", str(out), "--shard", "0/2"]
+    result = await asyncio.wait_for(run_cli(argv, capsys), 20)  # a FIFO must not block
+    assert result.code == 2, result.err
+    assert "manifest.jsonl" in result.err
+    assert server.stats.requests == 0
 
 
 async def test_shard_summary_and_json(tmp_path, make_mock, capsys):
