@@ -49,6 +49,7 @@ from .flags import FILE
 from .lock import LOCK_NAME, run_lock
 from .models import ErrorRecord, JobRecord
 from .report import REPORT_NAME, write_report
+from .text import printable
 from .transfer import bring_files, bring_partials, intact
 
 __all__ = ["MergeResult", "merge", "merge_outputs"]
@@ -277,8 +278,8 @@ def merge_outputs(out: Path, others: Sequence[Path], *, prefer_newest: bool = Fa
         if conflicts and not prefer_newest:
             more = len(conflicts) - _SHOWN_CONFLICTS
             tail = f" (and {more} more job(s))" if more > 0 else ""
-            raise MergeConflictError(
-                "; ".join(conflicts[:_SHOWN_CONFLICTS]) + f"{tail}. Nothing was merged; "
+            raise MergeConflictError(  # ids and paths from other manifests: escaped
+                printable("; ".join(conflicts[:_SHOWN_CONFLICTS])) + f"{tail}. Nothing was merged; "
                 "'--prefer newest' keeps the newest ok result of each job"
             )
         chosen = [(_choose(out, key, job, result), key) for key, job in jobs.items()]
@@ -316,13 +317,13 @@ _EPILOG += (
 def merge(out: Path, others: tuple[Path, ...], prefer: str | None) -> int:
     """Fold OUT's shard manifests and other output folders into OUT/manifest.jsonl."""
     result = merge_outputs(out, others, prefer_newest=prefer == "newest")
-    for line in result.warnings + result.rejected:
-        click.echo(f"warning: {line}", err=True)
+    for line in result.warnings + result.rejected:  # paths from other manifests: escaped
+        click.echo(f"warning: {printable(line)}", err=True)
     state = "merged" if result.changed else "already merged: nothing changed"
     click.echo(
         f"{state}: {result.jobs} job(s), {result.ok} ok, from {len(result.sources)} "
         f"manifest(s); {result.copied} image(s) copied, {result.present} already in {out}"
-        + (f"; removed {', '.join(result.removed)}" if result.removed else ""),
+        + (f"; removed {printable(', '.join(result.removed))}" if result.removed else ""),
         err=True,
     )
     return 1 if result.rejected else 0

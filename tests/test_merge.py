@@ -287,3 +287,15 @@ async def test_real_shards_then_merge_then_a_rerun_sends_nothing(
     again = await run_cli([str(jobs), "--base-url", server.base_url, "--out", str(out)], capsys)
     assert again.code == 0, again.err
     assert server.stats.requests == images  # the whole file, unsharded: nothing sent
+
+
+async def test_text_from_other_manifests_reaches_the_terminal_escaped(tmp_path, make_mock, capsys):
+    server = await make_mock(MockOptions())
+    a, out = tmp_path / "a", tmp_path / "out"
+    await _run(tmp_path, "a", _lines(range(1)), a, server, capsys)
+    [record] = read_manifest(a)
+    record["files"][0]["path"] = "evil\x1b[2J.png"  # names a file that is not there
+    (a / "manifest.jsonl").write_text(json.dumps(record) + "\n", encoding="utf-8")
+    result = await run_cli(["merge", str(out), str(a)], capsys)
+    assert result.code == 1
+    assert "\x1b" not in result.err and "evil\\x1b[2J.png" in result.err
