@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from batchtools import KEY, Crash, run_on_clock
 from conftest import FakeClock
@@ -73,7 +75,9 @@ async def test_edits_in_batch_api_mode_upload_each_distinct_file_once(tmp_path, 
         summary = await run_on_clock(jobs, out, server, clock)
         assert (summary.ok, summary.failed) == (4, 0)
         images = _uploads(server, "vision")
-        assert sorted(f["filename"] for f in images) == ["a.png", "b.png", "m.png"]
+        names = sorted(f["filename"].split("-", 2)[2] for f in images)
+        assert names == ["a.png", "b.png", "m.png"]  # each under a name of its own:
+        assert all(re.fullmatch(r"pmock-[0-9a-f]{12}-[abm]\.png", f["filename"]) for f in images)
         assert len(_uploads(server, "batch")) == 2  # one input file per endpoint
         made = server.stats.to_json()["batches_created"]
         assert sorted(b["endpoint"] for b in made) == sorted([EDIT_ENDPOINT, ENDPOINT])
@@ -131,7 +135,9 @@ async def test_a_row_naming_a_file_the_server_does_not_hold_fails_alone(tmp_path
 
         def lose_the_mask(event: str) -> None:
             if event == "upload":  # the batch's input file is up; its batch not yet made
-                (mask_file,) = [f for f in _uploads(server, "vision") if f["filename"] == "m.png"]
+                (mask_file,) = [
+                    f for f in _uploads(server, "vision") if f["filename"].endswith("-m.png")
+                ]
                 store.delete(mask_file["id"])
 
         summary = await run_on_clock(jobs, out, server, clock, on_step=lose_the_mask)
@@ -151,8 +157,8 @@ async def test_an_image_upload_cut_off_before_its_id_was_written_is_deleted_next
     out = tmp_path / "out"
     real = BatchClient.upload_image
 
-    async def arrives_then_killed(self: BatchClient, source: Any) -> dict[str, Any]:
-        await real(self, source)
+    async def arrives_then_killed(self: BatchClient, source: Any, name: str) -> dict[str, Any]:
+        await real(self, source, name)
         raise Crash  # the file is on the server; its id never reached the log
 
     clock = FakeClock()
@@ -162,11 +168,24 @@ async def test_an_image_upload_cut_off_before_its_id_was_written_is_deleted_next
             await run_on_clock(jobs, out, server, clock)
         (orphan,) = _uploads(server, "vision")
         assert BatchState.load(out).image_intents  # announced, never recorded
+        # Another run (another OUT) uploads the same picture meanwhile: never taken for ours.
+        picture = (tmp_path / "in" / "a.png").read_bytes()
+        form = aiohttp.FormData()
+        form.add_field("purpose", "vision")
+        form.add_field("file", picture, filename="a.png", content_type="image/png")
+        headers = {"Authorization": f"Bearer {KEY}"}
+        url = f"{server.base_url}/files"
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(url, data=form, headers=headers) as answer,
+        ):
+            theirs = await answer.json()
         monkeypatch.setattr(BatchClient, "upload_image", real)
         summary = await run_on_clock(jobs, out, server, clock)
         assert summary.ok == 1
-        assert orphan["id"] in server.stats.to_json()["files_deleted"]
-        (_, kept) = _uploads(server, "vision")
+        deleted = server.stats.to_json()["files_deleted"]
+        assert orphan["id"] in deleted and theirs["id"] not in deleted
+        (_, _, kept) = _uploads(server, "vision")
         assert BatchState.load(out).inputs == {_sha(tmp_path / "in" / "a.png"): kept["id"]}
         assert not BatchState.load(out).image_intents
 

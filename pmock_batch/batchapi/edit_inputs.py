@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -29,7 +30,7 @@ from ..inputs import InputFile as Source
 from ..jobs import Job
 from ..pool import Pool
 from .state import BatchState, ImageIntent
-from .transport import IMAGE_PURPOSE, BatchClient
+from .transport import IMAGE_PURPOSE, BatchClient, seconds
 
 __all__ = ["InputUploader"]
 
@@ -71,9 +72,10 @@ class InputUploader:
                 break
             if digest in self.state.inputs and await self._still_there(digest):
                 continue
-            intent = await asyncio.to_thread(
-                self.state.input_uploading, digest, source.filename, source.size
-            )
+            # A name of its own: an orphan is found (and deleted) by it, never another
+            # run's upload of the same picture.
+            name = f"pmock-{secrets.token_hex(6)}-{source.filename}"
+            intent = await asyncio.to_thread(self.state.input_uploading, digest, name, source.size)
             obj = await self._upload_image(source, intent)
             await asyncio.to_thread(self.state.input_file, digest, str(obj["id"]))
             self._checked.add(str(obj["id"]))
@@ -114,7 +116,7 @@ class InputUploader:
         again."""
         for attempt in range(1, _ATTEMPTS + 1):
             try:
-                return await self.api.upload_image(source)
+                return await self.api.upload_image(source, intent.name)
             except APIError as exc:
                 if attempt == _ATTEMPTS or describe(exc).decision is not Decision.RETRY:
                     raise
@@ -135,7 +137,7 @@ class InputUploader:
             and str(f["id"]) not in known
             and f.get("filename") == intent.name
             and f.get("bytes") == intent.size
-            and float(f.get("created_at") or 0) >= intent.at - _SLACK
+            and seconds(f.get("created_at")) >= intent.at - _SLACK
         ]
 
     async def orphans(self) -> None:

@@ -23,7 +23,7 @@ from ..errors import InvalidResponseError, NotFoundError
 from ..images import ImageSink
 from ..inputs import InputFile as Source
 
-__all__ = ["IMAGE_PURPOSE", "BatchClient"]
+__all__ = ["IMAGE_PURPOSE", "BatchClient", "seconds"]
 
 IMAGE_PURPOSE = "vision"  # an edit's input image, named by file id in a batch's lines
 
@@ -65,15 +65,13 @@ class BatchClient:
         form.add_field("file", content, filename=name, content_type="application/jsonl")
         return _object(await self._call("POST", "/files", data=form))
 
-    async def upload_image(self, source: Source) -> dict[str, Any]:
+    async def upload_image(self, source: Source, name: str) -> dict[str, Any]:
         """``POST /files`` with ``purpose=vision``: an edit's input image, streamed from its
-        file with its own name and content type. Returns the file object."""
+        file with its content type, named ``name``. Returns the file object."""
         with source.open() as handle:  # InputFileError if it changed since it was hashed
             form = aiohttp.FormData()
             form.add_field("purpose", IMAGE_PURPOSE)
-            form.add_field(
-                "file", handle, filename=source.filename, content_type=source.content_type
-            )
+            form.add_field("file", handle, filename=name, content_type=source.content_type)
             return _object(await self._call("POST", "/files", data=form))
 
     async def create(
@@ -102,7 +100,7 @@ class BatchClient:
             data = [b for b in page.get("data") or [] if isinstance(b, dict)]
             for batch in data:
                 yield batch
-            oldest = min((float(b.get("created_at") or 0) for b in data), default=0.0)
+            oldest = min((seconds(b.get("created_at")) for b in data), default=0.0)
             if not data or not page.get("has_more") or oldest < since:
                 return
             after = str(page.get("last_id") or data[-1].get("id"))
@@ -153,3 +151,11 @@ def _object(data: Any) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InvalidResponseError("the server's answer is not a JSON object")
     return data
+
+
+def seconds(value: Any) -> float:
+    """A server's Unix time (``created_at``) as a float; 0 for anything else."""
+    try:
+        return float(value or 0)
+    except (TypeError, ValueError):
+        return 0.0
