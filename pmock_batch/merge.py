@@ -206,8 +206,11 @@ def _choose(out: Path, key: str, job: _Job, result: MergeResult) -> _Seen:
         same = [s for s in oks if s.record.fingerprint == winner]
         if len(same) > 1:  # the one already in OUT first; stable: newest first otherwise
             same.sort(key=lambda s: not intact(out, s.record.files))
+        # With --prefer newest, an older ok result (another fingerprint) whose images
+        # verify beats a failed record: what was paid for is kept.
+        rest = [s for s in oks if s.record.fingerprint != winner]
         failed: list[tuple[_Seen, str]] = []
-        for seen in same:
+        for seen in [*same, *rest]:
             folder = None if seen.source.own else seen.source.folder
             brought = bring_files(out, folder, seen.record.files)
             why = brought.problem

@@ -299,3 +299,20 @@ async def test_text_from_other_manifests_reaches_the_terminal_escaped(tmp_path, 
     result = await run_cli(["merge", str(out), str(a)], capsys)
     assert result.code == 1
     assert "\x1b" not in result.err and "evil\\x1b[2J.png" in result.err
+
+
+async def test_prefer_newest_keeps_an_older_intact_result_when_the_newest_is_broken(
+    tmp_path, make_mock, capsys
+):
+    server = await make_mock(MockOptions())
+    a, b = tmp_path / "a", tmp_path / "b"
+    await _run(tmp_path, "a", [{"id": "j0", "prompt": "a cat"}], a, server, capsys)
+    await _run(tmp_path, "b", [{"id": "j0", "prompt": "a dog"}], b, server, capsys)
+    (b / "j0.png").unlink()  # a cut-off artifact: the newest result lost its image
+    cat = by_id(read_manifest(a))["j0"]
+    result = await run_cli(["merge", str(a), str(b), "--prefer", "newest"], capsys)
+    assert result.code == 1  # the dog's record is reported, not merged
+    kept = by_id(read_manifest(a))["j0"]
+    assert (kept["status"], kept["fingerprint"]) == ("ok", cat["fingerprint"])
+    await _run(tmp_path, "a", [{"id": "j0", "prompt": "a cat"}], a, server, capsys)
+    assert server.stats.requests == 2  # the cat, paid for once, is kept
