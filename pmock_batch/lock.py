@@ -15,7 +15,7 @@ from pathlib import Path
 from .errors import LockedError
 from .files import check_own_file
 
-__all__ = ["LOCK_NAME", "run_lock"]
+__all__ = ["LOCK_NAME", "held", "run_lock"]
 
 LOCK_NAME = ".lock"
 
@@ -49,3 +49,22 @@ def run_lock(out_dir: Path, name: str = LOCK_NAME, *, shared: bool = False) -> I
         yield
     finally:
         os.close(fd)  # closing releases the lock
+
+
+def held(out_dir: Path, name: str) -> bool:
+    """Whether a running process holds the lock file ``out_dir/name`` exclusively.
+
+    It only looks: the file is not created, and a shared probe taken for an
+    instant is released at once.
+    """
+    try:
+        fd = os.open(out_dir / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False

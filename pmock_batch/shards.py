@@ -29,9 +29,9 @@ from typing import Any
 
 from .capabilities import Capabilities
 from .config import MANIFEST_NAME
-from .errors import UsageError
+from .errors import LockedError, UsageError
 from .jobs import Defaults, InvalidLine, Job, ScanResult, iter_jobs
-from .lock import LOCK_NAME, run_lock
+from .lock import LOCK_NAME, held, run_lock
 
 __all__ = [
     "INDEX_ENV",
@@ -47,6 +47,7 @@ __all__ = [
 
 INDEX_ENV = "JOB_COMPLETION_INDEX"  # set by Kubernetes for each pod of an Indexed Job
 _SHARD_MANIFEST = re.compile(r"manifest\.shard-(\d+)-of-(\d+)\.jsonl")
+_SHARD_LOCK = re.compile(r"\.lock\.shard-(\d+)-of-(\d+)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +165,19 @@ def out_lock(out_dir: Path, shard: Shard | None) -> Iterator[None]:
         else:
             stack.enter_context(run_lock(out_dir, shared=True))
             stack.enter_context(run_lock(out_dir, shard.lock_name))
+            # Its own lock first, then a look at the others: of two shards with different
+            # N started at once, at least one sees the other (their shares overlap).
+            others = [
+                path.name
+                for path in out_dir.glob(f"{LOCK_NAME}.shard-*-of-*")
+                if (m := _SHARD_LOCK.fullmatch(path.name)) and int(m[2]) != shard.count
+            ]
+            running = sorted(name for name in others if held(out_dir, name))
+            if running:
+                raise LockedError(
+                    f"shards of another count are running on {out_dir} (they hold "
+                    f"{', '.join(running)}); run one count at a time. Nothing was done"
+                )
         yield
 
 

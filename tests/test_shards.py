@@ -138,6 +138,18 @@ def test_locks_shards_share_out_but_not_with_an_unsharded_run(tmp_path):
     assert (tmp_path / ".lock.shard-1-of-2").is_file()
 
 
+def test_shards_of_another_count_are_refused_while_one_runs(tmp_path):
+    """0/2 and 0/4 overlap (a quarter of the jobs is in both): never at once."""
+    with out_lock(tmp_path, Shard(0, 2)):
+        refused = pytest.raises(LockedError, match=r"another count.*\.lock\.shard-0-of-2")
+        with refused, out_lock(tmp_path, Shard(0, 4)):
+            pass
+        with out_lock(tmp_path, Shard(1, 2)):  # the same count: side by side
+            pass
+    with out_lock(tmp_path, Shard(0, 4)):  # the files stay, but nobody holds them now
+        pass
+
+
 # -- runs over loopback HTTP -------------------------------------------------------------
 
 
