@@ -13,7 +13,13 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from pmock_batch.attempt import commit
 from pmock_batch.cli import main
+from pmock_batch.config import RunConfig
+from pmock_batch.jobs import iter_jobs, scan
+from pmock_batch.retry import RetryPolicy
+from pmock_batch.run import run_batch
+from pmock_batch.tally import Summary
 
 FORMAT_NAMES = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 
@@ -99,3 +105,36 @@ def open_image(path: Path) -> Image.Image:
     img = Image.open(io.BytesIO(path.read_bytes()))
     img.load()
     return img
+
+
+RUN_KEY = "sk-resume-test-key"  # the key run_jobs_file's runs send
+
+
+async def _no_sleep(_: float) -> None:
+    return None
+
+
+async def run_jobs_file(
+    tmp_path: Path,
+    base_url: str,
+    *,
+    writer: Any = commit,
+    resume: bool = True,
+    verify: bool = False,
+) -> Summary:
+    """``tmp_path/jobs.jsonl`` run into ``tmp_path/out`` (concurrency 2, no real backoff)."""
+    path = tmp_path / "jobs.jsonl"
+    config = RunConfig(out_dir=tmp_path / "out", base_url=base_url, api_key=RUN_KEY, concurrency=2)
+    return await run_batch(
+        config,
+        iter_jobs(path, scan(path)),
+        policy=RetryPolicy(sleep=_no_sleep),
+        resume=resume,
+        verify=verify,
+        writer=writer,
+    )
+
+
+def numbered_lines(n: int) -> list[dict[str, str]]:
+    """``n`` job lines with ids ``j0``, ``j1``, ...: ``{"id": "j0", "prompt": "prompt 0"}``."""
+    return [{"id": f"j{i}", "prompt": f"prompt {i}"} for i in range(n)]

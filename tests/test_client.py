@@ -2,47 +2,20 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from helpers import RUN_KEY
 
-from pmock_batch.attempt import commit
 from pmock_batch.config import RunConfig
 from pmock_batch.images import ImageSink
-from pmock_batch.jobs import iter_jobs, scan
 from pmock_batch.mock import MockOptions
-from pmock_batch.retry import RetryPolicy
-from pmock_batch.run import run_batch
 
-KEY = "sk-resume-test-key"
+KEY = RUN_KEY
 
 
 @pytest.fixture(autouse=True)
 def _key(monkeypatch):
     """Every test here talks to a mock with this key (conftest isolates the rest)."""
     monkeypatch.setenv("PMOCK_API_KEY", KEY)
-
-
-async def _noop_sleep(_: float) -> None:
-    return None
-
-
-async def _batch(tmp_path: Path, base_url: str, *, writer=commit, resume=True, verify=False):
-    path = tmp_path / "jobs.jsonl"
-    scanned = scan(path)
-    config = RunConfig(out_dir=tmp_path / "out", base_url=base_url, api_key=KEY, concurrency=2)
-    return await run_batch(
-        config,
-        iter_jobs(path, scanned),
-        policy=RetryPolicy(sleep=_noop_sleep),
-        resume=resume,
-        verify=verify,
-        writer=writer,
-    )
-
-
-def _lines(n: int) -> list[dict[str, str]]:
-    return [{"id": f"j{i}", "prompt": f"prompt {i}"} for i in range(n)]
 
 
 async def test_url_download_over_the_cap_fails_without_retry(tmp_path, make_mock):

@@ -13,17 +13,22 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import by_id, open_image, read_manifest, run_cli, write_jobs
+from helpers import (
+    RUN_KEY,
+    by_id,
+    numbered_lines,
+    open_image,
+    read_manifest,
+    run_cli,
+    run_jobs_file,
+    write_jobs,
+)
 
 from pmock_batch.attempt import commit
-from pmock_batch.config import RunConfig
 from pmock_batch.images import ImageSink
-from pmock_batch.jobs import iter_jobs, scan
 from pmock_batch.mock import MockOptions
-from pmock_batch.retry import RetryPolicy
-from pmock_batch.run import run_batch
 
-KEY = "sk-resume-test-key"
+KEY = RUN_KEY
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -37,26 +42,7 @@ class Crash(BaseException):
     """Stands in for kill -9: not an Exception, so nothing in the engine handles it."""
 
 
-async def _noop_sleep(_: float) -> None:
-    return None
-
-
-async def _batch(tmp_path: Path, base_url: str, *, writer=commit, resume=True, verify=False):
-    path = tmp_path / "jobs.jsonl"
-    scanned = scan(path)
-    config = RunConfig(out_dir=tmp_path / "out", base_url=base_url, api_key=KEY, concurrency=2)
-    return await run_batch(
-        config,
-        iter_jobs(path, scanned),
-        policy=RetryPolicy(sleep=_noop_sleep),
-        resume=resume,
-        verify=verify,
-        writer=writer,
-    )
-
-
-def _lines(n: int) -> list[dict[str, str]]:
-    return [{"id": f"j{i}", "prompt": f"prompt {i}"} for i in range(n)]
+_batch, _lines = run_jobs_file, numbered_lines
 
 
 async def test_rerun_skips_done_jobs_and_sends_nothing(tmp_path, make_mock, capsys):

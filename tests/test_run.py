@@ -8,19 +8,23 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import open_image, read_manifest, run_cli, write_jobs
+from helpers import (
+    RUN_KEY,
+    numbered_lines,
+    open_image,
+    read_manifest,
+    run_cli,
+    run_jobs_file,
+    write_jobs,
+)
 
 from pmock_batch.attempt import commit
-from pmock_batch.config import RunConfig
 from pmock_batch.errors import LockedError
 from pmock_batch.images import ImageSink
-from pmock_batch.jobs import iter_jobs, scan
 from pmock_batch.lock import run_lock
 from pmock_batch.mock import MockOptions
-from pmock_batch.retry import RetryPolicy
-from pmock_batch.run import run_batch
 
-KEY = "sk-resume-test-key"
+KEY = RUN_KEY
 
 
 @pytest.fixture(autouse=True)
@@ -29,26 +33,7 @@ def _key(monkeypatch):
     monkeypatch.setenv("PMOCK_API_KEY", KEY)
 
 
-async def _noop_sleep(_: float) -> None:
-    return None
-
-
-async def _batch(tmp_path: Path, base_url: str, *, writer=commit, resume=True, verify=False):
-    path = tmp_path / "jobs.jsonl"
-    scanned = scan(path)
-    config = RunConfig(out_dir=tmp_path / "out", base_url=base_url, api_key=KEY, concurrency=2)
-    return await run_batch(
-        config,
-        iter_jobs(path, scanned),
-        policy=RetryPolicy(sleep=_noop_sleep),
-        resume=resume,
-        verify=verify,
-        writer=writer,
-    )
-
-
-def _lines(n: int) -> list[dict[str, str]]:
-    return [{"id": f"j{i}", "prompt": f"prompt {i}"} for i in range(n)]
+_batch, _lines = run_jobs_file, numbered_lines
 
 
 async def test_disk_full_aborts_the_run(tmp_path, make_mock):
