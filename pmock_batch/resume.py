@@ -32,7 +32,8 @@ class _Done:
 def _latest(path: Path) -> Iterator[tuple[str, _Done | None]]:
     """Yield ``(id, done-or-None)`` for every well-formed record, in log order.
 
-    A manifest that is not a regular file (a link, a FIFO) is not read."""
+    A missing manifest yields nothing. One that is not a regular file (a link, a FIFO)
+    raises :class:`OSError` at once, never blocking: the run checked it before."""
     try:
         fh = open_regular(path)
     except FileNotFoundError:
