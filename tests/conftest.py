@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import isolate_env
+from helpers import FakeSleep, isolate_env
 
 from pmock_batch.mock import MockOptions, MockServer
+from pmock_batch.retry import RetryPolicy
 
 
 class FakeClock:
@@ -39,6 +41,17 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """
     isolate_env(monkeypatch)
     monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def cli_sleep(monkeypatch: pytest.MonkeyPatch) -> FakeSleep:
+    """The CLI's retry policy gets an injected sleep: no test waits through real backoff.
+    The waits it was asked for are in ``cli_sleep.waits``."""
+    sleep = FakeSleep()
+    monkeypatch.setattr(
+        "pmock_batch.preflight.RetryPolicy", functools.partial(RetryPolicy, sleep=sleep)
+    )
+    return sleep
 
 
 @pytest.fixture

@@ -138,3 +138,13 @@ async def run_jobs_file(
 def numbered_lines(n: int) -> list[dict[str, str]]:
     """``n`` job lines with ids ``j0``, ``j1``, ...: ``{"id": "j0", "prompt": "prompt 0"}``."""
     return [{"id": f"j{i}", "prompt": f"prompt {i}"} for i in range(n)]
+
+
+class FakeSleep:
+    """An injected sleep: records the waits asked for, and returns at once."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)

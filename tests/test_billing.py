@@ -8,14 +8,13 @@ failed download of a URL image retries the GET alone.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import random
 from pathlib import Path
 
 import pytest
-from helpers import by_id, open_image, read_manifest, run_cli, write_jobs
+from helpers import FakeSleep, by_id, open_image, read_manifest, run_cli, write_jobs
 
 from pmock_batch.config import RunConfig
 from pmock_batch.jobs import iter_jobs, scan
@@ -32,24 +31,6 @@ EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 def _key(monkeypatch):
     """Every test here talks to a mock with this key (conftest isolates the rest)."""
     monkeypatch.setenv("PMOCK_API_KEY", KEY)
-
-
-class FakeSleep:
-    def __init__(self) -> None:
-        self.waits: list[float] = []
-
-    async def __call__(self, seconds: float) -> None:
-        self.waits.append(seconds)
-
-
-@pytest.fixture
-def cli_sleep(monkeypatch) -> FakeSleep:
-    """The CLI's retry policy gets an injected sleep: no test waits through real backoff."""
-    sleep = FakeSleep()
-    monkeypatch.setattr(
-        "pmock_batch.preflight.RetryPolicy", functools.partial(RetryPolicy, sleep=sleep)
-    )
-    return sleep
 
 
 async def _batch(tmp_path: Path, base_url: str, lines, **policy):

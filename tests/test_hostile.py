@@ -9,7 +9,6 @@ writes is redacted, then cut, then escaped before anything stores or shows it.
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import random
 import re
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from helpers import by_id, read_manifest, run_cli, write_jobs
+from helpers import FakeSleep, by_id, read_manifest, run_cli, write_jobs
 
 from pmock_batch.addresses import AddressPolicy, address_kind, host_kind
 from pmock_batch.answers import parse_images as _parse_images
@@ -49,24 +48,6 @@ PNG_1X1 = bytes.fromhex(
 def _key(monkeypatch):
     """Every test here talks to a mock with this key (conftest isolates the rest)."""
     monkeypatch.setenv("PMOCK_API_KEY", KEY)
-
-
-class FakeSleep:
-    def __init__(self) -> None:
-        self.waits: list[float] = []
-
-    async def __call__(self, seconds: float) -> None:
-        self.waits.append(seconds)
-
-
-@pytest.fixture
-def cli_sleep(monkeypatch) -> FakeSleep:
-    """The CLI's retry policy gets an injected sleep: no test waits through real backoff."""
-    sleep = FakeSleep()
-    monkeypatch.setattr(
-        "pmock_batch.preflight.RetryPolicy", functools.partial(RetryPolicy, sleep=sleep)
-    )
-    return sleep
 
 
 def _config(tmp_path: Path, base_url: str, **kwargs) -> RunConfig:

@@ -9,7 +9,6 @@ OUT changes. OUT itself may be a link. Also issue 9 §4: precise error kinds.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -17,7 +16,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from helpers import by_id, open_image, read_manifest, run_cli, write_jobs
+from helpers import FakeSleep, by_id, open_image, read_manifest, run_cli, write_jobs
 from PIL import Image
 
 from pmock_batch.attempt import commit
@@ -54,16 +53,9 @@ def _key(monkeypatch):
     monkeypatch.setenv("PMOCK_API_KEY", KEY)
 
 
-async def _no_sleep(_: float) -> None:
-    return None
-
-
 @pytest.fixture(autouse=True)
-def _cli_sleep(monkeypatch):
+def _no_backoff(cli_sleep):
     """The CLI's retry policy never sleeps through real backoff."""
-    monkeypatch.setattr(
-        "pmock_batch.preflight.RetryPolicy", functools.partial(RetryPolicy, sleep=_no_sleep)
-    )
 
 
 def _argv(tmp_path: Path, server, out: Path, *extra: str) -> list[str]:
@@ -474,7 +466,7 @@ async def test_running_out_of_memory_is_kind_memory(tmp_path, make_mock):
     summary = await run_batch(
         config,
         iter_jobs(path, scan(path)),
-        policy=RetryPolicy(sleep=_no_sleep),
+        policy=RetryPolicy(sleep=FakeSleep()),
         writer=short_of_memory,
     )
     records = by_id(read_manifest(tmp_path / "out"))

@@ -9,7 +9,7 @@ import random
 from pathlib import Path
 
 import pytest
-from helpers import Clock, by_id, open_image, read_manifest, write_jobs
+from helpers import Clock, FakeSleep, by_id, open_image, read_manifest, write_jobs
 
 from pmock_batch.config import RunConfig
 from pmock_batch.jobs import iter_jobs, scan
@@ -17,16 +17,6 @@ from pmock_batch.mock import MockOptions
 from pmock_batch.pacing import Pacer
 from pmock_batch.retry import RetryPolicy
 from pmock_batch.run import Run, RunObserver, run_batch
-
-
-class FakeSleep:
-    """An injected sleep: records the waits tenacity asks for, and returns at once."""
-
-    def __init__(self) -> None:
-        self.waits: list[float] = []
-
-    async def __call__(self, seconds: float) -> None:
-        self.waits.append(seconds)
 
 
 def _jobs(path: Path, lines: list[object]):

@@ -8,7 +8,6 @@ image is retried, and counted as ambiguous when partials had arrived.
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import json
 from pathlib import Path
@@ -27,7 +26,6 @@ from pmock_batch.jobs import iter_jobs, scan
 from pmock_batch.mock import MockOptions
 from pmock_batch.mock.faults import parse_fault_rates, parse_outcome
 from pmock_batch.mock.streams import PARTIAL_TOKENS
-from pmock_batch.retry import RetryPolicy
 from pmock_batch.run import run_batch
 
 KEY = "sk-stream-test-key"
@@ -39,15 +37,8 @@ def _key(monkeypatch):
 
 
 @pytest.fixture(autouse=True)
-def _no_backoff(monkeypatch):
+def _no_backoff(cli_sleep):
     """The CLI's retry policy gets an injected sleep: no test waits through real backoff."""
-
-    async def sleep(seconds: float) -> None:
-        return None
-
-    monkeypatch.setattr(
-        "pmock_batch.preflight.RetryPolicy", functools.partial(RetryPolicy, sleep=sleep)
-    )
 
 
 def _argv(tmp_path: Path, server, *extra: str) -> list[str]:
