@@ -23,7 +23,7 @@ import fnmatch
 import re
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -268,18 +268,7 @@ class Capabilities:
             where = f"{source}: [models.{name}]"
             base = models.get(name)
             if base is None:
-                base = ModelEntry(
-                    name=name,
-                    match=(name,),
-                    fields=default.fields,
-                    enums=default.enums,
-                    sizes=default.sizes,
-                    size_rule=default.size_rule,
-                    max_n=default.max_n,
-                    response_format=default.response_format,
-                    edits=default.edits,
-                    edit_fields=default.edit_fields,
-                )
+                base = replace(default, name=name, match=(name,), known=True)
             models[name] = _merge_entry(base, raw, where)
         return Capabilities(default, list(models.values()))
 

@@ -28,9 +28,9 @@ from ..errors import APIError, Decision, InputFileError
 from ..failures import Where, abort_message, describe
 from ..images import ImageSink
 from ..jobs import InvalidLine, Job
-from ..models import ErrorRecord, JobRecord
 from ..pool import Ledger, Pool
-from .book import Book, now
+from ..records import invalid_record
+from .book import Book
 from .collect import Collector
 from .plan import MAX_BATCH_SIZE, MAX_FILE_BYTES
 from .state import TERMINAL, Batch, BatchState
@@ -127,7 +127,7 @@ class BatchRunner:
         owed: list[Job] = []
         for item in items:
             if isinstance(item, InvalidLine):
-                await self.ledger.record([_invalid(item)])
+                await self.ledger.record([invalid_record(item)])
             elif await self.ledger.is_done(item):
                 self.ledger.skip(item)
             else:
@@ -295,15 +295,3 @@ def _log_errors(batch: Batch, errors: Any) -> None:
         if isinstance(err, dict):
             text = clean(f"{err.get('code')}: {err.get('message')} (line {err.get('line')})", ())
             log.error("%s failed: %s", batch.batch_id, text, extra={"event": "batch_failed"})
-
-
-def _invalid(item: InvalidLine) -> JobRecord:
-    at = now()
-    return JobRecord(
-        id=item.id,
-        line=item.line,
-        status="invalid",
-        error=ErrorRecord(kind="invalid", message=item.message),
-        started_at=at,
-        finished_at=at,
-    )
