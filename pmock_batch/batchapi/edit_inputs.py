@@ -3,9 +3,9 @@
 Before the input file of an edit batch is built, every input image its rows
 name goes up with ``POST /files`` (``purpose=vision``), each distinct file
 (by SHA-256) once, streamed from the file with its content type, under a
-name of its own (``pmock-<token>-<file name>``). Each id is written to ``OUT/batches.jsonl`` (``input_file``) before a
-line names it, and a re-run names the recorded id instead of uploading again
-(once it has seen, with one ``GET /files/{id}`` a run, that the server still
+name of its own (``pmock-<token>-<file name>``). Each id is written to
+``OUT/batches.jsonl`` (``input_file``) before a line names it, and a re-run
+names the recorded id instead of uploading again (once it has seen, with one ``GET /files/{id}`` a run, that the server still
 holds it; one gone is recorded ``deleted`` and uploaded anew).
 The images are kept on the server, whatever ``--keep-files`` says: re-runs and
 new jobs that use the same file name them again (delete them with the Files
