@@ -1,18 +1,19 @@
 """An edit's input images on the server: each distinct file uploaded once, named by id.
 
 Before the input file of an edit batch is built, every input image its rows
-name goes up with ``POST /files`` (``purpose=vision``), each distinct file
-(by SHA-256) once, streamed from the file with its content type, under a
-name of its own (``pmock-<token>-<file name>``). Each id is written to
+name goes up with ``POST /files`` (``purpose=vision``), each distinct file (by
+SHA-256) once, streamed from the file with its content type, under a name of
+its own (``pmock-<token>-<file name>``). Each id is written to
 ``OUT/batches.jsonl`` (``input_file``) before a line names it, and a re-run
-names the recorded id instead of uploading again (once it has seen, with one ``GET /files/{id}`` a run, that the server still
-holds it; one gone is recorded ``deleted`` and uploaded anew).
-The images are kept on the server, whatever ``--keep-files`` says: re-runs and
-new jobs that use the same file name them again (delete them with the Files
-API when done; their ids are in the log). An upload is announced first
-(``input_uploading``: its file name and size), so one a kill cut off before
-its id was written is found by the next run, which deletes what arrived
-unrecorded: the file of that unique name and size, never another run's upload.
+names the recorded id instead of uploading again (once it has seen, with one
+``GET /files/{id}`` a run, that the server still holds it; one gone is recorded
+``deleted`` and uploaded anew). The images are kept on the server, whatever
+``--keep-files`` says: re-runs and new jobs that use the same file name them
+again (delete them with the Files API when done; their ids are in the log). An
+upload is announced first (``input_uploading``: its file name and size), so one
+a kill cut off before its id was written is found by the next run, which
+deletes what arrived unrecorded: the file of that unique name and size, never
+another run's upload.
 """
 
 from __future__ import annotations
