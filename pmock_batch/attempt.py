@@ -299,6 +299,7 @@ class DirectRunner:
                     self.budget.settle(estimate, billed=billed, cost=cost)
         self.tripwire.succeeded()
         self.pacer.observe(reply.headers, sent_at=sent_at)
+        self.pacer.admitted()
         this.logged(reply.status, started)
         image = await sink.verify()
         relative = f"{stem}.{image.extension}"
@@ -328,7 +329,7 @@ class DirectRunner:
         if failure.status == 429:
             progress.rate_limited += 1
             if failure.decision is Decision.RETRY:  # else this job gives up: no hold for it
-                self.pacer.refused(failure.wait)
+                self.pacer.refused(failure.wait, sent_at=sent_at)
         this.logged(failure.status, started)
 
     # -- records: built in records.py, shared with the Batch API runner's use --------

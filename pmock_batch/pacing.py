@@ -26,13 +26,20 @@ from dataclasses import dataclass
 
 from .errors import ci_headers
 
-__all__ = ["Limits", "Pacer", "parse_duration", "parse_limits"]
+__all__ = ["Limits", "Pacer", "Share", "parse_duration", "parse_limits"]
 
 log = logging.getLogger("pmock_batch")
 
 SAFETY = 0.95  # pace at this fraction of a limit, learned or given
 DEFAULT_REFUSED_HOLD = 1.0  # seconds to hold after a 429 that names no wait, with no known rate
 HOLD_TOLERANCE = 0.001  # seconds: a hold this little longer does not count as a new one
+# The share of a limit others spend too (see Share): halved by a 429, grown back per slot.
+FIRST_BACKOFF = 0.85  # a 429 at the current share multiplies it by this...
+BACKOFF = 0.5  # ... or by this when the last cut came less than RECENT_SLOTS ago
+RECENT_SLOTS = 300
+GROW = 0.0005  # per slot of the whole limit, the share grows back by this...
+ACCELERATE = 100.0  # ... times 1 + (slots since the last 429) / this
+MIN_SHARE = 0.01
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -98,6 +105,14 @@ def _int(text: str | None) -> int | None:
         return None
 
 
+def _loop_clock() -> Callable[[], float]:
+    """The running event loop's clock, which its sleeps and timeouts keep to."""
+    try:
+        return asyncio.get_running_loop().time
+    except RuntimeError:
+        return time.monotonic
+
+
 class Pacer:
     """Spaces dispatches for the whole pool; holds it after a 429.
 
@@ -114,12 +129,16 @@ class Pacer:
         *,
         rpm: float | None = None,
         burst: int = 4,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] | None = None,
         sleep: Callable[[float], Awaitable[None]] | None = None,
         stopping: Callable[[], bool] | None = None,
+        share: float = 1.0,
     ) -> None:
+        clock = clock or _loop_clock()
         self.user_rpm = rpm
         self.learned_rpm: float | None = None
+        self.share = Share()  # of the limit: less once 429s show others spend it too
+        self._first_share = share
         self.burst = max(1, burst)
         self._clock = clock
         self._sleep = sleep or asyncio.sleep
@@ -139,8 +158,17 @@ class Pacer:
         limit, every rounding of either clock would be a 429.
         """
         user = self.user_rpm * SAFETY if self.user_rpm else None
-        rpms = [r for r in (user, self.learned_rpm) if r]
-        return min(rpms) / 60.0 if rpms else None
+        server = self.learned_rpm or user
+        if server is None:
+            return None
+        rpm = server * self.share.value
+        return (min(rpm, user) if user else rpm) / 60.0
+
+    @property
+    def _whole_rate(self) -> float | None:
+        """Requests per second at the whole limit: the learned one, else ``--rpm``."""
+        rpm = self.learned_rpm or (self.user_rpm * SAFETY if self.user_rpm else None)
+        return rpm / 60.0 if rpm else None
 
     @property
     def hold_remaining(self) -> float:
@@ -169,7 +197,8 @@ class Pacer:
                     continue
                 self._refill(now)
                 rate = self.rate
-                if rate is None:
+                if rate is None:  # unpaced, but what it sends spends the first burst
+                    self._tokens = max(0.0, self._tokens - 1.0)
                     break
                 if self._tokens >= 1.0 - 1e-9:
                     self._tokens = max(0.0, self._tokens - 1.0)
@@ -202,15 +231,35 @@ class Pacer:
         self._refill(max(now, self.hold_until))
         self._tokens = min(self._tokens, 1.0)
 
-    def refused(self, wait: float | None) -> None:
+    def refused(self, wait: float | None, *, sent_at: float | None = None) -> None:
         """A 429: hold the pool for the server's ``wait``, or one paced slot if it named none.
 
-        ``wait`` is what :func:`pmock_batch.failures.server_wait` read from the answer.
+        ``wait`` is what :func:`pmock_batch.failures.server_wait` read from the
+        answer. A 429 for a request dispatched (at ``sent_at``) since the share
+        last changed also cuts the share: others may spend the limit too.
         """
         if wait is None:
             rate = self.rate
             wait = 1.0 / rate if rate else DEFAULT_REFUSED_HOLD
+        now = self._clock()
+        whole = self._whole_rate
+        if whole is not None:
+            self._refill(now)
+            if self.share.refused(now, sent_at, whole):
+                log.debug(
+                    "sharing the limit: pacing at %.1f requests/min",
+                    self.rate * 60.0,
+                    extra={"event": "share", "rpm": round(self.rate * 60.0, 1)},
+                )
         self.hold(wait, reason="HTTP 429")
+
+    def admitted(self) -> None:
+        """A 2xx: the share grows back a little (see :class:`Share`)."""
+        now = self._clock()
+        whole = self._whole_rate
+        if whole is not None:
+            self._refill(now)
+            self.share.grow(now, whole)
 
     def observe(self, headers: Mapping[str, str], *, sent_at: float | None = None) -> None:
         """Learn the rate limit from a response's headers; hold if the budget is spent.
@@ -228,7 +277,9 @@ class Pacer:
                 learned, self.learned_rpm, rel_tol=0.05
             ):
                 before = self.rate
-                self._refill(self._clock())
+                now = self._clock()
+                self._refill(now)
+                self.share.restart(now, self._first_share if self.learned_rpm is None else None)
                 self.learned_rpm = learned
                 if self.rate != before and self.rate is not None:
                     log.info(
@@ -249,3 +300,56 @@ class Pacer:
     def now(self) -> float:
         """The pacer's clock: what ``sent_at`` is measured on."""
         return self._clock()
+
+
+class Share:
+    """This client's share of a rate limit that others may spend too: AIMD, as TCP does.
+
+    Limits belong to the organisation, so other runs (shards, colleagues) spend
+    the same budget, and pacing at the whole learned limit would send 429 after
+    429. A 429 for a request dispatched since the share last changed cuts it
+    (once per round trip, not once per refused request in flight): by 15 %
+    when the last cut was long ago (a lone client meets a window's edge now
+    and then), by half when it was recent (others are spending the budget).
+    Each admitted answer grows the share back by :data:`GROW` per slot of the
+    whole limit that passed, faster the longer no 429 came, up to the whole
+    limit. Clients that grow alike and are cut alike settle on even shares
+    that add up to the limit. Slots, not seconds, so a limit of 5 a minute
+    probes as rarely, per request, as one of 1,200.
+
+    Requests dispatched before the first answer (the first wave, sent before
+    any limit was known) say nothing about the share.
+    """
+
+    def __init__(self, value: float = 1.0) -> None:
+        self.value = value
+        self._since = math.inf  # when the share last changed, or the first answer came
+        self._grown_at = math.inf
+        self._cut_at = -math.inf
+
+    def restart(self, now: float, value: float | None = None) -> None:
+        """A limit was learned: requests dispatched before now say nothing about this share."""
+        if value is not None:
+            self.value = min(1.0, max(MIN_SHARE, value))
+        self._since = self._grown_at = now
+
+    def refused(self, now: float, sent_at: float | None, whole_rate: float) -> bool:
+        """A 429 for a request dispatched at ``sent_at``; whether the share was cut."""
+        if self._since == math.inf:  # the first answer
+            self._since = self._grown_at = now
+        if sent_at is not None and sent_at <= self._since:
+            return False
+        alone = self.value == 1.0 and (now - self._cut_at) * whole_rate >= RECENT_SLOTS
+        self.value = max(MIN_SHARE, self.value * (FIRST_BACKOFF if alone else BACKOFF))
+        self._since = self._grown_at = self._cut_at = now
+        return True
+
+    def grow(self, now: float, whole_rate: float) -> None:
+        """An admitted answer: grow by the slots (of ``whole_rate`` per second) since the last."""
+        if self._since == math.inf:  # the first answer
+            self._since = now
+        slots = max(0.0, now - self._grown_at) * whole_rate
+        self._grown_at = now
+        if self.value < 1.0:
+            accelerate = 1.0 + (now - self._since) * whole_rate / ACCELERATE
+            self.value = min(1.0, self.value + GROW * slots * accelerate)

@@ -242,6 +242,7 @@ async def run_batch(
             burst=min(config.concurrency, 4),
             sleep=pool.sleep,
             stopping=lambda: pool.stopping,
+            share=1 / shard.count if shard else 1.0,  # N shards spend one limit
         )
         async with (
             ImagesClient(config) as client,

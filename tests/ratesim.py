@@ -8,9 +8,10 @@ wait the real :class:`~pmock_batch.retry.RetryPolicy` chooses. The server is
 a limiter model (the mock's own ``window`` and ``bucket`` limiters, plus fixed
 windows and a sliding log) behind one of four header styles.
 
-Time is virtual: :class:`VirtualLoop` is an asyncio loop whose clock jumps to
-the next timer instead of waiting for it, so a 50 s run takes milliseconds
-and every run gives the same answer.
+Time is virtual (:mod:`virtualtime`): the clock jumps to the next timer
+instead of waiting for it, so a 50 s run takes milliseconds and every run
+gives the same answer. With ``clients``, several clients, each with its own
+pacer, share one server limiter, as shards of a run share an organisation's.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from __future__ import annotations
 import asyncio
 import math
 import random
-import selectors
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+
+from virtualtime import run_virtual
 
 from pmock_batch.errors import APIStatusError, Decision, status_error
 from pmock_batch.failures import describe
@@ -35,47 +36,6 @@ from pmock_batch.mock.ratelimit import (
 )
 from pmock_batch.pacing import Pacer
 from pmock_batch.retry import RetryPolicy
-
-T = TypeVar("T")
-
-START = 1000.0  # the virtual clock's first reading
-
-
-class _JumpingSelector(selectors.DefaultSelector):
-    """A selector that never blocks: a wait for a timer moves the virtual clock instead."""
-
-    def __init__(self, loop: VirtualLoop) -> None:
-        super().__init__()
-        self._loop = loop
-
-    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
-        events = super().select(0)
-        if not events:
-            if timeout is None:
-                raise RuntimeError("deadlock: every task waits and no timer is set")
-            self._loop.now += timeout
-        return events
-
-
-class VirtualLoop(asyncio.SelectorEventLoop):
-    """An event loop on virtual time: ``asyncio.sleep`` returns at once, the clock jumps."""
-
-    def __init__(self) -> None:
-        self.now = START
-        super().__init__(_JumpingSelector(self))
-
-    def time(self) -> float:
-        return self.now
-
-
-def run_virtual(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    """Run ``make()`` to the end on a fresh :class:`VirtualLoop`."""
-    loop = VirtualLoop()
-    try:
-        return loop.run_until_complete(make())
-    finally:
-        loop.close()
-
 
 # -- server limiter models ----------------------------------------------------------------
 
@@ -190,22 +150,25 @@ class SimResult:
     holds: int = 0
 
 
-async def _simulate(
-    make_limiter: MakeLimiter,
+async def _client(
+    limiter: Limiter,
     style: HeaderStyle,
+    result: SimResult,
     *,
     jobs: int,
     concurrency: int,
     latency: float,
     rpm: float | None,
-) -> SimResult:
+    seed: int = 0,
+    share: float = 1.0,
+) -> Pacer:
+    """One client (one run, or one shard of one) sending ``jobs`` requests to ``limiter``."""
     loop = asyncio.get_running_loop()
-    limiter = make_limiter(loop.time)
-    pacer = Pacer(rpm=rpm, burst=min(concurrency, 4), clock=loop.time, sleep=asyncio.sleep)
-    policy = RetryPolicy(rng=random.Random(0), sleep=asyncio.sleep)
-    result = SimResult(jobs=jobs)
+    pacer = Pacer(
+        rpm=rpm, burst=min(concurrency, 4), clock=loop.time, sleep=asyncio.sleep, share=share
+    )
+    policy = RetryPolicy(rng=random.Random(seed), sleep=asyncio.sleep)
     todo = iter(range(jobs))
-    started = loop.time()
 
     async def attempt() -> APIStatusError | None:
         """One request; the 429 as the client raises it, or None when it was admitted.
@@ -221,6 +184,7 @@ async def _simulate(
         headers = style.limits(admission)
         if admission.allowed:
             pacer.observe(headers, sent_at=sent_at)
+            pacer.admitted()
             return None
         headers |= style.refusal(admission)
         result.refused += 1
@@ -229,7 +193,7 @@ async def _simulate(
         pacer.observe(exc.headers, sent_at=sent_at)
         failure = describe(exc, policy)
         if failure.decision is Decision.RETRY:
-            pacer.refused(failure.wait)
+            pacer.refused(failure.wait, sent_at=sent_at)
         return exc
 
     async def worker() -> None:
@@ -247,8 +211,47 @@ async def _simulate(
                 await asyncio.sleep(policy.wait_for(failure, number))
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
+    result.holds += pacer.holds
+    return pacer
+
+
+async def _simulate(
+    make_limiter: MakeLimiter,
+    style: HeaderStyle,
+    *,
+    jobs: int,
+    concurrency: int,
+    latency: float,
+    rpm: float | None,
+    clients: int = 1,
+    shards: bool = False,
+) -> SimResult:
+    """``clients`` clients share ``jobs`` and one server limiter, each pacing on its own.
+
+    As ``shards``, each knows there are ``clients`` of them and starts at that share.
+    """
+    loop = asyncio.get_running_loop()
+    limiter = make_limiter(loop.time)
+    result = SimResult(jobs=jobs)
+    started = loop.time()
+    shares = [jobs // clients + (k < jobs % clients) for k in range(clients)]
+    await asyncio.gather(
+        *(
+            _client(
+                limiter,
+                style,
+                result,
+                jobs=share,
+                concurrency=concurrency,
+                latency=latency,
+                rpm=rpm,
+                seed=k,
+                share=1 / clients if shards else 1.0,
+            )
+            for k, share in enumerate(shares)
+        )
+    )
     result.elapsed = loop.time() - started
-    result.holds = pacer.holds
     return result
 
 
@@ -259,6 +262,8 @@ def simulate(
     jobs: int = 1000,
     concurrency: int = 32,
     latency: float = 0.0,
+    clients: int = 1,
+    shards: bool = False,
 ) -> SimResult:
     """Run one cell of the table: ``jobs`` requests against ``limiter`` with ``style`` headers.
 
@@ -275,6 +280,8 @@ def simulate(
             concurrency=concurrency,
             latency=latency,
             rpm=rpm,
+            clients=clients,
+            shards=shards,
         )
     )
 
