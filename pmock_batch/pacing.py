@@ -246,10 +246,11 @@ class Pacer:
         if whole is not None:
             self._refill(now)
             if self.share.refused(now, sent_at, whole):
+                rpm = whole * self.share.value * 60.0
                 log.debug(
                     "sharing the limit: pacing at %.1f requests/min",
-                    self.rate * 60.0,
-                    extra={"event": "share", "rpm": round(self.rate * 60.0, 1)},
+                    rpm,
+                    extra={"event": "share", "rpm": round(rpm, 1)},
                 )
         self.hold(wait, reason="HTTP 429")
 
