@@ -14,7 +14,16 @@ from ratesim import STYLES, ideal_seconds, simulate
 from pmock_batch.config import RunConfig
 from pmock_batch.jobs import iter_jobs, scan
 from pmock_batch.mock import MockOptions
-from pmock_batch.pacing import SAFETY, Limits, Pacer, parse_duration, parse_limits
+from pmock_batch.pacing import (
+    BACKOFF,
+    FIRST_BACKOFF,
+    GROW,
+    SAFETY,
+    Limits,
+    Pacer,
+    parse_duration,
+    parse_limits,
+)
 from pmock_batch.retry import RetryPolicy
 from pmock_batch.run import run_batch
 
@@ -299,3 +308,92 @@ async def test_batch_keeps_pace_with_a_bucket_that_answers_remaining_0(
     assert pacer.holds >= jobs - 1  # every answer held the pool
     ideal = jobs / 20
     assert elapsed <= 1.1 * ideal  # it took twice as long when the hold and the pace added up
+
+
+# -- a share of a limit others spend too (issue 14: shards) ------------------------------
+
+
+def _learned(pacer: Pacer, limit: int = 1200) -> None:
+    pacer.observe({"x-ratelimit-limit-requests": str(limit)})
+
+
+async def test_a_429_cuts_the_share_once_per_round_trip() -> None:
+    clock = Clock()
+    pacer = Pacer(clock=clock, sleep=clock.sleep)
+    _learned(pacer)
+    sent = clock.now
+    clock.advance(0.1)
+    pacer.refused(0.05, sent_at=sent)  # sent before the first answer: the first wave
+    assert pacer.share.value == 1.0
+    clock.advance(0.01)
+    sent = clock.now
+    clock.advance(0.1)
+    pacer.refused(0.05, sent_at=sent)
+    assert pacer.share.value == pytest.approx(FIRST_BACKOFF)  # alone at the edge of a window?
+    pacer.refused(0.05, sent_at=sent)  # in flight before the cut: the same round trip
+    assert pacer.share.value == pytest.approx(FIRST_BACKOFF)
+    clock.advance(0.01)
+    sent = clock.now
+    clock.advance(0.1)
+    pacer.refused(0.05, sent_at=sent)  # again, soon: others spend the limit too
+    assert pacer.share.value == pytest.approx(FIRST_BACKOFF * BACKOFF)
+    assert pacer.rate == pytest.approx(1140 / 60 * FIRST_BACKOFF * BACKOFF)
+
+
+async def test_admitted_answers_grow_the_share_back_faster_and_faster() -> None:
+    clock = Clock()
+    pacer = Pacer(clock=clock, sleep=clock.sleep, share=0.25)
+    _learned(pacer)
+    assert pacer.rate == pytest.approx(1140 / 60 / 4)  # a shard of four starts at a quarter
+    pacer.admitted()
+    slot = 60 / 1140
+    grown = []
+    for _ in range(4):
+        before = pacer.share.value
+        for _ in range(50):
+            clock.advance(slot)
+            pacer.admitted()
+        grown.append(pacer.share.value - before)
+    assert grown[0] == pytest.approx(50 * GROW, rel=0.5)
+    assert grown == sorted(grown)  # the longer no 429 came, the faster it grows
+    while pacer.share.value < 1.0:
+        clock.advance(slot)
+        pacer.admitted()
+    assert pacer.rate == pytest.approx(1140 / 60)  # alone again: the whole limit
+
+
+async def test_a_shards_start_share_applies_to_a_learned_limit_not_to_rpm() -> None:
+    clock = Clock()
+    pacer = Pacer(rpm=300, clock=clock, sleep=clock.sleep, share=0.25)
+    assert pacer.rate == pytest.approx(300 * SAFETY / 60)  # --rpm is per shard already
+    _learned(pacer, 1200)
+    assert pacer.rate == pytest.approx(1200 * SAFETY / 4 / 60)
+
+
+async def test_the_first_wave_spends_the_start_burst() -> None:
+    clock = Clock()
+    pacer = Pacer(burst=4, clock=clock, sleep=clock.sleep)
+    for _ in range(4):
+        assert await pacer.acquire() == 0  # no limit known: unpaced
+    _learned(pacer)
+    await pacer.acquire()
+    assert clock.now - 1000.0 == pytest.approx(60 / 1140)  # paced at once, no second burst
+
+
+@pytest.mark.parametrize("limiter", ["mock window", "mock bucket", "fixed 1 s window"])
+@pytest.mark.parametrize("shards", [True, False], ids=["shards", "independent runs"])
+def test_four_clients_on_one_limit_stay_near_it(limiter: str, shards: bool) -> None:
+    """Four clients that each learn the whole limit: shards start at a quarter, others learn."""
+    jobs = 400
+    result = simulate(
+        limiter,
+        "remaining counts down",
+        jobs=jobs,
+        concurrency=4,
+        latency=0.2,
+        clients=4,
+        shards=shards,
+    )
+    assert result.ok == jobs and result.failed == 0
+    assert result.refused <= (0.1 if shards else 0.15) * result.requests
+    assert result.elapsed <= 1.5 * ideal_seconds(jobs, latency=0.2)

@@ -6,10 +6,10 @@ every run gives the same answer. Work sent to the default executor
 (``asyncio.to_thread``, aiofiles) runs inline, so no thread finishes at a
 moment the clock cannot see.
 
-Real sockets work too (a mock server and a client on loopback, both on this
-loop): before the clock jumps, the selector waits ``io_grace`` seconds of real
-time for data in flight, so the clock never jumps past an answer the kernel is
-still delivering.
+Real sockets work too: a mock server and a client on loopback, both on this
+loop. Linux delivers loopback TCP data within the sending call, so when the
+selector finds nothing ready, nothing is in flight either, and the clock can
+jump. (``tests/test_shared_limit.py`` gives the same answer run after run.)
 """
 
 from __future__ import annotations
@@ -31,15 +31,12 @@ START = 1000.0  # the virtual clock's first reading
 class _JumpingSelector(selectors.DefaultSelector):
     """A selector that never blocks on a timer: a wait moves the virtual clock instead."""
 
-    def __init__(self, loop: VirtualLoop, io_grace: float) -> None:
+    def __init__(self, loop: VirtualLoop) -> None:
         super().__init__()
         self._loop = loop
-        self._io_grace = io_grace
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
         events = super().select(0)
-        if not events and self._io_grace and self.get_map():
-            events = super().select(self._io_grace)
         if not events:
             if timeout is None:
                 raise RuntimeError("deadlock: every task waits and no timer is set")
@@ -50,9 +47,9 @@ class _JumpingSelector(selectors.DefaultSelector):
 class VirtualLoop(asyncio.SelectorEventLoop):
     """An event loop on virtual time: ``asyncio.sleep`` returns at once, the clock jumps."""
 
-    def __init__(self, io_grace: float = 0.0) -> None:
+    def __init__(self) -> None:
         self.now = START
-        super().__init__(_JumpingSelector(self, io_grace))
+        super().__init__(_JumpingSelector(self))
 
     def time(self) -> float:
         return self.now
@@ -69,9 +66,9 @@ class VirtualLoop(asyncio.SelectorEventLoop):
         return future
 
 
-def run_virtual(make: Callable[[], Coroutine[Any, Any, T]], *, io_grace: float = 0.0) -> T:
+def run_virtual(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run ``make()`` to the end on a fresh :class:`VirtualLoop`."""
-    loop = VirtualLoop(io_grace)
+    loop = VirtualLoop()
     try:
         return loop.run_until_complete(make())
     finally:
