@@ -295,11 +295,11 @@ class DirectRunner:
                 raise
             finally:
                 self.pool.requests -= 1
+                self.pacer.settled()
                 if capped:
                     self.budget.settle(estimate, billed=billed, cost=cost)
         self.tripwire.succeeded()
-        self.pacer.observe(reply.headers, sent_at=sent_at)
-        self.pacer.admitted()
+        self.pacer.observe(reply.headers, sent_at=sent_at, admitted=True)
         this.logged(reply.status, started)
         image = await sink.verify()
         relative = f"{stem}.{image.extension}"
@@ -328,8 +328,8 @@ class DirectRunner:
             self.pacer.observe(headers, sent_at=sent_at)
         if failure.status == 429:
             progress.rate_limited += 1
-            if failure.decision is Decision.RETRY:  # else this job gives up: no hold for it
-                self.pacer.refused(failure.wait, sent_at=sent_at)
+            retry = failure.decision is Decision.RETRY  # else this job gives up: no hold for it
+            self.pacer.refused(failure.wait, sent_at=sent_at, hold=retry)
         this.logged(failure.status, started)
 
     # -- records: built in records.py, shared with the Batch API runner's use --------

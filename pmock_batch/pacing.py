@@ -12,6 +12,11 @@ reads ``x-ratelimit-limit-requests``, ``-remaining-`` and ``-reset-`` (and the
 just under the learned rate. With neither, the pacer lets everything through
 and concurrency is the only bound. The clock and the sleep are injectable,
 so tests move a fake clock instead of sleeping.
+
+A limit is the organisation's, so other runs (shards of this one, other
+people's) may spend it too. The pacer therefore paces at its share of the
+limit, :class:`LimitShare`: 429s cut it, admitted answers grow it back, and
+runs that share a limit settle on shares that add up to it.
 """
 
 from __future__ import annotations
@@ -26,20 +31,20 @@ from dataclasses import dataclass
 
 from .errors import ci_headers
 
-__all__ = ["Limits", "Pacer", "Share", "parse_duration", "parse_limits"]
+__all__ = ["LimitShare", "Limits", "Pacer", "parse_duration", "parse_limits"]
 
 log = logging.getLogger("pmock_batch")
 
 SAFETY = 0.95  # pace at this fraction of a limit, learned or given
 DEFAULT_REFUSED_HOLD = 1.0  # seconds to hold after a 429 that names no wait, with no known rate
 HOLD_TOLERANCE = 0.001  # seconds: a hold this little longer does not count as a new one
-# The share of a limit others spend too (see Share): halved by a 429, grown back per slot.
-FIRST_BACKOFF = 0.85  # a 429 at the current share multiplies it by this...
-BACKOFF = 0.5  # ... or by this when the last cut came less than RECENT_SLOTS ago
-RECENT_SLOTS = 300
-GROW = 0.0005  # per slot of the whole limit, the share grows back by this...
-ACCELERATE = 100.0  # ... times 1 + (slots since the last 429) / this
-MIN_SHARE = 0.01
+# A run's share of a limit others spend too (LimitShare). A slot is 1/rate of the whole limit.
+FIRST_BACKOFF = 0.85  # a 429 at the whole limit after a quiet spell cuts the share by 15 %...
+BACKOFF = 0.5  # ... any other 429 (one per round trip) halves it
+QUIET_SLOTS = 300  # slots grown through without a cut that make a quiet spell
+GROW = 0.0005  # an admitted answer grows the share by this per slot it stands for...
+ACCELERATE = 100.0  # ... times 1 + (slots grown through since the last cut) / this
+MIN_SHARE = 0.01  # the share never falls below 1 % of the limit
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -116,12 +121,17 @@ def _loop_clock() -> Callable[[], float]:
 class Pacer:
     """Spaces dispatches for the whole pool; holds it after a 429.
 
-    A token bucket refilled at the paced rate, holding ``burst`` tokens at most
-    (so a small burst goes at the start), with waiters served first come,
-    first served. A hold caps the bucket at one token, so the pool resumes at
-    the paced rate rather than in a burst, but it does not empty it: the
-    first dispatch after a hold goes when the hold ends. ``stopping`` lets a
-    run that is shutting down leave the queue at once.
+    The paced rate is the run's share (:class:`LimitShare`) of the whole
+    limit; ``share`` is where a learned limit's share starts when no
+    ``--rpm`` is given (1/N for a shard of N). A token bucket refilled at the
+    paced rate, holding ``burst`` tokens at most (a small burst at the start:
+    the first wave, sent before any limit is known, spends it), with waiters
+    served first come, first served. A hold caps the bucket at one token, so
+    the pool resumes at the paced rate rather than in a burst, but it does not
+    empty it: the first dispatch after a hold goes when the hold ends.
+    ``stopping`` lets a run that is shutting down leave the queue at once.
+    ``first_wave`` bounds what goes before the first answer settles (a shard
+    sends its burst, then waits to learn the limit its siblings spend too).
     """
 
     def __init__(
@@ -133,12 +143,16 @@ class Pacer:
         sleep: Callable[[float], Awaitable[None]] | None = None,
         stopping: Callable[[], bool] | None = None,
         share: float = 1.0,
+        first_wave: int | None = None,
     ) -> None:
         clock = clock or _loop_clock()
         self.user_rpm = rpm
         self.learned_rpm: float | None = None
-        self.share = Share()  # of the limit: less once 429s show others spend it too
+        self.share = LimitShare()  # of the limit: less once 429s show others spend it too
         self._first_share = share
+        self._first_wave = first_wave  # dispatches before the first answer; None: no bound
+        self._sent = 0
+        self._first_answer = asyncio.Event()
         self.burst = max(1, burst)
         self._clock = clock
         self._sleep = sleep or asyncio.sleep
@@ -151,24 +165,26 @@ class Pacer:
         self.waited = 0.0  # seconds spent waiting in acquire, summed over callers
 
     @property
-    def rate(self) -> float | None:
-        """Requests per second to pace at, or None for no pacing.
+    def whole_rate(self) -> float | None:
+        """Requests per second at the whole limit, or None when no limit is known.
 
         95 % of the tighter of ``--rpm`` and the learned limit: exactly at a
         limit, every rounding of either clock would be a 429.
         """
-        user = self.user_rpm * SAFETY if self.user_rpm else None
-        server = self.learned_rpm or user
-        if server is None:
-            return None
-        rpm = server * self.share.value
-        return (min(rpm, user) if user else rpm) / 60.0
+        rpms = [rpm for rpm in (self.user_rpm and self.user_rpm * SAFETY, self.learned_rpm) if rpm]
+        return min(rpms) / 60.0 if rpms else None
 
     @property
-    def _whole_rate(self) -> float | None:
-        """Requests per second at the whole limit: the learned one, else ``--rpm``."""
-        rpm = self.learned_rpm or (self.user_rpm * SAFETY if self.user_rpm else None)
-        return rpm / 60.0 if rpm else None
+    def rate(self) -> float | None:
+        """Requests per second to pace at: the share of :attr:`whole_rate`, or None (unpaced)."""
+        whole = self.whole_rate
+        return whole * self.share.value if whole is not None else None
+
+    @property
+    def _first_wave_sent(self) -> bool:
+        """Whether the first wave is out and no answer has come yet."""
+        wave = self._first_wave
+        return wave is not None and self._sent >= wave and not self._first_answer.is_set()
 
     @property
     def hold_remaining(self) -> float:
@@ -191,17 +207,19 @@ class Pacer:
         started = self._clock()
         async with self._lock:
             while not self._stopping():
+                if self._first_wave_sent:
+                    await self._first_answer.wait()  # set by settled(), whatever the end
+                    continue
                 now = self._clock()
                 if now < self.hold_until:
                     await self._sleep(self.hold_until - now)
                     continue
                 self._refill(now)
                 rate = self.rate
-                if rate is None:  # unpaced, but what it sends spends the first burst
+                if rate is None or self._tokens >= 1.0 - 1e-9:
+                    # Unpaced (no limit known) spends the start's burst too: the first wave.
                     self._tokens = max(0.0, self._tokens - 1.0)
-                    break
-                if self._tokens >= 1.0 - 1e-9:
-                    self._tokens = max(0.0, self._tokens - 1.0)
+                    self._sent += 1
                     break
                 await self._sleep((1.0 - self._tokens) / rate)
         waited = self._clock() - started
@@ -231,40 +249,43 @@ class Pacer:
         self._refill(max(now, self.hold_until))
         self._tokens = min(self._tokens, 1.0)
 
-    def refused(self, wait: float | None, *, sent_at: float | None = None) -> None:
-        """A 429: hold the pool for the server's ``wait``, or one paced slot if it named none.
+    def settled(self) -> None:
+        """A dispatched request ended, however: after the first, the first wave is over."""
+        self._first_answer.set()
+
+    def refused(
+        self, wait: float | None, *, sent_at: float | None = None, hold: bool = True
+    ) -> None:
+        """A 429: cut the share; hold the pool for the server's ``wait`` (one paced slot if none).
 
         ``wait`` is what :func:`pmock_batch.failures.server_wait` read from the
-        answer. A 429 for a request dispatched (at ``sent_at``) since the share
-        last changed also cuts the share: others may spend the limit too.
+        answer; ``hold`` is False when the job gives up instead of waiting. Only a
+        429 for a request dispatched (at ``sent_at``) since the share last
+        changed cuts it; without ``sent_at`` nothing says when it was sent.
         """
-        if wait is None:
-            rate = self.rate
-            wait = 1.0 / rate if rate else DEFAULT_REFUSED_HOLD
         now = self._clock()
-        whole = self._whole_rate
+        whole = self.whole_rate
         if whole is not None:
             self._refill(now)
-            if self.share.refused(now, sent_at, whole):
-                rpm = whole * self.share.value * 60.0
+            if self.share.refused(now, sent_at):
                 log.debug(
                     "sharing the limit: pacing at %.1f requests/min",
-                    rpm,
-                    extra={"event": "share", "rpm": round(rpm, 1)},
+                    whole * self.share.value * 60.0,
+                    extra={"event": "share", "share": round(self.share.value, 3)},
                 )
-        self.hold(wait, reason="HTTP 429")
+        if hold:
+            rate = self.rate
+            self.hold(
+                wait if wait is not None else 1.0 / rate if rate else DEFAULT_REFUSED_HOLD,
+                reason="HTTP 429",
+            )
 
-    def admitted(self) -> None:
-        """A 2xx: the share grows back a little (see :class:`Share`)."""
-        now = self._clock()
-        whole = self._whole_rate
-        if whole is not None:
-            self._refill(now)
-            self.share.grow(now, whole)
+    def observe(
+        self, headers: Mapping[str, str], *, sent_at: float | None = None, admitted: bool = False
+    ) -> None:
+        """Learn the rate limit from an answer's headers; hold if the budget is spent.
 
-    def observe(self, headers: Mapping[str, str], *, sent_at: float | None = None) -> None:
-        """Learn the rate limit from a response's headers; hold if the budget is spent.
-
+        ``admitted`` says the answer was a 2xx: the share grows a little.
         ``sent_at`` (on this pacer's clock) is when the request was dispatched.
         The server counted it on arrival, so a spent budget's reset runs from
         then, not from when the answer came back: a late answer holds the pool
@@ -278,9 +299,9 @@ class Pacer:
                 learned, self.learned_rpm, rel_tol=0.05
             ):
                 before = self.rate
-                now = self._clock()
-                self._refill(now)
-                self.share.restart(now, self._first_share if self.learned_rpm is None else None)
+                self._refill(self._clock())
+                if self.learned_rpm is None and self.user_rpm is None:  # --rpm is per run
+                    self.share.value = min(1.0, max(MIN_SHARE, self._first_share))
                 self.learned_rpm = learned
                 if self.rate != before and self.rate is not None:
                     log.info(
@@ -297,25 +318,34 @@ class Pacer:
                 wait -= self._clock() - sent_at
             if wait > 0:
                 self.hold(wait, reason="the server's rate-limit budget is spent")
+        now = self._clock()
+        self.share.answered(now)
+        self.settled()
+        whole = self.whole_rate
+        if admitted and whole is not None:
+            self._refill(now)
+            self.share.admitted(now, whole)
 
     def now(self) -> float:
         """The pacer's clock: what ``sent_at`` is measured on."""
         return self._clock()
 
 
-class Share:
-    """This client's share of a rate limit that others may spend too: AIMD, as TCP does.
+class LimitShare:
+    """A run's share of a rate limit that others may spend too: AIMD, as TCP does.
 
-    Limits belong to the organisation, so other runs (shards, colleagues) spend
-    the same budget, and pacing at the whole learned limit would send 429 after
-    429. A 429 for a request dispatched since the share last changed cuts it
-    (once per round trip, not once per refused request in flight): by 15 %
-    when the last cut was long ago (a lone client meets a window's edge now
-    and then), by half when it was recent (others are spending the budget).
-    Each admitted answer grows the share back by :data:`GROW` per slot of the
-    whole limit that passed, faster the longer no 429 came, up to the whole
-    limit. Clients that grow alike and are cut alike settle on even shares
-    that add up to the limit. Slots, not seconds, so a limit of 5 a minute
+    A limit is the organisation's, so other runs (shards, colleagues) spend
+    the same budget, and pacing at the whole learned limit would send 429
+    after 429. A 429 for a request dispatched since the share last changed
+    cuts it, so the 429s of requests already in flight cut it once, not once
+    each: by 15 % when the share is whole and no cut came for a quiet spell
+    (a lone run meets a window's edge now and then), else by half. Each
+    admitted answer grows it back by :data:`GROW` per slot of the whole limit
+    that passed since the last answer, faster the more slots passed without a
+    cut, up to the whole limit. An answer stands for at most the slots of one
+    request at the current share, so a long hold or a slow answer does not
+    undo a cut. Runs that grow alike and are cut alike settle on even shares
+    that add up to the limit. Slots, not seconds: a limit of 5 a minute
     probes as rarely, per request, as one of 1,200.
 
     Requests dispatched before the first answer (the first wave, sent before
@@ -324,33 +354,33 @@ class Share:
 
     def __init__(self, value: float = 1.0) -> None:
         self.value = value
-        self._since = math.inf  # when the share last changed, or the first answer came
-        self._grown_at = math.inf
-        self._cut_at = -math.inf
+        self._since = math.inf  # later dispatches count: the first answer, then each cut
+        self._answered_at = math.inf  # the last answer, from which the next one's slots count
+        self._slots = 0.0  # slots grown through since the last cut
+        self._cut = False  # whether any 429 cut the share yet
 
-    def restart(self, now: float, value: float | None = None) -> None:
-        """A limit was learned: requests dispatched before now say nothing about this share."""
-        if value is not None:
-            self.value = min(1.0, max(MIN_SHARE, value))
-        self._since = self._grown_at = now
+    def answered(self, now: float) -> None:
+        """Any answer: the first one starts the count."""
+        if self._since == math.inf:
+            self._since = self._answered_at = now
 
-    def refused(self, now: float, sent_at: float | None, whole_rate: float) -> bool:
-        """A 429 for a request dispatched at ``sent_at``; whether the share was cut."""
-        if self._since == math.inf:  # the first answer
-            self._since = self._grown_at = now
-        if sent_at is not None and sent_at <= self._since:
+    def refused(self, now: float, sent_at: float | None) -> bool:
+        """A 429 for a request dispatched at ``sent_at``; whether it cut the share."""
+        self.answered(now)
+        if sent_at is None or sent_at <= self._since:
             return False
-        alone = self.value == 1.0 and (now - self._cut_at) * whole_rate >= RECENT_SLOTS
-        self.value = max(MIN_SHARE, self.value * (FIRST_BACKOFF if alone else BACKOFF))
-        self._since = self._grown_at = self._cut_at = now
+        quiet = self.value == 1.0 and (not self._cut or self._slots >= QUIET_SLOTS)
+        self.value = max(MIN_SHARE, self.value * (FIRST_BACKOFF if quiet else BACKOFF))
+        self._since = self._answered_at = now
+        self._slots, self._cut = 0.0, True
         return True
 
-    def grow(self, now: float, whole_rate: float) -> None:
-        """An admitted answer: grow by the slots (of ``whole_rate`` per second) since the last."""
-        if self._since == math.inf:  # the first answer
-            self._since = now
-        slots = max(0.0, now - self._grown_at) * whole_rate
-        self._grown_at = now
+    def admitted(self, now: float, whole_rate: float) -> None:
+        """A 2xx, with the whole limit at ``whole_rate`` per second: grow the share."""
+        self.answered(now)
+        slots = min(max(0.0, now - self._answered_at) * whole_rate, 1.0 / self.value)
+        self._answered_at = now
+        self._slots += slots
         if self.value < 1.0:
-            accelerate = 1.0 + (now - self._since) * whole_rate / ACCELERATE
+            accelerate = 1.0 + self._slots / ACCELERATE
             self.value = min(1.0, self.value + GROW * slots * accelerate)

@@ -174,6 +174,11 @@ class Run:
         self._pacer = pacer
         self._batch_api = batch_api
 
+    @property
+    def pacer(self) -> Pacer:
+        """The run's pacer: its rate, its share of the limit, its holds."""
+        return self._pacer
+
     def stop(self) -> None:
         """Stop dispatching new jobs (SIGINT/SIGTERM). Jobs in flight may finish."""
         self._pool.stop()
@@ -242,7 +247,8 @@ async def run_batch(
             burst=min(config.concurrency, 4),
             sleep=pool.sleep,
             stopping=lambda: pool.stopping,
-            share=1 / shard.count if shard else 1.0,  # N shards spend one limit
+            share=1 / shard.count if shard else 1.0,  # N shards spend one limit...
+            first_wave=min(config.concurrency, 4) if shard else None,  # ... from the start
         )
         async with (
             ImagesClient(config) as client,

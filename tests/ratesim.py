@@ -165,7 +165,12 @@ async def _client(
     """One client (one run, or one shard of one) sending ``jobs`` requests to ``limiter``."""
     loop = asyncio.get_running_loop()
     pacer = Pacer(
-        rpm=rpm, burst=min(concurrency, 4), clock=loop.time, sleep=asyncio.sleep, share=share
+        rpm=rpm,
+        burst=min(concurrency, 4),
+        clock=loop.time,
+        sleep=asyncio.sleep,
+        share=share,
+        first_wave=min(concurrency, 4) if share < 1.0 else None,  # as run.py gives a shard
     )
     policy = RetryPolicy(rng=random.Random(seed), sleep=asyncio.sleep)
     todo = iter(range(jobs))
@@ -183,8 +188,7 @@ async def _client(
         await asyncio.sleep(latency)
         headers = style.limits(admission)
         if admission.allowed:
-            pacer.observe(headers, sent_at=sent_at)
-            pacer.admitted()
+            pacer.observe(headers, sent_at=sent_at, admitted=True)
             return None
         headers |= style.refusal(admission)
         result.refused += 1
@@ -192,8 +196,7 @@ async def _client(
         # What the direct runner does with a 429 (attempt.DirectRunner._answered).
         pacer.observe(exc.headers, sent_at=sent_at)
         failure = describe(exc, policy)
-        if failure.decision is Decision.RETRY:
-            pacer.refused(failure.wait, sent_at=sent_at)
+        pacer.refused(failure.wait, sent_at=sent_at, hold=failure.decision is Decision.RETRY)
         return exc
 
     async def worker() -> None:
