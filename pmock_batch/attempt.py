@@ -54,9 +54,12 @@ async def commit(sink: ImageSink, out_dir: Path, relative: str) -> Path:
 
 
 class RetryHook(Protocol):
-    """Told about each retry: the live progress shows who is backing off."""
+    """Told about each retry (the live progress shows who is backing off), and given the
+    record of an ``n > 1`` job after each image, so a kill loses none of them."""
 
     def retrying(self, job_id: str, attempt: int, wait: float, reason: str) -> None: ...
+
+    async def checkpoint(self, record: JobRecord) -> None: ...
 
 
 class _Stopped(Exception):
@@ -156,7 +159,14 @@ class DirectRunner:
         body = job.wire_body(self.config.field_case)
         error: ErrorRecord | None = None
         status: JobStatus = "ok"
+        kept = {f.path.rpartition(".")[0] for f in progress.files}  # an earlier run's images
+        if kept:
+            warnings.append(f"kept {len(kept)} image(s) an earlier run saved; made the rest")
         for index, stem in enumerate(job.stems, start=1):
+            if stem in kept:
+                continue
+            if len(progress.files) > len(kept):  # an image saved since: record it first
+                await self.hook.checkpoint(self._checkpoint(job, progress, started_at))
             try:
                 image, reply, relative = await self._image(job, stem, body, progress, index)
             except _Stopped:
@@ -180,6 +190,9 @@ class DirectRunner:
             progress.files.append(image.record(relative))
             add_usage(usage, reply.body.usage)
             revised = revised or reply.body.data[0].revised_prompt
+        if kept:  # in the order of the job's images, wherever the kept ones came
+            order = {stem: index for index, stem in enumerate(job.stems)}
+            progress.files.sort(key=lambda f: order.get(f.path.rpartition(".")[0], len(order)))
         return self._record(
             job,
             progress,
@@ -190,6 +203,21 @@ class DirectRunner:
             warnings=warnings,
             usage=usage or None,
             revised_prompt=revised,
+        )
+
+    def _checkpoint(self, job: Job, progress: Progress, started_at: str) -> JobRecord:
+        """An ``n > 1`` job's record between two images: what a kill leaves in the manifest."""
+        done = len(progress.files)
+        return self._record(
+            job,
+            progress,
+            status="failed",
+            error=ErrorRecord(
+                kind="interrupted",
+                message=f"stopped after {done} of {job.request.count} images; "
+                "a re-run makes only the rest",
+            ),
+            started_at=started_at,
         )
 
     def _react(self, job: Job, failure: Failure) -> None:

@@ -82,6 +82,10 @@ class Ledger(Protocol):
 
     async def is_done(self, job: Job) -> bool: ...
 
+    async def kept(self, job: Job) -> list[FileRecord]:
+        """The images an earlier run saved of an unfinished ``n > 1`` job: not made again."""
+        ...
+
     def skip(self, job: Job) -> None: ...
 
     async def record(self, records: list[JobRecord]) -> None: ...
@@ -204,7 +208,7 @@ class Pool:
             if self.stopping:
                 await ledger.record([self._unfinished(runner, job)])
                 continue
-            progress = Progress()
+            progress = Progress(files=await ledger.kept(job))  # paid for once already
             task = asyncio.create_task(runner.run(job, progress))
             self._tasks.add(task)
             self.in_flight += 1

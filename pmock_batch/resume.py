@@ -7,6 +7,10 @@ facts per job, never whole records, so it stays small for large batches.
 
 With several manifests (shards: ``manifest.shard-K-of-N.jsonl``), the newest
 ``ok`` record of a job across them decides: its files are the ones last written.
+
+An ``n > 1`` job that stopped part way (an image failed, the run was stopped
+or killed: the runner records each image as it lands) keeps its intact
+images: :meth:`DoneIndex.kept` names them, so a re-run pays only for the rest.
 """
 
 from __future__ import annotations
@@ -16,8 +20,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from .files import contained_file, open_regular, sha256_of
 from .jobs import Job
+from .models import FileRecord
 
 __all__ = ["DoneIndex"]
 
@@ -29,8 +36,29 @@ class _Done:
     at: str = ""  # finished_at (ISO 8601 UTC): the newest across manifests decides
 
 
-def _latest(path: Path) -> Iterator[tuple[str, _Done | None]]:
-    """Yield ``(id, done-or-None)`` for every well-formed record, in log order.
+@dataclass(frozen=True, slots=True)
+class _Part:
+    """Some of a job's images: the record of an ``n > 1`` job that stopped part way."""
+
+    fingerprint: str
+    files: tuple[FileRecord, ...]
+
+
+def _part(data: dict[str, object]) -> _Part | None:
+    """The saved images of a ``failed`` or ``not_run`` record, if it names any."""
+    files, fingerprint = data.get("files"), data.get("fingerprint")
+    if data.get("status") not in ("failed", "not_run") or not isinstance(fingerprint, str):
+        return None
+    if not isinstance(files, list) or not files:
+        return None
+    try:
+        return _Part(fingerprint, tuple(FileRecord.model_validate(f) for f in files))
+    except ValidationError:
+        return None
+
+
+def _latest(path: Path) -> Iterator[tuple[str, _Done | _Part | None]]:
+    """Yield ``(id, done, a part, or None)`` for every well-formed record, in log order.
 
     A missing manifest yields nothing. One that is not a regular file (a link, a FIFO)
     raises :class:`OSError` at once, never blocking: the run checked it before."""
@@ -46,7 +74,7 @@ def _latest(path: Path) -> Iterator[tuple[str, _Done | None]]:
                 continue  # a torn line left by a crash
             if not isinstance(data, dict) or not isinstance(data.get("id"), str):
                 continue
-            done: _Done | None = None
+            done: _Done | _Part | None = _part(data)
             if data.get("status") == "ok" and isinstance(data.get("fingerprint"), str):
                 try:
                     files = tuple(
@@ -62,8 +90,11 @@ def _latest(path: Path) -> Iterator[tuple[str, _Done | None]]:
 class DoneIndex:
     """The jobs the manifests record as done, by id."""
 
-    def __init__(self, entries: dict[str, _Done] | None = None) -> None:
+    def __init__(
+        self, entries: dict[str, _Done] | None = None, parts: dict[str, _Part] | None = None
+    ) -> None:
         self._entries = entries or {}
+        self._parts = parts or {}  # jobs whose latest record kept some of their images
 
     @classmethod
     def load(cls, manifest: Path) -> DoneIndex:
@@ -75,18 +106,21 @@ class DoneIndex:
         """Read several logs (``manifest.jsonl`` and the shards'): in each, the latest
         record of an id decides; across them, the newest of those that are ``ok``."""
         entries: dict[str, _Done] = {}
+        parts: dict[str, _Part] = {}
         for manifest in manifests:
             own: dict[str, _Done] = {}
             for job_id, done in _latest(manifest):
-                if done is None:
-                    own.pop(job_id, None)
-                else:
+                own.pop(job_id, None)
+                parts.pop(job_id, None)
+                if isinstance(done, _Done):
                     own[job_id] = done
+                elif isinstance(done, _Part):
+                    parts[job_id] = done
             for job_id, done in own.items():
                 seen = entries.get(job_id)
                 if seen is None or done.at >= seen.at:
                     entries[job_id] = done
-        return cls(entries)
+        return cls(entries, parts)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -100,22 +134,41 @@ class DoneIndex:
         done = self._entries.get(job.id)
         return done is not None and self._intact(done, job, out_dir, verify=verify)
 
+    def kept(self, job: Job, out_dir: Path, *, verify: bool = False) -> list[FileRecord]:
+        """The intact images an earlier run saved of ``job`` (the same request) and did not
+        finish: a re-run makes only the others. Hashes the files with ``verify``."""
+        part = self._parts.get(job.id)
+        if part is None or part.fingerprint != job.fingerprint:
+            return []
+        stems = set(job.stems)
+        return [
+            f
+            for f in part.files
+            if f.path.rpartition(".")[0] in stems
+            and _file_intact(out_dir, f.path, f.bytes, f.sha256, verify=verify)
+        ]
+
     @staticmethod
     def _intact(done: _Done, job: Job, out_dir: Path, *, verify: bool) -> bool:
         if done.fingerprint != job.fingerprint:
             return False
         if len(done.files) != job.request.count:
             return False
-        for relative, size, sha256 in done.files:
-            # A record is text anyone may edit: only regular files inside OUT count.
-            target = contained_file(out_dir, relative)
-            if target is None:
-                return False
-            try:
-                if target.stat().st_size != size:
-                    return False
-            except OSError:
-                return False
-            if verify and sha256_of(target, size) != sha256:
-                return False
-        return True
+        return all(
+            _file_intact(out_dir, relative, size, sha256, verify=verify)
+            for relative, size, sha256 in done.files
+        )
+
+
+def _file_intact(out_dir: Path, relative: str, size: int, sha256: str, *, verify: bool) -> bool:
+    """Whether ``relative`` is a regular file inside OUT with this size (and hash)."""
+    # A record is text anyone may edit: only regular files inside OUT count.
+    target = contained_file(out_dir, relative)
+    if target is None:
+        return False
+    try:
+        if target.stat().st_size != size:
+            return False
+    except OSError:
+        return False
+    return not verify or sha256_of(target, size) == sha256

@@ -32,7 +32,7 @@ from .failures import Where
 from .files import check_own_file, contained_file, remove_file, remove_stray_temps
 from .jobs import InvalidLine, Job
 from .manifest import ManifestWriter, compact, stale_records
-from .models import JobRecord
+from .models import FileRecord, JobRecord
 from .pacing import Pacer
 from .pool import Pool
 from .report import write_report
@@ -120,6 +120,28 @@ class Ledger:
             await asyncio.sleep(0)  # a long run of skips must not starve jobs in flight
         return self.done.is_done(job, self.out_dir)
 
+    async def kept(self, job: Job) -> list[FileRecord]:
+        if self.done is None or job.request.count < 2:  # only an n > 1 job stops part way
+            return []
+        if self.verify:
+            return await asyncio.to_thread(self.done.kept, job, self.out_dir, verify=True)
+        return self.done.kept(job, self.out_dir)
+
+    async def checkpoint(self, record: JobRecord) -> None:
+        """Append an unfinished job's record now, uncounted: its images so far survive a
+        kill. The job's final record, appended later, supersedes it."""
+        await self._append([record])
+
+    async def _append(self, records: list[JobRecord]) -> None:
+        try:
+            await self.manifest.append_many(records)
+        except OSError as exc:
+            self._on_write_error(
+                f"cannot write to the output directory {self.out_dir}: cannot write the "
+                f"manifest {self.manifest.path}: {exc.strerror or exc}; "
+                "free some disk space or fix its permissions"
+            )
+
     def skip(self, job: Job) -> None:
         self.keys.add(job.id)
         self.skipped_lines[job.id] = job.line
@@ -153,14 +175,7 @@ class Ledger:
                     },
                 )
             self.observer.job_done(record)
-        try:
-            await self.manifest.append_many(records)
-        except OSError as exc:
-            self._on_write_error(
-                f"cannot write to the output directory {self.out_dir}: cannot write the "
-                f"manifest {self.manifest.path}: {exc.strerror or exc}; "
-                "free some disk space or fix its permissions"
-            )
+        await self._append(records)
 
 
 class Run:

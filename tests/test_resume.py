@@ -352,3 +352,114 @@ async def test_prune_never_deletes_a_file_a_current_job_owns(tmp_path, make_mock
     again = server.stats.requests
     assert (await run_cli(argv, capsys)).code == 0
     assert server.stats.requests == again  # nothing to pay for twice
+
+
+# -- an n > 1 job that stopped part way keeps what was paid for ---------------------------
+
+
+def _fox_jobs(tmp_path: Path, n: int = 3) -> Path:
+    return write_jobs(
+        tmp_path / "jobs.jsonl",
+        [{"id": "fox", "prompt": "a fox", "n": n}, {"id": "owl", "prompt": "an owl"}],
+    )
+
+
+def _files(out: Path, record: dict[str, object]) -> dict[str, tuple[str, int]]:
+    """path -> (sha256 on disk, inode): a file written again gets a new inode."""
+    paths = [str(f["path"]) for f in record["files"]]  # type: ignore[index, union-attr]
+    return {
+        p: (hashlib.sha256((out / p).read_bytes()).hexdigest(), (out / p).stat().st_ino)
+        for p in paths
+    }
+
+
+async def test_a_partly_failed_n_job_makes_only_its_missing_images(tmp_path, make_mock, capsys):
+    server = await make_mock(MockOptions(script={"a fox": ["ok", "ok", "moderation"]}))
+    jobs, out = _fox_jobs(tmp_path), tmp_path / "out"
+    argv = [str(jobs), "--base-url", server.base_url, "--out", str(out)]
+    assert (await run_cli(argv, capsys)).code == 1
+    fox = by_id(read_manifest(out))["fox"]
+    assert fox["status"] == "failed" and len(fox["files"]) == 2
+    before = _files(out, fox)
+    assert (await run_cli(argv, capsys)).code == 0
+    assert server.stats.attempts["a fox"] == 4  # three, then only the missing one
+    assert server.stats.attempts["an owl"] == 1
+    fox = by_id(read_manifest(out))["fox"]
+    assert fox["status"] == "ok"
+    assert [f["path"] for f in fox["files"]] == ["fox-1.png", "fox-2.png", "fox-3.png"]
+    after = _files(out, fox)
+    assert {p: after[p] for p in before} == before  # the same bytes, never written again
+    assert fox["warnings"] == ["kept 2 image(s) an earlier run saved; made the rest"]
+    for path in after:
+        open_image(out / path)
+    assert (await run_cli(argv, capsys)).code == 0  # done now: nothing more is sent
+    assert server.stats.requests == 5
+
+
+async def test_a_crash_between_the_images_of_an_n_job_loses_none(tmp_path, make_mock):
+    server = await make_mock(MockOptions())
+    _fox_jobs(tmp_path, n=4)
+    out = tmp_path / "out"
+    writes = 0
+
+    async def crashing_writer(sink: ImageSink, out_dir: Path, relative: str) -> Path:
+        nonlocal writes
+        if relative.startswith("fox-"):
+            writes += 1
+            if writes == 3:
+                raise Crash
+        return await commit(sink, out_dir, relative)
+
+    with pytest.raises(Crash):
+        await _batch(tmp_path, server.base_url, writer=crashing_writer)
+    assert server.stats.attempts["a fox"] == 3
+    fox = by_id(read_manifest(out))["fox"]  # the record written before image 3 was asked for
+    assert fox["status"] == "failed" and fox["error"]["kind"] == "interrupted"
+    assert [f["path"] for f in fox["files"]] == ["fox-1.png", "fox-2.png"]
+    summary = await _batch(tmp_path, server.base_url)
+    assert server.stats.attempts["a fox"] == 5  # images 3 and 4 only
+    assert summary.ok >= 1 and summary.failed == 0
+    fox = by_id(read_manifest(out))["fox"]
+    assert fox["status"] == "ok" and len(fox["files"]) == 4
+
+
+async def test_a_changed_or_damaged_image_is_made_again(tmp_path, make_mock, capsys):
+    server = await make_mock(MockOptions(script={"a fox": ["ok", "ok", "moderation"]}))
+    jobs, out = _fox_jobs(tmp_path), tmp_path / "out"
+    argv = [str(jobs), "--base-url", server.base_url, "--out", str(out)]
+    assert (await run_cli(argv, capsys)).code == 1
+    (out / "fox-1.png").write_bytes(b"not the image")  # another size: not kept
+    assert (await run_cli(argv, capsys)).code == 0
+    assert server.stats.attempts["a fox"] == 5  # images 1 and 3
+    fox = by_id(read_manifest(out))["fox"]
+    assert fox["status"] == "ok" and fox["warnings"][0].startswith("kept 1 image(s)")
+    open_image(out / "fox-1.png")
+    jobs.write_text(jobs.read_text().replace("a fox", "a red fox"))  # another request
+    assert (await run_cli(argv, capsys)).code == 0
+    assert server.stats.attempts["a red fox"] == 3  # all three: nothing kept across requests
+
+
+async def test_kill_9_between_the_images_of_an_n_job_then_rerun(tmp_path, make_mock):
+    """A real kill -9 while image 3 of 3 hangs: the re-run asks only for image 3."""
+    server = await make_mock(MockOptions(script={"a fox": ["ok", "ok", "hang"]}))
+    jobs, out = _fox_jobs(tmp_path), tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if k != "PMOCK_BASE_URL"}
+    env["PYTHONPATH"] = str(ROOT)
+    argv = [sys.executable, "-m", "pmock_batch", str(jobs), "--base-url", server.base_url]
+    argv += ["--out", str(out), "--concurrency", "1"]
+    proc = await asyncio.create_subprocess_exec(*argv, env=env, stderr=asyncio.subprocess.DEVNULL)
+    manifest = out / "manifest.jsonl"
+    for _ in range(2000):
+        if server.stats.attempts["a fox"] == 3 and manifest.exists():
+            lines = manifest.read_text().splitlines()
+            if any('"fox-2.png"' in line for line in lines):
+                break
+        await asyncio.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    await proc.wait()
+    proc = await asyncio.create_subprocess_exec(*argv, env=env, stderr=asyncio.subprocess.PIPE)
+    _, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    assert server.stats.attempts["a fox"] == 4
+    fox = by_id(read_manifest(out))["fox"]
+    assert fox["status"] == "ok" and len(fox["files"]) == 3
