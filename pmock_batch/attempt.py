@@ -213,7 +213,7 @@ class DirectRunner:
             progress,
             status="failed",
             error=ErrorRecord(
-                kind="interrupted",
+                kind="not_run",
                 message=f"stopped after {done} of {job.request.count} images; "
                 "a re-run makes only the rest",
             ),

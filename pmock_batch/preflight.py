@@ -199,8 +199,13 @@ def plan_run(
         if done.is_done(item, out_dir, verify=verify):
             plan.done += 1
             continue
-        _add_cost(plan, item, prices)
+        kept = set()  # the images of an n > 1 job an earlier run saved: not owed
+        if item.request.count > 1:
+            kept = {f.path.rpartition(".")[0] for f in done.kept(item, out_dir, verify=verify)}
+        _add_cost(plan, item, prices, item.request.count - len(kept))
         for stem in item.stems:
+            if stem in kept:
+                continue
             if len(plan.files) < limit:
                 plan.files.append((out_dir / file_name(stem, item.request.format), item.line))
             else:
@@ -210,14 +215,13 @@ def plan_run(
     return plan
 
 
-def _add_cost(plan: Plan, job: Job, prices: Prices) -> None:
-    """Add an owed job's images to the plan's estimate, by model, size and quality."""
+def _add_cost(plan: Plan, job: Job, prices: Prices, count: int) -> None:
+    """Add an owed job's ``count`` images to the plan's estimate, by model, size and quality."""
     request = job.request
     entry = prices.lookup(request.model)
     unit = entry.image_price(request.size, request.quality) if entry is not None else None
     key = (request.model, request.size or "auto", request.quality or "auto")
     images, usd = plan.costs.get(key, (0, 0.0))
-    count = request.count
     total = None if unit is None or usd is None else usd + unit * count
     plan.costs[key] = (images + count, total)
 

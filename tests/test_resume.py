@@ -381,6 +381,9 @@ async def test_a_partly_failed_n_job_makes_only_its_missing_images(tmp_path, mak
     fox = by_id(read_manifest(out))["fox"]
     assert fox["status"] == "failed" and len(fox["files"]) == 2
     before = _files(out, fox)
+    plan = await run_cli([*argv, "--dry-run"], capsys)
+    assert "Estimated cost of the 1 owed image(s)" in plan.out  # fox-3; the owl is done
+    assert "fox-3.png" in plan.out and "fox-1.png" not in plan.out
     assert (await run_cli(argv, capsys)).code == 0
     assert server.stats.attempts["a fox"] == 4  # three, then only the missing one
     assert server.stats.attempts["an owl"] == 1
@@ -414,7 +417,7 @@ async def test_a_crash_between_the_images_of_an_n_job_loses_none(tmp_path, make_
         await _batch(tmp_path, server.base_url, writer=crashing_writer)
     assert server.stats.attempts["a fox"] == 3
     fox = by_id(read_manifest(out))["fox"]  # the record written before image 3 was asked for
-    assert fox["status"] == "failed" and fox["error"]["kind"] == "interrupted"
+    assert fox["status"] == "failed" and fox["error"]["kind"] == "not_run"
     assert [f["path"] for f in fox["files"]] == ["fox-1.png", "fox-2.png"]
     summary = await _batch(tmp_path, server.base_url)
     assert server.stats.attempts["a fox"] == 5  # images 3 and 4 only
