@@ -37,6 +37,7 @@ from .models import ErrorRecord, JobRecord, JobStatus
 from .pacing import Pacer
 from .pool import Pool, Progress
 from .records import invalid_record, job_record, now, unfinished_record
+from .resume import kept_warning
 from .retry import RetryPolicy
 from .tally import add_usage
 from .tripwire import Tripwire
@@ -161,7 +162,7 @@ class DirectRunner:
         status: JobStatus = "ok"
         kept = {f.path.rpartition(".")[0] for f in progress.files}  # an earlier run's images
         if kept:
-            warnings.append(f"kept {len(kept)} image(s) an earlier run saved; made the rest")
+            warnings.append(kept_warning(len(kept)))
         for index, stem in enumerate(job.stems, start=1):
             if stem in kept:
                 continue

@@ -26,7 +26,7 @@ from .files import contained_file, open_regular, sha256_of
 from .jobs import Job
 from .models import FileRecord
 
-__all__ = ["DoneIndex"]
+__all__ = ["DoneIndex", "kept_warning"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +34,11 @@ class _Done:
     fingerprint: str
     files: tuple[tuple[str, int, str], ...]  # (path relative to OUT, bytes, sha256)
     at: str = ""  # finished_at (ISO 8601 UTC): the newest across manifests decides
+
+
+def kept_warning(count: int) -> str:
+    """The warning on the record of a job that kept ``count`` images of an earlier run."""
+    return f"kept {count} image(s) an earlier run saved; made the rest"
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,9 +50,11 @@ class _Part:
 
 
 def _part(data: dict[str, object]) -> _Part | None:
-    """The saved images of a ``failed`` or ``not_run`` record, if it names any."""
+    """The saved images of a ``failed``, ``not_run`` or ``pending`` record, if it names any."""
     files, fingerprint = data.get("files"), data.get("fingerprint")
-    if data.get("status") not in ("failed", "not_run") or not isinstance(fingerprint, str):
+    if data.get("status") not in ("failed", "not_run", "pending"):
+        return None
+    if not isinstance(fingerprint, str):
         return None
     if not isinstance(files, list) or not files:
         return None

@@ -166,6 +166,16 @@ async def test_error_rows_fail_and_are_not_resubmitted(fake, tmp_path):
     assert [f["path"] for f in records["owl"]["files"]] == ["owl-1.png"]
     again = await _run(tmp_path, url)  # a failed job is owed again next run
     assert again.failed == 2 and len(api.batches) == 2
+    second = list(api.rows_by_batch.values())[1]
+    assert sorted(second) == ["fox", "owl-2"]  # owl-1 was saved: never submitted again
+    api.fail = set()
+    third = await _run(tmp_path, url)
+    assert (third.ok, third.skipped) == (2, 1)
+    assert sorted(list(api.rows_by_batch.values())[2]) == ["fox", "owl-2"]
+    owl = by_id(read_manifest(tmp_path / "out"))["owl"]
+    assert owl["status"] == "ok"
+    assert [f["path"] for f in owl["files"]] == ["owl-1.png", "owl-2.png"]
+    assert owl["warnings"] == ["kept 1 image(s) an earlier run saved; made the rest"]
 
 
 async def test_mixed_direct_and_batch_history(fake, tmp_path):

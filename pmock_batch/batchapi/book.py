@@ -17,6 +17,7 @@ from typing import Any
 from ..jobs import Job
 from ..models import ErrorRecord, FileRecord, JobRecord, JobStatus
 from ..pool import Progress
+from ..resume import kept_warning
 from ..tally import add_usage
 
 __all__ = ["Book", "Entry", "now"]
@@ -53,12 +54,24 @@ class Entry:
 class Book:
     """The owed jobs of a run, by the ``custom_id`` of each of their images."""
 
-    def __init__(self, jobs: list[Job], *, field_case: str = "snake") -> None:
+    def __init__(
+        self,
+        jobs: list[Job],
+        *,
+        field_case: str = "snake",
+        kept: dict[str, list[FileRecord]] | None = None,
+    ) -> None:
+        """``kept``: by job id, the images an earlier run saved of it (not owed again)."""
         self.field_case = field_case
         self.entries: dict[str, Entry] = {}
         self._by_cid: dict[str, tuple[Entry, int]] = {}
         for job in jobs:
-            entry = self.entries[job.id] = Entry(job, set(range(job.request.count)))
+            index_of = {stem: index for index, stem in enumerate(job.stems)}
+            files = {index_of[f.path.rpartition(".")[0]]: f for f in (kept or {}).get(job.id, [])}
+            entry = Entry(job, set(range(job.request.count)) - files.keys(), files=files)
+            if files:
+                entry.warnings.append(kept_warning(len(files)))
+            self.entries[job.id] = entry
             for index, stem in enumerate(job.stems):
                 self._by_cid[stem] = (entry, index)
 

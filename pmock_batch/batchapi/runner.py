@@ -28,6 +28,7 @@ from ..errors import APIError, Decision, InputFileError
 from ..failures import Where, abort_message, describe
 from ..images import ImageSink
 from ..jobs import InvalidLine, Job
+from ..models import FileRecord
 from ..pool import Ledger, Pool
 from ..records import invalid_record
 from .book import Book
@@ -125,6 +126,7 @@ class BatchRunner:
 
     async def run(self, items: Iterable[Job | InvalidLine]) -> None:
         owed: list[Job] = []
+        kept: dict[str, list[FileRecord]] = {}  # images an earlier run saved: not owed
         for item in items:
             if isinstance(item, InvalidLine):
                 await self.ledger.record([invalid_record(item)])
@@ -132,7 +134,10 @@ class BatchRunner:
                 self.ledger.skip(item)
             else:
                 owed.append(item)
-        self.book = Book(owed, field_case=self.field_case)
+                files = await self.ledger.kept(item)
+                if 0 < len(files) < item.request.count:
+                    kept[item.id] = files
+        self.book = Book(owed, field_case=self.field_case, kept=kept)
         self.state = await asyncio.to_thread(
             BatchState.load, self.out_dir, on_step=self.options.on_step
         )
