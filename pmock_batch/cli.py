@@ -25,30 +25,15 @@ from . import console
 from .batchapi import BatchOptions, BatchState
 from .batches import batches
 from .capabilities import load_capabilities
-from .config import DEFAULT_MAX_RETRY_WAIT
 from .errors import LockedError, OutputPathError, PmockBatchError, UsageError
 from .flags import (
-    BATCH_FLAGS,
-    CA_ENV,
-    COUNT,
     FILE,
-    HEADER,
+    HELP_ALL,
     HELP_STYLE,
-    POSITIVE,
-    POSITIVE_INT,
-    PROXY_ENV,
     REQUEST_DEFAULTS,
-    SECONDS,
-    SHARD_FLAGS,
+    RUN_FLAGS,
     DefaultGroup,
-    end,
-    inp,
-    logs,
-    net,
-    out,
     panel,
-    pool,
-    req,
 )
 from .jobs import Defaults, iter_jobs, scan
 from .lock import run_lock
@@ -146,47 +131,11 @@ def cli() -> None:
 @cli.command(
     "run",
     epilog="Exit codes: 0 all ok, 1 some jobs not ok, 2 usage error or invalid job file, "
-    "3 run aborted, 4 OUT locked by another run, 5 spending cap reached, 130 interrupted. "
-    "Other commands: validate, report, batches, merge, mock-server.",
+    "3 run aborted, 4 OUT locked, 5 spending cap reached, 130 interrupted. "
+    "Every flag: --help-all. Commands: validate, report, batches, merge, mock-server.",
 )
-@rclick.argument("jobs", type=FILE, metavar="JOBS", panel="Input", help="the JSONL job file")
-@inp("--skip-invalid", help="run the valid lines, record the others, exit 1")
-@inp("--dry-run", help="validate and print the plan; send nothing")
-@inp("--force", help="redo the jobs a previous run finished too")
-@inp("--prune", help="drop jobs gone from JOBS, and their files")
-@inp("--verify", help="on resume, check SHA-256s, not just sizes")
-@REQUEST_DEFAULTS
-@req("--stream", help="stream answers as server-sent events: partial images, then the image")
-@end("--base-url", "URL", str, None, "base URL", shown=f"${cfg.BASE_URL_ENV} or pmock's")
-@end(
-    "--mock",
-    help="offline, against a built-in mock: see 'pmock-batch mock-server --help' for its "
-    "flags, here with a mock- prefix",
-)
-@end("--field-case", None, ("snake", "camel"), "snake", "JSON field names")
-@end("--timeout", "SECONDS", POSITIVE, cfg.DEFAULT_TIMEOUT, "per request")
-@end("--connect-timeout", "SECONDS", POSITIVE, cfg.DEFAULT_CONNECT_TIMEOUT, "to connect")
-@net("--api-key-env", "NAME", str, cfg.API_KEY_ENV, "variable with the API key")
-@net("--header", "'NAME: VALUE'", str, (), "extra API header; repeatable", **HEADER)
-@net("--proxy", "URL", str, None, "'' for none", shown=PROXY_ENV)
-@net("--ca-bundle", "FILE", FILE, None, "CAs to trust, PEM", shown=CA_ENV)
-@pool("--concurrency", "N", POSITIVE_INT, cfg.DEFAULT_CONCURRENCY, "requests in flight")
-@pool("--rpm", "N", POSITIVE, None, "requests per minute", shown="learned")
-@pool("--max-attempts", "N", POSITIVE_INT, cfg.DEFAULT_MAX_ATTEMPTS, "attempts per image")
-@pool("--max-billed-retries", "N", COUNT, cfg.DEFAULT_MAX_BILLED_RETRIES, "billed retries")
-@pool("--max-retry-wait", "SECONDS", POSITIVE, DEFAULT_MAX_RETRY_WAIT, "longest Retry-After")
-@pool("--grace", "SECONDS", SECONDS, cfg.DEFAULT_GRACE, "for jobs in flight after Ctrl-C")
-@pool("--max-images", "N", POSITIVE_INT, None, "billed images at most, then exit 5", shown="none")
-@pool("--max-cost", "USD", POSITIVE, None, "estimated spend at most, then exit 5", shown="none")
-@out("--out", "DIR", FILE, None, "output directory", shown="out/<JOBS name without extension>")
-@out("--prices", "FILE", FILE, None, "your own price table, TOML", shown="none")
-@out("--save-partials", help="with streaming, keep the partial images in OUT/.partials/")
-@logs("--quiet", short="-q", help="errors and the summary only")
-@logs("--verbose", short="-v", help="log every attempt, never the key")
-@logs("--log-format", None, ("text", "json"), "text", "json: one object a line")
-@logs("--json", help="the summary as JSON on stdout too")
-@BATCH_FLAGS
-@SHARD_FLAGS
+@RUN_FLAGS
+@HELP_ALL
 @mock_flags(prefix="mock-", hidden=True)
 def run(**o: Any) -> int:
     """Turn JOBS, a JSONL file of prompts, into images in OUT, with a manifest.
@@ -328,6 +277,7 @@ def _exit_code(summary: Summary) -> int:
 @cli.command("validate")
 @rclick.argument("jobs", type=FILE, metavar="JOBS", help="the JSONL job file")
 @REQUEST_DEFAULTS
+@HELP_ALL
 def validate(**o: Any) -> int:
     """Check a job file without sending anything. Exit 0 if valid, 2 if not."""
     caps = load_capabilities(o["capabilities"])
