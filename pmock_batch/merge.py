@@ -16,7 +16,8 @@ OUT). A record whose images fail is not merged as ``ok``.
 
 A crash is harmless: images first (each atomic), then the new manifest
 (atomic), and only then are OUT's shard manifests removed; an interrupted
-merge is simply run again. It holds OUT's lock and every shard lock.
+merge is simply run again. It holds OUT's lock and every shard lock, and refuses an
+other folder a run is writing (it only probes their locks).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import rich_click as rclick
 from pydantic import ValidationError
 
 from .config import MANIFEST_NAME
-from .errors import MergeConflictError, PmockBatchError, UsageError
+from .errors import LockedError, MergeConflictError, PmockBatchError, UsageError
 from .files import (
     AtomicFile,
     check_own_file,
@@ -46,7 +47,7 @@ from .files import (
     sha256_of,
 )
 from .flags import FILE
-from .lock import LOCK_NAME, run_lock
+from .lock import LOCK_NAME, held, run_lock
 from .models import ErrorRecord, JobRecord
 from .report import REPORT_NAME, write_report
 from .text import printable
@@ -129,6 +130,16 @@ def _shard_locks(out: Path) -> list[str]:
     for manifest in _shard_names(out, SHARD_MANIFEST):
         names.add(LOCK_NAME + manifest.removeprefix("manifest").removesuffix(".jsonl"))
     return sorted(names)
+
+
+def _check_idle(other: Path) -> None:
+    """Raise :class:`LockedError` if a run (or a shard) is writing ``other`` right now."""
+    for name in (LOCK_NAME, *_shard_locks(other)):
+        if held(other, name):
+            raise LockedError(
+                f"a pmock-batch run is writing {other} (it holds {other / name}); "
+                "merge it once that run ends; nothing was merged"
+            )
 
 
 def _sources(out: Path, others: Sequence[Path], result: MergeResult) -> list[_Source]:
@@ -264,6 +275,8 @@ def merge_outputs(out: Path, others: Sequence[Path], *, prefer_newest: bool = Fa
         locks.enter_context(run_lock(out))
         for name in _shard_locks(out):
             locks.enter_context(run_lock(out, name=name))
+        for other in others:  # only looked at: another folder may be read-only
+            _check_idle(other)
         remove_stray_temps(out)
         check_own_file(out, REPORT_NAME)
         sources = _sources(out, others, result)

@@ -170,6 +170,23 @@ async def test_merge_refuses_while_out_or_a_shard_is_locked(tmp_path, make_mock,
     assert _snapshot(out) == {}
 
 
+@pytest.mark.parametrize("lock", [".lock", ".lock.shard-0-of-2"])
+async def test_merge_refuses_an_other_out_a_run_is_writing(tmp_path, make_mock, capsys, lock):
+    server = await make_mock(MockOptions())
+    a, b, out = tmp_path / "a", tmp_path / "b", tmp_path / "out"
+    await _run(tmp_path, "a", _lines(range(2)), a, server, capsys)
+    await _run(tmp_path, "b", _lines(range(2, 4)), b, server, capsys)
+    with run_lock(b, name=lock):
+        result = await run_cli(["merge", str(out), str(a), str(b)], capsys)
+    assert result.code == 4, result.err
+    assert f"a pmock-batch run is writing {b}" in result.err and str(b / lock) in result.err
+    assert _snapshot(out) == {}
+    assert (b / lock).exists()  # left behind, but no one holds it: no bar
+    result = await run_cli(["merge", str(out), str(a), str(b)], capsys)
+    assert result.code == 0, result.err
+    assert len(read_manifest(out)) == 4
+
+
 async def test_a_crash_at_any_step_loses_nothing(tmp_path, make_mock, capsys, monkeypatch):
     server = await make_mock(MockOptions())
     a, out = tmp_path / "a", tmp_path / "out"
