@@ -51,7 +51,7 @@ from .preflight import (
 from .prices import load_prices
 from .report import write_report
 from .run import Run, run_batch
-from .shards import shard_from_flags, shard_total
+from .shards import manifest_paths, shard_from_flags, shard_total
 from .tally import Summary
 from .version import __version__
 
@@ -299,11 +299,15 @@ def validate(**o: Any) -> int:
 )
 def report(out: Path, thumbnails: bool) -> int:
     """Regenerate OUT/report.html from OUT/manifest.jsonl alone."""
+    shards = len(manifest_paths(out)) - 1 if out.is_dir() else 0
+    merge_hint = f"'pmock-batch merge {out}' folds the {shards} shard manifest(s) in OUT into it"
     if not (out / cfg.MANIFEST_NAME).is_file():  # checked before the lock would create OUT
-        raise UsageError(f"no {cfg.MANIFEST_NAME} in {out}")
+        raise UsageError(f"no {cfg.MANIFEST_NAME} in {out}" + (f"; {merge_hint}" if shards else ""))
     with run_lock(out):
         path = write_report(out, thumbnails=thumbnails)
     click.echo(f"Wrote {path}", err=True)
+    if shards:
+        click.echo(f"note: the report leaves out the shards' jobs; {merge_hint}", err=True)
     return EXIT_OK
 
 

@@ -371,3 +371,22 @@ async def test_dry_run_plans_the_share_only(tmp_path, capsys):
     assert f": {len(mine)} job(s), {images} image(s), into " in result.out
     assert f"0 already done, {len(mine)} to run" in result.out
     assert not (tmp_path / "out").exists()
+
+
+async def test_report_names_the_shard_manifests_it_leaves_out(tmp_path, make_mock, capsys):
+    server = await make_mock(MockOptions())
+    jobs = write_jobs(tmp_path / "jobs.jsonl", _lines(6))
+    out = tmp_path / "out"
+    for k in range(2):
+        await _shard_run(jobs, out, server.base_url, Shard(k, 2))
+    alone = await run_cli(["report", str(out)], capsys)
+    assert alone.code == 2
+    assert f"'pmock-batch merge {out}' folds the 2 shard manifest(s)" in alone.err
+    argv = [str(jobs), "--base-url", server.base_url, "--out", str(out)]
+    assert (await run_cli(argv, capsys)).code == 0  # manifest.jsonl: the shards' jobs skipped
+    beside = await run_cli(["report", str(out)], capsys)
+    assert beside.code == 0, beside.err
+    assert "note: the report leaves out the shards' jobs" in beside.err
+    assert (await run_cli(["merge", str(out)], capsys)).code == 0
+    merged = await run_cli(["report", str(out)], capsys)
+    assert merged.code == 0 and "note:" not in merged.err
