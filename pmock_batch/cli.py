@@ -279,7 +279,10 @@ def _exit_code(summary: Summary) -> int:
 @REQUEST_DEFAULTS
 @HELP_ALL
 def validate(**o: Any) -> int:
-    """Check a job file without sending anything. Exit 0 if valid, 2 if not."""
+    """Check a job file without sending anything. Exit 0 if valid, 2 if not.
+
+    Flags are off unless given.
+    """
     caps = load_capabilities(o["capabilities"])
     check_jobs_file(o["jobs"])
     result = scan(o["jobs"], defaults=_defaults(o), caps=caps, inputs=o["inputs"])

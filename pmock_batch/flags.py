@@ -155,6 +155,7 @@ REQUEST_DEFAULTS = _apply(
     ),
     req("--capabilities", "FILE", FILE, None, "your own TOML table", shown="none", more=True),
     inp("--inputs", "DIR", DIR, None, "a folder edits' image files may be in", shown="none"),
+    req("--stream", help="stream answers as server-sent events: partial images, then the image"),
 )
 
 
@@ -205,7 +206,6 @@ RUN_FLAGS = _apply(  # the run command's, in --help's order
     inp("--prune", help="drop jobs gone from JOBS, and their files"),
     inp("--verify", help="on resume, check SHA-256s, not just sizes"),
     REQUEST_DEFAULTS,
-    req("--stream", help="stream answers as server-sent events: partial images, then the image"),
     end("--base-url", "URL", str, None, "base URL", shown=f"${cfg.BASE_URL_ENV} or pmock's"),
     end(
         "--mock",

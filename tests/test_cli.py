@@ -526,7 +526,7 @@ def test_every_flag_in_help_has_an_explanation_and_a_default(command):
             continue
         assert param.help, param.opts
         own = not param.hidden or param.opts[-1] in ADVANCED  # not the mock's
-        if param.is_flag and command == "run" and own:  # "off unless given"
+        if param.is_flag and command in ("run", "validate") and own:  # "off unless given"
             assert "(default: " not in param.help, param.opts
         else:
             assert param.help.count("(default: ") == 1, param.opts
@@ -842,3 +842,12 @@ async def test_help_shows_the_common_flags_and_help_all_every_flag(capsys):
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     said = readme.partition("The flags only `--help-all` shows: ")[2].partition(".\n")[0]
     assert set(re.findall(r"`(--[a-z-]+)`", said)) == ADVANCED
+
+
+async def test_validate_stream_warns_about_models_that_do_not_stream(tmp_path, capsys):
+    jobs = write_jobs(tmp_path / "jobs.jsonl", [{"id": "a", "prompt": "x", "model": "dall-e-3"}])
+    plain = await run_cli(["validate", str(jobs)], capsys)
+    streamed = await run_cli(["validate", str(jobs), "--stream"], capsys)
+    assert plain.code == streamed.code == 0
+    assert "does not stream" not in plain.err
+    assert "jobs.jsonl:1: dall-e-3 does not stream" in streamed.err
