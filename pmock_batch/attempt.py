@@ -160,7 +160,7 @@ class DirectRunner:
         body = job.wire_body(self.config.field_case)
         error: ErrorRecord | None = None
         status: JobStatus = "ok"
-        kept = {f.path.rpartition(".")[0] for f in progress.files}  # an earlier run's images
+        kept = {f.path.rpartition(".")[0] for f in progress.files[: progress.kept]}
         if kept:
             warnings.append(kept_warning(len(kept)))
         for index, stem in enumerate(job.stems, start=1):
@@ -171,7 +171,7 @@ class DirectRunner:
             try:
                 image, reply, relative = await self._image(job, stem, body, progress, index)
             except _Stopped:
-                status = "failed" if progress.files else "not_run"
+                status = "failed" if len(progress.files) > progress.kept else "not_run"
                 error = ErrorRecord(kind=self.pool.stop_kind, message=self.pool.stop_reason)
                 break
             except Exception as exc:  # a job's failure, even an unexpected one, is a record

@@ -344,6 +344,7 @@ class JobRecord(BaseModel):
     line: int
     status: JobStatus
     files: list[FileRecord] = Field(default_factory=list)
+    kept: int = 0  # of ``files``, those an earlier run saved: not made, nor paid, by this one
     attempts: int = 0  # HTTP requests sent for the job, over all its images, retries included
     retries: int = 0  # of those, the ones that repeated an attempt (retries of one image)
     rate_limited: int = 0  # 429 answers among them

@@ -44,6 +44,7 @@ class Progress:
     rate_limited: int = 0
     http_status: int | None = None
     files: list[FileRecord] = field(default_factory=list)
+    kept: int = 0  # of ``files``, those an earlier run saved (the first ones): not made here
     rejected: list[RejectedFile] = field(default_factory=list)
     partials: list[PartialFile] = field(default_factory=list)  # saved with --save-partials
     streamed: int | None = None  # partial images of the streamed attempt in flight, if one is
@@ -208,7 +209,8 @@ class Pool:
             if self.stopping:
                 await ledger.record([self._unfinished(runner, job)])
                 continue
-            progress = Progress(files=await ledger.kept(job))  # paid for once already
+            kept = await ledger.kept(job)  # paid for once already
+            progress = Progress(files=kept, kept=len(kept))
             task = asyncio.create_task(runner.run(job, progress))
             self._tasks.add(task)
             self.in_flight += 1

@@ -298,7 +298,8 @@ def price_record(
     carries no usage cost nothing that is known: 0.
     """
     via = via or getattr(record, "via", None) or "direct"
-    if not record.files and not record.usage:
+    images = len(record.files) - record.kept  # those an earlier run saved were paid then
+    if not images and not record.usage:
         record.cost_usd = 0.0
         if via == "batch":
             record.cost_direct_usd = 0.0  # type: ignore[attr-defined]  # an extra field
@@ -311,9 +312,9 @@ def price_record(
         size if isinstance(size, str) else None,
         quality if isinstance(quality, str) else None,
     )
-    record.cost_usd = cost_usd(*args, via, images=len(record.files), prices=prices)
+    record.cost_usd = cost_usd(*args, via, images=images, prices=prices)
     if via == "batch":
-        direct = cost_usd(*args, "direct", images=len(record.files), prices=prices)
+        direct = cost_usd(*args, "direct", images=images, prices=prices)
         record.cost_direct_usd = direct  # type: ignore[attr-defined]  # an extra field
     return record
 

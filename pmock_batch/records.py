@@ -30,6 +30,7 @@ def job_record(
         id=job.id,
         line=job.line,
         files=progress.files,
+        kept=progress.kept,
         attempts=progress.attempts,
         retries=progress.retries,
         rate_limited=progress.rate_limited,
@@ -55,14 +56,15 @@ def unfinished_record(
     prices: Prices | None,
 ) -> JobRecord:
     """A job that did not finish. One cancelled in flight keeps its attempts (the server
-    saw them) and the images it saved (they were paid for); with images it is ``failed``."""
+    saw them) and the images it saved (they were paid for); with images made here it is
+    ``failed``, else ``not_run`` (with the images an earlier run saved, if any)."""
     progress = progress or Progress()
     record = job_record(
         job,
         progress,
         field_case,
         prices,
-        status="failed" if progress.files else "not_run",
+        status="failed" if len(progress.files) > progress.kept else "not_run",
         error=ErrorRecord(kind=kind, message=reason),
     )
     record.finished_at = None

@@ -47,25 +47,36 @@ class _Part:
 
     fingerprint: str
     files: tuple[FileRecord, ...]
+    at: str = ""  # when it was recorded: the newest across manifests counts
 
 
-def _part(data: dict[str, object]) -> _Part | None:
+@dataclass(frozen=True, slots=True)
+class _Other:
+    """A record that is neither done nor a part (``failed`` with no image, ``not_run``, ...)."""
+
+    fingerprint: str | None
+
+
+def _stamp(data: dict[str, object]) -> str:
+    return str(data.get("finished_at") or data.get("started_at") or "")
+
+
+def _part(data: dict[str, object]) -> _Part | _Other:
     """The saved images of a ``failed``, ``not_run`` or ``pending`` record, if it names any."""
     files, fingerprint = data.get("files"), data.get("fingerprint")
-    if data.get("status") not in ("failed", "not_run", "pending"):
-        return None
-    if not isinstance(fingerprint, str):
-        return None
+    fingerprint = fingerprint if isinstance(fingerprint, str) else None
+    if data.get("status") not in ("failed", "not_run", "pending") or fingerprint is None:
+        return _Other(fingerprint)
     if not isinstance(files, list) or not files:
-        return None
+        return _Other(fingerprint)
     try:
-        return _Part(fingerprint, tuple(FileRecord.model_validate(f) for f in files))
+        return _Part(fingerprint, tuple(FileRecord.model_validate(f) for f in files), _stamp(data))
     except ValidationError:
-        return None
+        return _Other(fingerprint)
 
 
-def _latest(path: Path) -> Iterator[tuple[str, _Done | _Part | None]]:
-    """Yield ``(id, done, a part, or None)`` for every well-formed record, in log order.
+def _latest(path: Path) -> Iterator[tuple[str, _Done | _Part | _Other]]:
+    """Yield ``(id, what the record says)`` for every well-formed record, in log order.
 
     A missing manifest yields nothing. One that is not a regular file (a link, a FIFO)
     raises :class:`OSError` at once, never blocking: the run checked it before."""
@@ -81,7 +92,7 @@ def _latest(path: Path) -> Iterator[tuple[str, _Done | _Part | None]]:
                 continue  # a torn line left by a crash
             if not isinstance(data, dict) or not isinstance(data.get("id"), str):
                 continue
-            done: _Done | _Part | None = _part(data)
+            done: _Done | _Part | _Other = _part(data)
             if data.get("status") == "ok" and isinstance(data.get("fingerprint"), str):
                 try:
                     files = tuple(
@@ -111,22 +122,37 @@ class DoneIndex:
     @classmethod
     def load_all(cls, manifests: Iterable[Path]) -> DoneIndex:
         """Read several logs (``manifest.jsonl`` and the shards'): in each, the latest
-        record of an id decides; across them, the newest of those that are ``ok``."""
+        record of an id decides; across them, the newest of those that are ``ok``.
+
+        A part (some images of an unfinished job) outlives a later record of the same
+        request that names no image (the job was stopped again before it ran): those
+        images are still paid for. A later ``ok`` record, or another request, ends it.
+        Across manifests the newest part counts, unless a newer ``ok`` record exists.
+        """
         entries: dict[str, _Done] = {}
         parts: dict[str, _Part] = {}
         for manifest in manifests:
             own: dict[str, _Done] = {}
+            own_parts: dict[str, _Part] = {}
             for job_id, done in _latest(manifest):
                 own.pop(job_id, None)
-                parts.pop(job_id, None)
                 if isinstance(done, _Done):
                     own[job_id] = done
+                    own_parts.pop(job_id, None)
                 elif isinstance(done, _Part):
-                    parts[job_id] = done
+                    own_parts[job_id] = done
+                elif job_id in own_parts and own_parts[job_id].fingerprint != done.fingerprint:
+                    del own_parts[job_id]
             for job_id, done in own.items():
                 seen = entries.get(job_id)
                 if seen is None or done.at >= seen.at:
                     entries[job_id] = done
+            for job_id, part in own_parts.items():
+                if job_id not in parts or part.at >= parts[job_id].at:
+                    parts[job_id] = part
+        for job_id in [j for j, part in parts.items() if j in entries]:
+            if entries[job_id].at >= parts[job_id].at:
+                del parts[job_id]
         return cls(entries, parts)
 
     def __len__(self) -> int:
@@ -148,12 +174,13 @@ class DoneIndex:
         if part is None or part.fingerprint != job.fingerprint:
             return []
         stems = set(job.stems)
-        return [
+        kept = [
             f
             for f in part.files
             if f.path.rpartition(".")[0] in stems
             and _file_intact(out_dir, f.path, f.bytes, f.sha256, verify=verify)
         ]
+        return kept if len(kept) < job.request.count else []  # all of them: not a part
 
     @staticmethod
     def _intact(done: _Done, job: Job, out_dir: Path, *, verify: bool) -> bool:

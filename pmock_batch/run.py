@@ -286,6 +286,7 @@ async def run_batch(
                     options=batch,
                     writer=writer,
                     field_case=config.field_case,
+                    prices=config.prices,
                     where=Where(
                         config.base_url.rstrip("/") + "/batches",
                         str(config.out_dir),

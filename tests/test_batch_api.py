@@ -84,6 +84,11 @@ async def test_batch_api_end_to_end(fake, tmp_path):
     records = by_id(read_manifest(out))
     assert [f["path"] for f in records["owl"]["files"]] == ["owl-1.png", "owl-2.png"]
     assert records["fox"]["usage"] == {"total_tokens": 10}
+    for record in records.values():  # priced at the Batch API's half price
+        assert record["cost_usd"] > 0
+        assert record["cost_direct_usd"] == pytest.approx(2 * record["cost_usd"], abs=2e-6)
+    assert summary.cost_usd == pytest.approx(sum(r["cost_usd"] for r in records.values()))
+    assert summary.cost_direct_usd == pytest.approx(2 * summary.cost_usd, abs=1e-5)
     page = (out / "report.html").read_text(encoding="utf-8")
     batch_id = records["fox"]["batch_id"]
     assert f'<li data-meta="via">Batch API, {batch_id}</li>' in page

@@ -384,11 +384,15 @@ async def test_a_partly_failed_n_job_makes_only_its_missing_images(tmp_path, mak
     plan = await run_cli([*argv, "--dry-run"], capsys)
     assert "Estimated cost of the 1 owed image(s)" in plan.out  # fox-3; the owl is done
     assert "fox-3.png" in plan.out and "fox-1.png" not in plan.out
-    assert (await run_cli(argv, capsys)).code == 0
+    second = await run_cli([*argv, "--json"], capsys)
+    assert second.code == 0
+    summary = json.loads(second.out)
+    assert summary["images"] == 1  # made by this run: the kept ones are not counted again
+    assert summary["cost_usd"] == pytest.approx(by_id(read_manifest(out))["fox"]["cost_usd"])
     assert server.stats.attempts["a fox"] == 4  # three, then only the missing one
     assert server.stats.attempts["an owl"] == 1
     fox = by_id(read_manifest(out))["fox"]
-    assert fox["status"] == "ok"
+    assert fox["status"] == "ok" and fox["kept"] == 2
     assert [f["path"] for f in fox["files"]] == ["fox-1.png", "fox-2.png", "fox-3.png"]
     after = _files(out, fox)
     assert {p: after[p] for p in before} == before  # the same bytes, never written again
@@ -466,3 +470,65 @@ async def test_kill_9_between_the_images_of_an_n_job_then_rerun(tmp_path, make_m
     assert server.stats.attempts["a fox"] == 4
     fox = by_id(read_manifest(out))["fox"]
     assert fox["status"] == "ok" and len(fox["files"]) == 3
+
+
+async def test_a_stop_before_an_unfinished_job_runs_keeps_its_images(tmp_path, make_mock, capsys):
+    """A later run that stops (here: the spending cap) before the job records it without
+    images; the images an earlier run saved are still kept by the run after."""
+    server = await make_mock(MockOptions(script={"a fox": ["ok", "ok", "moderation"]}))
+    jobs, out = _fox_jobs(tmp_path), tmp_path / "out"
+    argv = [str(jobs), "--base-url", server.base_url, "--out", str(out), "--concurrency", "1"]
+    assert (await run_cli(argv, capsys)).code == 1
+    lines = [{"id": "cat", "prompt": "a cat"}, {"id": "fox", "prompt": "a fox", "n": 3}]
+    write_jobs(jobs, lines)
+    assert (await run_cli([*argv, "--max-images", "1"], capsys)).code == 5
+    fox = by_id(read_manifest(out))["fox"]
+    assert fox["status"] == "not_run" and fox["error"]["kind"] == "budget"
+    assert server.stats.attempts["a fox"] == 3
+    assert (await run_cli(argv, capsys)).code == 0
+    assert server.stats.attempts["a fox"] == 4  # only image 3
+    assert by_id(read_manifest(out))["fox"]["kept"] == 2
+
+
+def _record(job_id: str, status: str, fingerprint: str, at: str, files: list[Path]) -> str:
+    listed = [
+        {
+            "path": f.name,
+            "sha256": hashlib.sha256(f.read_bytes()).hexdigest(),
+            "bytes": f.stat().st_size,
+            "format": "png",
+            "width": 1,
+            "height": 1,
+        }
+        for f in files
+    ]
+    record = {"id": job_id, "line": 1, "status": status, "fingerprint": fingerprint}
+    return json.dumps({**record, "files": listed, "finished_at": at}) + "\n"
+
+
+def test_the_newest_part_across_manifests_counts(tmp_path):
+    from pmock_batch.jobs import iter_jobs, scan
+    from pmock_batch.resume import DoneIndex
+
+    path = write_jobs(tmp_path / "jobs.jsonl", [{"id": "fox", "prompt": "a fox", "n": 3}])
+    (job,) = iter_jobs(path, scan(path))
+    out = tmp_path / "out"
+    out.mkdir()
+    one, two = out / "fox-1.png", out / "fox-2.png"
+    one.write_bytes(b"one")
+    two.write_bytes(b"two")
+    fp = job.fingerprint
+    main, shard = out / "manifest.jsonl", out / "manifest.shard-0-of-2.jsonl"
+    main.write_text(_record("fox", "failed", fp, "2026-12-01T10:00:02Z", [one, two]))
+    shard.write_text(_record("fox", "not_run", fp, "2026-12-01T10:00:01Z", []))
+    kept = DoneIndex.load_all([main, shard]).kept(job, out)
+    assert [f.path for f in kept] == ["fox-1.png", "fox-2.png"]  # no image: no erasing
+    shard.write_text(_record("fox", "failed", fp, "2026-12-01T10:00:03Z", [one]))
+    kept = DoneIndex.load_all([main, shard]).kept(job, out)
+    assert [f.path for f in kept] == ["fox-1.png"]  # the newest part counts
+    main.write_text(
+        _record("fox", "failed", fp, "2026-12-01T10:00:02Z", [one, two])
+        + _record("fox", "failed", "another request", "2026-12-01T10:00:04Z", [])
+    )
+    shard.unlink()
+    assert DoneIndex.load_all([main]).kept(job, out) == []  # another request ends it

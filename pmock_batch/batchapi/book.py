@@ -17,6 +17,7 @@ from typing import Any
 from ..jobs import Job
 from ..models import ErrorRecord, FileRecord, JobRecord, JobStatus
 from ..pool import Progress
+from ..prices import Prices, price_record
 from ..resume import kept_warning
 from ..tally import add_usage
 
@@ -60,9 +61,12 @@ class Book:
         *,
         field_case: str = "snake",
         kept: dict[str, list[FileRecord]] | None = None,
+        prices: Prices | None = None,
     ) -> None:
-        """``kept``: by job id, the images an earlier run saved of it (not owed again)."""
+        """``kept``: by job id, the images an earlier run saved of it (not owed again).
+        ``prices``: the table records are priced from (None: the shipped one)."""
         self.field_case = field_case
+        self.prices = prices
         self.entries: dict[str, Entry] = {}
         self._by_cid: dict[str, tuple[Entry, int]] = {}
         for job in jobs:
@@ -71,6 +75,7 @@ class Book:
             entry = Entry(job, set(range(job.request.count)) - files.keys(), files=files)
             if files:
                 entry.warnings.append(kept_warning(len(files)))
+                entry.progress.kept = len(files)
             self.entries[job.id] = entry
             for index, stem in enumerate(job.stems):
                 self._by_cid[stem] = (entry, index)
@@ -115,6 +120,7 @@ class Book:
             line=job.line,
             status=status,
             files=[entry.files[i] for i in sorted(entry.files)],
+            kept=progress.kept,
             attempts=progress.attempts,
             http_status=progress.http_status,
             error=error,
@@ -132,7 +138,7 @@ class Book:
         )
         if len(entry.batch_ids) > 1:
             record.batch_ids = list(entry.batch_ids)  # type: ignore[attr-defined]
-        return record
+        return price_record(record, via="batch", prices=self.prices)
 
     def leftovers(self, running: dict[str, str], reason: str) -> list[JobRecord]:
         """Records of the jobs still owed: ``pending`` if a running batch holds one of its
@@ -152,7 +158,8 @@ class Book:
                     entry.batch_ids.insert(0, batch)
                 out.append(self.record(entry, "pending", None))
             else:
-                status: JobStatus = "failed" if entry.files or entry.error else "not_run"
+                made = len(entry.files) > entry.progress.kept
+                status: JobStatus = "failed" if made or entry.error else "not_run"
                 out.append(
                     self.record(
                         entry, status, entry.error or ErrorRecord(kind="not_run", message=reason)

@@ -30,6 +30,7 @@ from ..images import ImageSink
 from ..jobs import InvalidLine, Job
 from ..models import FileRecord
 from ..pool import Ledger, Pool
+from ..prices import Prices
 from ..records import invalid_record
 from .book import Book
 from .collect import Collector
@@ -86,6 +87,7 @@ class BatchRunner:
         options: BatchOptions,
         writer: Writer,
         field_case: str = "snake",
+        prices: Prices | None = None,
         where: Where | None = None,
     ) -> None:
         self.api = api
@@ -95,6 +97,7 @@ class BatchRunner:
         self.options = options
         self.writer = writer
         self.field_case = field_case
+        self.prices = prices  # None: the shipped table
         self.sleep = options.sleep or pool.sleep
         self.where = where or Where(api.base + "/batches", str(out_dir), "PMOCK_API_KEY")
         self.running = 0  # batches still running on the server when the run ends
@@ -134,10 +137,9 @@ class BatchRunner:
                 self.ledger.skip(item)
             else:
                 owed.append(item)
-                files = await self.ledger.kept(item)
-                if 0 < len(files) < item.request.count:
+                if files := await self.ledger.kept(item):
                     kept[item.id] = files
-        self.book = Book(owed, field_case=self.field_case, kept=kept)
+        self.book = Book(owed, field_case=self.field_case, kept=kept, prices=self.prices)
         self.state = await asyncio.to_thread(
             BatchState.load, self.out_dir, on_step=self.options.on_step
         )
