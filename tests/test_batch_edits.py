@@ -14,7 +14,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from batchtools import KEY, Crash, run_on_clock
+from batchtools import KEY, Crash, batches_made, run_on_clock
 from conftest import FakeClock
 from helpers import by_id, open_image, read_manifest, write_jobs
 from test_edits import SIDE, _tinted_towards, mask, picture
@@ -147,6 +147,34 @@ async def test_a_row_naming_a_file_the_server_does_not_hold_fails_alone(tmp_path
     assert (
         records["e2"]["status"] == "failed" and "no file found" in records["e2"]["error"]["message"]
     )
+
+
+async def test_an_input_the_server_refuses_fails_only_the_jobs_that_use_it(tmp_path, monkeypatch):
+    from pmock_batch.mock import batch_routes
+
+    read = batch_routes._read_capped
+
+    async def refuse_b(part: Any, limit: int) -> bytes | None:  # "larger than allowed": a 400
+        data = await read(part, limit)
+        return None if str(part.filename).endswith("-b.png") else data
+
+    monkeypatch.setattr(batch_routes, "_read_capped", refuse_b)
+    _inputs(tmp_path)
+    jobs = write_jobs(tmp_path / "jobs.jsonl", JOBS)  # only e2 uses b.png
+    out = tmp_path / "out"
+    clock = FakeClock()
+    async with MockServer(MockOptions(), clock=clock) as server:
+        summary = await run_on_clock(jobs, out, server, clock)
+        uploaded = sorted(f["filename"][-5:] for f in _uploads(server, "vision"))
+        rows = [cid for batch in batches_made(server) for cid in batch]
+    assert (summary.ok, summary.failed) == (3, 1)
+    records = by_id(read_manifest(out))
+    assert records["e2"]["status"] == "failed"
+    assert records["e2"]["error"]["kind"] == "bad_request"
+    assert "larger than" in records["e2"]["error"]["message"]
+    assert uploaded == ["a.png", "m.png"]  # b.png never arrived
+    assert sorted(rows) == ["e1", "e3", "g"]  # e2 was never submitted
+    assert _sha(tmp_path / "in" / "b.png") not in BatchState.load(out).inputs
 
 
 async def test_an_image_upload_cut_off_before_its_id_was_written_is_deleted_next_run(

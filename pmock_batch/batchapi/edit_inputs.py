@@ -60,8 +60,14 @@ class InputUploader:
         self._delete = delete
         self._checked: set[str] = set()  # recorded ids seen on the server in this run
 
-    async def upload(self, jobs: Iterable[Job]) -> dict[str, str]:
-        """Upload the edits' input images the log names no id for, each once: SHA-256 -> id."""
+    async def upload(self, jobs: Iterable[Job]) -> tuple[dict[str, str], dict[str, APIError]]:
+        """Upload the edits' input images the log names no id for, each once.
+
+        Returns SHA-256 -> file id, and SHA-256 -> the error of each image the server
+        refused for good (a 400 for a bad picture, say): only the jobs that use it
+        fail. A key, URL or quota problem raises; so does a server that keeps failing.
+        """
+        refused: dict[str, APIError] = {}
         sources: dict[str, Source] = {}
         for job in jobs:
             if job.inputs is not None:
@@ -77,7 +83,20 @@ class InputUploader:
             # run's upload of the same picture.
             name = f"pmock-{secrets.token_hex(6)}-{source.filename}"
             intent = await asyncio.to_thread(self.state.input_uploading, digest, name, source.size)
-            obj = await self._upload_image(source, intent)
+            try:
+                obj = await self._upload_image(source, intent)
+            except APIError as exc:
+                if describe(exc).decision is not Decision.FAIL:
+                    raise
+                await asyncio.to_thread(self.state.input_forgotten, digest)  # nothing arrived
+                log.warning(
+                    "the server refused %s: %s; the jobs that use it fail",
+                    source.name,
+                    exc,
+                    extra={"event": "batch_input_refused", "reason": str(exc)},
+                )
+                refused[digest] = exc
+                continue
             await asyncio.to_thread(self.state.input_file, digest, str(obj["id"]))
             self._checked.add(str(obj["id"]))
             log.info(
@@ -87,7 +106,7 @@ class InputUploader:
                 f"{source.size:,}",
                 extra={"event": "batch_input_upload", "file_id": str(obj["id"])},
             )
-        return dict(self.state.inputs)
+        return dict(self.state.inputs), refused
 
     async def _still_there(self, digest: str) -> bool:
         """Whether the recorded upload of ``digest`` is still on the server (asked once a run):

@@ -28,7 +28,7 @@ from ..errors import APIError, Decision, InputFileError
 from ..failures import Where, abort_message, describe
 from ..images import ImageSink
 from ..jobs import InvalidLine, Job
-from ..models import FileRecord
+from ..models import FileRecord, JobRecord
 from ..pool import Ledger, Pool
 from ..prices import Prices
 from ..records import invalid_record
@@ -147,7 +147,7 @@ class BatchRunner:
         try:
             await self.sub.orphans()
             await self.sub.reattach()  # also tidies files a kill left after collection
-            await self.sub.submit(self._uncovered())
+            await self._record(await self.sub.submit(self._uncovered()))
             await self._wait()
         except APIError as exc:
             failure = describe(exc)
@@ -158,6 +158,10 @@ class BatchRunner:
         except InputFileError as exc:  # an edit's input changed since it was hashed
             self.pool.abort(str(exc))
         await self._leftovers()  # not after a crash: the log and the state say where it was
+
+    async def _record(self, records: list[JobRecord]) -> None:
+        if records:
+            await self.ledger.record(records)
 
     def _uncovered(self) -> list[tuple[Job, list[int]]]:
         held = {  # rows a batch holds for the very same request
@@ -292,7 +296,7 @@ class BatchRunner:
                 sum(len(x) for _, x in again),
                 extra={"event": "batch_resubmit", "batch_id": batch.batch_id},
             )
-            await self.sub.submit(again)
+            await self._record(await self.sub.submit(again))
 
 
 def _log_errors(batch: Batch, errors: Any) -> None:

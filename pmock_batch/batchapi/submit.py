@@ -24,6 +24,7 @@ from typing import Any
 from ..errors import APIError, Decision
 from ..failures import describe
 from ..jobs import Job
+from ..models import JobRecord
 from ..pool import Pool
 from .book import Book
 from .edit_inputs import InputUploader
@@ -78,10 +79,15 @@ class Submitter:
         self.sleep = sleep
         self.images = InputUploader(api, state, pool, pause=self._pause, delete=self.delete)
 
-    async def submit(self, owed: list[tuple[Job, list[int]]]) -> None:
-        ids = await self.images.upload(job for job, _ in owed)
+    async def submit(self, owed: list[tuple[Job, list[int]]]) -> list[JobRecord]:
+        """Put the ``owed`` rows on the server; return the records of the jobs that fail
+        before any row goes (an edit input the server refused)."""
+        ids, refused = await self.images.upload(job for job, _ in owed)
+        failed = self._refused(owed, refused)
+        owed = [(job, left) for job, left in owed if job.id not in failed]
+        records = [r for r in failed.values() if r is not None]
         if self.pool.stopping:
-            return
+            return records
         rows = (
             row
             for job, left in owed
@@ -89,7 +95,7 @@ class Submitter:
         )
         for infile in split(rows, batch_size=self.batch_size, max_bytes=self.max_bytes):
             if self.pool.stopping:
-                return
+                return records
             name = f"pmock-batch-{secrets.token_hex(6)}.jsonl"
             await asyncio.to_thread(self.state.uploading, name)
             obj = await self._upload(name, infile.content)
@@ -110,6 +116,24 @@ class Submitter:
                 extra={"event": "batch_upload", "file_id": upload.file_id},
             )
             await self.create(upload)
+        return records
+
+    def _refused(
+        self, owed: list[tuple[Job, list[int]]], refused: dict[str, APIError]
+    ) -> dict[str, JobRecord | None]:
+        """The jobs an input the server refused belongs to: their owed images fail."""
+        out: dict[str, JobRecord | None] = {}
+        for job, left in owed:
+            sources = (*job.inputs.images, job.inputs.mask) if job.inputs is not None else ()
+            bad = next((refused[s.sha256] for s in sources if s and s.sha256 in refused), None)
+            if bad is None:
+                continue
+            out[job.id] = None
+            for index in left:
+                found = self.book.owed(job.stems[index], job.fingerprint)
+                if found is not None:
+                    out[job.id] = self.book.failed(*found, describe(bad).record()) or out[job.id]
+        return out
 
     async def _upload(self, name: str, content: bytes) -> dict[str, Any]:
         """``POST /files``; after a transient failure, the file if it arrived, else again."""
