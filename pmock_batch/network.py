@@ -194,17 +194,44 @@ def ssl_context(ca_bundle: Path | None, environ: Mapping[str, str]) -> ssl.SSLCo
     must therefore also hold the public CAs, if other hosts are reached.
     """
     if ca_bundle is not None:
-        return _load_cas("--ca-bundle", cafile=ca_bundle, capath=None)
+        return _cached("--ca-bundle", cafile=ca_bundle, capath=None)
     _, file_value = _env(environ, CA_FILE_ENV.lower())
     _, dir_value = _env(environ, CA_DIR_ENV.lower())
     if file_value is None and dir_value is None:
-        return ssl.create_default_context()
+        return _cached("", cafile=None, capath=None)
     cafile = Path(file_value) if file_value is not None else None
     capath = Path(dir_value) if dir_value is not None else None
     if capath is not None and not capath.is_dir():
         raise ValueError(f"{CA_DIR_ENV}={capath}: no such directory")
     source = CA_FILE_ENV if cafile is not None else CA_DIR_ENV
-    return _load_cas(source, cafile=cafile, capath=capath)
+    return _cached(source, cafile=cafile, capath=capath)
+
+
+# The last context built, by what it was built from. Loading a CA bundle takes
+# ~15 ms of CPU, and a run asks twice: at start-up (to refuse a bad setting
+# early) and when its session opens. A changed file is loaded again.
+_last: tuple[object, ssl.SSLContext] | None = None
+
+
+def _stamp(path: Path | None) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat() if path is not None else None
+    except OSError:
+        return None
+    return None if st is None else (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _cached(source: str, *, cafile: Path | None, capath: Path | None) -> ssl.SSLContext:
+    global _last
+    key = (source, cafile, capath, _stamp(cafile), _stamp(capath))
+    if _last is not None and _last[0] == key:
+        return _last[1]
+    if cafile is None and capath is None:
+        context = ssl.create_default_context()
+    else:
+        context = _load_cas(source, cafile=cafile, capath=capath)
+    _last = (key, context)
+    return context
 
 
 def _load_cas(source: str, *, cafile: Path | None, capath: Path | None) -> ssl.SSLContext:
