@@ -215,8 +215,21 @@ class B64JsonScanner:
 
     def _value(self, chunk: bytes, i: int) -> tuple[bytes, int]:
         """Take base64 text from ``chunk[i:]`` up to the closing quote."""
-        out = bytearray()
         n = len(chunk)
+        if not self._pending:
+            # The common case, a value without escapes: the text is a slice of the
+            # chunk (the chunk itself, mid-value), not a copy built up byte string by
+            # byte string. An image's base64 is megabytes; every copy of it shows.
+            quote = chunk.find(b'"', i)
+            end = n if quote < 0 else quote
+            if chunk.find(b"\\", i, end) < 0:
+                piece = chunk[i:end]
+                if quote < 0:
+                    return piece, n
+                self.remainder += chunk[quote:]  # the closing quote, and what follows
+                self._state = _DONE
+                return piece, n
+        out = bytearray()
         while i < n:
             if self._pending:
                 i = self._escape(chunk, i, out)
@@ -276,18 +289,43 @@ class B64Decoder:
 
     def feed(self, text: bytes) -> bytes:
         """Decode as much of ``text`` (plus any carry) as forms whole 4-character quanta."""
+        parts = self.pieces(text)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def pieces(self, text: bytes) -> list[bytes]:
+        """:meth:`feed`, as a list of decoded pieces whose join is what it returns.
+
+        Without copying ``text``: the carry is completed to one quantum and
+        decoded on its own, then the whole quanta of ``text`` through a view.
+        """
         if not text:
-            return b""
+            return []
         if self._ended:
             raise InvalidResponseError("b64_json has data after its padding")
-        data = self._carry + text if self._carry else text
+        parts: list[bytes] = []
+        carry, start = self._carry, 0
+        if carry:
+            start = 4 - len(carry)
+            quantum = carry + text[:start]
+            if len(quantum) < 4 or 0x3D in quantum:  # short, or padded: as one piece
+                return self._whole(carry + text)
+            parts.append(_decode(quantum))
+        cut = len(text) - (len(text) - start) % 4
+        self._carry = text[cut:]
+        if cut > start:
+            if text[cut - 1] == 0x3D:  # '=': this was the final quantum
+                self._ended = True
+            parts.append(_decode(memoryview(text)[start:cut] if start or cut < len(text) else text))
+        return parts
+
+    def _whole(self, data: bytes) -> list[bytes]:
         cut = len(data) - len(data) % 4
         self._carry = data[cut:]
         if not cut:
-            return b""
+            return []
         if data[cut - 1] == 0x3D:  # '=': this was the final quantum
             self._ended = True
-        return _decode(data[:cut])
+        return [_decode(data[:cut])]
 
     def finish(self) -> bytes:
         """Decode what is left. Missing padding is tolerated; a lone character is not."""
@@ -300,7 +338,7 @@ class B64Decoder:
         return _decode(rest + b"=" * (-len(rest) % 4))
 
 
-def _decode(data: bytes) -> bytes:
+def _decode(data: bytes | memoryview) -> bytes:
     try:
         return pybase64.b64decode(data, validate=True)
     except (binascii.Error, ValueError) as exc:

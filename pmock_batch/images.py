@@ -207,17 +207,22 @@ def rejected_path(out_dir: Path, stem: str, attempt: int) -> str:
     return name
 
 
-def _create(out_dir: Path, relative: str, data: bytes | bytearray) -> AtomicFile:
+def _create(out_dir: Path, relative: str, data: list[bytes]) -> AtomicFile:
     tmp = AtomicFile(out_dir, relative)  # in the folder of the image-to-be
     try:
-        tmp.write(data)
+        _append(tmp, data)
     except BaseException:
         tmp.discard()
         raise
     return tmp
 
 
-def _finish(tmp: AtomicFile | None, out_dir: Path, data: bytes | bytearray, relative: str) -> Path:
+def _append(tmp: AtomicFile, data: list[bytes]) -> None:
+    for piece in data:
+        tmp.write(piece)
+
+
+def _finish(tmp: AtomicFile | None, out_dir: Path, data: list[bytes], relative: str) -> Path:
     """Write the last bytes, fsync, close and rename into place. Runs in a worker thread.
 
     On failure the temporary file is removed here: the sink has handed it over.
@@ -225,7 +230,7 @@ def _finish(tmp: AtomicFile | None, out_dir: Path, data: bytes | bytearray, rela
     if tmp is None:  # under 1 MB: never written yet
         return write_atomic(out_dir, relative, data)
     try:
-        tmp.write(data)
+        _append(tmp, data)
         return tmp.commit(relative)
     except BaseException:
         tmp.discard()
@@ -255,7 +260,10 @@ class ImageSink:
         self._head = bytearray()
         self._frame = FrameWalker()  # finds the image's end as the bytes pass
         self._answered = False
-        self._buf = bytearray()
+        # Decoded pieces not written yet: a list, not one growing buffer, so that no
+        # byte is copied on its way to the file.
+        self._buf: list[bytes] = []
+        self._buffered = 0
         self._tmp: AtomicFile | None = None  # written only from worker threads
 
     @property
@@ -280,7 +288,8 @@ class ImageSink:
     async def feed_json(self, chunk: bytes) -> None:
         self._answered = True
         for text in self._scanner.feed(chunk):
-            await self._take(self._decoder.feed(text))
+            for piece in self._decoder.pieces(text):
+                await self._take(piece)
 
     async def end_json(self) -> bytes:
         """The body has ended: flush the decoder; return the JSON without the image."""
@@ -305,17 +314,18 @@ class ImageSink:
             self._head += data[: _HEAD - len(self._head)]
         self._frame.feed(data)
         self.size += len(data)
-        self._buf += data
-        if len(self._buf) >= _FLUSH:
+        self._buf.append(bytes(data))  # a no-op for bytes; a caller's bytearray is copied
+        self._buffered += len(data)
+        if self._buffered >= _FLUSH:
             await self._flush()
 
     async def _flush(self) -> None:
         """Write the buffered bytes: one thread hop, which also creates the file the first time."""
-        buf, self._buf = self._buf, bytearray()  # hand it over; no copy
+        buf, self._buf, self._buffered = self._buf, [], 0  # hand it over; no copy
         if self._tmp is None:
             self._tmp = await asyncio.to_thread(_create, self.out_dir, self._name(), buf)
         elif buf:
-            await asyncio.to_thread(self._tmp.write, buf)
+            await asyncio.to_thread(_append, self._tmp, buf)
 
     def _name(self) -> str:
         """The image's likely name, from its first bytes, before it is verified (for messages)."""
@@ -355,7 +365,7 @@ class ImageSink:
         """
         if out_dir != self.out_dir:
             raise ValueError(f"the sink writes under {self.out_dir}, not {out_dir}")
-        buf, self._buf = self._buf, bytearray()
+        buf, self._buf, self._buffered = self._buf, [], 0
         tmp, self._tmp = self._tmp, None  # handed over: _finish removes it if it fails
         return await asyncio.to_thread(_finish, tmp, self.out_dir, buf, relative)
 
@@ -370,7 +380,7 @@ class ImageSink:
         self.size = 0
         self._sha = hashlib.sha256()
         self._head = bytearray()
-        self._buf = bytearray()
+        self._buf, self._buffered = [], 0
         self._frame = FrameWalker()
 
     async def keep(self, out_dir: Path, relative: str) -> Path:
