@@ -236,9 +236,27 @@ def _choose(out: Path, key: str, job: _Job, result: MergeResult) -> _Seen:
             result.rejected.append(f"{seen.source}: job {key!r}: {why}; not merged as ok")
         others = [s for s in job.latest.values() if s.record.status != "ok"]
         if others:
-            return max(others, key=lambda s: s.order)
+            return _with_part(out, key, max(others, key=lambda s: s.order), result)
         return _demote(*failed[0])
-    return max(job.latest.values(), key=lambda s: s.order)
+    return _with_part(out, key, max(job.latest.values(), key=lambda s: s.order), result)
+
+
+def _with_part(out: Path, key: str, seen: _Seen, result: MergeResult) -> _Seen:
+    """An unfinished job's record, with the images it saved brought into OUT (verified),
+    so that a re-run makes only the rest; or, if they fail, without them."""
+    files = seen.record.files
+    if not files or seen.record.status == "ok":
+        return seen
+    brought = bring_files(out, None if seen.source.own else seen.source.folder, files)
+    if brought.problem is None:
+        result.copied += brought.copied
+        result.present += brought.present
+        return seen
+    result.warnings.append(
+        f"{seen.source}: job {key!r}: its saved images were not merged: {brought.problem}"
+    )
+    record = seen.record.model_copy(update={"files": [], "kept": 0})
+    return _Seen(record, record.model_dump_json().encode(), seen.source)
 
 
 def _write_manifest(out: Path, chosen: list[_Seen]) -> bool:

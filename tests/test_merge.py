@@ -333,3 +333,32 @@ async def test_prefer_newest_keeps_an_older_intact_result_when_the_newest_is_bro
     assert (kept["status"], kept["fingerprint"]) == ("ok", cat["fingerprint"])
     await _run(tmp_path, "a", [{"id": "j0", "prompt": "a cat"}], a, server, capsys)
     assert server.stats.requests == 2  # the cat, paid for once, is kept
+
+
+async def test_merge_brings_an_unfinished_jobs_saved_images(tmp_path, make_mock, capsys):
+    """A matrix job's n > 1 job that stopped part way: its images come into OUT, so the
+    re-run after the merge makes only the missing one."""
+    server = await make_mock(MockOptions(script={"a fox": ["ok", "ok", "moderation"]}))
+    a, b, out = tmp_path / "a", tmp_path / "b", tmp_path / "out"
+    fox = {"id": "fox", "prompt": "a fox", "n": 3}
+    folder = tmp_path / "jobs-a"
+    folder.mkdir()
+    jobs = write_jobs(folder / "jobs.jsonl", [fox])
+    argv = [str(jobs), "--base-url", server.base_url, "--out", str(a)]
+    assert (await run_cli(argv, capsys)).code == 1  # fox-3 refused
+    await _run(tmp_path, "b", _lines(range(2)), b, server, capsys)
+    result = await run_cli(["merge", str(out), str(a), str(b)], capsys)
+    assert result.code == 0, result.err
+    record = by_id(read_manifest(out))["fox"]
+    assert record["status"] == "failed" and len(record["files"]) == 2
+    for f in record["files"]:
+        assert (out / f["path"]).read_bytes() == (a / f["path"]).read_bytes()
+    write_jobs(folder / "jobs.jsonl", [fox, *_lines(range(2))])
+    rerun = await run_cli([str(jobs), "--base-url", server.base_url, "--out", str(out)], capsys)
+    assert rerun.code == 0, rerun.err
+    assert server.stats.attempts["a fox"] == 4  # only fox-3 again
+    assert by_id(read_manifest(out))["fox"]["kept"] == 2
+    (a / "fox-1.png").write_bytes(b"damaged")  # a saved image that fails: not merged
+    again = await run_cli(["merge", str(tmp_path / "out2"), str(a)], capsys)
+    assert again.code == 0 and "its saved images were not merged" in again.err
+    assert by_id(read_manifest(tmp_path / "out2"))["fox"]["files"] == []
