@@ -205,7 +205,8 @@ def _conflicts(jobs: dict[str, _Job]) -> list[str]:
 def _demote(seen: _Seen, why: str) -> _Seen:
     """An ok record whose images failed, as a failed one: a re-run redoes the job."""
     error = ErrorRecord(kind="merge", message=f"not merged as ok: {why}")
-    record = seen.record.model_copy(update={"status": "failed", "files": [], "error": error})
+    update = {"status": "failed", "files": [], "kept": 0, "error": error}
+    record = seen.record.model_copy(update=update)
     return _Seen(record, record.model_dump_json().encode(), seen.source)
 
 
@@ -242,20 +243,28 @@ def _choose(out: Path, key: str, job: _Job, result: MergeResult) -> _Seen:
 
 
 def _with_part(out: Path, key: str, seen: _Seen, result: MergeResult) -> _Seen:
-    """An unfinished job's record, with the images it saved brought into OUT (verified),
-    so that a re-run makes only the rest; or, if they fail, without them."""
+    """An unfinished job's record, with the images it saved brought into OUT, each
+    verified on its own, so that a re-run makes only the rest; one that fails is
+    dropped from the record, with a warning."""
     files = seen.record.files
     if not files or seen.record.status == "ok":
         return seen
-    brought = bring_files(out, None if seen.source.own else seen.source.folder, files)
-    if brought.problem is None:
-        result.copied += brought.copied
-        result.present += brought.present
+    folder = None if seen.source.own else seen.source.folder
+    good = []
+    for f in files:
+        brought = bring_files(out, folder, [f])
+        if brought.problem is None:
+            result.copied += brought.copied
+            result.present += brought.present
+            good.append(f)
+        else:
+            result.warnings.append(
+                f"{seen.source}: job {key!r}: a saved image was not merged: {brought.problem}"
+            )
+    if len(good) == len(files):
         return seen
-    result.warnings.append(
-        f"{seen.source}: job {key!r}: its saved images were not merged: {brought.problem}"
-    )
-    record = seen.record.model_copy(update={"files": [], "kept": 0})
+    kept = min(seen.record.kept, len(good))
+    record = seen.record.model_copy(update={"files": good, "kept": kept})
     return _Seen(record, record.model_dump_json().encode(), seen.source)
 
 

@@ -148,8 +148,13 @@ class Pool:
             log.error("aborting the run: %s", reason, extra={"event": "abort", "reason": reason})
         self._stopping.set()
 
-    def _unfinished(self, runner: Runner, job: Job, progress: Progress | None = None) -> JobRecord:
+    def _unfinished(self, runner: Runner, job: Job, progress: Progress) -> JobRecord:
         return runner.unfinished(job, progress, self.stop_reason, self.stop_kind)
+
+    async def _not_run(self, runner: Runner, job: Job, ledger: Ledger) -> JobRecord:
+        """The record of a job the stop reached before it ran: with the images an earlier
+        run saved of it, so the record that supersedes theirs still names them."""
+        return self._unfinished(runner, job, await _progress(ledger, job))
 
     async def sleep(self, seconds: float) -> None:
         """A wait that ends early when the run stops, so Ctrl-C is never ignored."""
@@ -177,7 +182,7 @@ class Pool:
                 elif await ledger.is_done(item):
                     ledger.skip(item)
                 elif self.stopping:
-                    await ledger.record([self._unfinished(runner, item)])
+                    await ledger.record([await self._not_run(runner, item, ledger)])
                     break
                 else:
                     await queue.put(item)
@@ -207,10 +212,9 @@ class Pool:
     ) -> None:
         while (job := await queue.get()) is not None:
             if self.stopping:
-                await ledger.record([self._unfinished(runner, job)])
+                await ledger.record([await self._not_run(runner, job, ledger)])
                 continue
-            kept = await ledger.kept(job)  # paid for once already
-            progress = Progress(files=kept, kept=len(kept))
+            progress = await _progress(ledger, job)
             task = asyncio.create_task(runner.run(job, progress))
             self._tasks.add(task)
             self.in_flight += 1
@@ -240,9 +244,16 @@ class Pool:
             elif await ledger.is_done(item):
                 ledger.skip(item)
             else:
-                batch.append(self._unfinished(runner, item))
+                batch.append(await self._not_run(runner, item, ledger))
             if len(batch) >= _RECORD_BATCH:
                 await ledger.record(batch)
                 batch = []
         if batch:
             await ledger.record(batch)
+
+
+async def _progress(ledger: Ledger, job: Job) -> Progress:
+    """A job's progress before it runs: the images an earlier run saved of it, if any
+    (paid for once already)."""
+    kept = await ledger.kept(job)
+    return Progress(files=kept, kept=len(kept))

@@ -298,7 +298,7 @@ def price_record(
     carries no usage cost nothing that is known: 0.
     """
     via = via or getattr(record, "via", None) or "direct"
-    images = len(record.files) - record.kept  # those an earlier run saved were paid then
+    images = max(0, len(record.files) - record.kept)  # those an earlier run saved: paid then
     if not images and not record.usage:
         record.cost_usd = 0.0
         if via == "batch":

@@ -142,7 +142,7 @@ class Summary:
             self.pending += 1
         else:
             self.not_run += 1
-        self.images += len(record.files) - record.kept  # made by this run
+        self.images += max(0, len(record.files) - record.kept)  # made by this run
         self.attempts += record.attempts
         self.retries += record.retries
         self.ambiguous_retries += record.ambiguous_retries

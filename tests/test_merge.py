@@ -360,5 +360,27 @@ async def test_merge_brings_an_unfinished_jobs_saved_images(tmp_path, make_mock,
     assert by_id(read_manifest(out))["fox"]["kept"] == 2
     (a / "fox-1.png").write_bytes(b"damaged")  # a saved image that fails: not merged
     again = await run_cli(["merge", str(tmp_path / "out2"), str(a)], capsys)
-    assert again.code == 0 and "its saved images were not merged" in again.err
-    assert by_id(read_manifest(tmp_path / "out2"))["fox"]["files"] == []
+    assert again.code == 0 and "a saved image was not merged" in again.err
+    files = by_id(read_manifest(tmp_path / "out2"))["fox"]["files"]
+    assert [f["path"] for f in files] == ["fox-2.png"]  # the intact one still counts
+
+
+def test_a_demoted_ok_record_keeps_no_kept_count(tmp_path):
+    """An ok record whose images fail becomes failed with no images: its kept count goes
+    too, so the merged summary never counts negative images."""
+    from pmock_batch.merge import merge_outputs
+    from pmock_batch.models import JobRecord
+    from pmock_batch.tally import summarize
+
+    other, out = tmp_path / "other", tmp_path / "out"
+    other.mkdir()
+    image = {"sha256": "0" * 64, "bytes": 3, "format": "png", "width": 1, "height": 1}
+    files = [{"path": f"fox-{i}.png", **image} for i in (1, 2, 3)]  # none is in OTHER
+    record = {"id": "fox", "line": 1, "status": "ok", "fingerprint": "f" * 64, "files": files}
+    record |= {"kept": 2, "finished_at": "2026-12-01T00:00:00.000Z"}
+    (other / "manifest.jsonl").write_text(json.dumps(record) + "\n")
+    merge_outputs(out, [other])
+    (line,) = (out / "manifest.jsonl").read_text().splitlines()
+    merged = JobRecord.model_validate_json(line)
+    assert merged.status == "failed" and merged.files == [] and merged.kept == 0
+    assert summarize([merged]).images == 0

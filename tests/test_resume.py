@@ -532,3 +532,21 @@ def test_the_newest_part_across_manifests_counts(tmp_path):
     )
     shard.unlink()
     assert DoneIndex.load_all([main]).kept(job, out) == []  # another request ends it
+
+
+async def test_a_stop_before_a_queued_unfinished_job_keeps_its_images(tmp_path, make_mock, capsys):
+    """The stop reaches the job while it is still in the file (a leftover, not in a worker):
+    its not_run record names the kept images, so compaction keeps them named."""
+    server = await make_mock(MockOptions(script={"a fox": ["ok", "ok", "moderation"]}))
+    fox = {"id": "fox", "prompt": "a fox", "n": 3}
+    jobs = write_jobs(tmp_path / "jobs.jsonl", [fox])
+    out = tmp_path / "out"
+    argv = [str(jobs), "--base-url", server.base_url, "--out", str(out), "--concurrency", "1"]
+    assert (await run_cli(argv, capsys)).code == 1  # fox-1, fox-2 saved and paid
+    write_jobs(jobs, [*({"id": f"c{i}", "prompt": f"cat {i}"} for i in range(8)), fox])
+    assert (await run_cli([*argv, "--max-images", "1"], capsys)).code == 5
+    fox_record = by_id(read_manifest(out))["fox"]  # compacted: the stop's record
+    assert fox_record["status"] == "not_run" and fox_record["kept"] == 2
+    assert [f["path"] for f in fox_record["files"]] == ["fox-1.png", "fox-2.png"]
+    assert (await run_cli(argv, capsys)).code == 0
+    assert server.stats.attempts["a fox"] == 4  # only image 3
