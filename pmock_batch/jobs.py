@@ -331,6 +331,9 @@ def scan(
         parsed_problems = collisions(parsed, seen) if isinstance(parsed, Job) else parsed.problems
         if parsed_problems:
             job_id = parsed.id
+            if job_id is not None and seen.ids.get(job_id, number) != number:
+                job_id = None  # an earlier line's key: this record is keyed by its line
+            seen.claim(number, job_id)
             message = _join(parsed_problems)
             result.invalid[number] = InvalidLine(line=number, id=job_id, message=message)
             result.problem_count += len(parsed_problems)

@@ -92,6 +92,12 @@ class Names:
 
     stems: dict[str, tuple[int, str]] = field(default_factory=dict)  # stem -> (line, stem)
     folders: dict[str, tuple[int, str]] = field(default_factory=dict)  # folder -> (line, id)
+    ids: dict[str, int] = field(default_factory=dict)  # id -> its line: a job's manifest key
+
+    def claim(self, line: int, job_id: str | None) -> None:
+        """An invalid line's id is still its record's key: no later line may take it."""
+        if job_id is not None:
+            self.ids.setdefault(job_id, line)
 
 
 def _folders(job_id: str) -> list[str]:
@@ -102,13 +108,22 @@ def _folders(job_id: str) -> list[str]:
 
 def collisions(job: Named, seen: Names) -> list[tuple[str, str]]:
     """Report output names this job shares with an earlier line; register its own."""
-    problems = _same_names(job, seen.stems) or _file_and_folder(job, seen)
+    problems = _same_id(job, seen) or _same_names(job, seen.stems) or _file_and_folder(job, seen)
     if not problems:
+        seen.ids.setdefault(job.id, job.line)
         for stem in job.stems:
             seen.stems[stem.casefold()] = (job.line, stem)
         for folder in _folders(job.id):
             seen.folders.setdefault(folder.casefold(), (job.line, job.id))
     return problems
+
+
+def _same_id(job: Named, seen: Names) -> list[tuple[str, str]]:
+    """An id an earlier line has: the two would share one manifest record."""
+    other = seen.ids.get(job.id)  # exact: the manifest's key (case: _same_names)
+    if other is None or not job.named:  # an id-less job's slug: _same_names tells
+        return []
+    return [("id", f"duplicate id {job.id!r} (first used on line {other})")]
 
 
 def _file_and_folder(job: Named, seen: Names) -> list[tuple[str, str]]:

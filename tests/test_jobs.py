@@ -306,7 +306,7 @@ def test_duplicate_id_names_the_first_line(tmp_path: Path) -> None:
     result = scan(path)
     message = "id: duplicate id 'x' (first used on line 1)"
     assert problems(result) == [f"{path}:3: {message}", f"{path}:4: {message}"]
-    assert result.invalid[3] == InvalidLine(line=3, id="x", message=message)
+    assert result.invalid[3] == InvalidLine(line=3, id=None, message=message)  # line 1's key
     assert result.jobs == 2
 
 
@@ -776,12 +776,12 @@ def test_iter_jobs_yields_jobs_and_invalid_lines_in_file_order(tmp_path: Path) -
         ("Job", 2, f"one-{one[:8]}"),
         ("InvalidLine", 4, None),
         ("Job", 5, "x"),
-        ("InvalidLine", 6, "x"),
+        ("InvalidLine", 6, None),  # line 5's key is "x": this record is keyed by its line
         ("Job", 7, "y"),
         ("InvalidLine", 8, None),
     ]
     assert items[1] == result.invalid[4]
-    assert items[3] == InvalidLine(6, "x", "id: duplicate id 'x' (first used on line 5)")
+    assert items[3] == InvalidLine(6, None, "id: duplicate id 'x' (first used on line 5)")
     assert items[5] == InvalidLine(8, None, "'quailty': unknown field; did you mean 'quality'?")
     job = items[4]
     assert isinstance(job, Job) and job.stems == ["y-1", "y-2"]
@@ -914,3 +914,19 @@ async def test_validate_reports_hostile_lines_with_exit_2(tmp_path, capsys) -> N
         else:
             assert result.code == 0
             assert "2 invalid line(s) would be skipped" in result.out
+
+
+def test_a_duplicate_id_is_refused_whatever_the_n_and_after_an_invalid_line(
+    tmp_path: Path,
+) -> None:
+    """Two lines with one id would share one manifest record, and each run would pay for
+    one of them again: the second is refused, even when its n (its file names) differs,
+    and even when the first line is itself invalid."""
+    path = tmp_path / "jobs.jsonl"
+    path.write_text('{"id": "a", "prompt": "x", "n": 2}\n{"id": "a", "prompt": "y"}\n')
+    assert problems(scan(path)) == [f"{path}:2: id: duplicate id 'a' (first used on line 1)"]
+    path.write_text('{"id": "a", "prompt": "x", "quailty": "high"}\n{"id": "a", "prompt": "y"}\n')
+    result = scan(path)
+    assert result.jobs == 0 and sorted(result.invalid) == [1, 2]
+    assert problems(result)[1] == f"{path}:2: id: duplicate id 'a' (first used on line 1)"
+    assert [result.invalid[n].id for n in (1, 2)] == ["a", None]  # one record each

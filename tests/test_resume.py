@@ -550,3 +550,18 @@ async def test_a_stop_before_a_queued_unfinished_job_keeps_its_images(tmp_path, 
     assert [f["path"] for f in fox_record["files"]] == ["fox-1.png", "fox-2.png"]
     assert (await run_cli(argv, capsys)).code == 0
     assert server.stats.attempts["a fox"] == 4  # only image 3
+
+
+@pytest.mark.parametrize(
+    "first", [{"id": "a", "prompt": "x", "quailty": "high"}, {"id": "a", "prompt": "x", "n": 2}]
+)
+async def test_a_duplicate_id_never_makes_a_job_pay_again(tmp_path, make_mock, capsys, first):
+    """Two lines with one id used to share a manifest record: each run superseded the other
+    line's record, and every other run paid for one of them again."""
+    server = await make_mock(MockOptions())
+    jobs = write_jobs(tmp_path / "jobs.jsonl", [first, {"id": "a", "prompt": "y"}])
+    argv = [str(jobs), "--base-url", server.base_url, "--out", str(tmp_path / "out")]
+    for _ in range(3):
+        assert (await run_cli([*argv, "--skip-invalid"], capsys)).code == 1
+    made_once = 0 if "quailty" in first else 2  # line 1's images, the first time only
+    assert server.stats.requests == made_once
