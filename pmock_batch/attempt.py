@@ -37,7 +37,6 @@ from .models import ErrorRecord, JobRecord, JobStatus
 from .pacing import Pacer
 from .pool import Pool, Progress
 from .records import invalid_record, job_record, now, unfinished_record
-from .resume import kept_warning
 from .retry import RetryPolicy
 from .tally import add_usage
 from .tripwire import Tripwire
@@ -160,9 +159,7 @@ class DirectRunner:
         body = job.wire_body(self.config.field_case)
         error: ErrorRecord | None = None
         status: JobStatus = "ok"
-        kept = {f.path.rpartition(".")[0] for f in progress.files[: progress.kept]}
-        if kept:
-            warnings.append(kept_warning(len(kept)))
+        kept = {f.path.rpartition(".")[0] for f in progress.files[: progress.kept]}  # not again
         for index, stem in enumerate(job.stems, start=1):
             if stem in kept:
                 continue

@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # the mock (and aiohttp.web) is imported only when it is used
     from .mock import MockOptions
 
 from .prices import Prices, shipped_prices
-from .run import stale_files
+from .prune import stale_files
 
 __all__ = [
     "MAX_PLAN_FILES",

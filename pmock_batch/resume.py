@@ -26,7 +26,7 @@ from .files import contained_file, open_regular, sha256_of
 from .jobs import Job
 from .models import FileRecord
 
-__all__ = ["DoneIndex", "kept_warning"]
+__all__ = ["DoneIndex"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,11 +36,6 @@ class _Done:
     at: str = ""  # finished_at (ISO 8601 UTC): the newest across manifests decides
 
 
-def kept_warning(count: int) -> str:
-    """The warning on the record of a job that kept ``count`` images of an earlier run."""
-    return f"kept {count} image(s) an earlier run saved; made the rest"
-
-
 @dataclass(frozen=True, slots=True)
 class _Part:
     """Some of a job's images: the record of an ``n > 1`` job that stopped part way."""
@@ -48,6 +43,7 @@ class _Part:
     fingerprint: str
     files: tuple[FileRecord, ...]
     at: str = ""  # when it was recorded: the newest across manifests counts
+    pending: bool = False  # the rest is in a Batch API batch still on the server
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +51,7 @@ class _Other:
     """A record that is neither done nor a part (``failed`` with no image, ``not_run``, ...)."""
 
     fingerprint: str | None
+    pending: bool = False  # in a Batch API batch still on the server
 
 
 def _stamp(data: dict[str, object]) -> str:
@@ -65,14 +62,16 @@ def _part(data: dict[str, object]) -> _Part | _Other:
     """The saved images of a ``failed``, ``not_run`` or ``pending`` record, if it names any."""
     files, fingerprint = data.get("files"), data.get("fingerprint")
     fingerprint = fingerprint if isinstance(fingerprint, str) else None
+    pending = data.get("status") == "pending"
     if data.get("status") not in ("failed", "not_run", "pending") or fingerprint is None:
         return _Other(fingerprint)
     if not isinstance(files, list) or not files:
-        return _Other(fingerprint)
+        return _Other(fingerprint, pending)
     try:
-        return _Part(fingerprint, tuple(FileRecord.model_validate(f) for f in files), _stamp(data))
+        files_ = tuple(FileRecord.model_validate(f) for f in files)
+        return _Part(fingerprint, files_, _stamp(data), pending)
     except ValidationError:
-        return _Other(fingerprint)
+        return _Other(fingerprint, pending)
 
 
 def _latest(path: Path) -> Iterator[tuple[str, _Done | _Part | _Other]]:
@@ -109,10 +108,14 @@ class DoneIndex:
     """The jobs the manifests record as done, by id."""
 
     def __init__(
-        self, entries: dict[str, _Done] | None = None, parts: dict[str, _Part] | None = None
+        self,
+        entries: dict[str, _Done] | None = None,
+        parts: dict[str, _Part] | None = None,
+        pending: dict[str, str] | None = None,
     ) -> None:
         self._entries = entries or {}
         self._parts = parts or {}  # jobs whose latest record kept some of their images
+        self._pending = pending or {}  # id -> fingerprint: jobs in a batch on the server
 
     @classmethod
     def load(cls, manifest: Path) -> DoneIndex:
@@ -131,11 +134,15 @@ class DoneIndex:
         """
         entries: dict[str, _Done] = {}
         parts: dict[str, _Part] = {}
+        pending: dict[str, str] = {}
         for manifest in manifests:
             own: dict[str, _Done] = {}
             own_parts: dict[str, _Part] = {}
             for job_id, done in _latest(manifest):
                 own.pop(job_id, None)
+                pending.pop(job_id, None)
+                if not isinstance(done, _Done) and done.pending:
+                    pending[job_id] = done.fingerprint or ""
                 if isinstance(done, _Done):
                     own[job_id] = done
                     own_parts.pop(job_id, None)
@@ -153,7 +160,12 @@ class DoneIndex:
         for job_id in [j for j, part in parts.items() if j in entries]:
             if entries[job_id].at >= parts[job_id].at:
                 del parts[job_id]
-        return cls(entries, parts)
+        return cls(entries, parts, pending)
+
+    def pending(self, job: Job) -> bool:
+        """Whether the latest record of ``job`` (the same request) is ``pending``: its images
+        are in a Batch API batch still on the server, paid for there."""
+        return self._pending.get(job.id) == job.fingerprint
 
     def __len__(self) -> int:
         return len(self._entries)

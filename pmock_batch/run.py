@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Set
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,15 +26,15 @@ from .attempt import DirectRunner, Writer, commit
 from .batchapi import BatchClient, BatchOptions, BatchRunner
 from .client import ImagesClient
 from .config import MANIFEST_NAME, RunConfig
-from .errors import OutputPathError, PmockBatchError
-from .events import PARTIALS_DIR
+from .errors import PmockBatchError
 from .failures import Where
-from .files import check_own_file, contained_file, remove_file, remove_stray_temps
+from .files import check_own_file, remove_stray_temps
 from .jobs import InvalidLine, Job
-from .manifest import ManifestWriter, compact, stale_records
+from .manifest import ManifestWriter, compact
 from .models import FileRecord, JobRecord
 from .pacing import Pacer
 from .pool import Pool
+from .prune import prune_stale
 from .report import write_report
 from .resume import DoneIndex
 from .retry import RetryPolicy
@@ -46,9 +46,7 @@ __all__ = [
     "Run",
     "RunObserver",
     "RunStatus",
-    "prune_stale",
     "run_batch",
-    "stale_files",
 ]
 
 
@@ -97,8 +95,10 @@ class Ledger:
         verify: bool,
         observer: RunObserver,
         on_write_error: Callable[[str], None],
+        batch_api: bool = False,
     ) -> None:
         self.manifest = manifest
+        self.batch_api = batch_api  # a Batch API run collects what waits in batches
         self.out_dir = out_dir
         self.done = done
         self.verify = verify
@@ -108,11 +108,19 @@ class Ledger:
         self.keys: set[str] = set()  # every job of this file, as the manifest keys it
         self.stems: set[str] = set()  # every output name stem of this file's jobs
         self.skipped_lines: dict[str, int] = {}  # id -> current line, for jobs already done
+        self.in_batches: set[str] = set()  # ids of jobs a direct run leaves to their batch
         self._on_write_error = on_write_error
 
     async def is_done(self, job: Job) -> bool:
+        """Whether the job needs no work from this run: done, or (for a direct run) in a
+        Batch API batch still on the server, paid for there: never made twice."""
         self.stems.update(job.stems)  # asked once for every job of the file
-        if self.done is None or not len(self.done):
+        if self.done is None:
+            return False
+        if not self.batch_api and self.done.pending(job):
+            self.in_batches.add(job.id)
+            return True
+        if not len(self.done):
             return False
         if self.verify:  # hashing files: off the event loop
             return await asyncio.to_thread(self.done.is_done, job, self.out_dir, verify=True)
@@ -144,8 +152,11 @@ class Ledger:
 
     def skip(self, job: Job) -> None:
         self.keys.add(job.id)
-        self.skipped_lines[job.id] = job.line
-        self.summary.skip()
+        self.skipped_lines[job.id] = job.line  # its record stays as it is
+        if job.id in self.in_batches:
+            self.summary.wait_in_batch()
+        else:
+            self.summary.skip()
         self.observer.job_skipped(job)
 
     def retrying(self, job_id: str, attempt: int, wait: float, reason: str) -> None:
@@ -276,6 +287,7 @@ async def run_batch(
                 verify=verify,
                 observer=observer or RunObserver(),
                 on_write_error=pool.abort,
+                batch_api=batch is not None,
             )
             if batch is not None:
                 batch_runner = BatchRunner(
@@ -315,6 +327,14 @@ async def run_batch(
                 summary.aborted = pool.abort_reason
                 summary.interrupted = pool.interrupted
                 summary.budget = runner.budget.reached() if pool.budget_reason else None
+                if ledger.in_batches:
+                    log.warning(
+                        "%d job(s) wait in Batch API batches still on the server (see %s): "
+                        "not made again; run with --batch-api to collect them",
+                        len(ledger.in_batches),
+                        config.out_dir / "batches.jsonl",
+                        extra={"event": "warning", "jobs": len(ledger.in_batches)},
+                    )
                 if batch is not None:
                     summary.batches_running = batch_runner.running
         try:
@@ -343,64 +363,3 @@ async def run_batch(
                 extra={"event": "warning", "reason": str(exc)},
             )
     return summary
-
-
-def stale_files(
-    out_dir: Path, current: Set[str], *, keep: Set[str] = frozenset()
-) -> list[tuple[str, list[Path]]]:
-    """``(job, its files)`` for each job the manifest records but the job file no longer has.
-
-    Only regular files inside OUT are listed (see :func:`~pmock_batch.files.contained_file`),
-    and never one a current job writes: ``keep`` holds the current jobs' name stems
-    (``x-1`` of a job ``x`` with ``n: 2`` may be an old job's ``x-1.png`` too).
-    """
-    out: list[tuple[str, list[Path]]] = []
-    for record in stale_records(out_dir / MANIFEST_NAME, current):
-        name = str(record.get("id") or f"line {record.get('line')}")
-        listed = [
-            item
-            for key in ("files", "partials")  # a streamed job's saved partials go with it
-            if isinstance(record.get(key), list)
-            for item in record[key]
-            if isinstance(item, dict)
-        ]
-        paths = [
-            path
-            for item in listed
-            if (path := contained_file(out_dir, str(item.get("path", "")))) is not None
-            and _stem(path.relative_to(out_dir)) not in keep
-        ]
-        out.append((name, paths))
-    return out
-
-
-def _stem(relative: Path) -> str:
-    """The job stem a file in OUT belongs to: ``a/b`` of ``a/b.png``, and of a partial
-    ``.partials/a/b.0.png``."""
-    if relative.parts[0] == PARTIALS_DIR:
-        return relative.relative_to(PARTIALS_DIR).with_suffix("").with_suffix("").as_posix()
-    return relative.with_suffix("").as_posix()
-
-
-def prune_stale(out_dir: Path, current: Set[str], keep: Set[str]) -> int:
-    """Delete the files of jobs no longer in the job file; log each. Returns the job count.
-
-    Their manifest records go in the compaction that follows. Files named by a
-    current job's stem (``keep``) stay: they are that job's now.
-    """
-    stale = stale_files(out_dir, current, keep=keep)
-    for name, paths in stale:
-        for path in paths:
-            relative = path.relative_to(out_dir).as_posix()
-            try:  # checked again as it goes: never through a link
-                remove_file(out_dir, relative)
-            except OutputPathError as exc:  # a link appeared since: left alone
-                log.warning("%s", exc, extra={"event": "warning", "reason": str(exc)})
-        shown = ", ".join(str(p.relative_to(out_dir)) for p in paths) or "no files"
-        log.warning(
-            "pruned %s (no longer in the job file): %s",
-            name,
-            shown,
-            extra={"event": "pruned", "job_id": name, "files": len(paths)},
-        )
-    return len(stale)

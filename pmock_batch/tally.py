@@ -187,6 +187,11 @@ class Summary:
         """Count a job an earlier run finished."""
         self.skipped += 1
 
+    def wait_in_batch(self) -> None:
+        """Count a job a direct run leaves to the Batch API batch it is in (``pending``)."""
+        self.jobs += 1
+        self.pending += 1
+
     def _times(self, record: JobRecord) -> None:
         with contextlib.suppress(TypeError):  # naive and aware timestamps mixed
             start = _timestamp(record.started_at)

@@ -159,6 +159,26 @@ async def test_no_wait_twice(fake, tmp_path):
     assert (third.ok, third.pending, len(api.batches)) == (3, 0, 1)
 
 
+async def test_a_direct_run_leaves_pending_jobs_to_their_batch(fake, tmp_path, caplog):
+    """Jobs in a batch still on the server are paid for there: a direct run does not make
+    them again, says so, and a later --batch-api run collects them."""
+    api, url = fake
+    api.steps = 3
+    first = await _run(tmp_path, url, wait=False)
+    assert first.pending == 3
+    path = tmp_path / "jobs.jsonl"
+    async with MockServer(MockOptions()) as direct:
+        config = RunConfig(out_dir=tmp_path / "out", base_url=direct.base_url, api_key=KEY)
+        with caplog.at_level("WARNING", logger="pmock_batch"):
+            summary = await run_batch(config, iter_jobs(path, scan(path)))
+        assert direct.stats.requests == 0  # nothing made twice
+    assert (summary.pending, summary.ok, summary.skipped, summary.done) == (3, 0, 0, 3)
+    assert "3 job(s) wait in Batch API batches still on the server" in caplog.text
+    assert {r["status"] for r in read_manifest(tmp_path / "out")} == {"pending"}
+    collected = await _run(tmp_path, url)
+    assert (collected.ok, len(api.batches)) == (3, 1)  # the same batch, collected
+
+
 async def test_error_rows_fail_and_are_not_resubmitted(fake, tmp_path):
     api, url = fake
     api.fail = {"fox", "owl-2"}
@@ -180,7 +200,7 @@ async def test_error_rows_fail_and_are_not_resubmitted(fake, tmp_path):
     owl = by_id(read_manifest(tmp_path / "out"))["owl"]
     assert owl["status"] == "ok"
     assert [f["path"] for f in owl["files"]] == ["owl-1.png", "owl-2.png"]
-    assert owl["warnings"] == ["kept 1 image(s) an earlier run saved; made the rest"]
+    assert owl["kept"] == 1
 
 
 async def test_mixed_direct_and_batch_history(fake, tmp_path):

@@ -18,7 +18,6 @@ from ..jobs import Job
 from ..models import ErrorRecord, FileRecord, JobRecord, JobStatus
 from ..pool import Progress
 from ..prices import Prices, price_record
-from ..resume import kept_warning
 from ..tally import add_usage
 
 __all__ = ["Book", "Entry", "now"]
@@ -73,9 +72,7 @@ class Book:
             index_of = {stem: index for index, stem in enumerate(job.stems)}
             files = {index_of[f.path.rpartition(".")[0]]: f for f in (kept or {}).get(job.id, [])}
             entry = Entry(job, set(range(job.request.count)) - files.keys(), files=files)
-            if files:
-                entry.warnings.append(kept_warning(len(files)))
-                entry.progress.kept = len(files)
+            entry.progress.kept = len(files)  # the record says so: its ``kept``
             self.entries[job.id] = entry
             for index, stem in enumerate(job.stems):
                 self._by_cid[stem] = (entry, index)
