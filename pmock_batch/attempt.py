@@ -168,7 +168,7 @@ class DirectRunner:
             try:
                 image, reply, relative = await self._image(job, stem, body, progress, index)
             except _Stopped:
-                status = "failed" if len(progress.files) > progress.kept else "not_run"
+                status = "not_run"  # the stop came first: not a failure; its images stay
                 error = ErrorRecord(kind=self.pool.stop_kind, message=self.pool.stop_reason)
                 break
             except Exception as exc:  # a job's failure, even an unexpected one, is a record
@@ -209,7 +209,7 @@ class DirectRunner:
         return self._record(
             job,
             progress,
-            status="failed",
+            status="not_run",
             error=ErrorRecord(
                 kind="not_run",
                 message=f"stopped after {done} of {job.request.count} images; "

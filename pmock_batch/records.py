@@ -55,16 +55,16 @@ def unfinished_record(
     field_case: str,
     prices: Prices | None,
 ) -> JobRecord:
-    """A job that did not finish. One cancelled in flight keeps its attempts (the server
-    saw them) and the images it saved (they were paid for); with images made here it is
-    ``failed``, else ``not_run`` (with the images an earlier run saved, if any)."""
+    """A job the stop (Ctrl-C, an abort, the spending cap) reached before it finished:
+    ``not_run``, not a failure. One cancelled in flight keeps its attempts (the server
+    saw them) and the images it saved (they were paid for: a re-run keeps them)."""
     progress = progress or Progress()
     record = job_record(
         job,
         progress,
         field_case,
         prices,
-        status="failed" if len(progress.files) > progress.kept else "not_run",
+        status="not_run",
         error=ErrorRecord(kind=kind, message=reason),
     )
     record.finished_at = None

@@ -202,7 +202,7 @@ async def test_a_job_cancelled_mid_way_keeps_the_images_it_saved(tmp_path, make_
     await asyncio.wait_for(run_batch(config, jobs, on_start=runs.append), 10)
     await stopper
     record = by_id(read_manifest(tmp_path / "out"))["v"]
-    assert (record["status"], record["attempts"]) == ("failed", 3)
+    assert (record["status"], record["attempts"]) == ("not_run", 3)  # stopped: no failure
     assert [f["path"] for f in record["files"]] == ["v-1.png", "v-2.png"]
     assert all((tmp_path / "out" / f["path"]).is_file() for f in record["files"])
 

@@ -87,8 +87,8 @@ async def test_json_summary_and_report_count_a_mixed_batch_alike(
     assert counts == {key: summary[key] for key in counts}
     jobs = summary["jobs"]
     assert (jobs["total"], jobs["ok"], jobs["skipped"], jobs["invalid"]) == (6, 1, 1, 0)
-    # multi is failed either way: by its 400, or stopped by the abort mid-way.
-    assert jobs["failed"] + jobs["not_run"] == 4 and jobs["failed"] >= 3
+    # multi failed by its 400, or was stopped by the abort mid-way (not run, then).
+    assert jobs["failed"] + jobs["not_run"] == 4 and jobs["failed"] >= 2
     kinds = summary["failed_by_kind"]
     assert kinds["auth"] == kinds["moderation"] == 1 and sum(kinds.values()) == jobs["failed"]
     this_run = [r for r in read_manifest(out) if r["id"] != "done"]

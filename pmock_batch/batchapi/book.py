@@ -155,8 +155,7 @@ class Book:
                     entry.batch_ids.insert(0, batch)
                 out.append(self.record(entry, "pending", None))
             else:
-                made = len(entry.files) > entry.progress.kept
-                status: JobStatus = "failed" if made or entry.error else "not_run"
+                status: JobStatus = "failed" if entry.error else "not_run"
                 out.append(
                     self.record(
                         entry, status, entry.error or ErrorRecord(kind="not_run", message=reason)
