@@ -469,6 +469,38 @@ def test_sigint_exits_130_with_consistent_manifest(tmp_path):
     assert not list(out.rglob("*.pmock-tmp"))
 
 
+def test_sigterm_to_the_process_then_its_group_is_one_stop(tmp_path):
+    """``timeout`` and CI runners signal the process, then its group: the same SIGTERM
+    twice within a moment is one stop (a summary, every job recorded), not an exit."""
+    import signal
+    import time
+
+    out = tmp_path / "o"
+    jobs = write_jobs(
+        tmp_path / "jobs.jsonl", [{"id": f"j{i}", "prompt": f"p{i}"} for i in range(50)]
+    )
+    argv = [sys.executable, "-m", "pmock_batch", str(jobs), "--mock", "--mock-latency", "0.2"]
+    proc = subprocess.Popen(
+        [*argv, "--concurrency", "2", "--grace", "5", "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_subprocess_env(),
+        start_new_session=True,  # its own process group, as under timeout
+    )
+    deadline = time.monotonic() + 20
+    manifest = out / "manifest.jsonl"
+    while time.monotonic() < deadline and not (manifest.exists() and manifest.stat().st_size):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.1)  # handled by now: the group's copy comes as a second signal
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "Interrupted again" not in err and "stopping" in err
+    assert len(read_manifest(out)) == 50  # the summary ran: every job recorded
+
+
 async def test_every_run_writes_a_report_and_report_regenerates_it(tmp_path, capsys):
     out = tmp_path / "o"
     jobs = write_jobs(tmp_path / "jobs.jsonl", [{"id": "a/b", "prompt": "a <b> & c"}])

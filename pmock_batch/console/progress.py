@@ -34,6 +34,7 @@ __all__ = [
 PROGRESS_EVERY_S = 10.0
 PROGRESS_EVERY_FRACTION = 0.05
 STATE_WIDTH = 11  # "backing off": the bar's state field never changes width
+SAME_SIGNAL = 0.5  # seconds: a signal this soon after the first is the same one again
 
 
 class Reporter(RunObserver):
@@ -244,10 +245,13 @@ async def live_run(
 
     The first Ctrl-C or SIGTERM stops the run (no new jobs; those in
     flight get ``grace`` seconds), with a message; a second one exits the
-    process at once with ``exit_code``.
+    process at once with ``exit_code``. One that comes within
+    :data:`SAME_SIGNAL` seconds of the first is the same one delivered twice:
+    ``timeout`` and CI runners signal the process and then its whole group.
     """
     loop = asyncio.get_running_loop()
     runs: list[Run] = []
+    first: list[float] = []  # when the first signal came
 
     def on_start(handle: Run) -> None:
         runs.append(handle)
@@ -259,9 +263,12 @@ async def live_run(
             reporter.tick()
 
     def on_signal() -> None:
+        if first and loop.time() - first[0] < SAME_SIGNAL:
+            return  # the first one again, by way of the process group
         if not runs or runs[0].stopping:
             say("Interrupted again: exiting now.", event="interrupted")
             os._exit(exit_code)
+        first.append(loop.time())
         runs[0].stop()
         reporter.stop()  # first, so no frozen bar with a live-looking ETA stays behind
         say(
