@@ -124,6 +124,9 @@ class FakeBatchAPI:
 
     async def retrieve(self, request: web.Request) -> web.Response:
         bid = request.match_info["id"]
+        if bid not in self.batches:  # as the real API answers an unknown id
+            error = {"message": f"No batch found with id '{bid}'.", "type": "invalid_request_error"}
+            return web.json_response({"error": error}, status=404)
         b = self.batches[bid]
         b["_polls"] += 1
         if b["status"] == "validating":

@@ -179,6 +179,30 @@ async def test_a_direct_run_leaves_pending_jobs_to_their_batch(fake, tmp_path, c
     assert (collected.ok, len(api.batches)) == (3, 1)  # the same batch, collected
 
 
+async def test_a_batch_the_server_does_not_know_stops_the_run_until_forgotten(
+    fake, tmp_path, capsys, monkeypatch
+):
+    api, url = fake
+    api.steps = 3
+    assert (await _run(tmp_path, url, wait=False)).pending == 3
+    (batch_id,) = api.batches
+    api.batches.clear()  # another key, another URL: the server does not know it
+    stuck = await _run(tmp_path, url)
+    assert stuck.aborted is not None and f"--forget {batch_id}" in stuck.aborted
+    assert {r["status"] for r in read_manifest(tmp_path / "out")} == {"pending"}
+    out = str(tmp_path / "out")
+    monkeypatch.delenv("PMOCK_API_KEY")  # no key, so no request: nothing leaves this machine
+    listed = await run_cli(["batches", out], capsys)  # no key needed to list
+    assert listed.code == 0 and batch_id in listed.out and "not refreshed" in listed.err
+    forgot = await run_cli(["batches", out, "--forget", batch_id], capsys)
+    assert forgot.code == 0 and f"forgot {batch_id}" in forgot.err
+    assert "forgotten" in (await run_cli(["batches", out], capsys)).out
+    again = await _run(tmp_path, url)
+    assert (again.ok, again.aborted, len(api.batches)) == (3, None, 1)  # submitted anew
+    unknown = await run_cli(["batches", out, "--forget", "batch_nope"], capsys)
+    assert unknown.code == 2 and "no batch 'batch_nope'" in unknown.err
+
+
 async def test_error_rows_fail_and_are_not_resubmitted(fake, tmp_path):
     api, url = fake
     api.fail = {"fox", "owl-2"}

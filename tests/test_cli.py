@@ -883,3 +883,13 @@ async def test_validate_stream_warns_about_models_that_do_not_stream(tmp_path, c
     assert plain.code == streamed.code == 0
     assert "does not stream" not in plain.err
     assert "jobs.jsonl:1: dall-e-3 does not stream" in streamed.err
+
+
+async def test_the_suite_never_resolves_a_real_api_host(tmp_path, capsys, monkeypatch, cli_sleep):
+    """conftest's guard: a run that would reach the real endpoint (no --base-url) fails
+    to resolve its name, before any packet leaves the machine."""
+    monkeypatch.setenv("PMOCK_API_KEY", "sk-never-sent")
+    jobs = write_jobs(tmp_path / "jobs.jsonl", [{"id": "a", "prompt": "x"}])
+    result = await run_cli([str(jobs), "--out", str(tmp_path / "o")], capsys)
+    assert result.code == 3, result.err
+    assert "tests reach loopback only" in result.err

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..answers import clean
-from ..errors import APIError, Decision, InputFileError
+from ..errors import APIError, Decision, InputFileError, NotFoundError
 from ..failures import Where, abort_message, describe
 from ..images import ImageSink
 from ..jobs import InvalidLine, Job
@@ -35,7 +35,7 @@ from ..records import invalid_record
 from .book import Book
 from .collect import Collector
 from .plan import MAX_BATCH_SIZE, MAX_FILE_BYTES
-from .state import TERMINAL, Batch, BatchState
+from .state import STATE_NAME, TERMINAL, Batch, BatchState
 from .submit import Active, Submitter
 from .transport import BatchClient
 
@@ -69,6 +69,7 @@ class BatchOptions:
     on_step: Callable[[str], None] | None = None  # tests: called after each state step
     clock: Callable[[], float] = time.time
     rng: random.Random = field(default_factory=random.Random)
+    forget_unknown: bool = False  # --mock: a batch of an earlier mock is gone for good
 
 
 Writer = Callable[[ImageSink, Path, str], Awaitable[Path]]
@@ -225,6 +226,9 @@ class BatchRunner:
         batch = act.batch
         try:
             seen = await self.api.retrieve(batch.batch_id)
+        except NotFoundError:
+            await self._unknown(act)
+            return
         except APIError as exc:  # polling is idempotent: the next poll tries again
             if describe(exc).decision is Decision.ABORT:  # a bad key, a wrong URL: it won't pass
                 raise
@@ -237,6 +241,28 @@ class BatchRunner:
             _log_errors(batch, seen.get("errors"))
         if batch.status in TERMINAL:
             await self._collect(act)
+
+    async def _unknown(self, act: Active) -> None:
+        """The server does not know a recorded batch: stop, saying how to go on; or, when
+        it is a mock's from an earlier run (``--mock``), forget it and submit its rows again."""
+        batch = act.batch
+        forget = f"pmock-batch batches {self.out_dir} --forget {batch.batch_id}"
+        if not self.options.forget_unknown:
+            self.pool.abort(
+                f"the server does not know {batch.batch_id}, recorded in "
+                f"{self.out_dir / STATE_NAME} (another --base-url or key?); if it is gone for "
+                f"good, '{forget}' lets the next run submit its images again (if it did run, "
+                "they would be paid for twice)"
+            )
+            return
+        await asyncio.to_thread(self.state.lost, batch)
+        del self.active[batch.batch_id]
+        log.warning(
+            "%s is unknown to this mock (an earlier run's); submitting its images again",
+            batch.batch_id,
+            extra={"event": "batch_lost", "batch_id": batch.batch_id},
+        )
+        await self._record(await self.sub.submit(self._uncovered()))
 
     def _show(self, batch: Batch) -> None:
         counts = batch.counts

@@ -76,10 +76,11 @@ class Batch:
     error_file_id: str | None = None
     expires_at: float | None = None
     collected: bool = False
+    lost: bool = False  # forgotten: the server does not know it (batches OUT --forget)
 
     @property
     def running(self) -> bool:
-        return self.status not in TERMINAL
+        return not self.lost and self.status not in TERMINAL
 
 
 class BatchState:
@@ -145,6 +146,8 @@ class BatchState:
             b.expires_at = e.get("expires_at")
         elif kind == "collected" and (b := self.batches.get(str(e["batch_id"]))) is not None:
             b.collected = True
+        elif kind == "lost" and (b := self.batches.get(str(e["batch_id"]))) is not None:
+            b.lost = True
         elif kind == "deleted":
             file_id = str(e["file_id"])
             self.deleted.add(file_id)
@@ -240,6 +243,11 @@ class BatchState:
 
     def collected(self, batch: Batch) -> None:
         self._append({"event": "collected", "batch_id": batch.batch_id})
+
+    def lost(self, batch: Batch) -> None:
+        """Forget a batch the server does not know: a run no longer waits for it, and
+        submits the images it held again."""
+        self._append({"event": "lost", "batch_id": batch.batch_id})
 
     def deleted_file(self, file_id: str) -> None:
         self._append({"event": "deleted", "file_id": file_id})

@@ -196,6 +196,8 @@ class Submitter:
                 continue
             owed = any(self.book.owed(cid, fp) for cid, fp in upload.rows.items())
             batch = self.state.batches.get(upload.batch_id or "")
+            if batch is not None and batch.lost:
+                continue  # forgotten: what it held is owed again, and submitted again
             if batch is not None:
                 if batch.collected and not self.keep_files:  # a kill before deleting
                     for file_id in (batch.file_id, batch.output_file_id, batch.error_file_id):
