@@ -39,6 +39,7 @@ class Budget:
     cost: float = 0.0  # USD, estimated, of those
     _held_images: int = 0  # requests in flight
     _held_cost: float = 0.0
+    _refused: float = 0.0  # the dearest request the cap refused (USD, estimated)
 
     @property
     def capped(self) -> bool:
@@ -50,6 +51,7 @@ class Budget:
             return False
         cost = estimate or 0.0
         if self.max_cost is not None and self.cost + self._held_cost + cost > self.max_cost + 1e-9:
+            self._refused = max(self._refused, cost)
             return False
         self._held_images += 1
         self._held_cost += cost
@@ -69,4 +71,7 @@ class Budget:
             text = f"budget reached: {format_usd(self.cost)} of {format_usd(self.max_cost)} spent"
         else:
             text = f"budget reached: {self.images} of {self.max_images} images spent"
-        return text + (f", {self._held_images} in flight" if self._held_images else "")
+        text += f", {self._held_images} in flight" if self._held_images else ""
+        if self.max_cost is not None and self._refused > self.max_cost:  # no run ever fits
+            text += f" (one image costs about {format_usd(self._refused)}: raise --max-cost)"
+        return text

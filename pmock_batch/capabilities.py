@@ -114,6 +114,8 @@ class ModelEntry:
         if size in self.sizes:
             return None
         match = _SIZE.match(size)
+        if size == "auto":  # a size, but not one this model takes
+            return f"{size!r} is not one of {', '.join(self.sizes)}{self._for()}"
         if match is None:
             return f"{size!r} is not a size: use WxH, such as 1024x1024, or auto"
         if self.size_rule == "gpt-image-2":

@@ -75,3 +75,14 @@ async def test_a_cap_with_the_batch_api_is_a_usage_error(tmp_path, capsys):
     result = await run_cli([str(jobs), "--mock", "--batch-api", "--max-images", "3"], capsys)
     assert result.code == 2
     assert "--max-images and --max-cost cap direct runs" in result.err
+
+
+def test_a_cap_below_one_image_says_so() -> None:
+    budget = Budget(max_cost=0.01)
+    assert not budget.reserve(0.053)
+    assert budget.reached() == (
+        "budget reached: $0.00 of $0.010 spent (one image costs about $0.053: raise --max-cost)"
+    )
+    fits = Budget(max_cost=0.1)
+    assert fits.reserve(0.053) and not fits.reserve(0.053)
+    assert "raise --max-cost" not in fits.reached()  # the next run goes on

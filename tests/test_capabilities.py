@@ -383,3 +383,10 @@ def test_edits_and_edit_fields_are_data_a_user_table_can_change(tmp_path):
     table.write_text('[models.dall-e-3]\nedits = "yes"\n', encoding="utf-8")
     with pytest.raises(UsageError, match=r"edits: expected true or false"):
         load_capabilities(table)
+
+
+def test_auto_for_a_model_without_it_names_the_models_sizes(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.jsonl"
+    path.write_text('{"prompt": "x", "size": "auto", "model": "dall-e-3"}\n')
+    (problem,) = scan(path).problems
+    assert problem.message == "'auto' is not one of 1024x1024, 1792x1024, 1024x1792 for dall-e-3"
