@@ -20,6 +20,7 @@ from typing import Any
 
 import click
 import rich_click as rclick
+from click import ClickException as ClickError
 
 from . import config as cfg
 from . import console
@@ -162,6 +163,8 @@ def run(**o: Any) -> int:
     out_dir = o["out"] or Path("out") / jobs.stem
     if result.invalid and not o["skip_invalid"]:
         console.print_problems(result)
+        if o["json"]:
+            _json_error(EXIT_USAGE, f"{jobs}: {len(result.invalid)} invalid line(s)")
         return EXIT_USAGE
     if not result.jobs and not result.invalid:
         console.say(f"no jobs in {jobs}: nothing to do", event="nothing_to_do")
@@ -367,4 +370,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except click.exceptions.Exit as exc:  # --help, --version
         return exc.exit_code
     except (Exception, KeyboardInterrupt) as exc:
-        return fail(exc)
+        code = fail(exc)
+        if "--json" in args:  # a script reads stdout: never empty
+            _json_error(code, exc.format_message() if isinstance(exc, ClickError) else str(exc))
+        return code
+
+
+def _json_error(code: int, message: str) -> None:
+    """``--json`` when the run never started: the exit code and why, for a script."""
+    error = {"schema": console.SUMMARY_SCHEMA, "exit_code": code, "error": message}
+    with contextlib.suppress(OSError):
+        click.echo(json.dumps(error))

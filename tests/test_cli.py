@@ -893,3 +893,24 @@ async def test_the_suite_never_resolves_a_real_api_host(tmp_path, capsys, monkey
     result = await run_cli([str(jobs), "--out", str(tmp_path / "o")], capsys)
     assert result.code == 3, result.err
     assert "tests reach loopback only" in result.err
+
+
+async def test_json_says_why_when_the_run_never_started(tmp_path, capsys):
+    """A script that reads --json's stdout always gets one object: on exit 2 and 4 too."""
+    bad = write_jobs(tmp_path / "bad.jsonl", [{"id": "a", "prompt": "x", "quailty": "high"}])
+    invalid = await run_cli([str(bad), "--mock", "--json"], capsys)
+    assert invalid.code == 2
+    assert json.loads(invalid.out) == {
+        "schema": "pmock-batch/summary/v1",
+        "exit_code": 2,
+        "error": f"{bad}: 1 invalid line(s)",
+    }
+    flag = await run_cli([str(bad), "--mock", "--json", "--bogus"], capsys)
+    assert flag.code == 2 and json.loads(flag.out)["error"].startswith("No such option '--bogus'")
+    from pmock_batch.lock import run_lock
+
+    good = write_jobs(tmp_path / "good.jsonl", [{"id": "a", "prompt": "x"}])
+    out = tmp_path / "out"
+    with run_lock(out):
+        locked = await run_cli([str(good), "--mock", "--json", "--out", str(out)], capsys)
+    assert locked.code == 4 and json.loads(locked.out)["exit_code"] == 4
