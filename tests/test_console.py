@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import logging
 import os
 import pty
 import re
@@ -113,6 +114,7 @@ async def test_log_format_json_gives_one_object_per_line(tmp_path, capsys, make_
     events = [json.loads(line) for line in result.err.splitlines()]  # every line is JSON
     kinds = {e["event"] for e in events}
     assert {"attempt", "retry", "job_failed", "progress", "summary"} <= kinds
+    assert "log" not in {e["event"] for e in events if e["level"] in ("warning", "error")}
     [summary] = [e for e in events if e["event"] == "summary"]
     fields = {k: v for k, v in summary.items() if k not in ("ts", "level", "event", "message")}
     stdout = json.loads(result.out)
@@ -453,3 +455,12 @@ async def test_json_log_mode_keeps_every_line_json_when_nothing_runs(tmp_path, c
         assert (result.code, events[0]["event"]) == (0, "nothing_to_do")
     plain = await run_cli([str(jobs), "--mock"], capsys)  # the next command is plain again
     assert not plain.err.lstrip().startswith("{")
+
+
+def test_a_warning_without_an_event_is_a_warning_event() -> None:
+    from pmock_batch.console.logs import _JsonFormatter
+
+    record = logging.LogRecord("pmock_batch", logging.WARNING, __file__, 1, "careful", None, None)
+    assert json.loads(_JsonFormatter().format(record))["event"] == "warning"
+    record.levelno, record.levelname = logging.INFO, "INFO"
+    assert json.loads(_JsonFormatter().format(record))["event"] == "log"

@@ -27,6 +27,10 @@ def make_console(stream: IO[str], *, tty: bool | None = None) -> Console:
     )
 
 
+# The event of a record that names none: a warning is a "warning", an error an "error".
+_LEVEL_EVENTS = {logging.WARNING: "warning", logging.ERROR: "error", logging.CRITICAL: "error"}
+
+
 class _JsonFormatter(logging.Formatter):
     """One JSON object per record: ts, level, event, message, and the record's fields."""
 
@@ -34,7 +38,7 @@ class _JsonFormatter(logging.Formatter):
         data: dict[str, Any] = {
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
-            "event": getattr(record, "event", "log"),
+            "event": getattr(record, "event", None) or _LEVEL_EVENTS.get(record.levelno, "log"),
             "message": record.getMessage(),
         }
         for key, value in vars(record).items():
