@@ -37,7 +37,13 @@ import rich_click as rclick
 from pydantic import ValidationError
 
 from .config import MANIFEST_NAME
-from .errors import LockedError, MergeConflictError, PmockBatchError, UsageError
+from .errors import (
+    LockedError,
+    MergeConflictError,
+    OutputPathError,
+    PmockBatchError,
+    UsageError,
+)
 from .files import (
     AtomicFile,
     check_own_file,
@@ -334,6 +340,9 @@ def merge_outputs(out: Path, others: Sequence[Path], *, prefer_newest: bool = Fa
             own = source.own and source.name != MANIFEST_NAME and str(source) not in result.kept
             if own and remove_file(out, source.name):
                 result.removed.append(source.name)
+                suffix = source.name.removeprefix("manifest.").removesuffix(".jsonl")
+                with contextlib.suppress(OSError, OutputPathError):  # the shard's own report
+                    remove_file(out, f"report.{suffix}.html")
         if result.changed or result.removed or not (out / REPORT_NAME).is_file():
             try:
                 result.report = write_report(out)

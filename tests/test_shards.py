@@ -387,6 +387,8 @@ async def test_report_names_the_shard_manifests_it_leaves_out(tmp_path, make_moc
     beside = await run_cli(["report", str(out)], capsys)
     assert beside.code == 0, beside.err
     assert "note: the report leaves out the shards' jobs" in beside.err
+    assert (out / "report.shard-0-of-2.html").is_file()
     assert (await run_cli(["merge", str(out)], capsys)).code == 0
+    assert not list(out.glob("report.shard-*")) and not list(out.glob("manifest.shard-*"))
     merged = await run_cli(["report", str(out)], capsys)
     assert merged.code == 0 and "note:" not in merged.err
