@@ -138,6 +138,7 @@ class Plan:
     # The owed images' estimated cost, per (model, size, quality): (images, USD or None).
     costs: dict[tuple[str, str, str], tuple[int, float | None]] = field(default_factory=dict)
     batch_discount: float = 1.0
+    shard: str | None = None  # "K/N": the plan is that share's only
 
     @property
     def to_run(self) -> int:
@@ -182,6 +183,7 @@ def plan_run(
     plan = Plan(path, out_dir, result.jobs, result.images, len(result.invalid), 0)
     if shard is not None:  # counted below, as the share's
         plan.jobs = plan.images = plan.invalid = 0
+        plan.shard = shard.label
     plan.batch_discount = prices.batch_discount
     current: set[str] = set()
     stems: set[str] = set()

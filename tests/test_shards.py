@@ -368,7 +368,7 @@ async def test_dry_run_plans_the_share_only(tmp_path, capsys):
     argv = [str(jobs), "--mock", "--out", str(tmp_path / "out"), "--dry-run", "--shard", "2/3"]
     result = await run_cli(argv, capsys)
     assert result.code == 0, result.err
-    assert f": {len(mine)} job(s), {images} image(s), into " in result.out
+    assert f", shard 2/3 (its share only): {len(mine)} job(s), {images} image(s)" in result.out
     assert f"0 already done, {len(mine)} to run" in result.out
     assert not (tmp_path / "out").exists()
 

@@ -184,8 +184,9 @@ def print_problems(result: ScanResult) -> None:
 
 def print_plan(plan: Plan, file: IO[str]) -> None:
     """The ``--dry-run`` plan: counts, the files a run would write, and what --prune removes."""
+    share = f", shard {plan.shard} (its share only)" if plan.shard else ""
     print(
-        f"Plan for {plan.jobs_file}: {plan.jobs} job(s), {plan.images} image(s), into "
+        f"Plan for {plan.jobs_file}{share}: {plan.jobs} job(s), {plan.images} image(s), into "
         f"{plan.out_dir}/; {plan.done} already done, {plan.to_run} to run",
         file=file,
     )
