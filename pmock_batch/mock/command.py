@@ -138,9 +138,9 @@ MOCK_FLAGS: dict[str, dict[str, Any]] = {
     "dialect": dict(
         type=click.Choice(DIALECTS),
         default="pmock",
-        help="pmock: the seed's rules; openai: the real API's rules per model, from the "
-        "capability table (400 unknown_parameter, n up to 10, gpt-image-2 sizes) "
-        "(default: pmock)",
+        help="pmock: pmock's documented rules, one set for every model; openai: the real "
+        "API's rules per model, from the capability table (400 unknown_parameter, n up to "
+        "10, gpt-image-2 sizes) (default: pmock)",
     ),
     "batch-seconds": dict(
         type=click.FloatRange(min=0),

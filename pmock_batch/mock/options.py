@@ -61,7 +61,7 @@ class MockOptions:
     payload_mb: float | None = None  # pad images with noise to about this many MB (10**6 B)
     image_px: int | None = None  # draw every image this many pixels square, whatever its size
     log_limit: int = DEFAULT_LOG_LIMIT  # received requests kept in the stats log
-    dialect: str = "pmock"  # "pmock": the seed's rules; "openai": the real API's, per model
+    dialect: str = "pmock"  # "pmock": pmock's documented rules; "openai": the real API's
     trailing_bytes: int = 0  # junk after each image's end (PNG IEND, JPEG EOI, WebP RIFF data)
     download_script: Sequence[str] = ()  # outcomes of each image file's GETs, by attempt
     padding_bytes: int = (
