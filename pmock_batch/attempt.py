@@ -300,7 +300,7 @@ class DirectRunner:
             progress.attempts += 1
             started, sent_at = time.monotonic(), self.pacer.now()
             self.pool.requests += 1
-            billed, cost = True, None
+            billed, maybe, cost = True, False, None
             events = _reader(self.config, body, sink, progress)
             try:
                 url = job.request.response_format == "url"
@@ -317,13 +317,14 @@ class DirectRunner:
             except APIError as exc:
                 failure = describe(exc, self.policy)
                 billed = failure.billed or failure.ambiguous  # paid, or maybe paid
+                maybe = failure.ambiguous and not failure.billed
                 self._answered(this, exc, progress, started, sent_at)
                 raise
             finally:
                 self.pool.requests -= 1
                 self.pacer.settled()
                 if capped:
-                    self.budget.settle(estimate, billed=billed, cost=cost)
+                    self.budget.settle(estimate, billed=billed, cost=cost, maybe=maybe)
         self.tripwire.succeeded()
         self.pacer.observe(reply.headers, sent_at=sent_at, admitted=True)
         this.logged(reply.status, started)

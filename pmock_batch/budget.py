@@ -40,6 +40,7 @@ class Budget:
     _held_images: int = 0  # requests in flight
     _held_cost: float = 0.0
     _refused: float = 0.0  # the dearest request the cap refused (USD, estimated)
+    maybe_cost: float = 0.0  # of ``cost``: timeouts and cut streams, that may have been billed
 
     @property
     def capped(self) -> bool:
@@ -57,13 +58,18 @@ class Budget:
         self._held_cost += cost
         return True
 
-    def settle(self, estimate: float | None, *, billed: bool, cost: float | None) -> None:
-        """The request that held ``estimate`` is answered: count it if it was billed."""
+    def settle(
+        self, estimate: float | None, *, billed: bool, cost: float | None, maybe: bool = False
+    ) -> None:
+        """The request that held ``estimate`` is answered: count it if it was billed, or
+        ``maybe`` billed (a timeout: the server may have made the image)."""
         self._held_images -= 1
         self._held_cost -= estimate or 0.0
         if billed:
             self.images += 1
-            self.cost += cost if cost is not None else (estimate or 0.0)
+            spent = cost if cost is not None else (estimate or 0.0)
+            self.cost += spent
+            self.maybe_cost += spent if maybe else 0.0
 
     def reached(self) -> str:
         """Why the budget stops the run, in words: what was spent of what was allowed."""
@@ -72,6 +78,8 @@ class Budget:
         else:
             text = f"budget reached: {self.images} of {self.max_images} images spent"
         text += f", {self._held_images} in flight" if self._held_images else ""
+        if self.max_cost is not None and self.maybe_cost:
+            text += f" ({format_usd(self.maybe_cost)} of it for timeouts that may have been billed)"
         if self.max_cost is not None and self._refused > self.max_cost:  # no run ever fits
             text += f" (one image costs about {format_usd(self._refused)}: raise --max-cost)"
         return text

@@ -86,3 +86,14 @@ def test_a_cap_below_one_image_says_so() -> None:
     fits = Budget(max_cost=0.1)
     assert fits.reserve(0.053) and not fits.reserve(0.053)
     assert "raise --max-cost" not in fits.reached()  # the next run goes on
+
+
+def test_the_cap_says_what_of_the_spend_may_not_have_been_billed() -> None:
+    budget = Budget(max_cost=0.1)
+    assert budget.reserve(0.053)
+    budget.settle(0.053, billed=True, cost=None, maybe=True)  # a timeout: maybe made
+    assert not budget.reserve(0.053)
+    assert budget.reached() == (
+        "budget reached: $0.053 of $0.100 spent ($0.053 of it for timeouts that may have "
+        "been billed)"
+    )
