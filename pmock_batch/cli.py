@@ -20,7 +20,6 @@ from typing import Any
 
 import click
 import rich_click as rclick
-from click import ClickException as ClickError
 
 from . import config as cfg
 from . import console
@@ -372,7 +371,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (Exception, KeyboardInterrupt) as exc:
         code = fail(exc)
         if "--json" in args:  # a script reads stdout: never empty
-            _json_error(code, exc.format_message() if isinstance(exc, ClickError) else str(exc))
+            click_error = isinstance(exc, click.ClickException)
+            _json_error(code, exc.format_message() if click_error else str(exc))
         return code
 
 
