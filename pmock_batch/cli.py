@@ -371,8 +371,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (Exception, KeyboardInterrupt) as exc:
         code = fail(exc)
         if "--json" in args:  # a script reads stdout: never empty
-            click_error = isinstance(exc, click.ClickException)
-            _json_error(code, exc.format_message() if click_error else str(exc))
+            message = exc.format_message() if isinstance(exc, click.ClickException) else None
+            _json_error(code, message or str(exc))
         return code
 
 
