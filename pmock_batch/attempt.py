@@ -205,18 +205,9 @@ class DirectRunner:
 
     def _checkpoint(self, job: Job, progress: Progress, started_at: str) -> JobRecord:
         """An ``n > 1`` job's record between two images: what a kill leaves in the manifest."""
-        done = len(progress.files)
-        return self._record(
-            job,
-            progress,
-            status="not_run",
-            error=ErrorRecord(
-                kind="not_run",
-                message=f"stopped after {done} of {job.request.count} images; "
-                "a re-run makes only the rest",
-            ),
-            started_at=started_at,
-        )
+        why = f"stopped after {len(progress.files)} of {job.request.count} images; a re-run "
+        error = ErrorRecord(kind="not_run", message=why + "makes only the rest")
+        return self._record(job, progress, status="not_run", error=error, started_at=started_at)
 
     def _react(self, job: Job, failure: Failure) -> None:
         """What a job's last failure means for the run: an abort, or a tripped wire."""

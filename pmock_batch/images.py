@@ -7,12 +7,10 @@ writes, then verified from its head and that walk and renamed into place.
 Bytes after the image's end do not fail it (decoders ignore them); the file
 is kept as received. An image that fails can be kept instead, as received,
 under ``.rejected/`` (:func:`rejected_path`, :meth:`ImageSink.keep`).
-:func:`decode_and_verify` checks a ``b64_json`` already in memory the same
-way. Every file is written through
-:class:`~pmock_batch.files.AtomicFile`: no symbolic link below OUT is ever
-followed or replaced.
-Thread hops are kept few and large (see ``benchmarks/aiofiles_hops.py``): the
-sink writes ~1 MB at a time and commits (fsync, close, rename) in one hop.
+:func:`decode_and_verify` checks a ``b64_json`` already in memory the same way.
+Every file is written through :class:`~pmock_batch.files.AtomicFile`: no
+symbolic link below OUT is ever followed or replaced. Thread hops are few and
+large (``benchmarks/aiofiles_hops.py``): ~1 MB writes, one commit hop.
 """
 
 from __future__ import annotations
