@@ -22,11 +22,16 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from .errors import InvalidResponseError
 from .files import contained_file, open_regular, sha256_of
+from .images import EXTENSIONS, read_header
 from .jobs import Job
 from .models import FileRecord
 
 __all__ = ["DoneIndex"]
+
+_FORMATS = {ext: fmt for fmt, ext in EXTENSIONS.items()}  # png, jpg, webp -> the format
+_HEADER_BYTES = 1 << 20  # enough of a file for any image header pmock-batch writes
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,19 +185,26 @@ class DoneIndex:
         return done is not None and self._intact(done, job, out_dir, verify=verify)
 
     def kept(self, job: Job, out_dir: Path, *, verify: bool = False) -> list[FileRecord]:
-        """The intact images an earlier run saved of ``job`` (the same request) and did not
-        finish: a re-run makes only the others. Hashes the files with ``verify``."""
+        """The intact images an earlier run saved of ``job`` (the same request): a re-run
+        makes only the others. From an unfinished job's record, or from an ``ok`` one some
+        of whose images went missing or changed. Hashes the files with ``verify``."""
         part = self._parts.get(job.id)
-        if part is None or part.fingerprint != job.fingerprint:
+        files: Iterable[FileRecord | None]
+        if part is not None and part.fingerprint == job.fingerprint:
+            files = part.files
+        elif (done := self._entries.get(job.id)) and done.fingerprint == job.fingerprint:
+            files = (_file_record(out_dir, *f) for f in done.files)  # the rare case: read them
+        else:
             return []
         stems = set(job.stems)
         kept = [
             f
-            for f in part.files
-            if f.path.rpartition(".")[0] in stems
+            for f in files
+            if f is not None
+            and f.path.rpartition(".")[0] in stems
             and _file_intact(out_dir, f.path, f.bytes, f.sha256, verify=verify)
         ]
-        return kept if len(kept) < job.request.count else []  # all of them: not a part
+        return kept if len(kept) < job.request.count else []  # all of them: done, not a part
 
     @staticmethod
     def _intact(done: _Done, job: Job, out_dir: Path, *, verify: bool) -> bool:
@@ -204,6 +216,23 @@ class DoneIndex:
             _file_intact(out_dir, relative, size, sha256, verify=verify)
             for relative, size, sha256 in done.files
         )
+
+
+def _file_record(out_dir: Path, relative: str, size: int, sha256: str) -> FileRecord | None:
+    """The record of an ``ok`` job's image, its format and size read from its header; None
+    if it is missing or unreadable (the index keeps only path, size and hash of each)."""
+    fmt = _FORMATS.get(relative.rpartition(".")[2])
+    target = contained_file(out_dir, relative)
+    if fmt is None or target is None:
+        return None
+    try:
+        with open_regular(target) as fh:
+            width, height = read_header(fmt, fh.read(_HEADER_BYTES))
+    except (OSError, InvalidResponseError):
+        return None
+    return FileRecord(
+        path=relative, sha256=sha256, bytes=size, format=fmt, width=width, height=height
+    )
 
 
 def _file_intact(out_dir: Path, relative: str, size: int, sha256: str, *, verify: bool) -> bool:

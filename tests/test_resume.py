@@ -565,3 +565,27 @@ async def test_a_duplicate_id_never_makes_a_job_pay_again(tmp_path, make_mock, c
         assert (await run_cli([*argv, "--skip-invalid"], capsys)).code == 1
     made_once = 0 if "quailty" in first else 2  # line 1's images, the first time only
     assert server.stats.requests == made_once
+
+
+async def test_one_changed_image_of_a_done_n_job_is_the_only_one_made_again(
+    tmp_path, make_mock, capsys
+):
+    server = await make_mock(MockOptions())
+    jobs, out = _fox_jobs(tmp_path), tmp_path / "out"
+    argv = [str(jobs), "--base-url", server.base_url, "--out", str(out)]
+    assert (await run_cli(argv, capsys)).code == 0
+    assert server.stats.attempts["a fox"] == 3
+    before = _files(out, by_id(read_manifest(out))["fox"])
+    (out / "fox-2.png").unlink()  # deleted by hand
+    assert (await run_cli(argv, capsys)).code == 0
+    assert server.stats.attempts["a fox"] == 4  # fox-2 only
+    fox = by_id(read_manifest(out))["fox"]
+    assert fox["status"] == "ok" and fox["kept"] == 2
+    after = _files(out, fox)
+    assert after["fox-1.png"] == before["fox-1.png"] and after["fox-3.png"] == before["fox-3.png"]
+    open_image(out / "fox-2.png")
+    size = (out / "fox-3.png").stat().st_size
+    (out / "fox-3.png").write_bytes(b"\0" * size)  # the same size: only --verify sees it
+    assert (await run_cli([*argv, "--verify"], capsys)).code == 0
+    assert server.stats.attempts["a fox"] == 5  # fox-3 only
+    open_image(out / "fox-3.png")
