@@ -45,6 +45,7 @@ __all__ = [
     "contained_file",
     "open_folder",
     "open_regular",
+    "remove_empty_folders",
     "remove_file",
     "remove_stray_temps",
     "sha256_of",
@@ -281,6 +282,24 @@ def remove_file(out_dir: Path, relative: str) -> bool:
     finally:
         os.close(fd)
     return True
+
+
+def remove_empty_folders(out_dir: Path, relative: str) -> None:
+    """Remove the folders of ``relative`` below OUT that are now empty, deepest first,
+    each reached through no link; stop at the first that is not (never OUT itself)."""
+    parts = split_relative(out_dir, relative)[:-1]
+    while parts:
+        try:
+            fd = open_folder(out_dir, parts[:-1], relative=relative, create=False)
+        except (OSError, OutputPathError):
+            return
+        try:
+            os.rmdir(parts[-1], dir_fd=fd)  # a link there is not a folder: left alone
+        except OSError:  # not empty, gone, or not ours to remove
+            return
+        finally:
+            os.close(fd)
+        parts = parts[:-1]
 
 
 def remove_stray_temps(out_dir: Path) -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 from .config import MANIFEST_NAME
 from .errors import OutputPathError
 from .events import PARTIALS_DIR
-from .files import contained_file, remove_file
+from .files import contained_file, remove_empty_folders, remove_file
 from .manifest import stale_records
 
 __all__ = ["prune_stale", "stale_files"]
@@ -71,6 +71,7 @@ def prune_stale(out_dir: Path, current: Set[str], keep: Set[str]) -> int:
             relative = path.relative_to(out_dir).as_posix()
             try:  # checked again as it goes: never through a link
                 remove_file(out_dir, relative)
+                remove_empty_folders(out_dir, relative)  # icons/home.png: icons/ if empty
             except OutputPathError as exc:  # a link appeared since: left alone
                 log.warning("%s", exc, extra={"event": "warning", "reason": str(exc)})
         shown = ", ".join(str(p.relative_to(out_dir)) for p in paths) or "no files"

@@ -122,3 +122,17 @@ def test_a_failed_write_leaves_no_temporary_file(tmp_path: Path) -> None:
     with pytest.raises(OSError, match="No space"):
         write_atomic(out, "a.png", chunks())  # type: ignore[arg-type]
     assert os.listdir(out) == []
+
+
+def test_remove_empty_folders_stops_at_a_link_and_at_out(tmp_path: Path) -> None:
+    from pmock_batch.files import remove_empty_folders
+
+    out = tmp_path / "out"
+    (out / "a" / "b").mkdir(parents=True)
+    remove_empty_folders(out, "a/b/c.png")
+    assert not (out / "a").exists() and out.is_dir()  # both emptied folders, never OUT
+    outside = tmp_path / "outside"
+    (outside / "d").mkdir(parents=True)
+    (out / "l").symlink_to(outside, target_is_directory=True)
+    remove_empty_folders(out, "l/d/e.png")
+    assert (outside / "d").is_dir() and (out / "l").is_symlink()  # not through the link

@@ -589,3 +589,21 @@ async def test_one_changed_image_of_a_done_n_job_is_the_only_one_made_again(
     assert (await run_cli([*argv, "--verify"], capsys)).code == 0
     assert server.stats.attempts["a fox"] == 5  # fox-3 only
     open_image(out / "fox-3.png")
+
+
+async def test_prune_removes_the_folders_it_empties(tmp_path, make_mock, capsys):
+    server = await make_mock(MockOptions())
+    lines = [{"id": "icons/home", "prompt": "a house"}, {"id": "icons/more/x", "prompt": "x"}]
+    lines.append({"id": "keep/y", "prompt": "y"})
+    jobs = write_jobs(tmp_path / "jobs.jsonl", [*lines, {"id": "keep/z", "prompt": "z"}])
+    out = tmp_path / "out"
+    argv = [str(jobs), "--base-url", server.base_url, "--out", str(out)]
+    assert (await run_cli(argv, capsys)).code == 0
+    write_jobs(jobs, [{"id": "keep/z", "prompt": "z"}])
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (out / "link").symlink_to(outside, target_is_directory=True)  # never entered
+    assert (await run_cli([*argv, "--prune"], capsys)).code == 0
+    assert not (out / "icons").exists()  # emptied: removed, deepest first
+    assert (out / "keep" / "z.png").is_file() and not (out / "keep" / "y.png").exists()
+    assert outside.is_dir() and (out / "link").is_symlink()
