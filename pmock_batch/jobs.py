@@ -331,9 +331,6 @@ def scan(
         parsed_problems = collisions(parsed, seen) if isinstance(parsed, Job) else parsed.problems
         if parsed_problems:
             job_id = parsed.id
-            if job_id is not None and seen.ids.get(job_id, number) != number:
-                job_id = None  # an earlier line's key: this record is keyed by its line
-            seen.claim(number, job_id)
             message = _join(parsed_problems)
             result.invalid[number] = InvalidLine(line=number, id=job_id, message=message)
             result.problem_count += len(parsed_problems)
@@ -349,7 +346,22 @@ def scan(
             if key not in warned:
                 warned.add(key)
                 result.warnings.append(f"{path}:{number}: {note}")
+    _key_invalid_lines(result, set(seen.ids))
     return result
+
+
+def _key_invalid_lines(result: ScanResult, taken: set[str]) -> None:
+    """An invalid line's record is keyed by its id, unless a valid job (anywhere in the
+    file) or an earlier invalid line has that id: then by its line, so that it never
+    supersedes that job's record (a typo on one line would make another job pay again)."""
+    for number in sorted(result.invalid):
+        item = result.invalid[number]
+        if item.id is None:
+            continue
+        if item.id in taken:
+            result.invalid[number] = replace(item, id=None)
+        else:
+            taken.add(item.id)
 
 
 def _join(problems: list[tuple[str, str]]) -> str:

@@ -94,11 +94,6 @@ class Names:
     folders: dict[str, tuple[int, str]] = field(default_factory=dict)  # folder -> (line, id)
     ids: dict[str, int] = field(default_factory=dict)  # id -> its line: a job's manifest key
 
-    def claim(self, line: int, job_id: str | None) -> None:
-        """An invalid line's id is still its record's key: no later line may take it."""
-        if job_id is not None:
-            self.ids.setdefault(job_id, line)
-
 
 def _folders(job_id: str) -> list[str]:
     """The folders an id's file sits in: ``a/b/c`` -> ``a``, ``a/b``."""

@@ -916,17 +916,22 @@ async def test_validate_reports_hostile_lines_with_exit_2(tmp_path, capsys) -> N
             assert "2 invalid line(s) would be skipped" in result.out
 
 
-def test_a_duplicate_id_is_refused_whatever_the_n_and_after_an_invalid_line(
-    tmp_path: Path,
-) -> None:
+def test_a_duplicate_id_is_refused_whatever_the_n(tmp_path: Path) -> None:
     """Two lines with one id would share one manifest record, and each run would pay for
-    one of them again: the second is refused, even when its n (its file names) differs,
-    and even when the first line is itself invalid."""
+    one of them again: the second is refused, even when its n (its file names) differs."""
     path = tmp_path / "jobs.jsonl"
     path.write_text('{"id": "a", "prompt": "x", "n": 2}\n{"id": "a", "prompt": "y"}\n')
     assert problems(scan(path)) == [f"{path}:2: id: duplicate id 'a' (first used on line 1)"]
+
+
+def test_an_invalid_line_never_takes_a_valid_jobs_record(tmp_path: Path) -> None:
+    """A typo on one line must not make another job with the same id pay again: the valid
+    job keeps its id, and the invalid line is recorded by its line number."""
+    path = tmp_path / "jobs.jsonl"
     path.write_text('{"id": "a", "prompt": "x", "quailty": "high"}\n{"id": "a", "prompt": "y"}\n')
     result = scan(path)
-    assert result.jobs == 0 and sorted(result.invalid) == [1, 2]
-    assert problems(result)[1] == f"{path}:2: id: duplicate id 'a' (first used on line 1)"
-    assert [result.invalid[n].id for n in (1, 2)] == ["a", None]  # one record each
+    assert result.jobs == 1 and sorted(result.invalid) == [1]
+    assert result.invalid[1].id is None
+    path.write_text('{"id": "b", "quailty": 1}\n{"id": "b", "prompt": "y", "size": "9"}\n')
+    result = scan(path)
+    assert [result.invalid[n].id for n in (1, 2)] == ["b", None]  # one record each

@@ -563,7 +563,7 @@ async def test_a_duplicate_id_never_makes_a_job_pay_again(tmp_path, make_mock, c
     argv = [str(jobs), "--base-url", server.base_url, "--out", str(tmp_path / "out")]
     for _ in range(3):
         assert (await run_cli([*argv, "--skip-invalid"], capsys)).code == 1
-    made_once = 0 if "quailty" in first else 2  # line 1's images, the first time only
+    made_once = 1 if "quailty" in first else 2  # the valid line's images, the first time only
     assert server.stats.requests == made_once
 
 
