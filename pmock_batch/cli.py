@@ -212,7 +212,7 @@ def run(**o: Any) -> int:
             poll_interval=o["poll_interval"],
             wait=not o["no_wait"],
             keep_files=o["keep_files"],
-            forget_unknown=mock is not None,  # an earlier run's mock has gone with its batches
+            mock=mock is not None,  # an earlier run's mock has gone with its batches
         )
         if o["batch_api"]
         else None

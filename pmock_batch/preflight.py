@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from .batchapi.state import held_rows
 from .capabilities import Capabilities
 from .config import BASE_URL_ENV, DEFAULT_BASE_URL, MANIFEST_NAME
 from .errors import UsageError
@@ -139,6 +140,7 @@ class Plan:
     costs: dict[tuple[str, str, str], tuple[int, float | None]] = field(default_factory=dict)
     batch_discount: float = 1.0
     shard: str | None = None  # "K/N": the plan is that share's only
+    in_batches: int = 0  # of ``done``: jobs waiting in Batch API batches on the server
 
     @property
     def to_run(self) -> int:
@@ -179,6 +181,7 @@ def plan_run(
     """
     check_own_file(out_dir, shard.manifest_name if shard else MANIFEST_NAME)
     done = DoneIndex.load_all(manifest_paths(out_dir)) if resume else DoneIndex()
+    held = held_rows(out_dir) if resume else {}  # in batches on the server: paid there
     prices = prices or shipped_prices()
     plan = Plan(path, out_dir, result.jobs, result.images, len(result.invalid), 0)
     if shard is not None:  # counted below, as the share's
@@ -200,6 +203,10 @@ def plan_run(
         stems.update(item.stems)
         if done.is_done(item, out_dir, verify=verify):
             plan.done += 1
+            continue
+        if held and done.pending(item) and any(s in held for s in item.stems):
+            plan.done += 1  # the run leaves it to its batch (or collects it): not owed
+            plan.in_batches += 1
             continue
         kept = set()  # the images of an n > 1 job an earlier run saved: not owed
         if item.request.count > 1:

@@ -57,6 +57,7 @@ class _Other:
 
     fingerprint: str | None
     pending: bool = False  # in a Batch API batch still on the server
+    at: str = ""
 
 
 def _stamp(data: dict[str, object]) -> str:
@@ -67,16 +68,16 @@ def _part(data: dict[str, object]) -> _Part | _Other:
     """The saved images of a ``failed``, ``not_run`` or ``pending`` record, if it names any."""
     files, fingerprint = data.get("files"), data.get("fingerprint")
     fingerprint = fingerprint if isinstance(fingerprint, str) else None
-    pending = data.get("status") == "pending"
+    pending, at = data.get("status") == "pending", _stamp(data)
     if data.get("status") not in ("failed", "not_run", "pending") or fingerprint is None:
-        return _Other(fingerprint)
+        return _Other(fingerprint, at=at)
     if not isinstance(files, list) or not files:
-        return _Other(fingerprint, pending)
+        return _Other(fingerprint, pending, at)
     try:
         files_ = tuple(FileRecord.model_validate(f) for f in files)
-        return _Part(fingerprint, files_, _stamp(data), pending)
+        return _Part(fingerprint, files_, at, pending)
     except ValidationError:
-        return _Other(fingerprint, pending)
+        return _Other(fingerprint, pending, at)
 
 
 def _latest(path: Path) -> Iterator[tuple[str, _Done | _Part | _Other]]:
@@ -139,15 +140,18 @@ class DoneIndex:
         """
         entries: dict[str, _Done] = {}
         parts: dict[str, _Part] = {}
-        pending: dict[str, str] = {}
+        pending: dict[str, tuple[str, str]] = {}  # id -> (fingerprint, when): by time, too
         for manifest in manifests:
             own: dict[str, _Done] = {}
             own_parts: dict[str, _Part] = {}
+            own_pending: dict[str, tuple[str, str]] = {}
             for job_id, done in _latest(manifest):
                 own.pop(job_id, None)
-                pending.pop(job_id, None)
+                own_pending.pop(job_id, None)
                 if not isinstance(done, _Done) and done.pending:
-                    pending[job_id] = done.fingerprint or ""
+                    own_pending[job_id] = (done.fingerprint or "", done.at)
+                if job_id in pending and done.at > pending[job_id][1]:
+                    del pending[job_id]  # a newer record in another manifest
                 if isinstance(done, _Done):
                     own[job_id] = done
                     own_parts.pop(job_id, None)
@@ -162,10 +166,16 @@ class DoneIndex:
             for job_id, part in own_parts.items():
                 if job_id not in parts or part.at >= parts[job_id].at:
                     parts[job_id] = part
+            for job_id, (fp, at) in own_pending.items():
+                if job_id not in pending or at >= pending[job_id][1]:
+                    pending[job_id] = (fp, at)
         for job_id in [j for j, part in parts.items() if j in entries]:
             if entries[job_id].at >= parts[job_id].at:
                 del parts[job_id]
-        return cls(entries, parts, pending)
+        waiting = {
+            j: fp for j, (fp, at) in pending.items() if j not in entries or entries[j].at < at
+        }
+        return cls(entries, parts, waiting)
 
     def pending(self, job: Job) -> bool:
         """Whether the latest record of ``job`` (the same request) is ``pending``: its images

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from .attempt import DirectRunner, Writer, commit
-from .batchapi import BatchClient, BatchOptions, BatchRunner
+from .batchapi import BatchClient, BatchOptions, BatchRunner, held_rows
 from .client import ImagesClient
 from .config import MANIFEST_NAME, RunConfig
 from .errors import PmockBatchError
@@ -95,10 +95,10 @@ class Ledger:
         verify: bool,
         observer: RunObserver,
         on_write_error: Callable[[str], None],
-        batch_api: bool = False,
+        in_batches: Mapping[str, str] | None = None,
     ) -> None:
         self.manifest = manifest
-        self.batch_api = batch_api  # a Batch API run collects what waits in batches
+        self.held = in_batches or {}  # custom_id -> fingerprint: rows a batch may still hold
         self.out_dir = out_dir
         self.done = done
         self.verify = verify
@@ -108,7 +108,7 @@ class Ledger:
         self.keys: set[str] = set()  # every job of this file, as the manifest keys it
         self.stems: set[str] = set()  # every output name stem of this file's jobs
         self.skipped_lines: dict[str, int] = {}  # id -> current line, for jobs already done
-        self.in_batches: set[str] = set()  # ids of jobs a direct run leaves to their batch
+        self.in_batches: set[str] = set()  # ids of the jobs this run leaves to their batch
         self._on_write_error = on_write_error
 
     async def is_done(self, job: Job) -> bool:
@@ -117,7 +117,7 @@ class Ledger:
         self.stems.update(job.stems)  # asked once for every job of the file
         if self.done is None:
             return False
-        if not self.batch_api and self.done.pending(job):
+        if self.held and self.done.pending(job) and any(s in self.held for s in job.stems):
             self.in_batches.add(job.id)
             return True
         if not len(self.done):
@@ -267,6 +267,7 @@ async def run_batch(
             jobs = shard.select(jobs)
         manifests = manifest_paths(config.out_dir)
         done = await asyncio.to_thread(DoneIndex.load_all, manifests) if resume else None
+        held = await asyncio.to_thread(held_rows, config.out_dir) if batch is None else {}
         pool = Pool(concurrency=config.concurrency, grace=config.grace)
         pacer = pacer or Pacer(
             rpm=config.rpm,
@@ -287,7 +288,7 @@ async def run_batch(
                 verify=verify,
                 observer=observer or RunObserver(),
                 on_write_error=pool.abort,
-                batch_api=batch is not None,
+                in_batches=held,  # empty for a --batch-api run: it collects them
             )
             if batch is not None:
                 batch_runner = BatchRunner(

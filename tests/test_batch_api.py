@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -177,6 +178,76 @@ async def test_a_direct_run_leaves_pending_jobs_to_their_batch(fake, tmp_path, c
     assert {r["status"] for r in read_manifest(tmp_path / "out")} == {"pending"}
     collected = await _run(tmp_path, url)
     assert (collected.ok, len(api.batches)) == (3, 1)  # the same batch, collected
+
+
+async def _direct(tmp_path: Path) -> tuple[Any, int]:
+    """A run without --batch-api into the same OUT; its summary and the requests it made."""
+    path = tmp_path / "jobs.jsonl"
+    async with MockServer(MockOptions()) as direct:
+        config = RunConfig(out_dir=tmp_path / "out", base_url=direct.base_url, api_key=KEY)
+        summary = await run_batch(config, iter_jobs(path, scan(path)))
+        return summary, direct.stats.requests
+
+
+async def test_a_direct_run_makes_what_no_live_batch_holds(fake, tmp_path, capsys, monkeypatch):
+    """Pending jobs are left to their batch only while it may hold them: forgotten, or
+    with no batches.jsonl at all, a direct run makes them."""
+    api, url = fake
+    api.steps = 3
+    assert (await _run(tmp_path, url, wait=False)).pending == 3
+    dry = await run_cli(
+        ["jobs.jsonl", "--out", str(tmp_path / "out"), "--base-url", url, "--dry-run"], capsys
+    )
+    assert "3 already done (3 in Batch API batches), 0 to run" in dry.out
+    (batch_id,) = api.batches
+    monkeypatch.delenv("PMOCK_API_KEY")
+    forgot = await run_cli(["batches", str(tmp_path / "out"), "--forget", batch_id], capsys)
+    assert forgot.code == 0
+    summary, requests = await _direct(tmp_path)
+    assert (summary.ok, requests) == (3, 4)  # forgotten: made here (owl has n=2)
+
+
+async def test_pending_with_no_batch_log_is_made_by_a_direct_run(fake, tmp_path):
+    api, url = fake
+    api.steps = 3
+    assert (await _run(tmp_path, url, wait=False)).pending == 3
+    (tmp_path / "out" / "batches.jsonl").unlink()  # merged in from elsewhere, or deleted
+    summary, requests = await _direct(tmp_path)
+    assert (summary.ok, summary.pending, requests) == (3, 0, 4)
+
+
+async def test_an_older_record_elsewhere_does_not_hide_a_newer_pending_one(fake, tmp_path):
+    api, url = fake
+    api.steps = 3
+    assert (await _run(tmp_path, url, wait=False)).pending == 3
+    out = tmp_path / "out"
+    fox = by_id(read_manifest(out))["fox"]
+    stamp = "2000-01-01T00:00:00.000Z"
+    old = {**fox, "status": "failed", "files": [], "started_at": stamp, "finished_at": stamp}
+    (out / "manifest.shard-1-of-2.jsonl").write_text(json.dumps(old) + "\n")
+    summary, requests = await _direct(tmp_path)
+    assert (summary.pending, requests) == (3, 0)  # still in their batch: never made twice
+
+
+async def test_a_mock_run_never_forgets_a_real_servers_batch(fake, tmp_path):
+    """Only a batch an earlier --mock run made is forgotten by a --mock run: a real one
+    (perhaps paid for) stops the run instead."""
+    api, url = fake
+    api.steps = 3
+    assert (await _run(tmp_path, url, wait=False)).pending == 3
+    (real_id,) = api.batches
+    other = FakeBatchAPI()  # another server, that does not know the batch
+    runner = web.AppRunner(other.app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        stopped = await _run(tmp_path, f"http://127.0.0.1:{port}/v1", mock=True)
+    finally:
+        await runner.cleanup()
+    assert stopped.aborted is not None and "--forget" in stopped.aborted
+    assert not BatchState.load(tmp_path / "out").batches[real_id].lost
 
 
 async def test_a_batch_the_server_does_not_know_stops_the_run_until_forgotten(

@@ -499,6 +499,21 @@ def test_sigterm_to_the_process_then_its_group_is_one_stop(tmp_path):
     assert proc.returncode == 130, err
     assert "Interrupted again" not in err and "stopping" in err
     assert len(read_manifest(out)) == 50  # the summary ran: every job recorded
+    # Ctrl-C is a key press: pressed twice, however quickly, it exits at once.
+    slow = [a if a != "0.2" else "5" for a in argv]  # jobs in flight outlast both presses
+    proc = subprocess.Popen(
+        [*slow, "--concurrency", "2", "--grace", "10", "--out", str(tmp_path / "o2")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_subprocess_env(),
+    )
+    time.sleep(1.5)  # started, its first two jobs in flight
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and "Interrupted again" in err, err
 
 
 async def test_every_run_writes_a_report_and_report_regenerates_it(tmp_path, capsys):

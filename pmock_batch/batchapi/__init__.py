@@ -9,7 +9,7 @@ job) and ``runner`` (submit, re-attach, wait, collect).
 from __future__ import annotations
 
 from .runner import DEFAULT_POLL_INTERVAL, BatchOptions, BatchRunner, still_running
-from .state import STATE_NAME, BatchState
+from .state import STATE_NAME, BatchState, held_rows
 from .transport import BatchClient
 
 __all__ = [
@@ -19,5 +19,6 @@ __all__ = [
     "BatchOptions",
     "BatchRunner",
     "BatchState",
+    "held_rows",
     "still_running",
 ]

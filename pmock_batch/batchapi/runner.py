@@ -69,7 +69,7 @@ class BatchOptions:
     on_step: Callable[[str], None] | None = None  # tests: called after each state step
     clock: Callable[[], float] = time.time
     rng: random.Random = field(default_factory=random.Random)
-    forget_unknown: bool = False  # --mock: a batch of an earlier mock is gone for good
+    mock: bool = False  # --mock: this run's batches go with it; an earlier mock's are gone
 
 
 Writer = Callable[[ImageSink, Path, str], Awaitable[Path]]
@@ -144,6 +144,7 @@ class BatchRunner:
         self.state = await asyncio.to_thread(
             BatchState.load, self.out_dir, on_step=self.options.on_step
         )
+        self.state.mock = self.options.mock
         self.sub = self._submitter()
         try:
             await self.sub.orphans()
@@ -247,7 +248,7 @@ class BatchRunner:
         it is a mock's from an earlier run (``--mock``), forget it and submit its rows again."""
         batch = act.batch
         forget = f"pmock-batch batches {self.out_dir} --forget {batch.batch_id}"
-        if not self.options.forget_unknown:
+        if not (self.options.mock and batch.mock):  # a real server's: maybe paid for
             self.pool.abort(
                 f"the server does not know {batch.batch_id}, recorded in "
                 f"{self.out_dir / STATE_NAME} (another --base-url or key?); if it is gone for "

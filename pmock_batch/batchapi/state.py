@@ -33,7 +33,15 @@ from typing import Any
 from ..files import check_own_file
 from .plan import ENDPOINT
 
-__all__ = ["STATE_NAME", "TERMINAL", "Batch", "BatchState", "ImageIntent", "Upload"]
+__all__ = [
+    "STATE_NAME",
+    "TERMINAL",
+    "Batch",
+    "BatchState",
+    "ImageIntent",
+    "Upload",
+    "held_rows",
+]
 
 STATE_NAME = "batches.jsonl"
 TERMINAL = frozenset({"completed", "expired", "cancelled", "failed"})
@@ -77,6 +85,7 @@ class Batch:
     expires_at: float | None = None
     collected: bool = False
     lost: bool = False  # forgotten: the server does not know it (batches OUT --forget)
+    mock: bool = False  # made by a --mock run's mock, which went with that run
 
     @property
     def running(self) -> bool:
@@ -95,6 +104,7 @@ class BatchState:
         self.deleted: set[str] = set()  # file ids deleted from the server
         self.inputs: dict[str, str] = {}  # an edit's input image: SHA-256 -> file id
         self.image_intents: dict[str, ImageIntent] = {}  # by SHA-256: uploads cut off
+        self.mock = False  # this run's server is --mock's: its batches are recorded as such
         self._on_step = on_step  # tests: a crash right after a step was recorded
 
     @classmethod
@@ -135,6 +145,7 @@ class BatchState:
             self.image_intents.pop(str(e["sha256"]), None)
         elif kind == "batch":
             batch = Batch(str(e["batch_id"]), str(e["file_id"]), float(e["at"]))
+            batch.mock = bool(e.get("mock"))
             self.batches[batch.batch_id] = batch
             if batch.file_id in self.uploads:
                 self.uploads[batch.file_id].batch_id = batch.batch_id
@@ -216,6 +227,8 @@ class BatchState:
         event: dict[str, Any] = {"event": "batch", "batch_id": batch_id, "file_id": file_id}
         if at is not None:
             event["at"] = at
+        if self.mock:
+            event["mock"] = True  # gone with its process: a later --mock run may forget it
         self._append(event)
         return self.batches[batch_id]
 
@@ -251,3 +264,20 @@ class BatchState:
 
     def deleted_file(self, file_id: str) -> None:
         self._append({"event": "deleted", "file_id": file_id})
+
+
+def held_rows(out_dir: Path) -> dict[str, str]:
+    """``custom_id -> fingerprint`` of the rows a batch recorded for OUT may still hold:
+    running, or ended but not collected (its output is paid for). A run without
+    ``--batch-api`` does not make them again. Forgotten and collected batches hold none.
+    Runs in a worker thread."""
+    if not (out_dir / STATE_NAME).is_file():
+        return {}
+    state = BatchState.load(out_dir)
+    rows: dict[str, str] = {}
+    for upload in state.uploads.values():
+        batch = state.batches.get(upload.batch_id or "")
+        if upload.deleted or (batch is not None and (batch.lost or batch.collected)):
+            continue
+        rows.update(upload.rows)
+    return rows

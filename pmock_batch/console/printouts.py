@@ -185,9 +185,10 @@ def print_problems(result: ScanResult) -> None:
 def print_plan(plan: Plan, file: IO[str]) -> None:
     """The ``--dry-run`` plan: counts, the files a run would write, and what --prune removes."""
     share = f", shard {plan.shard} (its share only)" if plan.shard else ""
+    waiting = f" ({plan.in_batches} in Batch API batches)" if plan.in_batches else ""
     print(
         f"Plan for {plan.jobs_file}{share}: {plan.jobs} job(s), {plan.images} image(s), into "
-        f"{plan.out_dir}/; {plan.done} already done, {plan.to_run} to run",
+        f"{plan.out_dir}/; {plan.done} already done{waiting}, {plan.to_run} to run",
         file=file,
     )
     if plan.invalid:

@@ -245,9 +245,9 @@ async def live_run(
 
     The first Ctrl-C or SIGTERM stops the run (no new jobs; those in
     flight get ``grace`` seconds), with a message; a second one exits the
-    process at once with ``exit_code``. One that comes within
-    :data:`SAME_SIGNAL` seconds of the first is the same one delivered twice:
-    ``timeout`` and CI runners signal the process and then its whole group.
+    process at once with ``exit_code``. A SIGTERM within :data:`SAME_SIGNAL`
+    seconds of the first is the same one delivered twice: ``timeout`` and CI
+    runners signal the process and then its whole group.
     """
     loop = asyncio.get_running_loop()
     runs: list[Run] = []
@@ -262,9 +262,9 @@ async def live_run(
             await asyncio.sleep(1.0)
             reporter.tick()
 
-    def on_signal() -> None:
-        if first and loop.time() - first[0] < SAME_SIGNAL:
-            return  # the first one again, by way of the process group
+    def on_signal(sig: signal.Signals) -> None:
+        if sig == signal.SIGTERM and first and loop.time() - first[0] < SAME_SIGNAL:
+            return  # the first one again, by way of the process group (Ctrl-C: a key press)
         if not runs or runs[0].stopping:
             say("Interrupted again: exiting now.", event="interrupted")
             os._exit(exit_code)
@@ -280,7 +280,7 @@ async def live_run(
     signals = (signal.SIGINT, signal.SIGTERM)
     for sig in signals:  # not in a thread other than the main one: the default stays
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(sig, on_signal)
+            loop.add_signal_handler(sig, on_signal, sig)
     reporter.start()
     tick_task = asyncio.create_task(ticker())
     try:
