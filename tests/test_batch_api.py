@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -30,18 +31,25 @@ def _key(monkeypatch):
     monkeypatch.setenv("PMOCK_API_KEY", KEY)
 
 
-@pytest.fixture
-async def fake() -> AsyncIterator[tuple[FakeBatchAPI, str]]:
-    api = FakeBatchAPI()
+@contextlib.asynccontextmanager
+async def _serve(api: FakeBatchAPI) -> AsyncIterator[str]:
+    """``api`` on a loopback port: its base URL."""
     runner = web.AppRunner(api.app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     try:
-        yield api, f"http://127.0.0.1:{port}/v1"
+        yield f"http://127.0.0.1:{port}/v1"
     finally:
         await runner.cleanup()
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[tuple[FakeBatchAPI, str]]:
+    api = FakeBatchAPI()
+    async with _serve(api) as url:
+        yield api, url
 
 
 async def _no_sleep(_: float) -> None:
@@ -236,16 +244,8 @@ async def test_a_mock_run_never_forgets_a_real_servers_batch(fake, tmp_path):
     api.steps = 3
     assert (await _run(tmp_path, url, wait=False)).pending == 3
     (real_id,) = api.batches
-    other = FakeBatchAPI()  # another server, that does not know the batch
-    runner = web.AppRunner(other.app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        stopped = await _run(tmp_path, f"http://127.0.0.1:{port}/v1", mock=True)
-    finally:
-        await runner.cleanup()
+    async with _serve(FakeBatchAPI()) as other:  # another server: it does not know the batch
+        stopped = await _run(tmp_path, other, mock=True)
     assert stopped.aborted is not None and "--forget" in stopped.aborted
     assert not BatchState.load(tmp_path / "out").batches[real_id].lost
 
