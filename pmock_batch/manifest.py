@@ -127,20 +127,34 @@ class _Entry:
     row: int = 0  # the record's line in the manifest file, 1-based
 
 
-def _latest_entries(path: Path, moved: Mapping[str, int]) -> list[_Entry]:
+def _latest_entries(
+    path: Path, moved: Mapping[str, int], *, ok_under_invalid: bool = False
+) -> list[_Entry]:
     """Each job's latest record, as byte offsets, sorted by input line.
 
+    With ``ok_under_invalid`` (compaction), a job whose latest record is ``invalid``
+    (its line broke) keeps its last ``ok`` record too, before it: once the line is
+    fixed, the job is done still, not made and paid for again.
     Memory stays small: only offsets are kept per job, never whole records.
     """
     latest: dict[str, _Entry] = {}
+    ok: dict[str, _Entry] = {}  # with ok_under_invalid: each job's last ok record
     for row, (offset, raw) in enumerate(_raw_lines(path), start=1):
         data = _load(raw)
         if data is None:
             continue
         key = str(data.get("id")) if data.get("id") is not None else f"#line{data.get('line')}"
         line = moved.get(key, data.get("line"))
-        latest[key] = _Entry(line if isinstance(line, int) else 0, offset, len(raw), key, row)
-    return sorted(latest.values())
+        entry = _Entry(line if isinstance(line, int) else 0, offset, len(raw), key, row)
+        latest[key] = entry
+        if ok_under_invalid and data.get("status") == "ok":
+            ok[key] = entry
+        elif ok_under_invalid and data.get("status") != "invalid":
+            ok.pop(key, None)  # a newer real outcome: the ok one is history
+    for key in [k for k in ok if k in moved]:  # skipped as done: its ok record is its latest
+        latest[key] = ok.pop(key)
+    kept = [ok[k] for k, e in latest.items() if k in ok and ok[k] is not e]
+    return sorted([*latest.values(), *kept])
 
 
 def latest_records(
@@ -210,7 +224,7 @@ def compact(
     moved = current_lines or {}
     if not path.exists():
         return
-    entries = _latest_entries(path, moved)
+    entries = _latest_entries(path, moved, ok_under_invalid=True)
     if current is not None:
         stale = [entry for entry in entries if entry.key not in current]
         entries = [entry for entry in entries if entry.key in current]

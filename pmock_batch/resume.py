@@ -58,6 +58,7 @@ class _Other:
     fingerprint: str | None
     pending: bool = False  # in a Batch API batch still on the server
     at: str = ""
+    invalid: bool = False  # the line broke: it says nothing of the job's earlier outcome
 
 
 def _stamp(data: dict[str, object]) -> str:
@@ -70,7 +71,7 @@ def _part(data: dict[str, object]) -> _Part | _Other:
     fingerprint = fingerprint if isinstance(fingerprint, str) else None
     pending, at = data.get("status") == "pending", _stamp(data)
     if data.get("status") not in ("failed", "not_run", "pending") or fingerprint is None:
-        return _Other(fingerprint, at=at)
+        return _Other(fingerprint, at=at, invalid=data.get("status") == "invalid")
     if not isinstance(files, list) or not files:
         return _Other(fingerprint, pending, at)
     try:
@@ -146,6 +147,8 @@ class DoneIndex:
             own_parts: dict[str, _Part] = {}
             own_pending: dict[str, tuple[str, str]] = {}
             for job_id, done in _latest(manifest):
+                if isinstance(done, _Other) and done.invalid:
+                    continue  # a broken line: the job's ok record, if any, still stands
                 own.pop(job_id, None)
                 own_pending.pop(job_id, None)
                 if not isinstance(done, _Done) and done.pending:

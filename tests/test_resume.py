@@ -607,3 +607,22 @@ async def test_prune_removes_the_folders_it_empties(tmp_path, make_mock, capsys)
     assert not (out / "icons").exists()  # emptied: removed, deepest first
     assert (out / "keep" / "z.png").is_file() and not (out / "keep" / "y.png").exists()
     assert outside.is_dir() and (out / "link").is_symlink()
+
+
+async def test_a_typo_on_a_done_jobs_own_line_never_makes_it_pay_again(tmp_path, make_mock, capsys):
+    """The line of a done job breaks (``--skip-invalid`` records it invalid), then is fixed:
+    the job is done still. Compaction keeps its ok record under the invalid one."""
+    server = await make_mock(MockOptions())
+    jobs = write_jobs(tmp_path / "jobs.jsonl", [{"id": "a", "prompt": "cat"}])
+    out = tmp_path / "out"
+    argv = [str(jobs), "--base-url", server.base_url, "--out", str(out)]
+    assert (await run_cli(argv, capsys)).code == 0
+    write_jobs(jobs, [{"id": "a", "prompt": "cat", "size": "bogus"}])
+    assert (await run_cli([*argv, "--skip-invalid"], capsys)).code == 1
+    assert [r["status"] for r in read_manifest(out)] == ["ok", "invalid"]  # both kept
+    report = await run_cli(["report", str(out)], capsys)
+    assert report.code == 0  # the report shows the line's latest outcome
+    write_jobs(jobs, [{"id": "a", "prompt": "cat"}])  # fixed
+    fixed = await run_cli(argv, capsys)
+    assert fixed.code == 0 and server.stats.requests == 1  # made once, ever
+    assert [r["status"] for r in read_manifest(out)] == ["ok"]
