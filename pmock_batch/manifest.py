@@ -125,6 +125,7 @@ class _Entry:
     length: int
     key: str
     row: int = 0  # the record's line in the manifest file, 1-based
+    ok: bool = False  # its status is ok
 
 
 def _latest_entries(
@@ -138,19 +139,22 @@ def _latest_entries(
     Memory stays small: only offsets are kept per job, never whole records.
     """
     latest: dict[str, _Entry] = {}
-    ok: dict[str, _Entry] = {}  # with ok_under_invalid: each job's last ok record
+    ok: dict[str, _Entry] = {}  # the last ok record of each job whose line broke since
     for row, (offset, raw) in enumerate(_raw_lines(path), start=1):
         data = _load(raw)
         if data is None:
             continue
         key = str(data.get("id")) if data.get("id") is not None else f"#line{data.get('line')}"
         line = moved.get(key, data.get("line"))
-        entry = _Entry(line if isinstance(line, int) else 0, offset, len(raw), key, row)
+        status = data.get("status")
+        at = line if isinstance(line, int) else 0
+        entry = _Entry(at, offset, len(raw), key, row, ok=status == "ok")
+        before = latest.get(key)
+        if ok_under_invalid and status == "invalid" and before is not None and before.ok:
+            ok[key] = before  # kept under the broken line's record
+        elif status != "invalid":
+            ok.pop(key, None)  # a newer real outcome: that ok record is history
         latest[key] = entry
-        if ok_under_invalid and data.get("status") == "ok":
-            ok[key] = entry
-        elif ok_under_invalid and data.get("status") != "invalid":
-            ok.pop(key, None)  # a newer real outcome: the ok one is history
     for key in [k for k in ok if k in moved]:  # skipped as done: its ok record is its latest
         latest[key] = ok.pop(key)
     kept = [ok[k] for k, e in latest.items() if k in ok and ok[k] is not e]
