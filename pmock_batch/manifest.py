@@ -15,7 +15,7 @@ import asyncio
 import json
 import os
 from collections.abc import Callable, Iterator, Mapping, Set
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -125,7 +125,7 @@ class _Entry:
     length: int
     key: str
     row: int = 0  # the record's line in the manifest file, 1-based
-    ok: bool = False  # its status is ok
+    real: bool = True  # an outcome of the job (ok, failed, pending...), not an invalid line
 
 
 def _latest_entries(
@@ -134,12 +134,13 @@ def _latest_entries(
     """Each job's latest record, as byte offsets, sorted by input line.
 
     With ``ok_under_invalid`` (compaction), a job whose latest record is ``invalid``
-    (its line broke) keeps its last ``ok`` record too, before it: once the line is
-    fixed, the job is done still, not made and paid for again.
+    (its line broke) keeps its last real outcome too, just before it: ``ok``, or the
+    images an unfinished one saved, or ``pending``. Once the line is fixed, that
+    outcome still counts: nothing is made and paid for again.
     Memory stays small: only offsets are kept per job, never whole records.
     """
     latest: dict[str, _Entry] = {}
-    ok: dict[str, _Entry] = {}  # the last ok record of each job whose line broke since
+    ok: dict[str, _Entry] = {}  # the last real record of each job whose line broke since
     for row, (offset, raw) in enumerate(_raw_lines(path), start=1):
         data = _load(raw)
         if data is None:
@@ -148,16 +149,17 @@ def _latest_entries(
         line = moved.get(key, data.get("line"))
         status = data.get("status")
         at = line if isinstance(line, int) else 0
-        entry = _Entry(at, offset, len(raw), key, row, ok=status == "ok")
+        entry = _Entry(at, offset, len(raw), key, row, real=status != "invalid")
         before = latest.get(key)
-        if ok_under_invalid and status == "invalid" and before is not None and before.ok:
+        if ok_under_invalid and not entry.real and before is not None and before.real:
             ok[key] = before  # kept under the broken line's record
-        elif status != "invalid":
-            ok.pop(key, None)  # a newer real outcome: that ok record is history
+        elif entry.real:
+            ok.pop(key, None)  # a newer real outcome: the kept one is history
         latest[key] = entry
     for key in [k for k in ok if k in moved]:  # skipped as done: its ok record is its latest
         latest[key] = ok.pop(key)
-    kept = [ok[k] for k, e in latest.items() if k in ok and ok[k] is not e]
+    # Just before the invalid record, at its line: the report reads the invalid one last.
+    kept = [replace(e, line=latest[k].line) for k, e in ok.items()]
     return sorted([*latest.values(), *kept])
 
 

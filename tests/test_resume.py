@@ -626,3 +626,37 @@ async def test_a_typo_on_a_done_jobs_own_line_never_makes_it_pay_again(tmp_path,
     fixed = await run_cli(argv, capsys)
     assert fixed.code == 0 and server.stats.requests == 1  # made once, ever
     assert [r["status"] for r in read_manifest(out)] == ["ok"]
+
+
+async def test_a_typo_on_a_part_done_jobs_line_never_makes_it_pay_again(
+    tmp_path, make_mock, capsys
+):
+    """Like the ok case, for an n > 1 job that saved 2 of 3 images: the part must survive
+    the compaction of the --skip-invalid run, or the fixed line pays for all 3 again."""
+    server = await make_mock(MockOptions(script={"a fox": ["ok", "ok", "moderation"]}))
+    fox = {"id": "fox", "prompt": "a fox", "n": 3}
+    jobs = write_jobs(tmp_path / "jobs.jsonl", [fox])
+    out = tmp_path / "out"
+    argv = [str(jobs), "--base-url", server.base_url, "--out", str(out), "--concurrency", "1"]
+    assert (await run_cli(argv, capsys)).code == 1  # fox-1, fox-2 saved and paid
+    write_jobs(jobs, [{**fox, "size": "bogus"}])
+    assert (await run_cli([*argv, "--skip-invalid"], capsys)).code == 1
+    write_jobs(jobs, [fox])  # fixed
+    assert (await run_cli(argv, capsys)).code == 0
+    assert server.stats.attempts["a fox"] == 4  # only image 3
+
+
+async def test_the_compacted_manifest_reads_a_broken_line_as_invalid(tmp_path, make_mock, capsys):
+    """The done job's line moved up and broke: the compacted file must still read as invalid."""
+    server = await make_mock(MockOptions())
+    lines = [{"id": f"c{i}", "prompt": f"cat {i}"} for i in range(3)] + [{"id": "a", "prompt": "x"}]
+    jobs = write_jobs(tmp_path / "jobs.jsonl", lines)
+    out = tmp_path / "out"
+    argv = [str(jobs), "--base-url", server.base_url, "--out", str(out)]
+    assert (await run_cli(argv, capsys)).code == 0
+    write_jobs(jobs, [{"id": "a", "prompt": "x", "size": "bogus"}, *lines[:3]])  # a: line 1
+    assert (await run_cli([*argv, "--skip-invalid"], capsys)).code == 1
+    from pmock_batch.manifest import latest_records
+
+    latest = [r.status for r in latest_records(out / "manifest.jsonl") if r.id == "a"]
+    assert latest == ["invalid"]
