@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,3 +149,12 @@ class FakeSleep:
 
     async def __call__(self, seconds: float) -> None:
         self.waits.append(seconds)
+
+
+def subprocess_env(*, key: bool = True) -> dict[str, str]:
+    """The environment of a ``python -m pmock_batch`` child: this checkout on its path, no
+    base URL from the machine (a test names its mock), and the key only if ``key``."""
+    drop = ("PMOCK_BASE_URL",) if key else ("PMOCK_BASE_URL", "PMOCK_API_KEY")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
+    return env

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import signal
 import sys
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 from batchtools import KEY, batches_made, run_on_clock
 from conftest import FakeClock
-from helpers import read_manifest, run_cli, write_jobs
+from helpers import read_manifest, run_cli, subprocess_env, write_jobs
 
 from pmock_batch.mock import MockOptions, MockServer
 
@@ -81,8 +80,7 @@ async def test_ctrl_c_and_kill_9_while_waiting_as_processes(tmp_path):
     )
     out = tmp_path / "out"
     async with MockServer(MockOptions(batch_seconds=2.0)) as server:
-        env = {k: v for k, v in os.environ.items() if k != "PMOCK_BASE_URL"}
-        env["PYTHONPATH"] = str(ROOT)
+        env = subprocess_env()
         argv = [
             sys.executable,
             "-m",

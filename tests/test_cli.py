@@ -15,7 +15,15 @@ from pathlib import Path
 
 import click
 import pytest
-from helpers import FORMAT_NAMES, by_id, open_image, read_manifest, run_cli, write_jobs
+from helpers import (
+    FORMAT_NAMES,
+    by_id,
+    open_image,
+    read_manifest,
+    run_cli,
+    subprocess_env,
+    write_jobs,
+)
 
 from pmock_batch.cli import AbortedError
 from pmock_batch.errors import LockedError, OutputPathError, UsageError
@@ -400,9 +408,7 @@ async def test_cli_defaults_apply_and_the_line_wins(tmp_path, capsys, make_mock,
 
 
 def _subprocess_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PMOCK_")}
-    env["PYTHONPATH"] = str(ROOT)
-    return env
+    return subprocess_env(key=False)  # these run --mock: no key at all
 
 
 def test_python_dash_m_and_console_script(tmp_path):

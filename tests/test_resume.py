@@ -11,6 +11,7 @@ import signal
 import stat
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import (
@@ -21,6 +22,7 @@ from helpers import (
     read_manifest,
     run_cli,
     run_jobs_file,
+    subprocess_env,
     write_jobs,
 )
 
@@ -179,8 +181,7 @@ async def test_kill_9_mid_run_then_rerun_finishes_the_batch(tmp_path, make_mock)
     n = 60
     jobs = write_jobs(tmp_path / "jobs.jsonl", _lines(n))
     out = tmp_path / "out"
-    env = {k: v for k, v in os.environ.items() if k != "PMOCK_BASE_URL"}
-    env["PYTHONPATH"] = str(ROOT)
+    env = subprocess_env()
     argv = [
         sys.executable,
         "-m",
@@ -364,6 +365,21 @@ def _fox_jobs(tmp_path: Path, n: int = 3) -> Path:
     )
 
 
+FOX = {"id": "fox", "prompt": "a fox", "n": 3}
+
+
+async def _two_foxes_of_three(
+    tmp_path: Path, make_mock: Any, capsys: Any, *extra: str
+) -> tuple[Any, Path, Path, list[str]]:
+    """A first run in which the fox (n: 3, beside an owl) saved 2 of its 3 images, the
+    third refused: ``(server, jobs, out, argv)``."""
+    server = await make_mock(MockOptions(script={"a fox": ["ok", "ok", "moderation"]}))
+    jobs, out = _fox_jobs(tmp_path), tmp_path / "out"
+    argv = [str(jobs), "--base-url", server.base_url, "--out", str(out), *extra]
+    assert (await run_cli(argv, capsys)).code == 1  # fox-1, fox-2 saved and paid
+    return server, jobs, out, argv
+
+
 def _files(out: Path, record: dict[str, object]) -> dict[str, tuple[str, int]]:
     """path -> (sha256 on disk, inode): a file written again gets a new inode."""
     paths = [str(f["path"]) for f in record["files"]]  # type: ignore[index, union-attr]
@@ -374,10 +390,7 @@ def _files(out: Path, record: dict[str, object]) -> dict[str, tuple[str, int]]:
 
 
 async def test_a_partly_failed_n_job_makes_only_its_missing_images(tmp_path, make_mock, capsys):
-    server = await make_mock(MockOptions(script={"a fox": ["ok", "ok", "moderation"]}))
-    jobs, out = _fox_jobs(tmp_path), tmp_path / "out"
-    argv = [str(jobs), "--base-url", server.base_url, "--out", str(out)]
-    assert (await run_cli(argv, capsys)).code == 1
+    server, _, out, argv = await _two_foxes_of_three(tmp_path, make_mock, capsys)
     fox = by_id(read_manifest(out))["fox"]
     assert fox["status"] == "failed" and len(fox["files"]) == 2
     before = _files(out, fox)
@@ -431,10 +444,7 @@ async def test_a_crash_between_the_images_of_an_n_job_loses_none(tmp_path, make_
 
 
 async def test_a_changed_or_damaged_image_is_made_again(tmp_path, make_mock, capsys):
-    server = await make_mock(MockOptions(script={"a fox": ["ok", "ok", "moderation"]}))
-    jobs, out = _fox_jobs(tmp_path), tmp_path / "out"
-    argv = [str(jobs), "--base-url", server.base_url, "--out", str(out)]
-    assert (await run_cli(argv, capsys)).code == 1
+    server, jobs, out, argv = await _two_foxes_of_three(tmp_path, make_mock, capsys)
     (out / "fox-1.png").write_bytes(b"not the image")  # another size: not kept
     assert (await run_cli(argv, capsys)).code == 0
     assert server.stats.attempts["a fox"] == 5  # images 1 and 3
@@ -450,8 +460,7 @@ async def test_kill_9_between_the_images_of_an_n_job_then_rerun(tmp_path, make_m
     """A real kill -9 while image 3 of 3 hangs: the re-run asks only for image 3."""
     server = await make_mock(MockOptions(script={"a fox": ["ok", "ok", "hang"]}))
     jobs, out = _fox_jobs(tmp_path), tmp_path / "out"
-    env = {k: v for k, v in os.environ.items() if k != "PMOCK_BASE_URL"}
-    env["PYTHONPATH"] = str(ROOT)
+    env = subprocess_env()
     argv = [sys.executable, "-m", "pmock_batch", str(jobs), "--base-url", server.base_url]
     argv += ["--out", str(out), "--concurrency", "1"]
     proc = await asyncio.create_subprocess_exec(*argv, env=env, stderr=asyncio.subprocess.DEVNULL)
@@ -475,10 +484,9 @@ async def test_kill_9_between_the_images_of_an_n_job_then_rerun(tmp_path, make_m
 async def test_a_stop_before_an_unfinished_job_runs_keeps_its_images(tmp_path, make_mock, capsys):
     """A later run that stops (here: the spending cap) before the job records it without
     images; the images an earlier run saved are still kept by the run after."""
-    server = await make_mock(MockOptions(script={"a fox": ["ok", "ok", "moderation"]}))
-    jobs, out = _fox_jobs(tmp_path), tmp_path / "out"
-    argv = [str(jobs), "--base-url", server.base_url, "--out", str(out), "--concurrency", "1"]
-    assert (await run_cli(argv, capsys)).code == 1
+    server, jobs, out, argv = await _two_foxes_of_three(
+        tmp_path, make_mock, capsys, "--concurrency", "1"
+    )
     lines = [{"id": "cat", "prompt": "a cat"}, {"id": "fox", "prompt": "a fox", "n": 3}]
     write_jobs(jobs, lines)
     assert (await run_cli([*argv, "--max-images", "1"], capsys)).code == 5
@@ -537,12 +545,10 @@ def test_the_newest_part_across_manifests_counts(tmp_path):
 async def test_a_stop_before_a_queued_unfinished_job_keeps_its_images(tmp_path, make_mock, capsys):
     """The stop reaches the job while it is still in the file (a leftover, not in a worker):
     its not_run record names the kept images, so compaction keeps them named."""
-    server = await make_mock(MockOptions(script={"a fox": ["ok", "ok", "moderation"]}))
-    fox = {"id": "fox", "prompt": "a fox", "n": 3}
-    jobs = write_jobs(tmp_path / "jobs.jsonl", [fox])
-    out = tmp_path / "out"
-    argv = [str(jobs), "--base-url", server.base_url, "--out", str(out), "--concurrency", "1"]
-    assert (await run_cli(argv, capsys)).code == 1  # fox-1, fox-2 saved and paid
+    server, jobs, out, argv = await _two_foxes_of_three(
+        tmp_path, make_mock, capsys, "--concurrency", "1"
+    )
+    fox = FOX
     write_jobs(jobs, [*({"id": f"c{i}", "prompt": f"cat {i}"} for i in range(8)), fox])
     assert (await run_cli([*argv, "--max-images", "1"], capsys)).code == 5
     fox_record = by_id(read_manifest(out))["fox"]  # compacted: the stop's record
@@ -633,12 +639,10 @@ async def test_a_typo_on_a_part_done_jobs_line_never_makes_it_pay_again(
 ):
     """Like the ok case, for an n > 1 job that saved 2 of 3 images: the part must survive
     the compaction of the --skip-invalid run, or the fixed line pays for all 3 again."""
-    server = await make_mock(MockOptions(script={"a fox": ["ok", "ok", "moderation"]}))
-    fox = {"id": "fox", "prompt": "a fox", "n": 3}
-    jobs = write_jobs(tmp_path / "jobs.jsonl", [fox])
-    out = tmp_path / "out"
-    argv = [str(jobs), "--base-url", server.base_url, "--out", str(out), "--concurrency", "1"]
-    assert (await run_cli(argv, capsys)).code == 1  # fox-1, fox-2 saved and paid
+    server, jobs, _, argv = await _two_foxes_of_three(
+        tmp_path, make_mock, capsys, "--concurrency", "1"
+    )
+    fox = FOX
     write_jobs(jobs, [{**fox, "size": "bogus"}])
     assert (await run_cli([*argv, "--skip-invalid"], capsys)).code == 1
     write_jobs(jobs, [fox])  # fixed
